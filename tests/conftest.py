@@ -1,0 +1,28 @@
+"""Shared fixtures. Tests run on the CPU, offline, with small thread counts (CI has 2 cores)."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The embedded SmolLM2-135M as ``(model, tokenizer)``, float32, loaded once per session.
+
+    Shared by every test: never modify it in place (grow or convert into a new model instead).
+    """
+    from hf_growth._embedded import load_smollm2
+
+    model, tokenizer = load_smollm2()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return model, tokenizer
