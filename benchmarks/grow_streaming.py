@@ -1,0 +1,421 @@
+"""Benchmark: streaming (disk-to-disk) growth against the copy limit and mergekit.
+
+In one run, on a seeded random bf16 Llama checkpoint in ``--shard-size`` shards (generated once and
+cached under ``--cache-dir``), it measures wall time and peak RSS, each in its own subprocess, of:
+
+1. ``copy``          copying the ``stack`` output's bytes with ``shutil.copyfile`` (the physical limit);
+2. ``mergekit``      mergekit ``passthrough`` building exactly the MIDAS stack (own venv; LGPL: used as a tool);
+3. ``hf-growth stack``  ``{stack: {to: 24, block_size: 4, where: middle}}``, and checks its tensors equal mergekit's;
+4. ``hf-growth width``  layers 20->24, MLP 4096->5120, hidden 1536->2048 at once (function-preserving),
+   with its own copy baseline (``copy width``: copying that output's bytes).
+
+Prints a table and writes JSON (machine facts, the exact command, checkpoint shape, results, targets).
+
+    .venv/bin/python benchmarks/grow_streaming.py --cache-dir /data/bench             # the real run
+    .venv/bin/python benchmarks/grow_streaming.py --cache-dir /tmp/b --shape tiny --skip-mergekit  # smoke test
+
+mergekit is installed on first use into ``--mergekit-venv`` (default ``.bench-venvs/mergekit``) with
+``pip install mergekit``; that venv sees this venv's packages through a ``.pth`` file (so torch is not
+downloaded again) but its own installs take precedence. Or pass ``--mergekit-python`` of an existing one.
+Before every measurement the source shards are read once, so every run starts with a warm page cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve()
+REPO = HERE.parent.parent
+if str(REPO) not in sys.path:  # run from a checkout without `pip install -e .`
+    sys.path.insert(0, str(REPO))
+
+SHAPES = {
+    "full": {
+        "model": dict(vocab_size=32000, hidden_size=1536, intermediate_size=4096, num_hidden_layers=20,
+                      num_attention_heads=12, num_key_value_heads=4, head_dim=128, tie_word_embeddings=False),
+        "stack": {"stack": {"to": 24, "block_size": 4, "where": "middle"}},
+        # transformers >= 5.x's LlamaConfig wants hidden_size % num_attention_heads == 0: 2048 needs 16 heads
+        "width": [{"num_layers": {"to": 24, "where": "interleave"}}, {"mlp_width": 5120},
+                  {"num_heads": {"to": 16, "num_key_value_heads": 4}}, {"hidden_size": 2048}],
+        "shard_size": "500MB",
+    },
+    "mid": {  # the full shape's widths with 4 layers (~0.4 GB): a quick check of memory and speed
+        "model": dict(vocab_size=32000, hidden_size=1536, intermediate_size=4096, num_hidden_layers=4,
+                      num_attention_heads=12, num_key_value_heads=4, head_dim=128, tie_word_embeddings=False),
+        "stack": {"stack": {"to": 5, "block_size": 1, "where": "middle"}},
+        "width": [{"num_layers": {"to": 5, "where": "interleave"}}, {"mlp_width": 5120},
+                  {"num_heads": {"to": 16, "num_key_value_heads": 4}}, {"hidden_size": 2048}],
+        "shard_size": "100MB",
+    },
+    "tiny": {
+        "model": dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=6,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=16, tie_word_embeddings=False),
+        "stack": {"stack": {"to": 8, "block_size": 2, "where": "middle"}},
+        "width": [{"num_layers": {"to": 8, "where": "interleave"}}, {"mlp_width": 160}, {"hidden_size": 96}],
+        "shard_size": "100KB",
+    },
+}
+
+# ----------------------------------------------------------------------------------- worker side
+# `grow_streaming.py --worker JSON` runs one task; the parent measures it (see `measure`).
+
+
+def _worker(task: dict) -> None:
+    if task["kind"] == "copy":
+        t = time.perf_counter()
+        out = Path(task["out"])
+        out.mkdir(parents=True)
+        for f in task["files"]:
+            shutil.copyfile(f, out / Path(f).name)
+    elif task["kind"] == "ours":
+        from hf_growth.growth.streaming import grow_checkpoint
+
+        t = time.perf_counter()  # after `import torch`: work_s leaves out interpreter start-up and imports
+        grow_checkpoint(task["src"], task["plan"], task["out"], seed=0, max_shard_size=task["shard_size"], quiet=True)
+    else:
+        raise SystemExit(f"unknown task {task['kind']}")
+    Path(task["timing"]).write_text(json.dumps({"work_s": time.perf_counter() - t}))
+
+
+# The measuring process: runs the command as its only child, then reports wall time and the child's
+# peak RSS (RUSAGE_CHILDREN of a fresh process covers exactly that command's process tree).
+_MEASURE = r"""
+import json, resource, subprocess, sys, time
+t = time.perf_counter()
+rc = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+wall = time.perf_counter() - t
+ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(json.dumps({"rc": rc.returncode, "wall_s": wall, "peak_rss_mb": ru.ru_maxrss / 1024,
+                  "stderr": rc.stderr.decode(errors="replace")[-3000:]}))
+"""
+
+
+def measure(cmd: list[str], *, label: str) -> dict:
+    proc = subprocess.run([sys.executable, "-c", _MEASURE, *cmd], capture_output=True, text=True, check=True)
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    if result["rc"] != 0:
+        raise SystemExit(f"{label} failed (exit {result['rc']}):\n{result['stderr']}\ncommand: {shlex.join(cmd)}")
+    result.pop("stderr")
+    return result
+
+
+def worker_cmd(task: dict) -> list[str]:
+    return [sys.executable, str(HERE), "--worker", json.dumps(task)]
+
+
+# ----------------------------------------------------------------------------------- checkpoint
+
+
+def generate_checkpoint(cache_dir: Path, shape_name: str, shard_size: str) -> Path:
+    """A seeded random bf16 Llama checkpoint (cached: generated once per shape and shard size)."""
+    import hashlib
+
+    shape = SHAPES[shape_name]["model"]
+    key = hashlib.sha256(json.dumps([shape, shard_size], sort_keys=True).encode()).hexdigest()[:10]
+    path = cache_dir / f"llama-{shape_name}-{key}"
+    if (path / ".complete").exists():
+        return path
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from hf_growth.growth.checkpoint_io import ShardWriter, atomic_output_dir
+
+    print(f"generating the {shape_name} checkpoint into {path} ...", flush=True)
+    config = LlamaConfig(**shape, dtype="bfloat16")
+    with torch.device("meta"):
+        names = {k: tuple(v.shape) for k, v in LlamaForCausalLM(config).state_dict().items()}
+    with atomic_output_dir(path, overwrite=True) as tmp:
+        with ShardWriter(tmp, max_shard_size=shard_size, description="generating") as writer:
+            for i, (name, shp) in enumerate(names.items()):
+                if name.endswith("norm.weight"):
+                    t = torch.ones(shp, dtype=torch.bfloat16)
+                else:
+                    g = torch.Generator().manual_seed(1000 + i)
+                    t = (torch.randn(shp, generator=g) * 0.02).to(torch.bfloat16)
+                writer.add_tensor(name, t)
+                del t
+        config.save_pretrained(tmp)
+        (tmp / ".complete").write_text(json.dumps(shape))
+    return path
+
+
+def weight_files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.iterdir() if p.is_file() and not p.name.startswith("."))
+
+
+def dir_bytes(directory: Path) -> int:
+    return sum(p.stat().st_size for p in weight_files(directory))
+
+
+def warm(directory: Path) -> None:
+    for p in weight_files(directory):
+        with open(p, "rb") as f:
+            while f.read(64 << 20):
+                pass
+
+
+# ----------------------------------------------------------------------------------- mergekit
+
+
+def mergekit_python(args: argparse.Namespace) -> Path:
+    if args.mergekit_python:
+        return Path(args.mergekit_python)
+    venv = Path(args.mergekit_venv)
+    python = venv / "bin" / "python"
+    if not (venv / ".installed").exists():
+        print(f"creating {venv} and installing mergekit (pip install mergekit) ...", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+        ours = [p for p in sys.path if p.endswith("site-packages")]
+        if ours and not args.no_share_torch:  # reuse this venv's torch; the mergekit venv's own packages win
+            Path(site, "zz_hf_growth_bench_shared.pth").write_text("\n".join(ours) + "\n")
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", "mergekit"],
+                       check=True)
+        (venv / ".installed").write_text("mergekit\n")
+    return python
+
+
+def mergekit_version(python: Path) -> str:
+    out = subprocess.run([str(python), "-c", "import importlib.metadata as m; print(m.version('mergekit'))"],
+                         capture_output=True, text=True)
+    return out.stdout.strip() or "unknown"
+
+
+def midas_slices(layers: int, step: dict) -> list[tuple[int, int]]:
+    """The stack step's layer sources as contiguous ``[start, end)`` runs of source layers."""
+    from hf_growth.growth.stacking import stack_layer_sources
+
+    s = step["stack"]
+    sources, _ = stack_layer_sources(layers, s["to"], s["block_size"], s["where"])
+    runs: list[list[int]] = []
+    for j, _ in sources:
+        if runs and runs[-1][1] == j:
+            runs[-1][1] = j + 1
+        else:
+            runs.append([j, j + 1])
+    return [(a, b) for a, b in runs]
+
+
+def mergekit_config(src: Path, slices: list[tuple[int, int]]) -> str:
+    lines = ["merge_method: passthrough", "dtype: bfloat16", "slices:"]
+    for a, b in slices:
+        lines += ["  - sources:", f"      - model: {src}", f"        layer_range: [{a}, {b}]"]
+    return "\n".join(lines) + "\n"
+
+
+def mergekit_cmd(python: Path, config: Path, out: Path, shard_bytes: int, itemsize: int) -> list[str]:
+    exe = python.parent / "mergekit-yaml"
+    help_text = subprocess.run([str(exe), "--help"], capture_output=True, text=True).stdout
+    # mergekit's --out-shard-size counts tensor *elements* (TensorWriter: numel), ours counts bytes:
+    # pass the element count of our byte size so the shards hold the same bytes.
+    cmd = [str(exe), str(config), str(out), "--out-shard-size", str(shard_bytes // itemsize)]
+    for flag in ("--no-copy-tokenizer", "--lazy-unpickle"):
+        if flag in help_text:
+            cmd.append(flag)
+    return cmd
+
+
+def compare_outputs(ours: Path, theirs: Path) -> dict:
+    import torch
+
+    from hf_growth.growth.checkpoint_io import SafetensorsSource
+
+    a, b = SafetensorsSource(ours), SafetensorsSource(theirs)
+    only_ours, only_theirs = sorted(set(a) - set(b)), sorted(set(b) - set(a))
+    different = [n for n in a if n in b and not torch.equal(a[n], b[n])]
+    return {"tensors_equal": not (only_ours or only_theirs or different), "compared": len(set(a) & set(b)),
+            "only_ours": only_ours[:10], "only_mergekit": only_theirs[:10], "different": different[:10],
+            "mergekit_shards": len(list(theirs.glob("*.safetensors"))), "our_shards": len(list(ours.glob("*.safetensors")))}
+
+
+# ----------------------------------------------------------------------------------- facts
+
+
+def machine_facts(work: Path) -> dict:
+    import safetensors
+    import torch
+    import transformers
+
+    import hf_growth
+
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = None
+    try:
+        mem = int(Path("/proc/meminfo").read_text().split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    fs = None
+    try:
+        fs = subprocess.run(["df", "-T", str(work)], capture_output=True, text=True).stdout.splitlines()[-1].split()[1]
+    except (OSError, IndexError):
+        pass
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    return {
+        "platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(),
+        "affinity_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "memory_bytes": mem, "filesystem": fs, "python": platform.python_version(), "torch": torch.__version__,
+        "transformers": transformers.__version__, "safetensors": safetensors.__version__,
+        "hf_growth": hf_growth.__version__, "git_commit": commit or None,
+    }
+
+
+# ----------------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cache-dir", type=Path, help="where the generated checkpoint is cached")
+    parser.add_argument("--work-dir", type=Path, default=None, help="scratch for outputs (default: CACHE_DIR/runs)")
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="full")
+    parser.add_argument("--shard-size", default=None, help="input and output shard size (default: 500MB for full)")
+    parser.add_argument("--json", type=Path, default=None,
+                        help="result file (default: benchmarks/results/grow_streaming.json for --shape full, "
+                             "else CACHE_DIR/grow_streaming_<shape>.json)")
+    parser.add_argument("--skip-mergekit", action="store_true")
+    parser.add_argument("--mergekit-venv", default=str(REPO / ".bench-venvs" / "mergekit"))
+    parser.add_argument("--mergekit-python", default=None, help="python of an existing venv with mergekit")
+    parser.add_argument("--no-share-torch", action="store_true", help="let the mergekit venv install its own torch")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        _worker(json.loads(args.worker))
+        return 0
+    if args.cache_dir is None:
+        parser.error("--cache-dir is required")
+
+    spec = SHAPES[args.shape]
+    shard_size = args.shard_size or spec["shard_size"]
+    cache = args.cache_dir.resolve()
+    work = (args.work_dir or cache / "runs").resolve()
+    cache.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
+    from hf_growth.growth.checkpoint_io import SafetensorsSource, parse_size
+
+    shard_bytes = parse_size(shard_size)
+    src = generate_checkpoint(cache, args.shape, shard_size)
+    src_bytes = SafetensorsSource(src).total_size
+    results: dict[str, dict] = {}
+
+    timing = work / "timing.json"
+
+    def run(label: str, cmd: list[str], out: Path) -> dict:
+        if out.exists():
+            shutil.rmtree(out)
+        timing.unlink(missing_ok=True)
+        warm(src)
+        r = measure(cmd, label=label)
+        r["work_s"] = json.loads(timing.read_text())["work_s"] if timing.exists() else None
+        r["output_bytes"] = dir_bytes(out)
+        results[label] = r
+        print(f"  {label:<18} {r['wall_s']:8.2f} s  {r['peak_rss_mb']:8.0f} MB", flush=True)
+        return r
+
+    def task(**kw) -> list[str]:
+        return worker_cmd({**kw, "timing": str(timing)})
+
+    print(f"source: {src} ({src_bytes / 1e9:.2f} GB of tensors, {len(weight_files(src)) - 1} files)", flush=True)
+    stack_out, width_out = work / "ours-stack", work / "ours-width"
+    run("hf-growth stack", task(kind="ours", src=str(src), plan=[spec["stack"]], out=str(stack_out),
+                                 shard_size=shard_size), stack_out)
+    run("copy", task(kind="copy", files=[str(p) for p in weight_files(stack_out)], out=str(work / "copy")),
+        work / "copy")
+    shutil.rmtree(work / "copy")
+    comparison = None
+    mk_version = None
+    if not args.skip_mergekit:
+        python = mergekit_python(args)
+        mk_version = mergekit_version(python)
+        slices = midas_slices(spec["model"]["num_hidden_layers"], spec["stack"])
+        config = work / "mergekit-midas.yml"
+        config.write_text(mergekit_config(src, slices))
+        mk_out = work / "mergekit-stack"
+        run("mergekit", mergekit_cmd(python, config, mk_out, shard_bytes, 2), mk_out)
+        comparison = compare_outputs(stack_out, mk_out)
+        comparison["slices"] = slices
+        print(f"  tensors equal to mergekit's: {comparison['tensors_equal']} ({comparison['compared']} compared)")
+        shutil.rmtree(mk_out)
+    shutil.rmtree(stack_out)
+    run("hf-growth width", task(kind="ours", src=str(src), plan=spec["width"], out=str(width_out),
+                                 shard_size=shard_size), width_out)
+    run("copy width", task(kind="copy", files=[str(p) for p in weight_files(width_out)], out=str(work / "copy")),
+        work / "copy")
+    shutil.rmtree(work / "copy")
+    shutil.rmtree(width_out)
+    timing.unlink(missing_ok=True)
+
+    copy_s, copy_w = results["copy"]["wall_s"], results["copy width"]["wall_s"]
+    stack, width = results["hf-growth stack"], results["hf-growth width"]
+    ratios = {"stack_vs_copy": stack["wall_s"] / copy_s, "width_vs_copy_of_its_output": width["wall_s"] / copy_w,
+              "width_vs_copy_of_stack_output": width["wall_s"] / copy_s,
+              "stack_vs_copy_work_only": stack["work_s"] / results["copy"]["work_s"],
+              "width_vs_copy_work_only": width["work_s"] / results["copy width"]["work_s"]}
+    targets = {
+        "stack <= 1.3x copy": ratios["stack_vs_copy"] <= 1.3,
+        "stack peak RSS <= 600 MB": stack["peak_rss_mb"] <= 600,
+        "width <= 2.5x copy": ratios["width_vs_copy_of_its_output"] <= 2.5,
+        "width peak RSS <= 600 MB": width["peak_rss_mb"] <= 600,
+    }
+    if "mergekit" in results:
+        mk = results["mergekit"]
+        ratios["stack_vs_mergekit"] = stack["wall_s"] / mk["wall_s"]
+        targets["stack <= 0.5x mergekit"] = ratios["stack_vs_mergekit"] <= 0.5
+        targets["stack peak RSS < mergekit's"] = stack["peak_rss_mb"] < mk["peak_rss_mb"]
+        targets["stack tensors equal mergekit's"] = bool(comparison and comparison["tensors_equal"])
+
+    print()
+    print(f"{'method':<18} {'wall s':>8} {'work s':>8} {'peak RSS MB':>12} {'output GB':>10} {'x copy':>7}")
+    for label, r in results.items():
+        base = copy_w if "width" in label else copy_s
+        work_s = f"{r['work_s']:8.2f}" if r.get("work_s") is not None else f"{'-':>8}"
+        print(f"{label:<18} {r['wall_s']:8.2f} {work_s} {r['peak_rss_mb']:12.0f} {r['output_bytes'] / 1e9:10.3f} "
+              f"{r['wall_s'] / base:7.2f}")
+    print()
+    for name, ok in targets.items():
+        print(f"  [{'x' if ok else ' '}] {name}")
+
+    record = {
+        "benchmark": "grow_streaming",
+        "command": shlex.join([sys.executable, *sys.argv]),
+        "shape": args.shape,
+        "checkpoint": {**spec["model"], "dtype": "bfloat16", "shard_size": shard_size, "tensor_bytes": src_bytes,
+                       "files": len(weight_files(src)) - 1},
+        "plans": {"stack": [spec["stack"]], "width": spec["width"]},
+        "results": results,
+        "ratios": ratios,
+        "targets": targets,
+        "mergekit": {"version": mk_version, "comparison": comparison,
+                     "note": "--out-shard-size given in elements (= our shard bytes / 2 for bf16)"} if mk_version else None,
+        "method": "each run in a fresh subprocess; wall time and peak RSS (ru_maxrss of RUSAGE_CHILDREN) measured "
+                  "by a parent that runs only that command; source shards read once before each run (warm page "
+                  "cache); wall_s includes interpreter start-up and imports (targets use wall_s); work_s is the time of the "
+                  "copy / grow_checkpoint call alone, measured inside the worker after `import torch`",
+        "machine": machine_facts(work),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    json_path = args.json or (REPO / "benchmarks" / "results" / "grow_streaming.json" if args.shape == "full"
+                              else cache / f"grow_streaming_{args.shape}.json")
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"\nwrote {json_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,255 @@
+"""Streaming front end: safetensors checkpoint on disk -> growth engine -> sharded safetensors on disk.
+
+The same :class:`~hf_growth.growth.engine.GrowthEngine` as the in-memory path ("the one rule of the
+growth code"), so the tensors are bit-identical to ``grow_model(model, plan, seed=seed)``. Tensors are
+read one at a time from the source shards and written one at a time, so resident memory stays at
+about the largest tensor (times the few float32 temporaries of one transform), independent of the
+model's size. Output tensors that are bit-identical copies of a source tensor (untouched layers,
+every tensor of a ``stack`` step) are never decoded: their bytes are copied from the source file.
+
+>>> import tempfile, pathlib
+>>> from transformers import LlamaConfig, LlamaForCausalLM
+>>> d = pathlib.Path(tempfile.mkdtemp())
+>>> LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+...     num_attention_heads=4, num_key_value_heads=2)).save_pretrained(d / "src")
+>>> out = grow_checkpoint(d / "src", [{"mlp_width": 96}], d / "grown", quiet=True)
+>>> sorted(p.name for p in out.iterdir())
+['README.md', 'config.json', 'generation_config.json', 'model.safetensors']
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoint_io import (
+    CheckpointError,
+    SafetensorsSource,
+    ShardWriter,
+    atomic_output_dir,
+    check_free_space,
+    check_output_dir,
+    copy_side_files,
+    side_files,
+)
+
+CONFIG_NAME = "config.json"
+
+
+class _MetaOf:
+    """The engine's view of a :class:`SafetensorsSource` on the meta device: shapes and dtypes, no data."""
+
+    device = torch.device("meta")
+
+    def __init__(self, source: SafetensorsSource):
+        self.source = source
+
+    def keys(self) -> list[str]:
+        return list(self.source.keys())
+
+    def get(self, name: str) -> torch.Tensor:
+        return torch.empty(self.source.shape(name), dtype=self.source.dtype(name), device="meta")
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.source.shape(name)
+
+    def dtype(self, name: str) -> torch.dtype:
+        return self.source.dtype(name)
+
+
+@dataclass(frozen=True)
+class PlannedTensor:
+    name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    copy_of: str | None  # source tensor whose bytes are copied unchanged, or None (computed)
+
+    @property
+    def nbytes(self) -> int:
+        n = torch.empty((), dtype=self.dtype).element_size()
+        for s in self.shape:
+            n *= s
+        return n
+
+
+def load_source_config(src_dir: str | os.PathLike) -> Any:
+    """The source's config, loaded as the in-memory path sees ``model.config`` (local files only)."""
+    import hf_growth  # noqa: F401  (registers ResFormer with the Auto classes)
+    from transformers import AutoConfig
+
+    path = Path(src_dir) / CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{src_dir}: no {CONFIG_NAME}; streaming growth needs a saved model directory")
+    try:
+        json.loads(path.read_text())
+    except ValueError as error:
+        raise CheckpointError(f"{path}: not valid JSON ({error})") from error
+    return AutoConfig.from_pretrained(str(src_dir), local_files_only=True)
+
+
+def plan_output(engine: Any, source: SafetensorsSource) -> list[PlannedTensor]:
+    """Every output tensor with its shape, dtype and (for pure copies) its source tensor, in write
+    order, computed on the meta device: nothing is read or computed."""
+    meta_view = engine.view(_MetaOf(source), meta=True)
+    real_view = engine.view(source)
+    out = []
+    for name in meta_view.keys():
+        t = meta_view.get(name)
+        origin = real_view.copy_of(name)
+        if origin is not None:
+            info = source.info(origin)
+            if info.shape != tuple(t.shape) or info.torch_dtype != t.dtype:  # defensive: never copy wrong bytes
+                origin = None
+        out.append(PlannedTensor(name, tuple(t.shape), t.dtype, origin))
+    return out
+
+
+def grown_config(engine: Any, dtype: torch.dtype) -> Any:
+    """The grown config exactly as the in-memory path builds it (history with ``new_slices``)."""
+    config = engine.new_config
+    history = copy.deepcopy(engine.history)
+    history[-1]["new_slices"] = engine.new_slices()
+    config.growth_history = history
+    config.dtype = dtype
+    return config
+
+
+def step_param_counts(engine: Any) -> list[tuple[int, int]]:
+    """``(parameters before, parameters after)`` of each step of the engine's plan, from shapes alone
+    (an engine per plan prefix, on the meta device; a tied ``lm_head`` is counted once)."""
+    from .engine import GrowthEngine
+
+    def count(shapes: dict[str, tuple[int, ...]]) -> int:
+        return sum(_numel(s) for s in shapes.values())
+
+    counts, before = [], count(engine.source_shapes())
+    for k in range(len(engine.plan.steps)):
+        prefix = GrowthEngine(engine.source_config_dict, engine.plan.steps[: k + 1], seed=engine.seed)
+        after = count(prefix.output_shapes())
+        counts.append((before, after))
+        before = after
+    return counts
+
+
+def grow_checkpoint(
+    src_dir: str | os.PathLike,
+    plan: Any,
+    output_dir: str | os.PathLike,
+    *,
+    seed: int = 0,
+    max_shard_size: int | str = "5GB",
+    overwrite: bool = False,
+    quiet: bool = False,
+    verify: bool = False,
+    base_model: str | None = None,
+) -> Path:
+    """Grow the safetensors checkpoint in ``src_dir`` by ``plan`` into ``output_dir``, shard by shard.
+
+    Everything is validated before anything is written (plan against the config, every shard header,
+    the index, the tensors the architecture needs, the output path, free disk). The output is written
+    into a temporary directory next to ``output_dir`` and renamed at the end; on any failure
+    (exception, Ctrl-C, disk full) the temporary directory is removed and the error re-raised.
+    Tokenizer files, generation config, chat template and ``*.py`` code files are copied along; the
+    grown ``config.json`` records ``growth_history`` and ``README.md`` is the model card.
+    ``verify=True`` then loads both models, measures max |Δlogits| and greedy text, and writes the
+    figure into the card (the models must fit in memory).
+
+    >>> grow_checkpoint("SmolLM2-135M", [{"stack": {"to": 36, "block_size": 6}}], "grown")  # doctest: +SKIP
+    PosixPath('grown')
+    """
+    from .engine import GrowthEngine
+
+    src_dir = Path(src_dir)
+    if not src_dir.is_dir():
+        raise FileNotFoundError(f"{src_dir}: no such checkpoint directory")
+    config = load_source_config(src_dir)
+    engine = GrowthEngine(config, plan, seed=seed)  # validates the plan against the config
+    source = SafetensorsSource(src_dir)  # validates every header, the index and the dtypes
+    out = check_output_dir(output_dir, src_dir, overwrite=overwrite)
+    try:
+        planned = plan_output(engine, source)
+    except ValueError as error:  # e.g. a tensor the architecture needs is not in the checkpoint
+        raise CheckpointError(f"{source.index_file or src_dir}: {error}") from error
+    dtype = next((p.dtype for p in planned if p.dtype.is_floating_point), torch.float32)
+    new_config = grown_config(engine, dtype)
+    total = sum(p.nbytes for p in planned)
+    extra = sum(p.stat().st_size for p in side_files(src_dir)) + (1 << 20)
+    check_free_space(out.parent, total + extra)
+
+    with atomic_output_dir(out, overwrite=overwrite) as tmp:
+        view = engine.view(source)
+        with ShardWriter(tmp, max_shard_size=max_shard_size, quiet=quiet, total_bytes=total,
+                         description=f"growing into {out.name}") as writer:
+            for p in planned:
+                if p.copy_of is not None:
+                    writer.add_raw(p.name, source.info(p.copy_of))
+                else:
+                    tensor = view.get(p.name)
+                    if tuple(tensor.shape) != p.shape or tensor.dtype != p.dtype:  # pragma: no cover - engine bug
+                        raise RuntimeError(f"engine produced {p.name} as {tuple(tensor.shape)} {tensor.dtype}, "
+                                           f"planned {p.shape} {p.dtype}")
+                    writer.add_tensor(p.name, tensor)
+                    del tensor
+        copy_side_files(src_dir, tmp)
+        new_config.save_pretrained(tmp)
+        _write_card(tmp, new_config, src_dir, config, base_model, sum(_numel(p.shape) for p in planned),
+                    param_counts=step_param_counts(engine))
+
+    if verify:
+        verify_and_update_card(src_dir, out, base_model=base_model, quiet=quiet)
+    return out
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def _write_card(directory: Path, config: Any, src_dir: Path, src_config: Any, base_model: str | None,
+                num_params: int | None, verification: dict | None = None,
+                param_counts: list[tuple[int, int]] | None = None) -> None:
+    from hf_growth.hub import build_model_card, guess_base_model
+
+    card = build_model_card(
+        config,
+        base_model=base_model or guess_base_model(src_dir, src_config),
+        num_params=num_params,
+        verification=verification,
+        param_counts=param_counts,
+    )
+    card.save(directory / "README.md")
+
+
+def verify_and_update_card(src_dir: str | os.PathLike, out_dir: str | os.PathLike, *, base_model: str | None = None,
+                           quiet: bool = False, **kwargs: Any) -> dict[str, Any]:
+    """Run ``hf-growth verify`` on ``src_dir`` vs ``out_dir`` and write the figure into the model card."""
+    from hf_growth.commands.verify import verify_checkpoints
+
+    result = verify_checkpoints(str(src_dir), str(out_dir), **kwargs)
+    out_dir = Path(out_dir)
+    config = load_source_config(out_dir)
+    grown = SafetensorsSource(out_dir)
+    num_params = sum(_numel(grown.shape(name)) for name in grown)
+    src_config = load_source_config(src_dir)
+    counts = None
+    try:  # the steps of this run are the history entries the source does not have
+        from .engine import GrowthEngine
+
+        new = list(config.growth_history)[len(getattr(src_config, "growth_history", None) or []):]
+        engine = GrowthEngine(src_config, [entry["step"] for entry in new], seed=new[0].get("seed", 0))
+        counts = step_param_counts(engine)
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+        pass
+    _write_card(out_dir, config, Path(src_dir), src_config, base_model, num_params, result, param_counts=counts)
+    if not quiet:
+        print(f"verify: max |Δlogits| {result['max_logit_diff']:.3g}, greedy text "
+              f"{'matches' if result['greedy_match'] else 'DIFFERS'}")
+    return result

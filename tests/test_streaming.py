@@ -1,0 +1,358 @@
+"""Streaming growth (checkpoint dir -> engine -> shards) is bit-identical to the in-memory path, and fails
+cleanly: nothing written, no temporary files left, the source untouched."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import importlib.util
+import json
+
+import pytest
+import torch
+
+from hf_growth.growth import checkpoint_io as cio
+from hf_growth.growth.checkpoint_io import CheckpointError, DiskFullError, SafetensorsSource
+
+
+
+def _adapter_available(model_type: str) -> bool:
+    return importlib.util.find_spec(f"hf_growth.growth.adapters.{model_type}") is not None
+
+
+def make_model(arch: str, dtype=torch.float32):
+    torch.manual_seed(0)
+    if arch == "llama":
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                          num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
+        return LlamaForCausalLM(cfg).to(dtype)
+    if arch == "llama-tied":
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=True)
+        return LlamaForCausalLM(cfg).to(dtype)
+    if arch == "qwen2":
+        from transformers import Qwen2Config, Qwen2ForCausalLM
+
+        cfg = Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
+        return Qwen2ForCausalLM(cfg).to(dtype)
+    if arch == "gpt2":
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        cfg = GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=4, n_positions=32)
+        return GPT2LMHeadModel(cfg).to(dtype)
+    if arch == "resformer":
+        from hf_growth import ResFormerConfig, ResFormerForCausalLM
+
+        cfg = ResFormerConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                              num_attention_heads=4, num_key_value_heads=2, value_residual="learnable",
+                              tie_word_embeddings=False)
+        return ResFormerForCausalLM(cfg).to(dtype)
+    raise AssertionError(arch)
+
+
+def save(model, path, max_shard_size="8KB"):
+    model.save_pretrained(path, max_shard_size=max_shard_size)
+    return path
+
+
+def digest(directory):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.iterdir()) if p.is_file()}
+
+
+def grow_both(model, plan, tmp_path, *, seed=3, max_shard_size="6KB", src_shard="8KB"):
+    from hf_growth.growth import grow_model
+    from hf_growth.growth.streaming import grow_checkpoint
+
+    src = save(model, tmp_path / "src", src_shard)
+    before = digest(src)
+    out = grow_checkpoint(src, plan, tmp_path / "out", seed=seed, max_shard_size=max_shard_size, quiet=True)
+    assert digest(src) == before  # the source is never modified
+    grown = grow_model(model, plan, seed=seed)
+    return out, grown
+
+
+def assert_same_tensors(out, grown):
+    streamed = SafetensorsSource(out)
+    expected = grown.state_dict()
+    if getattr(grown.config, "tie_word_embeddings", False):
+        expected = {k: v for k, v in expected.items() if k != "lm_head.weight"}
+    assert set(streamed) == set(expected)
+    for name, tensor in expected.items():
+        got = streamed[name]
+        assert got.dtype == tensor.dtype, name
+        assert torch.equal(got, tensor), f"{name} differs from the in-memory path"
+
+
+LLAMA_PLANS = {
+    "mlp_width": [{"mlp_width": 96}],
+    "num_heads": [{"num_heads": {"to": 8, "num_key_value_heads": 2}}],
+    "head_dim": [{"head_dim": 16}],
+    "hidden_size": [{"hidden_size": 48}],
+    "num_layers": [{"num_layers": {"to": 6, "where": "interleave"}}],
+    "num_layers_copy": [{"num_layers": {"to": 5, "where": "top", "init": "copy"}}],
+    "stack": [{"stack": {"to": 6, "block_size": 1, "where": "middle"}}],
+    "all": [{"mlp_width": 96}, {"num_heads": {"to": 8, "num_key_value_heads": 4}}, {"hidden_size": 48},
+            {"num_layers": {"to": 6, "where": "interleave"}}, {"stack": {"to": 8, "block_size": 2}}],
+}
+
+
+@pytest.mark.parametrize("step", list(LLAMA_PLANS))
+def test_llama_bit_identical_to_in_memory(tmp_path, step):
+    model = make_model("llama")
+    out, grown = grow_both(model, LLAMA_PLANS[step], tmp_path)
+    assert_same_tensors(out, grown)
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    assert index["metadata"]["total_size"] == SafetensorsSource(out).total_size
+    # the saved config is the in-memory model's config
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["growth_history"] == json.loads(json.dumps(grown.config.growth_history))
+    for key in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                "head_dim", "rms_norm_eps"):
+        assert saved.get(key) == getattr(grown.config, key), key
+
+
+def test_llama_streamed_loads_and_preserves_function(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from hf_growth.growth.verify import max_logit_diff
+
+    model = make_model("llama")
+    plan = LLAMA_PLANS["all"][:4]
+    out, _ = grow_both(model, plan, tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(out)
+    assert loaded.config.hidden_size == 48 and loaded.config.num_hidden_layers == 6
+    assert max_logit_diff(model, loaded) <= 1e-5
+    card = (out / "README.md").read_text()
+    assert "`mlp_width`" in card and "`hidden_size`" in card and "library_name: transformers" in card
+    # parameter counts before/after each step, from shapes: the last one is the loaded model's
+    n = loaded.num_parameters()
+    assert f"| {n / 1e3:.2f}K ({n:,}) |  |" in card
+    assert f"| {model.num_parameters() / 1e3:.2f}K ({model.num_parameters():,}) |" in card
+
+
+def test_verify_after_growing_writes_the_figure_into_the_card(tmp_path, capsys):
+    from hf_growth.growth.streaming import grow_checkpoint
+
+    model = make_model("llama")
+    src = save(model, tmp_path / "src")
+    out = grow_checkpoint(src, [{"mlp_width": 96}, {"num_layers": {"to": 5}}], tmp_path / "out", verify=True)
+    assert "verify: max |Δlogits|" in capsys.readouterr().out
+    card = (out / "README.md").read_text()
+    assert "Verified with `hf-growth verify`: max |Δlogits| against the source: **" in card
+    assert "greedy text **matches**" in card
+    assert "| 2 | `num_layers` |" in card and "K (" in card.split("| 2 | `num_layers` |")[1].split("\n")[0]
+
+
+@pytest.mark.parametrize("arch", ["llama-tied", "qwen2", "gpt2", "resformer"])
+def test_other_architectures_bit_identical(tmp_path, arch):
+    model_type = {"llama-tied": "llama"}.get(arch, arch)
+    if not _adapter_available(model_type):
+        pytest.skip(f"the {model_type} adapter has not landed yet")
+    model = make_model(arch)
+    if arch == "gpt2":
+        plan = [{"mlp_width": 192}, {"hidden_size": 64}, {"stack": {"to": 4, "block_size": 1, "where": "top"}}]
+    elif arch == "resformer":
+        plan = [{"mlp_width": 96}, {"value_dim": 16}, {"hidden_size": 48}, {"num_layers": {"to": 5, "where": "top"}}]
+    else:
+        plan = [{"mlp_width": 96}, {"hidden_size": 48}, {"num_layers": {"to": 4, "where": "top"}}]
+    out, grown = grow_both(model, plan, tmp_path)
+    assert_same_tensors(out, grown)
+    if arch == "resformer":  # the remote code travels along and the card says how to load it
+        assert (out / "configuration_resformer.py").exists() and (out / "modeling_resformer.py").exists()
+        assert "trust_remote_code=True" in (out / "README.md").read_text()
+        from transformers import AutoModelForCausalLM
+
+        from hf_growth.growth.verify import max_logit_diff
+
+        loaded = AutoModelForCausalLM.from_pretrained(out)
+        assert max_logit_diff(model, loaded) <= 1e-5
+
+
+def test_public_api_dispatches_to_streaming(tmp_path):
+    import hf_growth
+
+    model = make_model("llama")
+    src = save(model, tmp_path / "src")
+    path = hf_growth.grow_model(str(src), [{"mlp_width": 96}], output_dir=tmp_path / "out", seed=1,
+                                max_shard_size="5KB", quiet=True)
+    assert path == (tmp_path / "out").resolve()
+    assert_same_tensors(path, hf_growth.grow_model(model, [{"mlp_width": 96}], seed=1))
+
+
+def test_bf16_stays_bf16_and_single_file_output(tmp_path):
+    model = make_model("llama", torch.bfloat16)
+    out, grown = grow_both(model, [{"mlp_width": 96}], tmp_path, max_shard_size="5GB")
+    assert sorted(p.name for p in out.glob("*.safetensors")) == ["model.safetensors"]
+    assert not (out / "model.safetensors.index.json").exists()
+    assert {SafetensorsSource(out).dtype(n) for n in SafetensorsSource(out)} == {torch.bfloat16}
+    assert_same_tensors(out, grown)
+    assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
+
+
+def test_stack_copies_bytes_without_decoding(tmp_path, monkeypatch):
+    from hf_growth.growth.streaming import grow_checkpoint
+
+    model = make_model("llama", torch.bfloat16)
+    src = save(model, tmp_path / "src")
+
+    def no_decoding(self, name):
+        raise AssertionError(f"{name} was decoded")
+
+    monkeypatch.setattr(SafetensorsSource, "read", no_decoding)
+    out = grow_checkpoint(src, [{"stack": {"to": 6, "block_size": 1}}], tmp_path / "out", quiet=True)
+    monkeypatch.undo()
+    streamed = SafetensorsSource(out)
+    state = model.state_dict()
+    # layers 0,1,2 then copies per MIDAS; every output tensor is a source tensor's bytes
+    for name in streamed:
+        assert any(torch.equal(streamed[name], t) for k, t in state.items() if k.split(".")[-2:] == name.split(".")[-2:])
+    assert len([n for n in streamed if n.endswith("mlp.down_proj.weight")]) == 6
+
+
+def test_side_files_copied_and_progress(tmp_path, capsys):
+    from hf_growth.growth.streaming import grow_checkpoint
+
+    src = save(make_model("llama"), tmp_path / "src")
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+                 "modeling_custom.py"):
+        (src / name).write_text(f"{name} content")
+    (src / "README.md").write_text("the source's card")
+    out = grow_checkpoint(src, [{"mlp_width": 80}], tmp_path / "out", quiet=False)
+    err = capsys.readouterr().err
+    assert "growing into out" in err  # the tqdm bar over bytes
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+                 "modeling_custom.py", "generation_config.json"):
+        assert (out / name).read_text() == (src / name).read_text()
+    assert (out / "README.md").read_text() != "the source's card"
+    out2 = grow_checkpoint(src, [{"mlp_width": 80}], tmp_path / "out2", quiet=True)
+    assert "growing into" not in capsys.readouterr().err
+    assert digest(out) == digest(out2)  # deterministic, byte for byte
+
+
+# ----------------------------------------------------------------------------- failures
+
+
+def _only(tmp_path, *names):
+    return sorted(p.name for p in tmp_path.iterdir()) == sorted(names)
+
+
+@pytest.mark.parametrize("failure", ["disk-full", "exception", "ctrl-c"])
+def test_failure_mid_shard_leaves_nothing(tmp_path, monkeypatch, failure):
+    from hf_growth.growth.streaming import grow_checkpoint
+
+    src = save(make_model("llama"), tmp_path / "src")
+    before = digest(src)
+    calls = {"n": 0}
+    real = cio._write
+
+    def flaky_write(f, data):
+        calls["n"] += 1
+        if calls["n"] == 12:
+            if failure == "disk-full":
+                raise OSError(errno.ENOSPC, "No space left on device")
+            if failure == "ctrl-c":
+                raise KeyboardInterrupt
+            raise RuntimeError("boom mid-shard")
+        real(f, data)
+
+    monkeypatch.setattr(cio, "_write", flaky_write)
+    expected = {"disk-full": DiskFullError, "exception": RuntimeError, "ctrl-c": KeyboardInterrupt}[failure]
+    with pytest.raises(expected) as info:
+        grow_checkpoint(src, [{"mlp_width": 96}, {"hidden_size": 48}], tmp_path / "out",
+                        max_shard_size="6KB", quiet=True)
+    assert calls["n"] >= 12
+    if failure == "disk-full":
+        assert "disk full while writing" in str(info.value) and "removed" in str(info.value)
+    assert _only(tmp_path, "src")  # no output, no temporary directory
+    assert digest(src) == before
+
+
+def test_failure_in_engine_leaves_nothing(tmp_path, monkeypatch):
+    from hf_growth.growth import streaming
+
+    src = save(make_model("llama"), tmp_path / "src")
+    real = cio.ShardWriter.add_tensor
+    count = {"n": 0}
+
+    def add_tensor(self, name, tensor):
+        count["n"] += 1
+        if count["n"] == 5:
+            raise ValueError("engine failed on " + name)
+        real(self, name, tensor)
+
+    monkeypatch.setattr(cio.ShardWriter, "add_tensor", add_tensor)
+    with pytest.raises(ValueError, match="engine failed on"):
+        streaming.grow_checkpoint(src, [{"hidden_size": 48}], tmp_path / "out", max_shard_size="4KB", quiet=True)
+    assert _only(tmp_path, "src")
+
+
+def test_not_enough_disk_refused_before_writing(tmp_path, monkeypatch):
+    from hf_growth.growth.streaming import grow_checkpoint
+
+    src = save(make_model("llama"), tmp_path / "src")
+    monkeypatch.setattr(cio.shutil, "disk_usage", lambda p: type("U", (), {"free": 1000})())
+    with pytest.raises(DiskFullError, match="not enough free disk for the output.*nothing was written"):
+        grow_checkpoint(src, [{"mlp_width": 96}], tmp_path / "out", quiet=True)
+    assert _only(tmp_path, "src")
+
+
+def test_output_exists_inside_source_and_overwrite(tmp_path):
+    from hf_growth.growth.streaming import grow_checkpoint
+
+    src = save(make_model("llama"), tmp_path / "src")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("x")
+    with pytest.raises(FileExistsError, match="exists; pass overwrite=True"):
+        grow_checkpoint(src, [{"mlp_width": 96}], tmp_path / "out", quiet=True)
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["keep.txt"]
+    with pytest.raises(ValueError, match="is inside the source checkpoint"):
+        grow_checkpoint(src, [{"mlp_width": 96}], src / "grown", quiet=True)
+    assert not (src / "grown").exists()
+    grow_checkpoint(src, [{"mlp_width": 96}], tmp_path / "out", quiet=True, overwrite=True)
+    assert not (tmp_path / "out" / "keep.txt").exists() and (tmp_path / "out" / "config.json").exists()
+    assert _only(tmp_path, "src", "out")
+
+
+def test_bad_inputs_name_the_file(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from hf_growth.growth.streaming import grow_checkpoint
+
+    src = save(make_model("llama"), tmp_path / "src")
+    plan = [{"mlp_width": 96}]
+    # a tensor the architecture needs is missing (removed from its shard and the index)
+    index_path = src / "model.safetensors.index.json"
+    index = json.loads(index_path.read_text())
+    shard_name = index["weight_map"].pop("model.layers.1.mlp.up_proj.weight")
+    index_path.write_text(json.dumps(index))
+    tensors = load_file(src / shard_name)
+    del tensors["model.layers.1.mlp.up_proj.weight"]
+    save_file(tensors, src / shard_name, metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match=r"model.safetensors.index.json: the source has no tensor "
+                                              r"'model.layers.1.mlp.up_proj.weight'"):
+        grow_checkpoint(src, plan, tmp_path / "out", quiet=True)
+    # truncated shard
+    src2 = save(make_model("llama"), tmp_path / "src2")
+    shard = sorted(src2.glob("model-*.safetensors"))[1]
+    shard.write_bytes(shard.read_bytes()[:-10])
+    with pytest.raises(CheckpointError, match=rf"{shard.name}: truncated or corrupt"):
+        grow_checkpoint(src2, plan, tmp_path / "out", quiet=True)
+    # .bin only
+    src3 = tmp_path / "src3"
+    src3.mkdir()
+    (src3 / "config.json").write_text((src2 / "config.json").read_text())
+    (src3 / "pytorch_model.bin").write_bytes(b"\x80\x04not unpickled")
+    with pytest.raises(CheckpointError, match="never unpickles.*safe_serialization=True"):
+        grow_checkpoint(src3, plan, tmp_path / "out", quiet=True)
+    # bad plan: fails before anything is read or written
+    with pytest.raises(ValueError, match="plan step 0"):
+        grow_checkpoint(tmp_path / "src2", [{"mlp_width": 8}], tmp_path / "out", quiet=True)
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        grow_checkpoint(tmp_path, plan, tmp_path / "out", quiet=True)
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
