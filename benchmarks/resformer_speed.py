@@ -1,0 +1,200 @@
+"""ResFormer / SVFormer vs LlamaForCausalLM: training throughput, peak memory, KV-cache bytes, decode speed.
+
+One GPU, bf16 weights, SDPA attention, the same shape, batch and data for every model:
+
+    PYTHONPATH=. python benchmarks/resformer_speed.py            # GPU, ~125M and ~350M shapes (a few minutes)
+    PYTHONPATH=. python benchmarks/resformer_speed.py --tiny     # CPU smoke test, seconds
+
+Prints a table with ratios vs Llama and writes JSON (device, versions, exact command) to
+benchmarks/results/resformer_speed.json (``--tiny``: resformer_speed_tiny.json; ``--output`` overrides).
+Targets (issue 4): training tokens/s >= 0.98x Llama, peak memory <= 1.02x, SVFormer KV cache <= 0.55x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+SHAPES = {
+    # name: (layers, hidden, intermediate, heads, kv heads)
+    "125M": dict(num_hidden_layers=12, hidden_size=768, intermediate_size=2048, num_attention_heads=12),
+    "350M": dict(num_hidden_layers=24, hidden_size=1024, intermediate_size=2560, num_attention_heads=16),
+}
+TINY_SHAPES = {"tiny": dict(num_hidden_layers=3, hidden_size=64, intermediate_size=128, num_attention_heads=4)}
+MODELS = ("llama", "identity", "learnable", "svformer")
+
+
+def build(model: str, shape: dict, vocab: int, max_pos: int, device: torch.device, dtype: torch.dtype):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from hf_growth.resformer.configuration_resformer import ResFormerConfig
+    from hf_growth.resformer.modeling_resformer import ResFormerForCausalLM
+
+    common = dict(vocab_size=vocab, max_position_embeddings=max_pos, rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, **shape)
+    if model == "llama":
+        config, cls = LlamaConfig(**common), LlamaForCausalLM
+    else:
+        config, cls = ResFormerConfig(value_residual=model, **common), ResFormerForCausalLM
+    torch.manual_seed(0)
+    with torch.device(device):
+        return cls._from_config(config, attn_implementation="sdpa", dtype=dtype)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def train_speed(model, batch: int, seq: int, steps: int, warmup: int, vocab: int, device: torch.device) -> dict:
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    data = torch.randint(0, vocab, (warmup + steps, batch, seq), generator=generator).to(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    for step in range(warmup + steps):
+        if step == warmup:
+            sync(device)
+            start = time.perf_counter()
+        loss = model(data[step], labels=data[step]).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    sync(device)
+    seconds = time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    del optimizer
+    return dict(tokens_per_s=batch * seq * steps / seconds, peak_memory_bytes=peak, final_loss=loss.item())
+
+
+@torch.no_grad()
+def decode_speed(model, batch: int, context: int, new_tokens: int, vocab: int, device: torch.device) -> dict:
+    from hf_growth.resformer.modeling_resformer import _CACHE_NAME, kv_cache_bytes
+
+    model.eval()
+    ids = torch.randint(0, vocab, (batch, context), generator=torch.Generator().manual_seed(0)).to(device)
+    out = model(ids, use_cache=True, logits_to_keep=1)
+    cache = getattr(out, _CACHE_NAME)
+    cache_bytes = kv_cache_bytes(cache)
+    token = out.logits[:, -1:].argmax(-1)
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(new_tokens):
+        out = model(token, use_cache=True, logits_to_keep=1, **{_CACHE_NAME: cache})
+        cache = getattr(out, _CACHE_NAME)
+        token = out.logits[:, -1:].argmax(-1)
+    sync(device)
+    seconds = time.perf_counter() - start
+    return dict(kv_cache_bytes=cache_bytes, decode_tokens_per_s=batch * new_tokens / seconds, context=context, batch=batch)
+
+
+def free(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tiny", action="store_true", help="CPU smoke test with a tiny shape")
+    parser.add_argument("--output", type=Path, default=None)
+    parser.add_argument("--batch", type=int, default=None, help="training batch (sequences)")
+    parser.add_argument("--seq", type=int, default=None, help="training sequence length")
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--context", type=int, default=None, help="decode context length")
+    args = parser.parse_args(argv)
+
+    import transformers
+
+    if args.tiny:
+        device, dtype, shapes, vocab = torch.device("cpu"), torch.float32, TINY_SHAPES, 256
+        batch, seq, steps, warmup = args.batch or 2, args.seq or 32, args.steps or 2, 1
+        context, decode_batch, new_tokens = args.context or 64, 2, 4
+        output = args.output or Path("benchmarks/results/resformer_speed_tiny.json")
+    else:
+        if not torch.cuda.is_available():
+            raise SystemExit("no GPU: run with --tiny for a CPU smoke test")
+        device, dtype, shapes, vocab = torch.device("cuda", 0), torch.bfloat16, SHAPES, 32000
+        batch, seq, steps, warmup = args.batch or 16, args.seq or 1024, args.steps or 10, 3
+        context, decode_batch, new_tokens = args.context or 8192, 4, 64
+        output = args.output or Path("benchmarks/results/resformer_speed.json")
+        torch.backends.cuda.matmul.allow_tf32 = True
+
+    result = dict(
+        device=torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()})",
+        versions=dict(torch=torch.__version__, transformers=transformers.__version__, python=platform.python_version()),
+        command=" ".join(
+            ([f"PYTHONPATH={os.environ['PYTHONPATH']}"] if os.environ.get("PYTHONPATH") else [])
+            + ["python", shlex.join(sys.argv)]
+        ),
+        settings=dict(dtype=str(dtype), attn_implementation="sdpa", batch=batch, seq=seq, steps=steps, warmup=warmup,
+                      vocab=vocab, decode_context=context, decode_batch=decode_batch, decode_new_tokens=new_tokens),
+        training=[],
+        decode={},
+    )
+    started = time.perf_counter()
+    for shape_name, shape in shapes.items():
+        for name in MODELS:
+            model = build(name, shape, vocab, context + new_tokens + 8, device, dtype)
+            params = sum(p.numel() for p in model.parameters())
+            row = dict(shape=shape_name, model=name, parameters=params,
+                       **train_speed(model, batch, seq, steps, warmup, vocab, device))
+            result["training"].append(row)
+            if name in ("llama", "svformer") and shape_name == list(shapes)[-1]:
+                del model
+                free(device)
+                model = build(name, shape, vocab, context + new_tokens + 8, device, dtype)
+                result["decode"][name] = dict(shape=shape_name, **decode_speed(model, decode_batch, context, new_tokens, vocab, device))
+            del model
+            free(device)
+    result["seconds"] = time.perf_counter() - started
+
+    # ratios vs Llama and the issue's targets
+    base = {r["shape"]: r for r in result["training"] if r["model"] == "llama"}
+    for row in result["training"]:
+        ref = base[row["shape"]]
+        row["tokens_per_s_ratio"] = row["tokens_per_s"] / ref["tokens_per_s"]
+        row["peak_memory_ratio"] = (row["peak_memory_bytes"] / ref["peak_memory_bytes"]) if ref["peak_memory_bytes"] else None
+    if {"llama", "svformer"} <= set(result["decode"]):
+        sv, ll = result["decode"]["svformer"], result["decode"]["llama"]
+        sv["kv_cache_ratio"] = sv["kv_cache_bytes"] / ll["kv_cache_bytes"]
+        sv["decode_tokens_per_s_ratio"] = sv["decode_tokens_per_s"] / ll["decode_tokens_per_s"]
+    result["targets"] = dict(
+        training_throughput_ge_0_98=all(r["tokens_per_s_ratio"] >= 0.98 for r in result["training"] if r["model"] != "svformer"),
+        peak_memory_le_1_02=all((r["peak_memory_ratio"] or 0) <= 1.02 for r in result["training"]),
+        svformer_kv_cache_le_0_55=result["decode"].get("svformer", {}).get("kv_cache_ratio", 1.0) <= 0.55,
+    )
+
+    print(f"device: {result['device']}  torch {torch.__version__}  transformers {transformers.__version__}")
+    print(f"training: batch {batch} x seq {seq}, {steps} steps, {dtype}, sdpa")
+    print(f"{'shape':<6} {'model':<10} {'params':>12} {'tokens/s':>12} {'ratio':>6} {'peak MiB':>10} {'ratio':>6}")
+    for r in result["training"]:
+        peak = f"{r['peak_memory_bytes'] / 2**20:10.0f}" if r["peak_memory_bytes"] else f"{'n/a':>10}"
+        mem_ratio = f"{r['peak_memory_ratio']:6.3f}" if r["peak_memory_ratio"] else f"{'n/a':>6}"
+        print(f"{r['shape']:<6} {r['model']:<10} {r['parameters']:>12,} {r['tokens_per_s']:>12,.0f} "
+              f"{r['tokens_per_s_ratio']:6.3f} {peak} {mem_ratio}")
+    print(f"decode: context {context}, batch {decode_batch}, {new_tokens} new tokens")
+    print(f"{'model':<10} {'KV cache MiB':>13} {'ratio':>6} {'tokens/s':>10} {'ratio':>6}")
+    for name, d in result["decode"].items():
+        print(f"{name:<10} {d['kv_cache_bytes'] / 2**20:>13.1f} {d.get('kv_cache_ratio', 1.0):6.3f} "
+              f"{d['decode_tokens_per_s']:>10,.1f} {d.get('decode_tokens_per_s_ratio', 1.0):6.3f}")
+    print("targets:", result["targets"], f"({result['seconds']:.0f} s)")
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {output}")
+    return result
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo, if PYTHONPATH is not set
+    main()
