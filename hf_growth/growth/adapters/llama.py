@@ -1,0 +1,110 @@
+"""Llama (and Llama-shaped models: SmolLM2, GGUF-loaded Llamas): RMSNorm, RoPE, GQA, SwiGLU, optional biases.
+
+>>> from hf_growth.growth.adapters.llama import LlamaAdapter
+>>> LlamaAdapter().role("model.layers.0.self_attn.k_proj.weight").role
+'k.w'
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .base import Adapter, Sizes
+
+EXACT_ROPE_TYPES = ("default", "linear", "llama3")
+
+
+class LlamaAdapter(Adapter):
+    name = "llama"
+    model_types = ("llama",)
+    norm = "rms"
+    layer_prefix = "model.layers."
+    layer_tensors = {
+        "self_attn.q_proj.weight": ("q.w", False, None),
+        "self_attn.q_proj.bias": ("q.b", False, "attention_bias"),
+        "self_attn.k_proj.weight": ("k.w", False, None),
+        "self_attn.k_proj.bias": ("k.b", False, "attention_bias"),
+        "self_attn.v_proj.weight": ("v.w", False, None),
+        "self_attn.v_proj.bias": ("v.b", False, "attention_bias"),
+        "self_attn.o_proj.weight": ("o.w", False, None),
+        "self_attn.o_proj.bias": ("o.b", False, "attention_bias"),
+        "mlp.gate_proj.weight": ("mlp_in.w", False, None),
+        "mlp.gate_proj.bias": ("mlp_in.b", False, "mlp_bias"),
+        "mlp.up_proj.weight": ("mlp_in.w", False, None),
+        "mlp.up_proj.bias": ("mlp_in.b", False, "mlp_bias"),
+        "mlp.down_proj.weight": ("mlp_out.w", False, None),
+        "mlp.down_proj.bias": ("mlp_out.b", False, "mlp_bias"),
+        "input_layernorm.weight": ("norm.w", False, None),
+        "post_attention_layernorm.weight": ("norm.w", False, None),
+    }
+    global_tensors = {
+        "model.embed_tokens.weight": ("embed", False, None),
+        "model.norm.weight": ("final_norm.w", False, None),
+    }
+    keys = {"hidden": "hidden_size", "mlp": "intermediate_size", "heads": "num_attention_heads",
+            "kv_heads": "num_key_value_heads", "layers": "num_hidden_layers", "vocab": "vocab_size"}
+    eps_key = "rms_norm_eps"
+
+    def config_class(self):
+        from transformers import LlamaConfig
+
+        return LlamaConfig
+
+    def sizes(self, cfg: dict[str, Any]) -> Sizes:
+        k = self.keys
+        heads = cfg[k["heads"]]
+        head_dim = cfg.get("head_dim") or cfg[k["hidden"]] // heads
+        return Sizes(hidden=cfg[k["hidden"]], mlp=cfg[k["mlp"]], heads=heads,
+                     kv_heads=cfg.get(k["kv_heads"]) or heads, qk_dim=head_dim, v_dim=head_dim,
+                     layers=cfg[k["layers"]], vocab=cfg[k["vocab"]], tied=bool(cfg.get("tie_word_embeddings")))
+
+    def write_sizes(self, cfg: dict[str, Any], before: Sizes, after: Sizes) -> dict[str, Any]:
+        k = self.keys
+        cfg = dict(cfg)
+        cfg[k["hidden"]], cfg[k["mlp"]], cfg[k["heads"]] = after.hidden, after.mlp, after.heads
+        cfg[k["kv_heads"]], cfg[k["layers"]] = after.kv_heads, after.layers
+        cfg["head_dim"] = after.qk_dim
+        if after.hidden != before.hidden and self.eps_key:
+            from ..ops import rms_eps_rescale
+
+            cfg[self.eps_key] = rms_eps_rescale(cfg[self.eps_key], before.hidden, after.hidden)
+        return cfg
+
+    def rope_parameters(self, cfg: dict[str, Any]) -> dict[str, Any]:
+        rope = cfg.get("rope_parameters") or {}
+        if "rope_type" not in rope and cfg.get("rope_scaling"):
+            rope = dict(cfg["rope_scaling"])
+        return rope
+
+    def check_step(self, step: Any, cfg: dict[str, Any], before: Sizes, after: Sizes) -> None:
+        if step.kind in ("qk_dim", "value_dim") and not self.separate_qk_v:
+            raise ValueError(
+                f"stock {self.name} has one head_dim for q, k and v, so {step.kind} cannot grow alone: use "
+                "`head_dim` (both together), or convert to ResFormer (hf_growth.convert_llama_to_resformer), "
+                "which has separate qk_head_dim / v_head_dim"
+            )
+        if step.kind in ("head_dim", "qk_dim") and self.rope and after.qk_dim != before.qk_dim:
+            self.check_rope_growth(step, cfg, before.qk_dim, after.qk_dim)
+
+    def check_rope_growth(self, step: Any, cfg: dict[str, Any], old: int, new: int) -> None:
+        rope = self.rope_parameters(cfg)
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        if new % 2:
+            raise ValueError(f"RoPE needs an even head size, got {new}")
+        if step.approximate:
+            return
+        if rope.get("partial_rotary_factor", 1.0) != 1.0:
+            raise ValueError("partial rotary embeddings are not supported for head-size growth; "
+                             "set `approximate: true` to do it anyway and measure the error")
+        if rope_type not in EXACT_ROPE_TYPES:
+            raise ValueError(
+                f"RoPE type {rope_type!r} depends on the head size in a way an index placement cannot keep; "
+                f"exact head-size growth supports {', '.join(EXACT_ROPE_TYPES)}. Set `approximate: true` to do it "
+                "anyway and measure the error"
+            )
+        if new % old:
+            raise ValueError(
+                f"RoPE frequencies theta^(-2i/d) and the rotate-half pairing depend on the head size: growing "
+                f"{old} -> {new} is exact only by an integer factor (e.g. {2 * old}); set `approximate: true` to "
+                "keep old pairs in place and measure the error"
+            )

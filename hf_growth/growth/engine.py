@@ -1,0 +1,858 @@
+"""The growth engine: applies a plan to a *tensor source* and yields output tensors one at a time.
+
+The engine never sees a model. It reads tensors by name from a source (:class:`TensorSource`: a state
+dict here, lazily opened safetensors shards in the streaming front end) and builds, per step, a lazy
+*view* that is itself a tensor source: asking the last view for one output tensor computes just that
+tensor from the tensors it needs in the previous view, down to the source. Every free (random) value is
+drawn from a generator seeded by ``(seed, step index, output tensor name, tag)``, so the result does not
+depend on the order tensors are asked for, and the same code serves the in-memory and the streaming path.
+
+>>> import torch
+>>> from transformers import LlamaConfig, LlamaForCausalLM
+>>> cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+...                   num_attention_heads=4, num_key_value_heads=2)
+>>> model = LlamaForCausalLM(cfg)
+>>> engine = GrowthEngine(model.config, [{"mlp_width": 96}], seed=0)
+>>> out = dict(engine.run(StateDictSource(model.state_dict())))
+>>> tuple(out["model.layers.0.mlp.down_proj.weight"].shape), engine.new_config.intermediate_size
+((32, 96), 96)
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import math
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+
+from . import ops
+from .adapters import Adapter, Sizes, get_adapter
+from .plan import GrowthPlan
+from .stacking import stack_layer_sources
+
+#: config keys never carried into a grown config
+DROPPED_CONFIG_KEYS = ("quantization_config", "_pre_quantization_dtype")
+#: layer roles zeroed in a new block so that it is the identity (LLaMA-Pro)
+BLOCK_OUTPUT_ROLES = ("o.w", "o.b", "mlp_out.w", "mlp_out.b")
+
+
+@runtime_checkable
+class TensorSource(Protocol):
+    """Where the engine reads tensors from. ``dtype(name)`` and ``shape(name)`` are optional (used, when
+    present, to avoid decoding a tensor just to learn its dtype or shape)."""
+
+    def keys(self) -> Iterable[str]: ...
+
+    def get(self, name: str) -> torch.Tensor: ...
+
+
+class StateDictSource:
+    """A tensor source over a mapping name -> tensor (a model's ``state_dict()``). Never modified.
+
+    >>> StateDictSource({"a": torch.zeros(2)}).get("a").shape
+    torch.Size([2])
+    """
+
+    def __init__(self, tensors: Mapping[str, torch.Tensor]):
+        self._tensors = tensors
+
+    def keys(self) -> list[str]:
+        return list(self._tensors.keys())
+
+    def get(self, name: str) -> torch.Tensor:
+        return self._tensors[name]
+
+    def dtype(self, name: str) -> torch.dtype:
+        return self._tensors[name].dtype
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._tensors[name].shape)
+
+    @property
+    def device(self) -> torch.device:
+        first = next(iter(self._tensors.values()), None)
+        return first.device if first is not None else torch.device("cpu")
+
+
+class MetaSource:
+    """Tensors of the right shapes on the ``meta`` device: the engine runs on it to learn output shapes and
+    which slices are new without computing anything."""
+
+    def __init__(self, shapes: Mapping[str, tuple[int, ...]], dtype: torch.dtype = torch.float32):
+        self._shapes, self._dtype = dict(shapes), dtype
+
+    def keys(self) -> list[str]:
+        return list(self._shapes)
+
+    def get(self, name: str) -> torch.Tensor:
+        return torch.empty(self._shapes[name], dtype=self._dtype, device="meta")
+
+    def dtype(self, name: str) -> torch.dtype:
+        return self._dtype
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._shapes[name]
+
+    device = torch.device("meta")
+
+
+# ------------------------------------------------------------------------------------------ new-slice specs
+# A spec says which entries of a tensor are new: None (none), "all", or a tuple with one frozenset of new
+# indices per dimension (an entry is new if any of its indices is new along its dimension).
+Spec = Any
+
+
+def compose_spec(spec: Spec, placement: Any, old_shape: tuple[int, ...], new_shape: tuple[int, ...]) -> Spec:
+    """The spec after a transform with ``placement`` (per-dim old->new index tensors, None, or "all")."""
+    if placement == "all" or spec == "all":
+        return "all"
+    if placement is None and old_shape == new_shape:
+        return spec
+    dims = []
+    for d, new_size in enumerate(new_shape):
+        old_new = spec[d] if spec else frozenset()
+        p = placement[d] if placement is not None else None
+        if p is None:
+            dims.append(frozenset(old_new) | frozenset(range(old_shape[d], new_size)))
+        else:
+            p = p.tolist()
+            dims.append(frozenset(p[i] for i in old_new) | (frozenset(range(new_size)) - frozenset(p)))
+    if not any(dims):
+        return None
+    return tuple(dims)
+
+
+def spec_to_json(spec: Spec) -> Any:
+    """JSON form: ``"all"`` or ``{dim: [[start, stop], ...]}`` (half-open ranges)."""
+    if spec == "all" or spec is None:
+        return spec
+    out = {}
+    for d, indices in enumerate(spec):
+        if indices:
+            ranges, items = [], sorted(indices)
+            start = prev = items[0]
+            for i in items[1:]:
+                if i != prev + 1:
+                    ranges.append([start, prev + 1])
+                    start = i
+                prev = i
+            ranges.append([start, prev + 1])
+            out[str(d)] = ranges
+    return out
+
+
+def spec_mask(spec_json: Any, shape: tuple[int, ...]) -> torch.Tensor:
+    """A bool mask (True = new) from the JSON form of a spec."""
+    if spec_json == "all":
+        return torch.ones(shape, dtype=torch.bool)
+    mask = torch.zeros(shape, dtype=torch.bool)
+    for d, ranges in (spec_json or {}).items():
+        index = [slice(None)] * len(shape)
+        for start, stop in ranges:
+            index[int(d)] = slice(start, stop)
+            mask[tuple(index)] = True
+    return mask
+
+
+# ------------------------------------------------------------------------------------------ contexts
+def _seed_for(seed: int, stage: int, name: str, tag: str) -> int:
+    digest = hashlib.sha256(f"{seed}\x00{stage}\x00{name}\x00{tag}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+@dataclass
+class _Ctx:
+    """What a role transform knows: the step, sizes before/after, and seeded fills for one output tensor."""
+
+    stage: "Stage"
+    name: str
+    seed: int
+    device: torch.device
+    meta: bool
+
+    @property
+    def before(self) -> Sizes:
+        return self.stage.before
+
+    @property
+    def after(self) -> Sizes:
+        return self.stage.after
+
+    @property
+    def step(self) -> Any:
+        return self.stage.step
+
+    def free(self, shape: tuple[int, ...], tag: str = "", std: float | None = None) -> torch.Tensor:
+        """Seeded normal(0, std) values (std: the config's ``initializer_range``), float32."""
+        if self.meta:
+            return torch.empty(shape, device="meta")
+        std = self.stage.std if std is None else std
+        generator = torch.Generator().manual_seed(_seed_for(self.seed, self.stage.index, self.name, tag))
+        values = torch.randn(shape, generator=generator).mul_(std)
+        return values.to(self.device)
+
+    def zeros(self, shape: tuple[int, ...]) -> torch.Tensor:
+        return torch.zeros(shape, device="meta" if self.meta else self.device)
+
+    def full(self, shape: tuple[int, ...], value: float) -> torch.Tensor:
+        return torch.full(shape, value, device="meta" if self.meta else self.device)
+
+
+@dataclass
+class Stage:
+    """One validated step: the configs and sizes around it and, for depth steps, where layers come from."""
+
+    index: int
+    step: Any
+    adapter: Adapter
+    cfg_before: dict[str, Any]
+    cfg_after: dict[str, Any]
+    before: Sizes
+    after: Sizes
+    std: float
+    #: depth steps: for each new layer (old layer index, mode) with mode keep | copy | new_copy | new_random
+    layers: list[tuple[int, str]] | None = None
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------ role transforms
+# Each returns (canonical tensor float32, placement) or None when the tensor is unchanged by the step.
+Result = "tuple[torch.Tensor, Any] | None"
+
+
+def _mlp_width(role: str, t: torch.Tensor, c: _Ctx):
+    p, new = c.before.mlp, c.after.mlp
+    if role == "mlp_in.w":  # only the new rows are drawn
+        return torch.cat([t, c.free((new - p, t.shape[1])).to(t.dtype)], 0), [ops.leading(p), None]
+    if role == "mlp_in.b":
+        return ops.place(t, c.zeros((new,)), [ops.leading(p)]), [ops.leading(p)]
+    if role == "mlp_out.w":
+        return ops.place(t, c.zeros((t.shape[0], new)), [None, ops.leading(p)]), [None, ops.leading(p)]
+    return None
+
+
+def _kv_expand(t: torch.Tensor, kv_source: list[int | None], head: int, fill: torch.Tensor):
+    old = t.reshape(-1, head, *t.shape[1:])
+    out = fill.reshape(len(kv_source), head, *t.shape[1:]).clone()
+    first: dict[int, int] = {}
+    for slot, src in enumerate(kv_source):
+        if src is not None:
+            out[slot] = old[src]
+            first.setdefault(src, slot)
+    positions = torch.tensor([first[g] for g in range(old.shape[0])], dtype=torch.long)
+    rows = ops.per_head_placement(positions, head, head_size=head)
+    return out.reshape(fill.shape), rows
+
+
+def _num_heads(role: str, t: torch.Tensor, c: _Ctx):
+    b, a = c.before, c.after
+    q_pos, kv_src = ops.gqa_head_map(b.heads, b.kv_heads, a.heads, a.kv_heads)
+    if role in ("q.w", "q.b"):
+        rows = ops.per_head_placement(q_pos, b.qk_dim, head_size=b.qk_dim)
+        shape = (a.heads * b.qk_dim, *t.shape[1:])
+        fill = c.free(shape) if role == "q.w" else c.zeros(shape)
+        return ops.place(t, fill, [rows] + [None] * (t.dim() - 1)), [rows] + [None] * (t.dim() - 1)
+    if role in ("k.w", "k.b", "v.w", "v.b"):
+        head = b.qk_dim if role[0] == "k" else b.v_dim
+        shape = (a.kv_heads * head, *t.shape[1:])
+        fill = c.free(shape) if role.endswith(".w") else c.zeros(shape)
+        out, rows = _kv_expand(t, kv_src, head, fill)
+        return out, [rows] + [None] * (t.dim() - 1)
+    if role == "o.w":
+        cols = ops.per_head_placement(q_pos, b.v_dim, head_size=b.v_dim)
+        return ops.place(t, c.zeros((t.shape[0], a.heads * b.v_dim)), [None, cols]), [None, cols]
+    return None
+
+
+def _qk_dim(role: str, t: torch.Tensor, c: _Ctx):
+    b, a = c.before, c.after
+    if a.qk_dim == b.qk_dim or role not in ("q.w", "q.b", "k.w", "k.b"):
+        return None
+    if c.stage.adapter.rope:
+        within = ops.rope_placement(b.qk_dim, a.qk_dim, exact=not (c.step.approximate and a.qk_dim % b.qk_dim))
+    else:
+        within = ops.leading(b.qk_dim)
+    heads = b.heads if role[0] == "q" else b.kv_heads
+    rows = ops.per_head_placement(torch.arange(heads), a.qk_dim, within=within)
+    shape = (heads * a.qk_dim, *t.shape[1:])
+    rest = [None] * (t.dim() - 1)
+    if role == "q.w":
+        return ops.place(t, c.free(shape), [rows] + rest), [rows] + rest
+    if role == "q.b":
+        return ops.place(t, c.zeros(shape), [rows] + rest), [rows] + rest
+    # keys: scaled by sqrt(new/old) for the 1/sqrt(d) change; their new entries are zero
+    return ops.place(t * math.sqrt(a.qk_dim / b.qk_dim), c.zeros(shape), [rows] + rest), [rows] + rest
+
+
+def _value_dim(role: str, t: torch.Tensor, c: _Ctx):
+    b, a = c.before, c.after
+    if a.v_dim == b.v_dim:
+        return None
+    if role in ("v.w", "v.b"):
+        rows = ops.per_head_placement(torch.arange(b.kv_heads), a.v_dim, head_size=b.v_dim)
+        shape = (b.kv_heads * a.v_dim, *t.shape[1:])
+        fill = c.free(shape) if role == "v.w" else c.zeros(shape)
+        rest = [None] * (t.dim() - 1)
+        return ops.place(t, fill, [rows] + rest), [rows] + rest
+    if role == "o.w":
+        cols = ops.per_head_placement(torch.arange(b.heads), a.v_dim, head_size=b.v_dim)
+        return ops.place(t, c.zeros((t.shape[0], b.heads * a.v_dim)), [None, cols]), [None, cols]
+    return None
+
+
+def _head_dim(role: str, t: torch.Tensor, c: _Ctx):
+    result = _qk_dim(role, t, c)
+    return result if result is not None else _value_dim(role, t, c)
+
+
+_HIDDEN_IN = ("q.w", "k.w", "v.w", "mlp_in.w", "lm_head")  # hidden is their input (columns)
+_HIDDEN_OUT_W = ("o.w", "mlp_out.w")  # hidden is their output (rows)
+_HIDDEN_VEC = ("o.b", "mlp_out.b", "norm.w", "norm.b", "final_norm.w", "final_norm.b")
+
+
+def _hidden_zero_pad(role: str, t: torch.Tensor, c: _Ctx):
+    h, new = c.before.hidden, c.after.hidden
+    lead = ops.leading(h)
+    if role in ("embed", "pos"):
+        return ops.place(t, c.zeros((t.shape[0], new)), [None, lead]), [None, lead]
+    if role in _HIDDEN_IN:  # only the new columns are drawn
+        return torch.cat([t, c.free((t.shape[0], new - h)).to(t.dtype)], 1), [None, lead]
+    if role in _HIDDEN_OUT_W:
+        return ops.place(t, c.zeros((new, t.shape[1])), [lead, None]), [lead, None]
+    if role in ("norm.w", "final_norm.w"):
+        if c.stage.adapter.norm == "rms":
+            return ops.rms_gain_rescale(t, h, new), [lead]
+        return ops.place(t, c.full((new,), 1.0), [lead]), [lead]  # LayerNorm, approximate
+    if role in _HIDDEN_VEC:
+        return ops.place(t, c.zeros((new,)), [lead]), [lead]
+    return None
+
+
+def _hidden_clone(role: str, t: torch.Tensor, c: _Ctx):
+    h, new = c.before.hidden, c.after.hidden
+    m = new // h
+    std = c.step.noise
+    noise = (lambda out_copies, in_copies, shape: None if in_copies < 2 or std == 0 else
+             c.free((out_copies, in_copies - 1, *shape), tag=f"noise{out_copies}", std=std))
+    lead = lambda n: ops.leading(n)  # noqa: E731
+    if role in ("embed", "pos"):
+        return ops.repeat_along(t, m, dim=1), [None, lead(h)]
+    if role == "lm_head":
+        return ops.clone_linear(t, 1, m, noise(1, m, t.shape)), [None, lead(h)]
+    if role in ("q.w", "k.w", "v.w", "o.w"):
+        return ops.clone_linear(t, m, m, noise(m, m, t.shape)), [lead(t.shape[0]), lead(t.shape[1])]
+    if role == "mlp_in.w":
+        return ops.clone_linear(t, 1, m, noise(1, m, t.shape)), [None, lead(h)]
+    if role == "mlp_out.w":
+        return ops.clone_linear(t, m, 1), [lead(h), None]
+    if role in ("q.b", "k.b", "v.b"):
+        return ops.repeat_along(t, m), [lead(t.shape[0])]
+    if role in ("final_norm.w", "final_norm.b") and c.before.tied:
+        # the tied unembedding repeats the embedding columns: divide the last norm instead
+        return ops.repeat_along(t, m) / m, [lead(h)]
+    if role in _HIDDEN_VEC:
+        return ops.repeat_along(t, m), [lead(h)]
+    return None
+
+
+def _chain_placements(p1: Any, p2: Any, old_shape: tuple[int, ...]) -> Any:
+    if p1 is None:
+        return p2
+    if p2 is None:
+        return p1
+    out = []
+    for d in range(len(old_shape)):
+        a = p1[d] if p1[d] is not None else None
+        b = p2[d] if p2[d] is not None else None
+        if a is None:
+            out.append(b[: old_shape[d]] if b is not None else None)
+        else:
+            out.append(b[a] if b is not None else a)
+    return out
+
+
+def _hidden(role: str, t: torch.Tensor, c: _Ctx):
+    if c.stage.adapter.norm == "layer" and not c.stage.record.get("zero_pad"):
+        return _hidden_clone(role, t, c)
+    b, a = c.before, c.after
+    if a.qk_dim == b.qk_dim:
+        return _hidden_zero_pad(role, t, c)
+    # approximate GPT-2 zero padding: the head size grows with the hidden size, in two sub-steps
+    from dataclasses import replace
+
+    mid = b.with_(hidden=a.hidden)
+    c1 = replace(c, stage=replace(c.stage, after=mid))
+    c2 = replace(c, stage=replace(c.stage, before=mid))
+    r1 = _hidden_zero_pad(role, t, c1)
+    t1, p1 = r1 if r1 is not None else (t, None)
+    r2 = _head_dim(role, t1, c2)
+    if r2 is None:
+        return r1
+    return r2[0], _chain_placements(p1, r2[1], tuple(t.shape))
+
+
+WIDTH_TRANSFORMS: dict[str, Callable[[str, torch.Tensor, _Ctx], Any]] = {
+    "mlp_width": _mlp_width, "num_heads": _num_heads, "head_dim": _head_dim, "qk_dim": _qk_dim,
+    "value_dim": _value_dim, "hidden_size": _hidden,
+}
+
+
+def _fused_qkv(fn, role: str, t: torch.Tensor, c: _Ctx):
+    """Apply a q/k/v transform to a tensor that holds q, k and v stacked along dim 0 (GPT-2 c_attn)."""
+    b, a = c.before, c.after
+    sizes = [b.heads * b.qk_dim, b.kv_heads * b.qk_dim, b.kv_heads * b.v_dim]
+    parts, rows, offset = [], [], 0
+    cols = None
+    suffix = role.split(".")[1]
+    for part_role, part in zip("qkv", torch.split(t, sizes, dim=0)):
+        result = fn(f"{part_role}.{suffix}", part, c)
+        if result is None:
+            out, placement = part.float(), None
+        else:
+            out, placement = result
+        p0 = placement[0] if placement is not None and placement[0] is not None else ops.leading(part.shape[0])
+        rows.append(p0 + offset)
+        if placement is not None and len(placement) > 1 and placement[1] is not None:
+            cols = placement[1]
+        parts.append(out)
+        offset += out.shape[0]
+    return torch.cat(parts, dim=0), [torch.cat(rows)] + ([cols] if t.dim() > 1 else [])
+
+
+# ------------------------------------------------------------------------------------------ views
+class _View:
+    """A lazy tensor source: ``get(name)`` computes one tensor; ``spec(name)`` says which slices are new."""
+
+    def keys(self) -> list[str]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _get(self, name: str) -> tuple[torch.Tensor, Spec]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def get(self, name: str) -> torch.Tensor:
+        return self._get(name)[0]
+
+    def copy_of(self, name: str) -> str | None:
+        """The source tensor this output is a bit-identical copy of, or None (streaming copies bytes)."""
+        return None
+
+
+class _SourceView(_View):
+    def __init__(self, source: TensorSource, names: list[str]):
+        self.source, self.names = source, names
+
+    def keys(self) -> list[str]:
+        return list(self.names)
+
+    def _get(self, name: str):
+        return self.source.get(name), None
+
+    def copy_of(self, name: str) -> str | None:
+        return name
+
+
+class _WidthView(_View):
+    def __init__(self, prev: _View, stage: Stage, seed: int, device: torch.device, meta: bool):
+        self.prev, self.stage, self.seed, self.device, self.meta = prev, stage, seed, device, meta
+        self.fn = WIDTH_TRANSFORMS[stage.step.kind]
+        self._unchanged: dict[str, bool] = {}
+
+    def keys(self) -> list[str]:
+        return self.prev.keys()
+
+    def _transform(self, name: str, t: torch.Tensor):
+        info = self.stage.adapter.role(name)
+        c = _Ctx(self.stage, name, self.seed, t.device if not self.meta else self.device, self.meta)
+        canon = t.T if info.transposed else t
+        if info.role in ("qkv.w", "qkv.b"):
+            result = _fused_qkv(self.fn, info.role, canon.float(), c)
+        else:
+            result = self.fn(info.role, canon.float(), c)
+        if result is None:
+            return None
+        out, placement = result
+        if info.transposed:
+            out = out.T.contiguous()
+            placement = placement[::-1] if isinstance(placement, list) else placement
+        return out.to(t.dtype), placement
+
+    def _get(self, name: str):
+        t, spec = self.prev._get(name)
+        result = self._transform(name, t)
+        if result is None:
+            return t, spec
+        out, placement = result
+        return out, compose_spec(spec, placement, tuple(t.shape), tuple(out.shape))
+
+    def copy_of(self, name: str) -> str | None:
+        if name not in self._unchanged:
+            role = self.stage.adapter.role(name)
+            shape = self.stage.adapter.canonical_shape(role.role, self.stage.before) if role.role != "lambda" else (1,)
+            if role.transposed:
+                shape = shape[::-1]
+            t = torch.empty(shape, device="meta")
+            self._unchanged[name] = self._transform_meta(name, t) is None
+        return self.prev.copy_of(name) if self._unchanged[name] else None
+
+    def _transform_meta(self, name: str, t: torch.Tensor):
+        meta, self.meta = self.meta, True
+        try:
+            return self._transform(name, t)
+        finally:
+            self.meta = meta
+
+
+class _LayerView(_View):
+    def __init__(self, prev: _View, stage: Stage, seed: int, device: torch.device, dtype: torch.dtype, meta: bool):
+        self.prev, self.stage, self.seed, self.device, self.dtype, self.meta = prev, stage, seed, device, dtype, meta
+        self.adapter = stage.adapter
+        prev_names = prev.keys()
+        self._globals = [n for n in prev_names if self.adapter.layer_of(n) is None]
+        by_layer: dict[int, list[str]] = {}
+        for n in prev_names:
+            layer = self.adapter.layer_of(n)
+            if layer is not None:
+                by_layer.setdefault(layer, []).append(n)
+        self._names: list[str] = []
+        self._origin: dict[str, tuple[str | None, str]] = {}
+        for i, (j, mode) in enumerate(stage.layers or []):
+            if mode == "new_random":
+                names = self.adapter.layer_tensor_names(i, stage.cfg_after)
+                for n in names:
+                    self._origin[n] = (None, mode)
+            else:
+                names = []
+                for n in by_layer.get(j, []):
+                    new_name = self.adapter.rename_layer(n, i)
+                    if not self.adapter.layer_has(i, new_name.rsplit(f".{i}.", 1)[-1], stage.cfg_after):
+                        continue
+                    names.append(new_name)
+                    self._origin[new_name] = (n, mode)
+                if mode == "new_copy":  # e.g. ResFormer lambdas a layer 0 copy does not have
+                    for n in self.adapter.layer_tensor_names(i, stage.cfg_after):
+                        if n not in self._origin:
+                            names.append(n)
+                            self._origin[n] = (None, "new_random")
+            self._names += names
+        embeds = [n for n in self._globals if self.adapter.role(n).role in ("embed", "pos")]
+        rest = [n for n in self._globals if n not in embeds]
+        self._order = embeds + self._names + rest
+
+    def keys(self) -> list[str]:
+        return list(self._order)
+
+    def _get(self, name: str):
+        if self.adapter.layer_of(name) is None:
+            return self.prev._get(name)
+        origin, mode = self._origin[name]
+        if mode == "keep":
+            return self.prev._get(origin)
+        if mode == "copy":
+            return self.prev._get(origin)[0], "all"
+        info = self.adapter.role(name)
+        if mode == "new_copy":
+            t = self.prev._get(origin)[0]
+            if info.role in BLOCK_OUTPUT_ROLES:
+                t = torch.zeros_like(t)
+            return t, "all"
+        layer = self.adapter.layer_of(name)
+        custom = self.adapter.new_layer_tensor(info.role, name, layer, self.stage.cfg_after)
+        if custom is not None:
+            t = custom.to(device="meta" if self.meta else self.device)
+            return (t if t.is_floating_point() and t.dtype == self.dtype else t.to(self.dtype)), "all"
+        shape = self.adapter.canonical_shape(info.role, self.stage.after)
+        c = _Ctx(self.stage, name, self.seed, self.device, self.meta)
+        init = self.adapter.new_layer_init(info.role)
+        t = c.free(shape) if init == "free" else c.full(shape, 1.0) if init == "ones" else c.zeros(shape)
+        if info.transposed:
+            t = t.T.contiguous()
+        return t.to(self.dtype), "all"
+
+    def copy_of(self, name: str) -> str | None:
+        if self.adapter.layer_of(name) is None:
+            return self.prev.copy_of(name)
+        origin, mode = self._origin[name]
+        return self.prev.copy_of(origin) if mode in ("keep", "copy") and origin is not None else None
+
+
+# ------------------------------------------------------------------------------------------ the engine
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """A deep-copied plain dict of a config (PreTrainedConfig or dict), without quantisation settings."""
+    data = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    data = copy.deepcopy(data)
+    for key in DROPPED_CONFIG_KEYS:
+        data.pop(key, None)
+    return data
+
+
+def _layer_sources_for(step: Any, layers: int, adapter: Adapter) -> list[tuple[int, str]]:
+    """Where each layer of a ``num_layers`` step comes from."""
+    new = step.to - layers
+    if isinstance(step.where, list):
+        positions = step.where
+        if len(positions) != new:
+            raise ValueError(f"`where` lists {len(positions)} positions but {layers} -> {step.to} adds {new} layers")
+        if positions and positions[-1] >= step.to:
+            raise ValueError(f"`where` position {positions[-1]} is outside the grown stack of {step.to} layers")
+        out, old = [], 0
+        for i in range(step.to):
+            if i in positions:
+                out.append((max(old - 1, 0), "new"))
+            else:
+                out.append((old, "keep"))
+                old += 1
+        return out
+    if step.where == "top":
+        return [(j, "keep") for j in range(layers)] + [(layers - 1, "new")] * new
+    # interleave: new layers after old layers ceil((k+1) L / n) - 1, spread evenly
+    after: dict[int, int] = {}
+    for k in range(new):
+        j = -(-(k + 1) * layers // new) - 1
+        after[j] = after.get(j, 0) + 1
+    out = []
+    for j in range(layers):
+        out.append((j, "keep"))
+        out += [(j, "new")] * after.get(j, 0)
+    return out
+
+
+class GrowthEngine:
+    """Validate a plan against a config (before any tensor is read), then grow tensors from a source.
+
+    ``run(source)`` yields ``(name, tensor)`` for every output tensor (the tied ``lm_head`` is left out:
+    the model ties it). ``new_config`` is the grown config with ``growth_history``; ``output_shapes()``
+    and ``new_slices()`` need no tensors; ``copy_of(name)`` names the source tensor an output is a
+    bit-identical copy of (the streaming writer copies those bytes).
+    """
+
+    def __init__(self, config: Any, plan: Any, *, seed: int = 0, adapter: Adapter | None = None):
+        self.seed = int(seed)
+        self.plan = GrowthPlan.parse(plan)
+        cfg = config_to_dict(config)
+        self.source_config_dict = copy.deepcopy(cfg)
+        self.adapter = adapter or get_adapter(cfg)
+        self.stages: list[Stage] = []
+        std = float(cfg.get("initializer_range", 0.02))
+        run_id = 1 + max((r.get("run", -1) for r in cfg.get("growth_history") or []), default=-1)
+        for index, step in enumerate(self.plan.steps):
+            try:
+                stage = self._validate(index, step, cfg, std)
+            except ValueError as error:
+                raise ValueError(f"plan step {index} ({step.kind}): {error}") from None
+            self.stages.append(stage)
+            cfg = stage.cfg_after
+        if not self.stages:
+            raise ValueError("the growth plan has no steps")
+        try:
+            self.adapter.validate_config(cfg)
+        except ValueError as error:
+            raise ValueError(f"plan step {len(self.stages) - 1} ({self.stages[-1].step.kind}): {error}") from None
+        self.history_records = []
+        for stage in self.stages:
+            record = {"step": stage.step.params(), "seed": self.seed, "run": run_id,
+                      "before": stage.before.as_dict(), "after": stage.after.as_dict(),
+                      "exact": stage.step.kind != "stack" and not stage.step.approximate}
+            record.update({k: v for k, v in stage.record.items() if not k.startswith("zero_pad")})
+            self.history_records.append(record)
+        self.new_config_dict = dict(cfg)
+        self.new_config_dict["growth_history"] = list(self.source_config_dict.get("growth_history") or []) + \
+            self.history_records
+        self._meta_specs: dict[str, Any] | None = None
+
+    # ---------------------------------------------------------------- validation
+    def _validate(self, index: int, step: Any, cfg: dict[str, Any], std: float) -> Stage:
+        adapter = self.adapter
+        before = adapter.sizes(cfg)
+        record: dict[str, Any] = {}
+        layers = None
+        kind = step.kind
+        if kind == "mlp_width":
+            after = before.with_(mlp=step.to)
+            self._no_shrink(before.mlp, step.to, "MLP width")
+        elif kind == "num_heads":
+            self._no_shrink(before.heads, step.to, "number of query heads")
+            kv = step.num_key_value_heads
+            if kv is None:
+                kv = step.to if before.kv_heads == before.heads else before.kv_heads
+            self._no_shrink(before.kv_heads, kv, "number of KV heads")
+            if step.to % kv:
+                raise ValueError(f"{step.to} query heads cannot be split into {kv} KV groups (not divisible)")
+            ops.gqa_head_map(before.heads, before.kv_heads, step.to, kv)  # raises when not exact
+            after = before.with_(heads=step.to, kv_heads=kv)
+        elif kind in ("head_dim", "qk_dim", "value_dim"):
+            current = before.v_dim if kind == "value_dim" else before.qk_dim
+            self._no_shrink(current, step.to, kind.replace("_", " "))
+            if kind == "head_dim" and before.qk_dim != before.v_dim:
+                raise ValueError(f"q/k ({before.qk_dim}) and v ({before.v_dim}) head sizes differ: use qk_dim and "
+                                 "value_dim")
+            after = before.with_(
+                qk_dim=step.to if kind != "value_dim" else before.qk_dim,
+                v_dim=step.to if kind != "qk_dim" else before.v_dim,
+            )
+        elif kind == "hidden_size":
+            self._no_shrink(before.hidden, step.to, "hidden size")
+            after = before.with_(hidden=step.to)
+            if adapter.norm == "layer":
+                if step.to % before.hidden:
+                    if not step.approximate:
+                        raise ValueError(
+                            f"LayerNorm subtracts the mean, so zero-padding {before.hidden} -> {step.to} is not "
+                            f"exact; {adapter.name} grows exactly only by integer cloning (HyperCloning): use a "
+                            f"multiple of {before.hidden} (e.g. {2 * before.hidden}), or set `approximate: true`"
+                        )
+                    record["zero_pad"] = True
+                    if before.qk_dim * before.heads == before.hidden and step.to % before.heads == 0:
+                        # head size is hidden / heads (GPT-2): it grows with the hidden size
+                        after = after.with_(qk_dim=step.to // before.heads, v_dim=step.to // before.heads)
+                else:
+                    m = step.to // before.hidden
+                    after = after.with_(heads=before.heads * m, kv_heads=before.kv_heads * m)
+            if step.noise is None and adapter.norm == "layer":
+                step = step.model_copy(update={"noise": std})
+        elif kind == "num_layers":
+            self._no_shrink(before.layers, step.to, "number of layers")
+            sources = _layer_sources_for(step, before.layers, adapter)
+            adapter.check_layer_positions(step, sources, before, cfg)
+            mode = "new_copy" if step.init == "copy" else "new_random"
+            layers = [(j, mode if m == "new" else m) for j, m in sources]
+            record["new_layers"] = [i for i, (_, m) in enumerate(sources) if m == "new"]
+            after = before.with_(layers=step.to)
+        elif kind == "stack":
+            self._no_shrink(before.layers, step.to, "number of layers")
+            layers, copies = stack_layer_sources(before.layers, step.to, step.block_size, step.where)
+            record["copied_blocks"] = copies
+            after = before.with_(layers=step.to)
+        else:  # pragma: no cover - the plan schema rejects unknown steps
+            raise ValueError(f"unknown step {kind!r}")
+        adapter.check_step(step, cfg, before, after)
+        cfg_after = adapter.write_sizes(cfg, before, after)
+        if layers is not None:
+            cfg_after = adapter.remap_layer_config(cfg_after | {adapter.keys["layers"]: before.layers},
+                                                   [j for j, _ in layers], [m for _, m in layers])
+            cfg_after[adapter.keys["layers"]] = after.layers
+        return Stage(index, step, adapter, cfg, cfg_after, before, after, std, layers, record)
+
+    @staticmethod
+    def _no_shrink(old: int, new: int, what: str) -> None:
+        if new < old:
+            raise ValueError(f"cannot shrink the {what} from {old} to {new}; growth steps only grow")
+
+    # ---------------------------------------------------------------- configs
+    @property
+    def new_config(self) -> Any:
+        """The grown config as the architecture's config class (with ``growth_history``)."""
+        config_class = self.adapter.config_class()
+        data = {k: v for k, v in self.new_config_dict.items() if k not in ("transformers_version", "model_type")}
+        return config_class(**data)
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        return self.new_config_dict["growth_history"]
+
+    # ---------------------------------------------------------------- tensors
+    def source_names(self) -> list[str]:
+        """The tensors the engine reads (without a tied ``lm_head``)."""
+        return self.adapter.tensor_names(self.source_config_dict)
+
+    def source_shapes(self) -> dict[str, tuple[int, ...]]:
+        sizes = self.adapter.sizes(self.source_config_dict)
+        shapes = {}
+        for name in self.source_names():
+            role = self.adapter.role(name)
+            shape = self.adapter.canonical_shape(role.role, sizes)
+            shapes[name] = tuple(shape[::-1]) if role.transposed else tuple(shape)
+        return shapes
+
+    def view(self, source: TensorSource, *, meta: bool = False) -> _View:
+        """The lazy output view of ``source`` (a tensor source itself)."""
+        names = self.source_names()
+        available = set(source.keys())
+        missing = [n for n in names if n not in available]
+        if missing:
+            raise ValueError(
+                f"the source has no tensor {missing[0]!r} that a {self.adapter.name} model with this config "
+                f"needs ({len(missing)} missing)"
+            )
+        if hasattr(source, "shape"):
+            expected = self.source_shapes()
+            for n in names:
+                if tuple(source.shape(n)) != expected[n]:
+                    raise ValueError(f"tensor {n!r} has shape {tuple(source.shape(n))}, the config says {expected[n]}")
+        device = getattr(source, "device", torch.device("cpu"))
+        embed = next(n for n in names if self.adapter.role(n).role == "embed")
+        dtype = source.dtype(embed) if hasattr(source, "dtype") else source.get(embed).dtype
+        view: _View = _SourceView(source, names)
+        for stage in self.stages:
+            if stage.layers is not None:
+                view = _LayerView(view, stage, self.seed, device, dtype, meta)
+            else:
+                view = _WidthView(view, stage, self.seed, device, meta)
+        return view
+
+    def run(self, source: TensorSource) -> Iterator[tuple[str, torch.Tensor]]:
+        """Yield ``(name, tensor)`` for every output tensor, one at a time."""
+        view = self.view(source)
+        for name in view.keys():
+            yield name, view.get(name)
+
+    def output_names(self) -> list[str]:
+        return list(self._specs().keys())
+
+    def output_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Output tensor shapes, computed on the meta device (no tensor is read)."""
+        view = self.view(MetaSource(self.source_shapes()), meta=True)
+        return {name: tuple(view.get(name).shape) for name in view.keys()}
+
+    def _specs(self) -> dict[str, Any]:
+        if self._meta_specs is None:
+            view = self.view(MetaSource(self.source_shapes()), meta=True)
+            self._meta_specs = {name: view._get(name)[1] for name in view.keys()}
+        return self._meta_specs
+
+    def new_slices(self) -> dict[str, Any]:
+        """Which slices of each output tensor are new (JSON form, see :func:`spec_to_json`); layer-wise
+        identical entries are folded into ``prefix.*.suffix`` patterns."""
+        all_specs = self._specs()
+        specs = {n: spec_to_json(s) for n, s in all_specs.items() if s is not None}
+        return _fold_layers(specs, self.adapter, list(all_specs))
+
+    def copy_of(self, name: str) -> str | None:
+        view = self.view(MetaSource(self.source_shapes()), meta=True)
+        return view.copy_of(name)
+
+
+def _fold_layers(specs: dict[str, Any], adapter: Adapter, names: list[str]) -> dict[str, Any]:
+    import json
+
+    def pattern_of(name: str) -> str:
+        return adapter.rename_layer(name, 0).replace(f"{adapter.layer_prefix}0.", f"{adapter.layer_prefix}*.", 1)
+
+    total: dict[str, int] = {}
+    for name in names:
+        if adapter.layer_of(name) is not None:
+            total[pattern_of(name)] = total.get(pattern_of(name), 0) + 1
+
+    groups: dict[tuple[str, str], list[str]] = {}
+    for name, spec in specs.items():
+        layer = adapter.layer_of(name)
+        if layer is None:
+            continue
+        pattern = pattern_of(name)
+        groups.setdefault((pattern, json.dumps(spec, sort_keys=True)), []).append(name)
+    counts: dict[str, int] = {}
+    for (pattern, _), names in groups.items():
+        counts[pattern] = counts.get(pattern, 0) + 1
+    out: dict[str, Any] = {}
+    folded = set()
+    for (pattern, spec), names in groups.items():
+        if counts[pattern] == 1 and len(names) == total[pattern]:
+            out[pattern] = json.loads(spec)
+            folded.update(names)
+    for name, spec in specs.items():
+        if name not in folded:
+            out[name] = spec
+    return out

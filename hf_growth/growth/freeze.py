@@ -1,0 +1,90 @@
+"""Train only what growth added (LLaMA-Pro's recipe, extended to width growth with gradient masks).
+
+``freeze_original(model)`` reads ``model.config.growth_history`` (the ``new_slices`` of the last growth run):
+whole new tensors stay trainable, untouched tensors get ``requires_grad=False``, and tensors with new slices
+stay trainable with a gradient hook that zeroes the gradient of their old entries. Works on a peft model too
+(apply it before or after ``get_peft_model``; LoRA parameters are left as peft set them).
+
+Use an optimizer without decoupled weight decay on the masked tensors (``weight_decay=0``): a zero gradient
+does not stop AdamW's decay.
+
+>>> from transformers import LlamaConfig, LlamaForCausalLM
+>>> from hf_growth.growth import grow_model
+>>> model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
+...                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2))
+>>> grown = grow_model(model, [{"num_layers": {"to": 3, "where": "top"}}])
+>>> summary = freeze_original(grown)
+>>> summary["whole"], summary["masked"]
+(9, 0)
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import torch
+
+from .engine import spec_mask
+
+_LAYER = re.compile(r"\.(\d+)\.")
+
+
+def _normalise(name: str) -> str:
+    for prefix in ("base_model.model.",):
+        if name.startswith(prefix):
+            name = name[len(prefix):]
+    return name.replace(".base_layer.", ".")
+
+
+def _lookup(new_slices: dict[str, Any], name: str) -> Any:
+    if name in new_slices:
+        return new_slices[name]
+    pattern = _LAYER.sub(".*.", name, count=1)
+    return new_slices.get(pattern)
+
+
+def new_parameter_masks(model: torch.nn.Module) -> dict[str, Any]:
+    """``name -> "all" | bool mask | None`` for every parameter, from the last growth run's ``new_slices``."""
+    history = getattr(model.config, "growth_history", None) or []
+    if not history or "new_slices" not in history[-1]:
+        raise ValueError("this model has no growth_history with new_slices: grow it with hf_growth.grow_model first")
+    new_slices = history[-1]["new_slices"]
+    out: dict[str, Any] = {}
+    for name, param in model.named_parameters():
+        if "lora_" in name or "modules_to_save" in name:
+            continue
+        spec = _lookup(new_slices, _normalise(name))
+        if spec is None or spec == "all":
+            out[name] = spec
+        else:
+            out[name] = spec_mask(spec, tuple(param.shape))
+    return out
+
+
+def freeze_original(model: torch.nn.Module) -> dict[str, int]:
+    """Make only the parameters (and slices) added by the last growth run trainable; returns counts
+    ``{"whole": tensors fully new, "masked": tensors with new slices, "frozen": old tensors,
+    "trainable_elements": new entries}``."""
+    for handle in getattr(model, "_hf_growth_freeze_hooks", []):
+        handle.remove()
+    handles = []
+    counts = {"whole": 0, "masked": 0, "frozen": 0, "trainable_elements": 0}
+    params = dict(model.named_parameters())
+    for name, spec in new_parameter_masks(model).items():
+        param = params[name]
+        if spec is None:
+            param.requires_grad_(False)
+            counts["frozen"] += 1
+        elif isinstance(spec, str):
+            param.requires_grad_(True)
+            counts["whole"] += 1
+            counts["trainable_elements"] += param.numel()
+        else:
+            param.requires_grad_(True)
+            mask = spec.to(device=param.device, dtype=param.dtype)
+            handles.append(param.register_hook(lambda grad, mask=mask: grad * mask))
+            counts["masked"] += 1
+            counts["trainable_elements"] += int(spec.sum())
+    model._hf_growth_freeze_hooks = handles
+    return counts
