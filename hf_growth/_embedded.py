@@ -44,7 +44,10 @@ def load_smollm2(dtype: "str | None" = "float32"):
     torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch_dtype)
+    # The weights are plain de-quantised floats now: forget the GGUF quantizer so the model saves and grows
+    # like any other (save_pretrained refuses "gguf-quantized" models).
     if getattr(model.config, "quantization_config", None) is not None:
         del model.config.quantization_config
+    model.hf_quantizer = None
     model.eval()
     return model, tokenizer
