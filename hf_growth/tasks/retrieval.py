@@ -1,0 +1,112 @@
+"""The retrieval problem, our formulation (``papers.md`` §3; the paper's token format is not available).
+
+Nodes are the integers ``0..num_nodes-1``. Each example draws distinct random nodes and links them into
+pointer chains of ``hops`` links each (the last chain may be shorter), ``num_pairs`` links in all. The links
+are written as shuffled pairs ``a b`` ("a points to b"), then ``|``, the query node ``x0`` and the number of
+hops ``D``; the answer is ``x_D``, the node reached after ``D`` links from ``x0``. The query chain may continue
+past ``x_D``, so the model must count hops, and the other chains are distractors::
+
+    question: "4 9 7 1 9 3 1 8 | 4 2"      (links 4->9, 7->1, 9->3, 1->8; start 4, 2 hops)
+    answer:   "3"
+
+``curriculum=True`` (the implicit curriculum) draws D uniformly from ``1..hops`` for every training example;
+validation and test always use ``D = hops`` (the difficulty being measured). ``curriculum=False`` trains at
+``D = hops`` only.
+
+>>> from hf_growth.tasks.retrieval import retrieval_splits, solve
+>>> s = retrieval_splits(num_pairs=8, hops=3, num_nodes=32, train_size=50, validation_size=5, test_size=5)
+>>> all(solve(q) == a for q, a in zip(s["train"]["question"], s["train"]["answer"]))
+True
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._common import Splits, check_sizes, sample_unique_examples, to_dataset_dict
+
+__all__ = ["retrieval", "retrieval_splits", "solve", "QUERY"]
+
+QUERY = "|"
+
+
+def solve(question: str) -> str:
+    """Follow the links of a question string (a reference checker)."""
+    links, query = question.split(QUERY)
+    tokens = links.split()
+    succ = dict(zip(tokens[0::2], tokens[1::2]))
+    node, hops = query.split()
+    for _ in range(int(hops)):
+        node = succ[node]
+    return node
+
+
+def _chain_layout(num_pairs: int, hops: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Slot indices of each link's source and target when chains of ``hops`` links are laid out in a row."""
+    src, dst, slot = [], [], 0
+    left = num_pairs
+    while left > 0:
+        n = min(hops, left)
+        src.extend(range(slot, slot + n))
+        dst.extend(range(slot + 1, slot + n + 1))
+        slot += n + 1
+        left -= n
+    return np.array(src), np.array(dst), slot
+
+
+def retrieval_splits(
+    num_pairs: int = 16,
+    hops: int = 4,
+    num_nodes: int = 64,
+    curriculum: bool = True,
+    seed: int = 0,
+    train_size: int = 2**20,
+    validation_size: int = 1000,
+    test_size: int = 1000,
+) -> Splits:
+    """The splits as plain lists (see :func:`retrieval`)."""
+    if hops < 1 or num_pairs < hops:
+        raise ValueError(f"need 1 <= hops <= num_pairs, got hops={hops}, num_pairs={num_pairs}")
+    src, dst, needed = _chain_layout(num_pairs, hops)
+    if needed > num_nodes:
+        raise ValueError(f"{num_pairs} links in chains of {hops} need {needed} distinct nodes > num_nodes={num_nodes}")
+    check_sizes(train_size, validation_size, test_size)
+
+    def generate(rng: np.random.Generator, n: int, split: str):
+        nodes = np.argsort(rng.random((n, num_nodes)), axis=1)[:, :needed]
+        order = np.argsort(rng.random((n, num_pairs)), axis=1)
+        a = np.take_along_axis(nodes[:, src], order, axis=1)
+        b = np.take_along_axis(nodes[:, dst], order, axis=1)
+        if curriculum and split == "train":
+            d = rng.integers(1, hops + 1, size=n)
+        else:
+            d = np.full(n, hops)
+        start = (rng.random(n) * (hops - d + 1)).astype(np.int64)  # chain 0 has slots 0..hops
+        rows = np.arange(n)
+        x0, xd = nodes[rows, start], nodes[rows, start + d]
+        pairs = np.stack([a, b], axis=2).reshape(n, 2 * num_pairs).tolist()
+        qs = [" ".join(map(str, p)) + f" {QUERY} {s} {k}" for p, s, k in zip(pairs, x0.tolist(), d.tolist())]
+        return qs, [str(v) for v in xd.tolist()]
+
+    sizes = {"train": train_size, "validation": validation_size, "test": test_size}
+    return sample_unique_examples(generate, sizes, seed)
+
+
+def retrieval(
+    num_pairs: int = 16,
+    hops: int = 4,
+    num_nodes: int = 64,
+    curriculum: bool = True,
+    seed: int = 0,
+    train_size: int = 2**20,
+    validation_size: int = 1000,
+    test_size: int = 1000,
+):
+    """``DatasetDict`` of retrieval problems (columns ``question``, ``answer``); 2^20 train as in the paper.
+
+    >>> ds = retrieval(num_pairs=8, hops=3, num_nodes=32, train_size=1000)  # doctest: +SKIP
+    """
+    splits = retrieval_splits(num_pairs, hops, num_nodes, curriculum, seed, train_size, validation_size, test_size)
+    info = {"task": "retrieval", "num_pairs": num_pairs, "hops": hops, "num_nodes": num_nodes,
+            "curriculum": curriculum, "seed": seed}
+    return to_dataset_dict(splits, info)

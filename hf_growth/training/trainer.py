@@ -1,0 +1,368 @@
+"""``SeqVCRConfig`` and ``SeqVCRTrainer``: a ``Trainer`` that adds the Seq-VCR regulariser to the LM loss.
+
+The hidden states of the chosen blocks are captured with forward hooks (nothing else is materialised),
+projected by a linear head per layer (``seq_vcr_projection_dim``, 2048 in the paper; ``None`` = no head)
+and regularised with :func:`hf_growth.training.seq_vcr.seq_vcr_terms`. The head is trained with the model
+(it is added to the optimizer) but it is not part of the model: ``save_model`` never writes it. Each checkpoint
+directory gets ``seq_vcr_projection.safetensors``, which ``train(resume_from_checkpoint=...)`` restores.
+
+Logged next to ``loss`` (in ``state.log_history`` and every ``report_to`` backend): ``ce_loss`` (the model's
+loss), ``seq_vcr_variance`` and ``seq_vcr_covariance`` (the weighted terms); ``loss`` is their sum.
+
+Loss scaling: when the model normalises its loss by ``num_items_in_batch`` (transformers 5 semantics, the
+count taken over all micro-batches of an optimizer step and, with ``average_tokens_across_devices``, all
+ranks), the Seq-VCR term (a per-micro-batch mean) is divided by the number of micro-batches of the step, so
+the gradient is the mean over micro-batches; otherwise the Trainer's own division does it. Under DDP each rank
+takes its statistics over its own micro-batch and DDP's gradient averaging gives the mean over ranks; the
+projection head's gradients (outside the DDP module) are all-reduced before every optimizer step.
+
+>>> from transformers import GPT2Config, GPT2LMHeadModel
+>>> from hf_growth.training import SeqVCRConfig, SeqVCRTrainer
+>>> model = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=2))
+>>> args = SeqVCRConfig(output_dir="/tmp/out", max_steps=2, report_to=[], use_cpu=True,
+...                     seq_vcr_projection_dim=64)   # doctest: +SKIP
+>>> trainer = SeqVCRTrainer(model=model, args=args, train_dataset=...)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from .seq_vcr import seq_vcr_terms
+
+__all__ = ["SeqVCRConfig", "SeqVCRTrainer", "PROJECTION_FILE", "find_decoder_layers"]
+
+logger = logging.getLogger(__name__)
+
+PROJECTION_FILE = "seq_vcr_projection.safetensors"
+_STATISTICS = ("batch", "batch_length")
+
+
+@dataclass
+class SeqVCRConfig(TrainingArguments):
+    """``TrainingArguments`` plus the Seq-VCR settings; defaults are the paper's multiplication setting
+    (lambda1 = 1.0, lambda2 = 0.004, eta = 1e-3, last block, 2048-dim projection, per-position statistics,
+    2 pause tokens, batch 32, learning rate 5e-4). Arithmetic/LIS: weights 0.1 / 0.5, batch 128, lr 1e-4.
+
+    ``seq_vcr_layers``: ``"last"``, ``"embeddings"`` (the input of the first block), a block index, or a list
+    of block indices (``"0,5"`` from the command line); with several layers the terms are averaged.
+
+    >>> args = SeqVCRConfig(output_dir="/tmp/out", report_to=[], use_cpu=True)
+    >>> args.seq_vcr_covariance_weight, args.seq_vcr_projection_dim, args.per_device_train_batch_size
+    (0.004, 2048, 32)
+    """
+
+    use_seq_vcr: bool = field(default=True, metadata={"help": "Add the Seq-VCR regulariser to the loss."})
+    seq_vcr_variance_weight: float = field(default=1.0, metadata={"help": "lambda1 (variance hinge)."})
+    seq_vcr_covariance_weight: float = field(default=0.004, metadata={"help": "lambda2 (off-diagonal covariance)."})
+    seq_vcr_eps: float = field(default=1e-3, metadata={"help": "eta inside sqrt(var + eta)."})
+    seq_vcr_layers: str = field(
+        default="last", metadata={"help": "'last', 'embeddings', a block index or comma-separated indices."}
+    )
+    seq_vcr_projection_dim: int | None = field(
+        default=2048, metadata={"help": "Width of the projection head trained only by Seq-VCR; None = no head."}
+    )
+    seq_vcr_statistics: str = field(
+        default="batch", metadata={"help": "'batch' (per position across the batch) or 'batch_length'."}
+    )
+    num_pause_tokens: int = field(default=2, metadata={"help": "Pause tokens between question and answer."})
+    learning_rate: float = field(default=5e-4, metadata={"help": "AdamW learning rate (paper: 5e-4)."})
+    per_device_train_batch_size: int = field(default=32, metadata={"help": "Batch size per device (paper: 32)."})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.seq_vcr_layers = _parse_layers(self.seq_vcr_layers)
+        if self.seq_vcr_statistics not in _STATISTICS:
+            raise ValueError(f"seq_vcr_statistics must be one of {_STATISTICS}, got {self.seq_vcr_statistics!r}")
+        if self.seq_vcr_projection_dim is not None and int(self.seq_vcr_projection_dim) < 1:
+            raise ValueError(f"seq_vcr_projection_dim must be >= 1 or None, got {self.seq_vcr_projection_dim}")
+        if self.num_pause_tokens < 0:
+            raise ValueError(f"num_pause_tokens must be >= 0, got {self.num_pause_tokens}")
+
+
+def _parse_layers(layers: Any) -> str | list[int]:
+    if isinstance(layers, str):
+        text = layers.strip()
+        if text in ("last", "embeddings"):
+            return text
+        try:
+            return [int(part) for part in text.replace("[", "").replace("]", "").split(",") if part.strip()]
+        except ValueError:
+            raise ValueError(
+                f"seq_vcr_layers must be 'last', 'embeddings' or block indices, got {layers!r}"
+            ) from None
+    if isinstance(layers, int):
+        return [layers]
+    return [int(i) for i in layers]
+
+
+def find_decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The ``ModuleList`` of decoder blocks of a causal LM (GPT-2 ``transformer.h``, Llama ``model.layers``,
+    peft-wrapped or not): the list whose length is ``config.num_hidden_layers``, else the longest one."""
+    config = getattr(model, "config", None)
+    n = getattr(config, "num_hidden_layers", None) if config is not None else None
+    candidates = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.ModuleList) and len(m) > 0]
+    if not candidates:
+        raise ValueError(f"{type(model).__name__} has no ModuleList of decoder blocks to take hidden states from")
+    exact = [(name, m) for name, m in candidates if n is not None and len(m) == n]
+    pool = exact or candidates
+    pool.sort(key=lambda item: (not item[0].endswith(("layers", ".h", "h", "blocks")), -len(item[1])))
+    return pool[0][1]
+
+
+def _hidden_size(model: nn.Module) -> int:
+    config = getattr(model, "config", None)
+    size = getattr(config, "hidden_size", None) if config is not None else None
+    if size is None:
+        size = model.get_input_embeddings().embedding_dim
+    return int(size)
+
+
+class _SeqVCRCallback(TrainerCallback):
+    """Counts optimizer steps for logging; syncs/clips the projection head's gradients before each optimizer
+    step and clears them after it."""
+
+    def __init__(self, trainer: SeqVCRTrainer) -> None:
+        self.trainer = trainer
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        self.trainer._sync_projection_grads()
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        # the Trainer zeroes only the model's gradients (`model.zero_grad()`); the head is outside the model
+        for p in self.trainer.seq_vcr_projection.parameters():
+            p.grad = None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.trainer._vcr_steps += 1
+
+
+class SeqVCRTrainer(Trainer):
+    """``Trainer`` whose training loss is the model's loss plus Seq-VCR on the chosen blocks' outputs.
+
+    Takes the ``Trainer`` arguments; the Seq-VCR settings come from ``args`` (a :class:`SeqVCRConfig`; a plain
+    ``TrainingArguments`` gets the ``SeqVCRConfig`` defaults). Only the training loss is regularised:
+    evaluation reports the model's loss alone.
+
+    >>> trainer = SeqVCRTrainer(model=model, args=SeqVCRConfig(output_dir="out"), train_dataset=ds)  # doctest: +SKIP
+    >>> trainer.train()                                                                              # doctest: +SKIP
+    >>> [k for k in trainer.state.log_history[0] if "seq_vcr" in k or k == "ce_loss"]                 # doctest: +SKIP
+    ['ce_loss', 'seq_vcr_variance', 'seq_vcr_covariance']
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        defaults = SeqVCRConfig.__dataclass_fields__
+        self._vcr_settings = {
+            name: getattr(self.args, name, defaults[name].default)
+            for name in (
+                "use_seq_vcr",
+                "seq_vcr_variance_weight",
+                "seq_vcr_covariance_weight",
+                "seq_vcr_eps",
+                "seq_vcr_layers",
+                "seq_vcr_projection_dim",
+                "seq_vcr_statistics",
+            )
+        }
+        s = self._vcr_settings
+        s["seq_vcr_layers"] = _parse_layers(s["seq_vcr_layers"])
+        self._vcr_enabled = bool(s["use_seq_vcr"]) and (s["seq_vcr_variance_weight"] or s["seq_vcr_covariance_weight"])
+        self._captured: dict[str, torch.Tensor] = {}
+        self._capturing = False
+        self._hooks: list[Any] = []
+        self._vcr_sums: torch.Tensor | None = None
+        self._vcr_steps = 0
+        self.seq_vcr_projection = nn.ModuleDict()
+        if not self._vcr_enabled:
+            return
+        blocks = find_decoder_layers(self.model)
+        layers = s["seq_vcr_layers"]
+        hidden = _hidden_size(self.model)
+        names = []
+        if layers == "embeddings":
+            names.append("embeddings")
+            self._hooks.append(blocks[0].register_forward_pre_hook(self._pre_hook("embeddings"), with_kwargs=True))
+        else:
+            indices = [len(blocks) - 1] if layers == "last" else list(layers)
+            for index in indices:
+                if not -len(blocks) <= index < len(blocks):
+                    raise ValueError(f"seq_vcr_layers index {index} out of range for {len(blocks)} blocks")
+                name = f"layer_{index % len(blocks)}"
+                if name in names:
+                    continue
+                names.append(name)
+                self._hooks.append(blocks[index].register_forward_hook(self._post_hook(name)))
+        self._vcr_names = names
+        dim = s["seq_vcr_projection_dim"]
+        for name in names:
+            self.seq_vcr_projection[name] = nn.Identity() if dim is None else nn.Linear(hidden, int(dim))
+        self.seq_vcr_projection.to(self.args.device)
+        self.add_callback(_SeqVCRCallback(self))
+
+    # ---- hidden-state capture -------------------------------------------------------------------------
+    def _pre_hook(self, name: str):
+        def hook(module, args, kwargs):
+            if self._capturing and name not in self._captured:
+                self._captured[name] = args[0] if args else kwargs["hidden_states"]
+
+        return hook
+
+    def _post_hook(self, name: str):
+        def hook(module, args, output):
+            if self._capturing and name not in self._captured:
+                self._captured[name] = output[0] if isinstance(output, (tuple, list)) else output
+
+        return hook
+
+    def remove_seq_vcr_hooks(self) -> None:
+        """Detach the forward hooks from the model (e.g. before handing the model to other code)."""
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks.clear()
+
+    # ---- loss -----------------------------------------------------------------------------------------
+    def _ce_is_scaled_for_ga(self, num_items_in_batch) -> bool:
+        scaled = getattr(self, "loss_is_scaled_for_ga", None)
+        if scaled is not None:
+            return bool(scaled)
+        return bool(
+            (self.model_accepts_loss_kwargs and num_items_in_batch is not None)
+            or getattr(self, "compute_loss_func", None) is not None
+        )
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if not (self._vcr_enabled and model.training and self._hooks):
+            return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        mask = inputs.get("attention_mask")
+        self._captured.clear()
+        self._capturing = True
+        try:
+            loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        finally:
+            self._capturing = False
+        missing = [n for n in self._vcr_names if n not in self._captured]
+        if missing:
+            raise RuntimeError(f"Seq-VCR hooks did not fire for {missing}: was the model's forward bypassed?")
+        s = self._vcr_settings
+        variance = covariance = None
+        for name in self._vcr_names:
+            hidden = self._captured[name]
+            head = self.seq_vcr_projection[name]
+            weight = getattr(head, "weight", None)
+            x = head(hidden.to(weight.dtype) if weight is not None and not torch.is_autocast_enabled() else hidden)
+            terms = seq_vcr_terms(
+                x,
+                None if mask is None else mask.to(x.device).bool(),
+                s["seq_vcr_variance_weight"],
+                s["seq_vcr_covariance_weight"],
+                s["seq_vcr_eps"],
+                s["seq_vcr_statistics"],
+            )
+            variance = terms.variance if variance is None else variance + terms.variance
+            covariance = terms.covariance if covariance is None else covariance + terms.covariance
+        self._captured.clear()
+        k = len(self._vcr_names)
+        variance, covariance = variance / k, covariance / k
+        micro = max(1, int(getattr(self, "current_gradient_accumulation_steps", None) or self.args.gradient_accumulation_steps))
+        scaled = self._ce_is_scaled_for_ga(num_items_in_batch)
+        aux = variance + covariance
+        total = loss + (aux / micro if scaled else aux).to(loss.dtype)
+        # what each part contributes to the logged `loss` (the Trainer divides by `micro` when not scaled)
+        parts = torch.stack([loss.detach().float() / (1 if scaled else micro), variance.detach() / micro, covariance.detach() / micro])
+        self._vcr_sums = parts if self._vcr_sums is None else self._vcr_sums + parts.to(self._vcr_sums.device)
+        return (total, outputs) if return_outputs else total
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        if "loss" in logs and self._vcr_enabled and self._vcr_sums is not None:
+            sums = self._vcr_sums
+            if self.args.world_size > 1:
+                sums = self.accelerator.reduce(sums.to(self.args.device), reduction="mean")
+            steps = max(1, self._vcr_steps)
+            ce, var, cov = (sums / steps).tolist()
+            logs["ce_loss"] = ce
+            logs["seq_vcr_variance"] = var
+            logs["seq_vcr_covariance"] = cov
+            self._vcr_sums = None
+            self._vcr_steps = 0
+        super().log(logs, *args, **kwargs)
+
+    # ---- projection head: optimizer, gradients, checkpoints -------------------------------------------
+    def create_optimizer(self, *args: Any, **kwargs: Any):
+        optimizer = super().create_optimizer(*args, **kwargs)
+        params = [p for p in self.seq_vcr_projection.parameters() if p.requires_grad]
+        if params:
+            present = {id(p) for group in self.optimizer.param_groups for p in group["params"]}
+            new = [p for p in params if id(p) not in present]
+            if new:
+                decay = [p for p in new if p.dim() > 1]
+                no_decay = [p for p in new if p.dim() <= 1]
+                for group_params, wd in ((decay, self.args.weight_decay), (no_decay, 0.0)):
+                    if group_params:
+                        self.optimizer.add_param_group({"params": group_params, "weight_decay": wd})
+        return optimizer if optimizer is not None else self.optimizer
+
+    def _sync_projection_grads(self) -> None:
+        params = [p for p in self.seq_vcr_projection.parameters() if p.requires_grad]
+        if not params:
+            return
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        if self.args.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            flat = torch.cat([p.grad.reshape(-1) for p in params])
+            torch.distributed.all_reduce(flat)
+            flat /= torch.distributed.get_world_size()
+            offset = 0
+            for p in params:
+                n = p.numel()
+                p.grad.copy_(flat[offset : offset + n].view_as(p.grad))
+                offset += n
+        if self.args.max_grad_norm and self.args.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(params, self.args.max_grad_norm)
+
+    def save_projection_head(self, directory: str) -> str:
+        """Write the projection head to ``directory/seq_vcr_projection.safetensors`` and return the path."""
+        from safetensors.torch import save_file
+
+        os.makedirs(directory, exist_ok=True)
+        path = os.path.join(directory, PROJECTION_FILE)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.seq_vcr_projection.state_dict().items()}
+        meta = {
+            "layers": ",".join(self._vcr_names) if self._vcr_enabled else "",
+            "projection_dim": str(self._vcr_settings["seq_vcr_projection_dim"]),
+        }
+        save_file(state, path, metadata=meta)
+        return path
+
+    def load_projection_head(self, directory: str) -> bool:
+        """Load the head saved by :meth:`save_projection_head` (in place); ``False`` if there is no file."""
+        path = os.path.join(directory, PROJECTION_FILE)
+        if not os.path.isfile(path):
+            return False
+        from safetensors.torch import load_file
+
+        state = load_file(path, device="cpu")
+        self.seq_vcr_projection.load_state_dict(state)
+        return True
+
+    def _save_checkpoint(self, model, trial, *args: Any, **kwargs: Any) -> None:
+        super()._save_checkpoint(model, trial, *args, **kwargs)
+        if self._vcr_enabled and len(self.seq_vcr_projection) and self.args.should_save:
+            from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+            run_dir = self._get_output_dir(trial=trial)
+            self.save_projection_head(os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"))
+
+    def _load_optimizer_and_scheduler(self, checkpoint, *args: Any, **kwargs: Any) -> None:
+        if checkpoint is not None and self._vcr_enabled and len(self.seq_vcr_projection):
+            if not self.load_projection_head(checkpoint):
+                logger.warning("no %s in %s: the Seq-VCR projection head starts fresh", PROJECTION_FILE, checkpoint)
+        super()._load_optimizer_and_scheduler(checkpoint, *args, **kwargs)

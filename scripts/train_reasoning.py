@@ -1,0 +1,262 @@
+#!/usr/bin/env python
+"""Train a causal LM on a reasoning task with optional pause tokens and Seq-VCR; report exact match.
+
+    python scripts/train_reasoning.py --task multiplication --digits 2 --model llama-mini \
+        --pauses 2 --seq-vcr --epochs 8 --output-dir runs/mult2
+    accelerate launch --config_file scripts/accelerate/ddp.yaml scripts/train_reasoning.py ...   # see README
+
+The model comes from a preset shape built from a config (``gpt2-small`` = GPT-2 small's shape, random
+init; ``gpt2-tiny``, ``llama-tiny``, ...), a local checkpoint directory, or ``smollm2`` (the embedded
+SmolLM2-135M). Presets use the word-level task tokenizer; checkpoints use their own tokenizer if they ship one.
+Datasets are tokenised once into tensors (no ``datasets`` needed). At the end the test split is answered
+greedily (pauses appended to each prompt) and ``OUTPUT_DIR/results.json`` gets the exact match.
+Growth callbacks plug in at :func:`growth_callbacks`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+PRESETS = {
+    "gpt2-tiny": ("gpt2", dict(n_embd=64, n_layer=2, n_head=4)),
+    "gpt2-mini": ("gpt2", dict(n_embd=128, n_layer=4, n_head=4)),
+    "gpt2-small": ("gpt2", dict(n_embd=768, n_layer=12, n_head=12)),
+    "llama-tiny": ("llama", dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                 num_key_value_heads=4)),
+    "llama-mini": ("llama", dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
+                                 num_key_value_heads=4)),
+}
+
+TASK_OPTIONS = {  # option -> type; only the options given reach the task builder
+    "digits": int, "digits_a": int, "digits_b": int, "num_operators": int, "modulus": int, "length": int,
+    "max_value": int, "num_pairs": int, "hops": int, "num_nodes": int, "train_size": int,
+    "validation_size": int, "test_size": int,
+}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--task", default="multiplication", choices=["multiplication", "arithmetic", "lis", "retrieval"])
+    for name, kind in TASK_OPTIONS.items():
+        p.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None)
+    p.add_argument("--no-curriculum", dest="curriculum", action="store_false", default=None)
+    p.add_argument("--model", default="llama-mini",
+                   help=f"a preset ({', '.join(PRESETS)}), 'smollm2', or a local checkpoint directory")
+    p.add_argument("--config-overrides", default="", help="preset config overrides, e.g. 'n_layer=6,n_embd=256'")
+    p.add_argument("--pauses", type=int, default=2, help="pause tokens between question and answer (0 = off)")
+    p.add_argument("--seq-vcr", dest="seq_vcr", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--seq-vcr-layers", default="last")
+    p.add_argument("--seq-vcr-variance-weight", type=float, default=1.0)
+    p.add_argument("--seq-vcr-covariance-weight", type=float, default=0.004)
+    p.add_argument("--seq-vcr-projection-dim", type=int, default=2048, help="0 = no projection head")
+    p.add_argument("--seq-vcr-statistics", default="batch", choices=["batch", "batch_length"])
+    p.add_argument("--output-dir", default="runs/reasoning")
+    p.add_argument("--epochs", type=float, default=3.0)
+    p.add_argument("--max-steps", type=int, default=-1)
+    p.add_argument("--batch-size", type=int, default=32, help="per device")
+    p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--warmup-steps", type=int, default=0)
+    p.add_argument("--scheduler", default="linear")
+    p.add_argument("--bf16", action="store_true")
+    p.add_argument("--torch-compile", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--logging-steps", type=int, default=50)
+    p.add_argument("--save-steps", type=int, default=0, help="0 = no checkpoints")
+    p.add_argument("--resume-from-checkpoint", default=None)
+    p.add_argument("--eval-batch-size", type=int, default=500)
+    p.add_argument("--max-test", type=int, default=None, help="answer only the first N test questions")
+    p.add_argument("--callback", action="append", default=[], help="extra TrainerCallback as 'module:attr'")
+    p.add_argument("--cpu", action="store_true", help="force the CPU (use_cpu)")
+    p.add_argument("--dataloader-workers", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def build_task(args):
+    from hf_growth import tasks
+
+    kwargs = {k: getattr(args, k) for k in [*TASK_OPTIONS, "curriculum"] if getattr(args, k, None) is not None}
+    kwargs["seed"] = args.seed
+    return tasks.build(args.task, as_datasets=False, **kwargs)
+
+
+def _overrides(text: str) -> dict:
+    out = {}
+    for part in filter(None, (s.strip() for s in text.split(","))):
+        key, value = part.split("=", 1)
+        for cast in (int, float):
+            try:
+                value = cast(value)
+                break
+            except ValueError:
+                continue
+        out[key.strip()] = value
+    return out
+
+
+def build_model_and_tokenizer(args, splits):
+    """A (model, tokenizer) pair: preset shape (random init + task tokenizer), checkpoint, or SmolLM2."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    from hf_growth import tasks
+
+    if args.model == "smollm2":
+        from hf_growth._embedded import load_smollm2
+
+        model, tokenizer = load_smollm2()
+        model.train()
+        return model, tokenizer
+    if args.model in PRESETS:
+        numbers = [int(t) for s in ("train", "test") for col in ("question", "answer")
+                   for q in splits[s][col][:2000] for t in q.split() if t.isdigit()]
+        tokenizer = tasks.build_tokenizer(max_number=max(256, max(numbers, default=0) + 1))
+        kind, shape = PRESETS[args.model]
+        shape = {**shape, **_overrides(args.config_overrides)}
+        longest = max(len(q.split()) + len(a.split()) for q, a in zip(splits["train"]["question"][:2000], splits["train"]["answer"][:2000]))
+        positions = max(64, 2 * (longest + args.pauses + 3))
+        common = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                      bos_token_id=tokenizer.eos_token_id)
+        if kind == "gpt2":
+            model = GPT2LMHeadModel(GPT2Config(n_positions=positions, **common, **shape))
+        else:
+            model = LlamaForCausalLM(LlamaConfig(max_position_embeddings=positions, **common, **shape))
+        return model, tokenizer
+    path = Path(args.model)
+    if not path.is_dir():
+        raise SystemExit(f"--model {args.model!r} is neither a preset ({', '.join(PRESETS)}), 'smollm2', nor a directory")
+    model = AutoModelForCausalLM.from_pretrained(str(path))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError):
+        tokenizer = tasks.build_tokenizer()
+    return model, tokenizer
+
+
+def growth_callbacks(args, model) -> list:
+    """HOOK: callbacks that grow the model during training (MIDAS stacking, function-preserving growth) go here,
+    built from the command line once ``hf_growth.training.callbacks`` exists. ``--callback module:attr`` adds
+    any ``TrainerCallback`` (class or instance) meanwhile."""
+    callbacks = []
+    for spec in args.callback:
+        module, _, attr = spec.partition(":")
+        obj = getattr(importlib.import_module(module), attr)
+        callbacks.append(obj() if isinstance(obj, type) else obj)
+    return callbacks
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    start = time.perf_counter()
+    import torch
+
+    from hf_growth import tasks
+    from hf_growth.training import SeqVCRConfig, SeqVCRTrainer
+    from hf_growth.training.data import collate_tensors, encode_split
+    from hf_growth.training.pause import add_pause_tokens, generate_with_pauses
+
+    torch.manual_seed(args.seed)
+    splits = build_task(args)
+    model, tokenizer = build_model_and_tokenizer(args, splits)
+    pause = add_pause_tokens(tokenizer, model, num=args.pauses) if args.pauses > 0 else None
+    train = encode_split(tokenizer, splits["train"], pause)
+    valid = encode_split(tokenizer, splits["validation"], pause)
+    data_seconds = time.perf_counter() - start
+
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    config = SeqVCRConfig(
+        output_dir=args.output_dir,
+        use_seq_vcr=args.seq_vcr,
+        seq_vcr_layers=args.seq_vcr_layers,
+        seq_vcr_variance_weight=args.seq_vcr_variance_weight,
+        seq_vcr_covariance_weight=args.seq_vcr_covariance_weight,
+        seq_vcr_projection_dim=args.seq_vcr_projection_dim or None,
+        seq_vcr_statistics=args.seq_vcr_statistics,
+        num_pause_tokens=args.pauses,
+        num_train_epochs=args.epochs,
+        max_steps=args.max_steps,
+        per_device_train_batch_size=args.batch_size,
+        per_device_eval_batch_size=args.batch_size,
+        gradient_accumulation_steps=args.grad_accum,
+        learning_rate=args.lr,
+        weight_decay=args.weight_decay,
+        warmup_steps=args.warmup_steps,
+        lr_scheduler_type=args.scheduler,
+        bf16=args.bf16,
+        torch_compile=args.torch_compile,
+        seed=args.seed,
+        logging_steps=args.logging_steps,
+        save_strategy="steps" if args.save_steps else "no",
+        save_steps=args.save_steps or 500,
+        eval_strategy="no",
+        report_to=[],
+        use_cpu=args.cpu,
+        dataloader_num_workers=args.dataloader_workers,
+        ddp_backend="gloo" if distributed and (args.cpu or not torch.cuda.is_available()) else None,
+        disable_tqdm=True,
+    )
+    trainer = SeqVCRTrainer(
+        model=model,
+        args=config,
+        train_dataset=train,
+        eval_dataset=valid,
+        data_collator=collate_tensors,
+        processing_class=tokenizer,
+        callbacks=growth_callbacks(args, model),
+    )
+    train_start = time.perf_counter()
+    train_output = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    train_seconds = time.perf_counter() - train_start
+    eval_loss = trainer.evaluate()["eval_loss"]
+
+    if not trainer.is_world_process_zero():
+        return 0
+    test = splits["test"]
+    questions, references = test["question"], test["answer"]
+    if args.max_test is not None:
+        questions, references = questions[: args.max_test], references[: args.max_test]
+    longest_answer = max(len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in references)
+    eval_start = time.perf_counter()
+    predictions = generate_with_pauses(trainer.model, tokenizer, questions, pause, batch_size=args.eval_batch_size,
+                                       max_new_tokens=longest_answer + 1)
+    em = tasks.exact_match(predictions, references)
+    result = {
+        "task": args.task,
+        "task_options": {k: getattr(args, k) for k in TASK_OPTIONS if getattr(args, k) is not None},
+        "model": args.model,
+        "parameters": sum(p.numel() for p in trainer.model.parameters()),
+        "pauses": args.pauses,
+        "seq_vcr": args.seq_vcr,
+        "exact_match": em,
+        "num_test": len(references),
+        "eval_loss": eval_loss,
+        "train_loss": train_output.training_loss,
+        "global_steps": trainer.state.global_step,
+        "world_size": trainer.args.world_size,
+        "seconds": {"data": round(data_seconds, 2), "train": round(train_seconds, 2),
+                    "exact_match": round(time.perf_counter() - eval_start, 2),
+                    "total": round(time.perf_counter() - start, 2)},
+        "examples": [{"question": q, "reference": r, "prediction": p}
+                     for q, r, p in list(zip(questions, references, predictions))[:5]],
+        "last_log": [h for h in trainer.state.log_history if "loss" in h][-1:],
+        "command": " ".join([Path(sys.argv[0]).name, *(sys.argv[1:] if argv is None else argv)]),
+        "versions": {"torch": torch.__version__, "transformers": __import__("transformers").__version__},
+    }
+    os.makedirs(args.output_dir, exist_ok=True)
+    out = Path(args.output_dir) / "results.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"exact match {em:.4f} on {len(references)} test questions; wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
