@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> dict:
         if not torch.cuda.is_available():
             raise SystemExit("no GPU: run with --tiny for a CPU smoke test")
         device, dtype, shapes, vocab = torch.device("cuda", 0), torch.bfloat16, SHAPES, 32000
-        batch, seq, steps, warmup = args.batch or 16, args.seq or 1024, args.steps or 10, 3
+        batch, seq, steps, warmup = args.batch or 16, args.seq or 1024, args.steps or 30, 5
         context, decode_batch, new_tokens = args.context or 8192, 4, 64
         output = args.output or Path("benchmarks/results/resformer_speed.json")
         torch.backends.cuda.matmul.allow_tf32 = True

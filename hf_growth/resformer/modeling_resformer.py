@@ -228,10 +228,15 @@ class ResFormerAttention(nn.Module):
             first, own = lambda_first, self.lambda_own
         else:
             first, own = self.lambda_init
-        if isinstance(first, torch.Tensor):
-            first = first.to(value_states.dtype)
-        if isinstance(own, torch.Tensor):
-            own = own.to(value_states.dtype)
+        if isinstance(first, torch.Tensor) or isinstance(own, torch.Tensor):
+            first = first.to(value_states.dtype) if isinstance(first, torch.Tensor) else first
+            own = own.to(value_states.dtype) if isinstance(own, torch.Tensor) else own
+            return first * v_first + own * value_states
+        # fixed weights: one fused kernel where the weights allow it (this runs in every layer)
+        if first + own == 1.0:
+            return torch.lerp(value_states, v_first, first)
+        if own == 1.0:
+            return torch.add(value_states, v_first, alpha=first)
         return first * v_first + own * value_states
 
     def forward(
