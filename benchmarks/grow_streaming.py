@@ -131,6 +131,7 @@ def generate_checkpoint(cache_dir: Path, shape_name: str, shard_size: str) -> Pa
 
     print(f"generating the {shape_name} checkpoint into {path} ...", flush=True)
     config = LlamaConfig(**shape, dtype="bfloat16")
+    config.architectures = ["LlamaForCausalLM"]  # as save_pretrained of a model writes it (mergekit needs it)
     with torch.device("meta"):
         names = {k: tuple(v.shape) for k, v in LlamaForCausalLM(config).state_dict().items()}
     with atomic_output_dir(path, overwrite=True) as tmp:
@@ -179,8 +180,13 @@ def mergekit_python(args: argparse.Namespace) -> Path:
         ours = [p for p in sys.path if p.endswith("site-packages")]
         if ours and not args.no_share_torch:  # reuse this venv's torch; the mergekit venv's own packages win
             Path(site, "zz_hf_growth_bench_shared.pth").write_text("\n".join(ours) + "\n")
-        subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", "mergekit"],
-                       check=True)
+        # pin torch to this venv's build: an unpinned torch requirement would resolve to a multi-GB CUDA wheel
+        import torch
+
+        constraints = venv / "constraints.txt"
+        constraints.write_text(f"torch=={torch.__version__}\n")
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", "-c",
+                        str(constraints), "mergekit"], check=True)
         (venv / ".installed").write_text("mergekit\n")
     return python
 
@@ -213,12 +219,13 @@ def mergekit_config(src: Path, slices: list[tuple[int, int]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def mergekit_cmd(python: Path, config: Path, out: Path, shard_bytes: int, itemsize: int) -> list[str]:
+def mergekit_cmd(python: Path, config: Path, out: Path, shard_bytes: int) -> list[str]:
     exe = python.parent / "mergekit-yaml"
     help_text = subprocess.run([str(exe), "--help"], capture_output=True, text=True).stdout
-    # mergekit's --out-shard-size counts tensor *elements* (TensorWriter: numel), ours counts bytes:
-    # pass the element count of our byte size so the shards hold the same bytes.
-    cmd = [str(exe), str(config), str(out), "--out-shard-size", str(shard_bytes // itemsize)]
+    # mergekit's --help calls --out-shard-size a "number of parameters", but its TensorWriter (mergekit 0.1.5,
+    # mergekit/io/tensor_writer.py: save_tensor) compares numel() * element_size(), i.e. *bytes*, with it:
+    # pass our shard size in bytes, as an integer (its parse_kmb reads "500M" as 500 * 1000**2).
+    cmd = [str(exe), str(config), str(out), "--out-shard-size", str(shard_bytes)]
     for flag in ("--no-copy-tokenizer", "--lazy-unpickle"):
         if flag in help_text:
             cmd.append(flag)
@@ -310,6 +317,12 @@ def main(argv: list[str] | None = None) -> int:
 
     shard_bytes = parse_size(shard_size)
     src = generate_checkpoint(cache, args.shape, shard_size)
+    src_config = json.loads((src / "config.json").read_text())
+    if not src_config.get("architectures"):  # cached by an older version of this script
+        src_config["architectures"] = ["LlamaForCausalLM"]
+        (src / "config.json").write_text(json.dumps(src_config, indent=2) + "\n")
+    load_before = os.getloadavg()
+    uptime_before = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     src_bytes = SafetensorsSource(src).total_size
     results: dict[str, dict] = {}
 
@@ -346,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
         config = work / "mergekit-midas.yml"
         config.write_text(mergekit_config(src, slices))
         mk_out = work / "mergekit-stack"
-        run("mergekit", mergekit_cmd(python, config, mk_out, shard_bytes, 2), mk_out)
+        run("mergekit", mergekit_cmd(python, config, mk_out, shard_bytes), mk_out)
         comparison = compare_outputs(stack_out, mk_out)
         comparison["slices"] = slices
         print(f"  tensors equal to mergekit's: {comparison['tensors_equal']} ({comparison['compared']} compared)")
@@ -401,12 +414,16 @@ def main(argv: list[str] | None = None) -> int:
         "ratios": ratios,
         "targets": targets,
         "mergekit": {"version": mk_version, "comparison": comparison,
-                     "note": "--out-shard-size given in elements (= our shard bytes / 2 for bf16)"} if mk_version else None,
+                     "note": "--out-shard-size given in bytes (= our shard size): mergekit 0.1.5's TensorWriter compares "
+                         "numel * element_size with it, although its --help says 'number of parameters'"} if mk_version else None,
         "method": "each run in a fresh subprocess; wall time and peak RSS (ru_maxrss of RUSAGE_CHILDREN) measured "
                   "by a parent that runs only that command; source shards read once before each run (warm page "
                   "cache); wall_s includes interpreter start-up and imports (targets use wall_s); work_s is the time of the "
                   "copy / grow_checkpoint call alone, measured inside the worker after `import torch`",
-        "machine": machine_facts(work),
+        "machine": {**machine_facts(work), "load_average_before": load_before, "load_average_after": os.getloadavg(),
+                    "uptime_before": uptime_before,
+                    "uptime_after": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
+                    "note": "2 cores shared with other engineers' jobs: the load average says how busy they were"},
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     json_path = args.json or (REPO / "benchmarks" / "results" / "grow_streaming.json" if args.shape == "full"

@@ -356,3 +356,28 @@ def test_bad_inputs_name_the_file(tmp_path):
         grow_checkpoint(tmp_path, plan, tmp_path / "out", quiet=True)
     assert not (tmp_path / "out").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("plan", [
+    [{"hidden_size": 48}],
+    [{"mlp_width": 96}, {"num_heads": {"to": 8, "num_key_value_heads": 4}}, {"hidden_size": 64},
+     {"num_layers": {"to": 6, "where": "interleave"}}],
+])
+def test_row_chunks_of_large_tensors_are_bit_identical(tmp_path, monkeypatch, plan):
+    """Embeddings and lm_head are streamed in row chunks (and their free values drawn in row blocks): every
+    chunking gives the in-memory tensors, and a chunk alone equals the rows of the whole tensor."""
+    from hf_growth.growth import engine as engine_module
+    from hf_growth.growth import streaming
+    from hf_growth.growth.engine import GrowthEngine, StateDictSource
+
+    monkeypatch.setattr(engine_module, "FREE_BLOCK_ELEMENTS", 7 * 48)  # several free blocks per tensor
+    monkeypatch.setattr(streaming, "CHUNK_BYTES", 5 * 48 * 4)  # chunks that cut free blocks in the middle
+    model = make_model("llama")
+    out, grown = grow_both(model, plan, tmp_path)
+    assert_same_tensors(out, grown)
+    view = GrowthEngine(model.config, plan, seed=3).view(StateDictSource(model.state_dict()))
+    for name in ("lm_head.weight", "model.embed_tokens.weight"):
+        assert view.row_local(name)
+        whole = view.get(name)
+        for start, stop in ((0, 1), (3, 17), (40, 64)):
+            assert torch.equal(view.get_rows(name, start, stop, whole.shape[0]), whole[start:stop]), (name, start)

@@ -256,3 +256,34 @@ def test_copy_side_files(tmp_path):
     out.mkdir()
     assert copy_side_files(src, out) == ["chat_template.jinja", "generation_config.json", "modeling_resformer.py",
                                          "tokenizer.json", "tokenizer_config.json"]
+
+
+def test_planned_writer_writes_straight_into_shards_the_same_bytes(tmp_path):
+    """With the layout planned up front every tensor goes straight into its shard (no spill file); the files
+    are byte for byte those of the spilling writer, raw copies included; a tensor out of plan is refused."""
+    import hashlib
+
+    from safetensors.torch import save_file
+
+    save_file({"raw": torch.arange(700, dtype=torch.float32)}, tmp_path / "src.safetensors")
+    raw = SafetensorsSource(tmp_path / "src.safetensors").info("raw")
+    tensors = {f"t{i}": torch.randn(100 + 37 * i) for i in range(6)}
+    planned = [(n, t.dtype, tuple(t.shape)) for n, t in tensors.items()]
+    planned.insert(3, ("raw", torch.float32, (700,)))
+    planned.append(("big", torch.float32, (50, 40)))
+    for name, kwargs in (("spill", {}), ("direct", {"planned": planned})):
+        with ShardWriter(tmp_path / name, max_shard_size="3KB", quiet=True, **kwargs) as writer:
+            for n, _, _ in planned:
+                if n == "raw":
+                    writer.add_raw(n, raw)
+                elif n == "big":
+                    writer.add_tensor_chunks(n, (50, 40), torch.float32, (torch.ones(10, 40) * k for k in range(5)))
+                else:
+                    writer.add_tensor(n, tensors[n])
+        assert not list((tmp_path / name).glob(".*"))
+    digest = lambda d: {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.iterdir())}  # noqa: E731
+    assert digest(tmp_path / "spill") == digest(tmp_path / "direct") and len(digest(tmp_path / "direct")) > 3
+    with pytest.raises(RuntimeError, match="planned"):
+        with ShardWriter(tmp_path / "bad", quiet=True, planned=planned) as writer:
+            writer.add_tensor("t1", tensors["t1"])
+    assert not [p for p in (tmp_path / "bad").iterdir()]

@@ -1,5 +1,12 @@
-"""``hf-growth grow SRC PLAN.yaml OUT``: grow a model directory or a GGUF file in memory, print a before/after
-table (parameters, shapes) and the measured max |Δlogits|, and save the result with ``save_pretrained``."""
+"""``hf-growth grow SRC PLAN.yaml OUT``: grow a model by a plan and save it with its model card.
+
+A checkpoint directory (config.json + safetensors) is grown disk to disk, shard by shard (streaming:
+memory stays at about one tensor, whatever the model's size). A ``.gguf`` file, or any source with
+``--in-memory``, is loaded, grown in memory and saved with ``save_pretrained``. Either way it prints a
+before/after table (parameters, changed shapes), writes ``README.md`` (the model card with the growth
+lineage) and, with ``--verify`` (default for the in-memory path), the measured max |Δlogits| against the
+source, also written into the card.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +14,25 @@ import argparse
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser("grow", help="grow a model by a plan (function-preserving)", description=__doc__)
+    parser = subparsers.add_parser("grow", help="grow a model by a plan (function-preserving)", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("src", help="model directory (config.json + safetensors) or a .gguf file")
     parser.add_argument("plan", help="growth plan: a YAML file with a list of one-key steps")
     parser.add_argument("out", help="output directory")
     parser.add_argument("--seed", type=int, default=0, help="seed of the free (random) new weights")
+    parser.add_argument("--max-shard-size", default="5GB",
+                        help="largest output shard, e.g. 500MB, 2GiB or bytes (default: %(default)s)")
+    parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (only once growth succeeded)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar and no table (for scripts)")
+    parser.add_argument("--in-memory", action="store_true",
+                        help="load the whole model and grow it in memory (default only for .gguf sources)")
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                        help="load (and save) in this dtype (default: the checkpoint's; GGUF: float32)")
-    parser.add_argument("--no-verify", action="store_true", help="skip the max |Δlogits| measurement")
+                        help="in memory: load (and save) in this dtype (default: the checkpoint's; GGUF: float32)")
+    verify = parser.add_mutually_exclusive_group()
+    verify.add_argument("--verify", action="store_true", default=None,
+                        help="after growing, load both models, measure max |Δlogits| and greedy text and write the "
+                             "figure into the model card (default for the in-memory path)")
+    verify.add_argument("--no-verify", dest="verify", action="store_false", help="skip the measurement")
     return parser
 
 
@@ -45,43 +63,109 @@ def load_source(src: str, dtype: str | None):
     return model.eval()
 
 
-def _table(before, after) -> str:
-    rows = [("parameters", f"{sum(p.numel() for p in before.parameters()):,}",
-             f"{sum(p.numel() for p in after.parameters()):,}")]
-    old = {n: tuple(p.shape) for n, p in before.named_parameters()}
-    for name, p in after.named_parameters():
-        if old.get(name) != tuple(p.shape) and ".layers." not in name and ".h." not in name:
-            rows.append((name, str(old.get(name, "-")), str(tuple(p.shape))))
-    layer_names = [n for n in old if ".0." in n]
-    for name in layer_names:
-        new_name = name
-        new = dict(after.named_parameters()).get(new_name)
-        if new is not None and tuple(new.shape) != old[name]:
-            rows.append((name.replace(".0.", ".*."), str(old[name]), str(tuple(new.shape))))
+def shape_table(before: dict[str, tuple[int, ...]], after: dict[str, tuple[int, ...]],
+                num_before: int | None = None, num_after: int | None = None) -> str:
+    """A before/after table: parameter count, then every tensor whose shape changed (layer tensors folded
+    into one ``layers.*`` row per role, new tensors shown with ``-`` before)."""
+    import re
+
+    def count(shapes: dict[str, tuple[int, ...]]) -> int:
+        total = 0
+        for shape in shapes.values():
+            n = 1
+            for s in shape:
+                n *= s
+            total += n
+        return total
+
+    layer = re.compile(r"\.(layers|h|blocks)\.\d+\.")
+    rows = [("parameters", f"{num_before if num_before is not None else count(before):,}",
+             f"{num_after if num_after is not None else count(after):,}")]
+    def layers(shapes: dict[str, tuple[int, ...]]) -> int:
+        return len({m.group(0) for m in map(layer.search, shapes) if m})
+
+    if layers(before) != layers(after):
+        rows.append(("layers", str(layers(before)), str(layers(after))))
+    old_patterns = {layer.sub(lambda m: f".{m.group(1)}.*.", n) for n in before}
+    seen: set[tuple[str, str, str]] = set()
+    for name, shape in after.items():
+        old = before.get(name)
+        if old is not None and tuple(old) == tuple(shape):
+            continue
+        key = layer.sub(lambda m: f".{m.group(1)}.*.", name)
+        if old is None and key != name and key in old_patterns:
+            continue  # a tensor of a new layer: the `layers` row and the old layers' rows say it
+        old_text = str(tuple(old)) if old is not None else "-"
+        row = (key, old_text, str(tuple(shape)))
+        if key != name:  # one row per layer role and (old, new) shapes
+            if (key, old_text, row[2]) in seen:
+                continue
+            seen.add((key, old_text, row[2]))
+        rows.append(row)
     width = max(len(r[0]) for r in rows)
     lines = [f"{'':{width}}  {'before':>22}  {'after':>22}"]
     lines += [f"{a:{width}}  {b:>22}  {c:>22}" for a, b, c in rows]
     return "\n".join(lines)
 
 
-def run(args: argparse.Namespace) -> int:
+def _streaming(args: argparse.Namespace, plan) -> int:
+    from pathlib import Path
+
+    from hf_growth.growth.checkpoint_io import SafetensorsSource
+    from hf_growth.growth.streaming import grow_checkpoint, verify_and_update_card
+
+    if args.dtype:
+        raise ValueError("--dtype needs --in-memory: streaming growth keeps the checkpoint's dtype")
+    out = grow_checkpoint(args.src, plan, args.out, seed=args.seed, max_shard_size=args.max_shard_size,
+                          overwrite=args.overwrite, quiet=args.quiet)
+    if not args.quiet:
+        src, grown = SafetensorsSource(args.src), SafetensorsSource(out)
+        print(shape_table({n: src.shape(n) for n in src}, {n: grown.shape(n) for n in grown}))
+    if args.verify:
+        result = verify_and_update_card(args.src, out, quiet=True)
+        print(f"max |Δlogits| = {result['max_logit_diff']:.3g} (greedy text "
+              f"{'matches' if result['greedy_match'] else 'DIFFERS'}; written into {Path(out) / 'README.md'})")
+    if not args.quiet:
+        print(f"saved to {out}")
+    return 0
+
+
+def _in_memory(args: argparse.Namespace, plan) -> int:
     from pathlib import Path
 
     from hf_growth.growth import grow_model
-    from hf_growth.growth.plan import GrowthPlan
+    from hf_growth.growth.checkpoint_io import check_output_dir
+    from hf_growth.growth.memory import save_grown
     from hf_growth.growth.verify import max_logit_diff
 
-    plan = GrowthPlan.parse(Path(args.plan))
-    out = Path(args.out)
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out} exists and is not empty")
+    src_path = Path(args.src)
+    out = check_output_dir(args.out, src_path if src_path.is_dir() else None, overwrite=args.overwrite)
     model = load_source(args.src, args.dtype)
     grown = grow_model(model, plan, seed=args.seed)
-    print(_table(model, grown))
-    if not args.no_verify:
+    if not args.quiet:
+        print(shape_table({n: tuple(p.shape) for n, p in model.named_parameters()},
+                          {n: tuple(p.shape) for n, p in grown.named_parameters()},
+                          model.num_parameters(), grown.num_parameters()))
+    verification = None
+    if args.verify is None or args.verify:
         diff = max_logit_diff(model, grown)
         grown.config.growth_history[-1].setdefault("max_logit_diff", diff)
+        verification = {"max_logit_diff": diff}
         print(f"max |Δlogits| = {diff:.3g}")
-    grown.save_pretrained(out)
-    print(f"saved to {out}")
+    save_grown(grown, out, source=model, max_shard_size=args.max_shard_size, overwrite=args.overwrite,
+               verification=verification)
+    if not args.quiet:
+        print(f"saved to {out}")
     return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from hf_growth.growth.plan import GrowthPlan
+
+    plan = GrowthPlan.parse(Path(args.plan))
+    src = Path(args.src)
+    if args.in_memory or src.suffix == ".gguf" or not src.is_dir():
+        return _in_memory(args, plan)
+    return _streaming(args, plan)

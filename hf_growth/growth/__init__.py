@@ -20,8 +20,9 @@ def grow_model(model: Any, plan: Any, *, seed: int = 0, output_dir: "str | os.Pa
                **kwargs: Any) -> Any:
     """Grow a model by a plan (:class:`GrowthPlan`, list of one-key steps, or YAML file).
 
-    In memory (a model): returns a new model; the source is untouched. On disk (a checkpoint directory and
-    ``output_dir``): streams shard by shard and returns the output path.
+    In memory (a model): returns a new model; the source is untouched; with ``output_dir`` it is also saved
+    there with its model card (``max_shard_size=``, ``overwrite=``, ``base_model=`` apply to that save). On disk
+    (a checkpoint directory and ``output_dir``): streams shard by shard and returns the output path.
     """
     if isinstance(model, (str, os.PathLike)):
         if output_dir is None:
@@ -31,11 +32,12 @@ def grow_model(model: Any, plan: Any, *, seed: int = 0, output_dir: "str | os.Pa
         except ModuleNotFoundError as error:  # pragma: no cover - until streaming lands
             raise NotImplementedError("streaming (disk-to-disk) growth is not available yet") from error
         return grow_checkpoint(model, plan, output_dir, seed=seed, **kwargs)
-    from .memory import grow_in_memory
+    from .memory import grow_in_memory, save_grown
 
+    save_kwargs = {k: kwargs.pop(k) for k in ("max_shard_size", "overwrite", "base_model") if k in kwargs}
     grown = grow_in_memory(model, plan, seed=seed, **kwargs)
-    if output_dir is not None:
-        grown.save_pretrained(output_dir)
+    if output_dir is not None:  # save_pretrained + the model card
+        save_grown(grown, output_dir, source=model, **save_kwargs)
     return grown
 
 

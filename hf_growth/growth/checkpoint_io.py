@@ -29,13 +29,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import math
 import os
 import re
 import shutil
 import struct
 import tempfile
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -338,18 +339,31 @@ class SafetensorsSource(Mapping[str, torch.Tensor]):
     def read(self, name: str) -> torch.Tensor:
         """Read one tensor (a fresh, writable CPU tensor; the file is never modified)."""
         info = self.info(name)
-        buffer = bytearray(info.nbytes)
+        return self._read_range(name, info, 0, info.nbytes, info.shape)
+
+    def get_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        """Rows ``start:stop`` (dim 0) of a tensor, reading only their bytes."""
+        info = self.info(name)
+        rows = info.shape[0] if info.shape else 1
+        start, stop = max(0, min(start, rows)), max(0, min(stop, rows))
+        stop = max(stop, start)
+        row_bytes = info.nbytes // rows if rows else 0
+        return self._read_range(name, info, start * row_bytes, (stop - start) * row_bytes,
+                                (stop - start, *info.shape[1:]))
+
+    def _read_range(self, name: str, info: TensorInfo, offset: int, nbytes: int, shape: tuple[int, ...]) -> torch.Tensor:
+        buffer = bytearray(nbytes)
         with open(info.file, "rb", buffering=0) as f:
             view = memoryview(buffer)
             done = 0
-            while done < info.nbytes:
-                n = os.preadv(f.fileno(), [view[done:]], info.start + done)
+            while done < nbytes:
+                n = os.preadv(f.fileno(), [view[done:]], info.start + offset + done)
                 if n == 0:
                     raise CheckpointError(f"{info.file}: truncated while reading tensor {name!r}")
                 done += n
-        if info.nbytes == 0:
-            return torch.empty(info.shape, dtype=info.torch_dtype)
-        return torch.frombuffer(buffer, dtype=torch.uint8).view(info.torch_dtype).reshape(info.shape)
+        if nbytes == 0:
+            return torch.empty(shape, dtype=info.torch_dtype)
+        return torch.frombuffer(buffer, dtype=torch.uint8).view(info.torch_dtype).reshape(shape)
 
 
 # --------------------------------------------------------------------------------------- writing
@@ -436,6 +450,7 @@ class ShardWriter:
         total_bytes: int | None = None,
         description: str = "writing",
         durable: bool = False,
+        planned: Iterable[tuple[str, torch.dtype, tuple[int, ...]]] | None = None,
     ) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -451,6 +466,14 @@ class ShardWriter:
         self.closed = False
         self.durable = durable
         self.files: list[str] = []
+        # planned=(name, dtype, shape) of every tensor in order: the shard layout is known up front, so each
+        # tensor is written straight into its shard (no spill file: every byte is written once)
+        self._direct: list[tuple[int, _Entry]] | None = None
+        self._direct_shards: list[list[_Entry]] = []
+        self._direct_pos = 0
+        self._current: BinaryIO | None = None
+        if planned is not None:
+            self._plan_direct(planned)
         from tqdm.auto import tqdm
 
         self.progress = tqdm(
@@ -470,6 +493,62 @@ class ShardWriter:
     def total_size(self) -> int:
         return self._total
 
+    def _plan_direct(self, planned: Iterable[tuple[str, torch.dtype, tuple[int, ...]]]) -> None:
+        size = 0
+        self._direct = []
+        for name, dtype, shape in planned:
+            nbytes = torch.empty((), dtype=dtype).element_size() * math.prod(shape)
+            entry = _Entry(name, DTYPE_NAMES[dtype], tuple(shape), nbytes)
+            if not self._direct_shards or (self._direct_shards[-1] and size + nbytes > self.max_shard_size):
+                self._direct_shards.append([])
+                size = 0
+            self._direct_shards[-1].append(entry)
+            self._direct.append((len(self._direct_shards) - 1, entry))
+            size += nbytes
+
+    def _direct_begin(self, name: str, nbytes: int) -> BinaryIO:
+        """Direct mode: check ``name`` is the next planned tensor, open its shard (header first) if needed."""
+        if self.closed:
+            raise RuntimeError("ShardWriter is closed")
+        assert self._direct is not None
+        if self._direct_pos >= len(self._direct) or self._direct[self._direct_pos][1].name != name:
+            expected = self._direct[self._direct_pos][1].name if self._direct_pos < len(self._direct) else "nothing"
+            raise RuntimeError(f"ShardWriter: got tensor {name!r}, planned {expected}")
+        shard, entry = self._direct[self._direct_pos]
+        if entry.nbytes != nbytes:
+            raise RuntimeError(f"tensor {name!r} has {nbytes} bytes, planned {entry.nbytes}")
+        if self._current is None:
+            header: dict[str, Any] = {"__metadata__": self.metadata}
+            offset = 0
+            for e in self._direct_shards[shard]:
+                header[e.name] = {"dtype": e.dtype, "shape": list(e.shape), "data_offsets": [offset, offset + e.nbytes]}
+                offset += e.nbytes
+            raw_header = json.dumps(header, separators=(",", ":")).encode("utf-8")
+            raw_header += b" " * (-len(raw_header) % 8)
+            path = self.directory / f".shard-{shard + 1:05d}.tmp"
+            self._shards.append((path, [e.name for e in self._direct_shards[shard]]))
+            self._current = open(path, "wb")
+            _write(self._current, struct.pack("<Q", len(raw_header)))
+            _write(self._current, raw_header)
+        return self._current
+
+    def _direct_end(self, nbytes: int) -> None:
+        shard, _ = self._direct[self._direct_pos]
+        self._direct_pos += 1
+        self._total += nbytes
+        if self._direct_pos == len(self._direct) or self._direct[self._direct_pos][0] != shard:
+            self._close_current()
+
+    def _close_current(self) -> None:
+        if self._current is not None:
+            current, self._current = self._current, None
+            try:
+                current.flush()
+                if self.durable:
+                    os.fsync(current.fileno())
+            finally:
+                current.close()
+
     def _start_entry(self, name: str, nbytes: int) -> None:
         if self.closed:
             raise RuntimeError("ShardWriter is closed")
@@ -487,6 +566,13 @@ class ShardWriter:
         if tensor.dtype not in DTYPE_NAMES:
             raise ValueError(f"tensor {name!r} has dtype {tensor.dtype}, which safetensors cannot store here")
         nbytes = tensor.numel() * tensor.element_size()
+        if self._direct is not None:
+            f = self._direct_begin(name, nbytes)
+            if nbytes:
+                _write(f, memoryview(tensor.contiguous().reshape(-1).view(torch.uint8).numpy()))
+            self.progress.update(nbytes)
+            self._direct_end(nbytes)
+            return
         self._start_entry(name, nbytes)
         if self._spill is None:
             self._spill = open(self._spill_path, "w+b")
@@ -499,8 +585,47 @@ class ShardWriter:
         self._total += nbytes
         self.progress.update(nbytes)
 
+    def add_tensor_chunks(self, name: str, shape: tuple[int, ...], dtype: torch.dtype,
+                          chunks: Iterable[torch.Tensor]) -> None:
+        """Add a tensor of ``shape`` given as consecutive row chunks (dim 0), each written to disk at once, so
+        only one chunk is in memory. The chunks must add up to ``shape`` exactly."""
+        if dtype not in DTYPE_NAMES:
+            raise ValueError(f"tensor {name!r} has dtype {dtype}, which safetensors cannot store here")
+        nbytes = torch.empty((), dtype=dtype).element_size() * math.prod(shape)
+        if self._direct is not None:
+            f = self._direct_begin(name, nbytes)
+        else:
+            self._start_entry(name, nbytes)
+            if self._spill is None:
+                self._spill = open(self._spill_path, "w+b")
+            f = self._spill
+        offset = f.tell()
+        rows = 0
+        for chunk in chunks:
+            chunk = chunk.detach().cpu()
+            if chunk.dtype != dtype or tuple(chunk.shape[1:]) != tuple(shape[1:]):
+                raise RuntimeError(f"chunk of {name!r} is {tuple(chunk.shape)} {chunk.dtype}, expected rows of "
+                                   f"{tuple(shape)} {dtype}")
+            rows += chunk.shape[0]
+            if chunk.numel():
+                _write(f, memoryview(chunk.contiguous().reshape(-1).view(torch.uint8).numpy()))
+                self.progress.update(chunk.numel() * chunk.element_size())
+        if rows != (shape[0] if shape else 1):
+            raise RuntimeError(f"chunks of {name!r} hold {rows} rows, expected {shape[0]}")
+        if self._direct is not None:
+            self._direct_end(nbytes)
+            return
+        self._entries.append(_Entry(name, DTYPE_NAMES[dtype], tuple(shape), nbytes, spill_offset=offset))
+        self._size += nbytes
+        self._total += nbytes
+
     def add_raw(self, name: str, info: TensorInfo) -> None:
         """Add a tensor whose bytes are copied unchanged from ``info.file`` when its shard is written."""
+        if self._direct is not None:
+            f = self._direct_begin(name, info.nbytes)
+            copy_byte_range(info.file, info.start, info.nbytes, f, self.progress)
+            self._direct_end(info.nbytes)
+            return
         self._start_entry(name, info.nbytes)
         self._entries.append(_Entry(name, info.dtype, info.shape, info.nbytes, raw=info))
         self._size += info.nbytes
@@ -541,6 +666,10 @@ class ShardWriter:
         """Write the last shard, name the shards and write the index; return the file names."""
         if self.closed:
             return self.files
+        if self._direct is not None and self._direct_pos != len(self._direct):
+            raise RuntimeError(f"ShardWriter: {len(self._direct) - self._direct_pos} planned tensors were not written, "
+                               f"e.g. {self._direct[self._direct_pos][1].name!r}")
+        self._close_current()
         self._flush_shard()
         self._close_spill()
         n = len(self._shards)
@@ -582,6 +711,9 @@ class ShardWriter:
 
     def abort(self) -> None:
         """Remove every file this writer made (spill file and shards written so far)."""
+        with contextlib.suppress(OSError):
+            self._close_current()
+        self._current = None
         self._close_spill()
         for path, _ in self._shards:
             with contextlib.suppress(FileNotFoundError):

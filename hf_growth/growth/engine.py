@@ -164,15 +164,29 @@ def _seed_for(seed: int, stage: int, name: str, tag: str) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
+#: free values are drawn in blocks of whole rows (dim 0) of about this many elements, each block from its own
+#: generator seeded by (seed, step, tensor name, tag, block index): a block of rows of a large tensor can then
+#: be computed alone (row chunks) and gives the same values as the whole tensor.
+FREE_BLOCK_ELEMENTS = 1 << 20
+
+
 @dataclass
 class _Ctx:
-    """What a role transform knows: the step, sizes before/after, and seeded fills for one output tensor."""
+    """What a role transform knows: the step, sizes before/after, and seeded fills for one output tensor.
+
+    Fills are made in ``dtype`` (the tensor's own: zero-padding and copying are exact in any dtype; the
+    transforms that rescale compute in float32 themselves). ``row_offset`` is the first row of the output
+    tensor this call computes (row chunks of embeddings and ``lm_head``; 0 for a whole tensor)."""
 
     stage: "Stage"
     name: str
     seed: int
     device: torch.device
     meta: bool
+    dtype: torch.dtype = torch.float32
+    row_offset: int = 0
+    #: rows (dim 0) of the whole output tensor when this call computes a chunk of them (None: all of them)
+    total_rows: int | None = None
 
     @property
     def before(self) -> Sizes:
@@ -186,20 +200,53 @@ class _Ctx:
     def step(self) -> Any:
         return self.stage.step
 
-    def free(self, shape: tuple[int, ...], tag: str = "", std: float | None = None) -> torch.Tensor:
-        """Seeded normal(0, std) values (std: the config's ``initializer_range``), float32."""
+    def free(self, shape: tuple[int, ...], tag: str = "", std: float | None = None,
+             dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Seeded normal(0, std) values (std: the config's ``initializer_range``), drawn in float32 and
+        returned in ``dtype`` (default: the tensor's). Rows ``row_offset .. row_offset + shape[0]`` of the
+        tensor's free field of that tag: drawn block by block (:data:`FREE_BLOCK_ELEMENTS`)."""
+        dtype = self.dtype if dtype is None else dtype
         if self.meta:
-            return torch.empty(shape, device="meta")
+            return torch.empty(shape, device="meta", dtype=dtype)
         std = self.stage.std if std is None else std
-        generator = torch.Generator().manual_seed(_seed_for(self.seed, self.stage.index, self.name, tag))
-        values = torch.randn(shape, generator=generator).mul_(std)
-        return values.to(self.device)
+        shape = tuple(shape)
+        row = math.prod(shape[1:]) if len(shape) > 1 else 1
+        block = max(1, FREE_BLOCK_ELEMENTS // max(row, 1)) if len(shape) > 1 else FREE_BLOCK_ELEMENTS
+        first, stop = self.row_offset, self.row_offset + (shape[0] if shape else 1)
+        total = stop if self.total_rows is None else self.total_rows
+        out = torch.empty(shape, dtype=dtype)
+        if out.numel() == 0:
+            return out.to(self.device)
+        flat = out.view(stop - first, -1)
+        for b in range(first // block, -(-stop // block)):
+            a, z = max(b * block, first), min((b + 1) * block, stop)
+            # a block is always drawn whole (its size depends only on the tensor), then cut to this call's rows
+            generator = torch.Generator().manual_seed(_seed_for(self.seed, self.stage.index, self.name, f"{tag}#{b}"))
+            values = torch.empty((min((b + 1) * block, total) - b * block, row))
+            values.normal_(0.0, std, generator=generator)
+            flat[a - first: z - first] = values[a - b * block: z - b * block]
+        return out.to(self.device)
+
+    def free_rows(self, out: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Fill the rows of ``out`` (dim 0) that ``rows`` (old row -> new row) does not name with free values;
+        only those rows are drawn, in order. Returns ``out``."""
+        if self.meta:
+            return out
+        taken = torch.zeros(out.shape[0], dtype=torch.bool)
+        taken[rows] = True
+        new = (~taken).nonzero().flatten()
+        if len(new):
+            out[new] = self.free((len(new), *out.shape[1:]))
+        return out
+
+    def empty(self, shape: tuple[int, ...]) -> torch.Tensor:
+        return torch.empty(shape, dtype=self.dtype, device="meta" if self.meta else self.device)
 
     def zeros(self, shape: tuple[int, ...]) -> torch.Tensor:
-        return torch.zeros(shape, device="meta" if self.meta else self.device)
+        return torch.zeros(shape, dtype=self.dtype, device="meta" if self.meta else self.device)
 
     def full(self, shape: tuple[int, ...], value: float) -> torch.Tensor:
-        return torch.full(shape, value, device="meta" if self.meta else self.device)
+        return torch.full(shape, value, dtype=self.dtype, device="meta" if self.meta else self.device)
 
 
 @dataclass
@@ -237,7 +284,7 @@ def _mlp_width(role: str, t: torch.Tensor, c: _Ctx):
 
 def _kv_expand(t: torch.Tensor, kv_source: list[int | None], head: int, fill: torch.Tensor):
     old = t.reshape(-1, head, *t.shape[1:])
-    out = fill.reshape(len(kv_source), head, *t.shape[1:]).clone()
+    out = fill.reshape(len(kv_source), head, *t.shape[1:])
     first: dict[int, int] = {}
     for slot, src in enumerate(kv_source):
         if src is not None:
@@ -254,13 +301,17 @@ def _num_heads(role: str, t: torch.Tensor, c: _Ctx):
     if role in ("q.w", "q.b"):
         rows = ops.per_head_placement(q_pos, b.qk_dim, head_size=b.qk_dim)
         shape = (a.heads * b.qk_dim, *t.shape[1:])
-        fill = c.free(shape) if role == "q.w" else c.zeros(shape)
-        return ops.place(t, fill, [rows] + [None] * (t.dim() - 1)), [rows] + [None] * (t.dim() - 1)
+        out = ops.place(t, c.empty(shape) if role == "q.w" else c.zeros(shape), [rows] + [None] * (t.dim() - 1))
+        if role == "q.w":  # only the new heads' rows are drawn
+            c.free_rows(out, rows)
+        return out, [rows] + [None] * (t.dim() - 1)
     if role in ("k.w", "k.b", "v.w", "v.b"):
         head = b.qk_dim if role[0] == "k" else b.v_dim
         shape = (a.kv_heads * head, *t.shape[1:])
-        fill = c.free(shape) if role.endswith(".w") else c.zeros(shape)
-        out, rows = _kv_expand(t, kv_src, head, fill)
+        out, rows = _kv_expand(t, kv_src, head, c.empty(shape) if role.endswith(".w") else c.zeros(shape))
+        if role.endswith(".w"):  # only the new KV heads' rows are drawn (copied heads are copies)
+            copied = torch.tensor([slot for slot, src in enumerate(kv_src) if src is not None], dtype=torch.long)
+            c.free_rows(out, ops.per_head_placement(copied, head, head_size=head))
         return out, [rows] + [None] * (t.dim() - 1)
     if role == "o.w":
         cols = ops.per_head_placement(q_pos, b.v_dim, head_size=b.v_dim)
@@ -281,11 +332,11 @@ def _qk_dim(role: str, t: torch.Tensor, c: _Ctx):
     shape = (heads * a.qk_dim, *t.shape[1:])
     rest = [None] * (t.dim() - 1)
     if role == "q.w":
-        return ops.place(t, c.free(shape), [rows] + rest), [rows] + rest
+        return c.free_rows(ops.place(t, c.empty(shape), [rows] + rest), rows), [rows] + rest
     if role == "q.b":
         return ops.place(t, c.zeros(shape), [rows] + rest), [rows] + rest
-    # keys: scaled by sqrt(new/old) for the 1/sqrt(d) change; their new entries are zero
-    return ops.place(t * math.sqrt(a.qk_dim / b.qk_dim), c.zeros(shape), [rows] + rest), [rows] + rest
+    # keys: scaled by sqrt(new/old) for the 1/sqrt(d) change (in float32); their new entries are zero
+    return ops.place(t.float() * math.sqrt(a.qk_dim / b.qk_dim), c.zeros(shape), [rows] + rest), [rows] + rest
 
 
 def _value_dim(role: str, t: torch.Tensor, c: _Ctx):
@@ -295,9 +346,10 @@ def _value_dim(role: str, t: torch.Tensor, c: _Ctx):
     if role in ("v.w", "v.b"):
         rows = ops.per_head_placement(torch.arange(b.kv_heads), a.v_dim, head_size=b.v_dim)
         shape = (b.kv_heads * a.v_dim, *t.shape[1:])
-        fill = c.free(shape) if role == "v.w" else c.zeros(shape)
         rest = [None] * (t.dim() - 1)
-        return ops.place(t, fill, [rows] + rest), [rows] + rest
+        if role == "v.w":
+            return c.free_rows(ops.place(t, c.empty(shape), [rows] + rest), rows), [rows] + rest
+        return ops.place(t, c.zeros(shape), [rows] + rest), [rows] + rest
     if role == "o.w":
         cols = ops.per_head_placement(torch.arange(b.heads), a.v_dim, head_size=b.v_dim)
         return ops.place(t, c.zeros((t.shape[0], b.heads * a.v_dim)), [None, cols]), [None, cols]
@@ -337,7 +389,7 @@ def _hidden_clone(role: str, t: torch.Tensor, c: _Ctx):
     m = new // h
     std = c.step.noise
     noise = (lambda out_copies, in_copies, shape: None if in_copies < 2 or std == 0 else
-             c.free((out_copies, in_copies - 1, *shape), tag=f"noise{out_copies}", std=std))
+             c.free((out_copies, in_copies - 1, *shape), tag=f"noise{out_copies}", std=std, dtype=torch.float32))
     lead = lambda n: ops.leading(n)  # noqa: E731
     if role in ("embed", "pos"):
         return ops.repeat_along(t, m, dim=1), [None, lead(h)]
@@ -353,7 +405,7 @@ def _hidden_clone(role: str, t: torch.Tensor, c: _Ctx):
         return ops.repeat_along(t, m), [lead(t.shape[0])]
     if role in ("final_norm.w", "final_norm.b") and c.before.tied:
         # the tied unembedding repeats the embedding columns: divide the last norm instead
-        return ops.repeat_along(t, m) / m, [lead(h)]
+        return ops.repeat_along(t.float(), m) / m, [lead(h)]
     if role in _HIDDEN_VEC:
         return ops.repeat_along(t, m), [lead(h)]
     return None
@@ -411,7 +463,7 @@ def _fused_qkv(fn, role: str, t: torch.Tensor, c: _Ctx):
     for part_role, part in zip("qkv", torch.split(t, sizes, dim=0)):
         result = fn(f"{part_role}.{suffix}", part, c)
         if result is None:
-            out, placement = part.float(), None
+            out, placement = part, None
         else:
             out, placement = result
         p0 = placement[0] if placement is not None and placement[0] is not None else ops.leading(part.shape[0])
@@ -440,6 +492,15 @@ class _View:
         """The source tensor this output is a bit-identical copy of, or None (streaming copies bytes)."""
         return None
 
+    def row_local(self, name: str) -> bool:
+        """Whether rows ``a:b`` of this output need only rows ``a:b`` of the source (embeddings, ``lm_head``
+        under zero-padding steps): then :meth:`get_rows` computes a chunk alone, bit-identical to ``get``."""
+        return False
+
+    def get_rows(self, name: str, start: int, stop: int, total_rows: int) -> torch.Tensor:
+        """Rows ``start:stop`` (dim 0) of output ``name`` whose whole tensor has ``total_rows`` rows."""
+        return self.get(name)[start:stop]
+
 
 class _SourceView(_View):
     def __init__(self, source: TensorSource, names: list[str]):
@@ -454,6 +515,14 @@ class _SourceView(_View):
     def copy_of(self, name: str) -> str | None:
         return name
 
+    def row_local(self, name: str) -> bool:
+        return True
+
+    def get_rows(self, name: str, start: int, stop: int, total_rows: int) -> torch.Tensor:
+        if hasattr(self.source, "get_rows"):
+            return self.source.get_rows(name, start, stop)
+        return self.source.get(name)[start:stop]
+
 
 class _WidthView(_View):
     def __init__(self, prev: _View, stage: Stage, seed: int, device: torch.device, meta: bool):
@@ -464,14 +533,15 @@ class _WidthView(_View):
     def keys(self) -> list[str]:
         return self.prev.keys()
 
-    def _transform(self, name: str, t: torch.Tensor):
+    def _transform(self, name: str, t: torch.Tensor, row_offset: int = 0, total_rows: int | None = None):
         info = self.stage.adapter.role(name)
-        c = _Ctx(self.stage, name, self.seed, t.device if not self.meta else self.device, self.meta)
-        canon = t.T if info.transposed else t
+        c = _Ctx(self.stage, name, self.seed, t.device if not self.meta else self.device, self.meta, t.dtype,
+                 row_offset, total_rows)
+        canon = t.T if info.transposed else t  # computed in its own dtype: the transforms up-cast where they scale
         if info.role in ("qkv.w", "qkv.b"):
-            result = _fused_qkv(self.fn, info.role, canon.float(), c)
+            result = _fused_qkv(self.fn, info.role, canon, c)
         else:
-            result = self.fn(info.role, canon.float(), c)
+            result = self.fn(info.role, canon, c)
         if result is None:
             return None
         out, placement = result
@@ -479,6 +549,23 @@ class _WidthView(_View):
             out = out.T.contiguous()
             placement = placement[::-1] if isinstance(placement, list) else placement
         return out.to(t.dtype), placement
+
+    #: roles whose rows are independent under every width step but HyperCloning's noisy lm_head
+    ROW_LOCAL_ROLES = ("embed", "pos", "lm_head")
+
+    def row_local(self, name: str) -> bool:
+        info = self.stage.adapter.role(name)
+        if info.transposed or info.role not in self.ROW_LOCAL_ROLES or not self.prev.row_local(name):
+            return False
+        clone = self.fn is _hidden and self.stage.adapter.norm == "layer" and not self.stage.record.get("zero_pad")
+        return not (clone and info.role == "lm_head")
+
+    def get_rows(self, name: str, start: int, stop: int, total_rows: int) -> torch.Tensor:
+        if not self.row_local(name):
+            return super().get_rows(name, start, stop, total_rows)
+        t = self.prev.get_rows(name, start, stop, total_rows)
+        result = self._transform(name, t, start, total_rows)
+        return t if result is None else result[0]
 
     def _get(self, name: str):
         t, spec = self.prev._get(name)
@@ -545,6 +632,14 @@ class _LayerView(_View):
     def keys(self) -> list[str]:
         return list(self._order)
 
+    def row_local(self, name: str) -> bool:
+        return self.adapter.layer_of(name) is None and self.prev.row_local(name)
+
+    def get_rows(self, name: str, start: int, stop: int, total_rows: int) -> torch.Tensor:
+        if self.row_local(name):
+            return self.prev.get_rows(name, start, stop, total_rows)
+        return super().get_rows(name, start, stop, total_rows)
+
     def _get(self, name: str):
         if self.adapter.layer_of(name) is None:
             return self.prev._get(name)
@@ -565,7 +660,7 @@ class _LayerView(_View):
             t = custom.to(device="meta" if self.meta else self.device)
             return (t if t.is_floating_point() and t.dtype == self.dtype else t.to(self.dtype)), "all"
         shape = self.adapter.canonical_shape(info.role, self.stage.after)
-        c = _Ctx(self.stage, name, self.seed, self.device, self.meta)
+        c = _Ctx(self.stage, name, self.seed, self.device, self.meta, self.dtype)
         init = self.adapter.new_layer_init(info.role)
         t = c.free(shape) if init == "free" else c.full(shape, 1.0) if init == "ones" else c.zeros(shape)
         if info.transposed:
@@ -662,6 +757,8 @@ class GrowthEngine:
         self.new_config_dict["growth_history"] = list(self.source_config_dict.get("growth_history") or []) + \
             self.history_records
         self._meta_specs: dict[str, Any] | None = None
+        for record, (before_n, after_n) in zip(self.history_records, self.param_counts()):
+            record["num_params_before"], record["num_params_after"] = before_n, after_n
 
     # ---------------------------------------------------------------- validation
     def _validate(self, index: int, step: Any, cfg: dict[str, Any], std: float) -> Stage:
@@ -753,6 +850,27 @@ class GrowthEngine:
     def history(self) -> list[dict[str, Any]]:
         return self.new_config_dict["growth_history"]
 
+    def final_config(self, dtype: torch.dtype | None = None) -> Any:
+        """The grown config as every front end saves it: :attr:`new_config` with a deep copy of the
+        history whose last record also says which slices are new (``new_slices``), and ``dtype``."""
+        config = self.new_config
+        history = copy.deepcopy(self.history)
+        history[-1]["new_slices"] = self.new_slices()
+        config.growth_history = history
+        if dtype is not None:
+            config.dtype = dtype
+        return config
+
+    def param_counts(self) -> list[tuple[int, int]]:
+        """``(parameters before, parameters after)`` of each step, from shapes alone (on the meta device;
+        nothing is read; a tied ``lm_head`` is counted once, as ``num_parameters()`` counts it)."""
+        def count(view: _View) -> int:
+            return sum(math.prod(view.get(name).shape) for name in view.keys())
+
+        views = self._views(MetaSource(self.source_shapes()), meta=True)
+        counts = [sum(math.prod(s) for s in self.source_shapes().values())] + [count(v) for v in views[1:]]
+        return list(zip(counts[:-1], counts[1:]))
+
     # ---------------------------------------------------------------- tensors
     def source_names(self) -> list[str]:
         """The tensors the engine reads (without a tied ``lm_head``)."""
@@ -782,16 +900,21 @@ class GrowthEngine:
             for n in names:
                 if tuple(source.shape(n)) != expected[n]:
                     raise ValueError(f"tensor {n!r} has shape {tuple(source.shape(n))}, the config says {expected[n]}")
+        return self._views(source, meta=meta)[-1]
+
+    def _views(self, source: TensorSource, *, meta: bool = False) -> list[_View]:
+        """The source view and the view after each stage (unchecked: :meth:`view` checks the source)."""
+        names = self.source_names()
         device = getattr(source, "device", torch.device("cpu"))
         embed = next(n for n in names if self.adapter.role(n).role == "embed")
         dtype = source.dtype(embed) if hasattr(source, "dtype") else source.get(embed).dtype
-        view: _View = _SourceView(source, names)
+        views: list[_View] = [_SourceView(source, names)]
         for stage in self.stages:
             if stage.layers is not None:
-                view = _LayerView(view, stage, self.seed, device, dtype, meta)
+                views.append(_LayerView(views[-1], stage, self.seed, device, dtype, meta))
             else:
-                view = _WidthView(view, stage, self.seed, device, meta)
-        return view
+                views.append(_WidthView(views[-1], stage, self.seed, device, meta))
+        return views
 
     def run(self, source: TensorSource) -> Iterator[tuple[str, torch.Tensor]]:
         """Yield ``(name, tensor)`` for every output tensor, one at a time."""

@@ -56,10 +56,7 @@ def grow_in_memory(model: torch.nn.Module, plan: Any, *, seed: int = 0, verify: 
         if tensor.untyped_storage().data_ptr() in source_storages:
             tensor = tensor.clone()  # never share storage with the source
         tensors[name] = tensor.detach()
-    config = engine.new_config
-    history = copy.deepcopy(engine.history)
-    history[-1]["new_slices"] = engine.new_slices()
-    config.growth_history = history
+    config = engine.final_config(next(iter(tensors.values())).dtype)
     grown = build_model(model, config, tensors)
     approximate = any(r.get("step", {}) and next(iter(r["step"].values())).get("approximate")
                       for r in engine.history_records)
@@ -71,3 +68,30 @@ def grow_in_memory(model: torch.nn.Module, plan: Any, *, seed: int = 0, verify: 
         if approximate:
             warnings.warn(f"approximate growth: measured max |Δlogits| = {diff:.3g}", stacklevel=2)
     return grown
+
+
+def save_grown(grown: torch.nn.Module, output_dir: Any, *, source: torch.nn.Module | None = None,
+               base_model: str | None = None, max_shard_size: int | str = "5GB", overwrite: bool = False,
+               verification: dict | None = None) -> Any:
+    """Save a grown model with ``save_pretrained`` *and* its model card (``README.md``), atomically: into a
+    temporary directory next to ``output_dir``, renamed at the end (an existing output is replaced only with
+    ``overwrite=True``). ``base_model`` defaults to the source's Hub id when it can be known. Returns the path.
+    """
+    from hf_growth.hub import guess_base_model, write_model_card
+
+    from .checkpoint_io import atomic_output_dir
+
+    if base_model is None:
+        src_config = getattr(source, "config", None)
+        base_model = guess_base_model(getattr(src_config, "_name_or_path", None), src_config)
+    diff = (grown.config.growth_history or [{}])[-1].get("max_logit_diff") \
+        if getattr(grown.config, "growth_history", None) else None
+    if verification is None and diff is not None:
+        verification = {"max_logit_diff": diff}
+    with atomic_output_dir(output_dir, overwrite=overwrite) as tmp:
+        grown.save_pretrained(tmp, max_shard_size=max_shard_size)
+        write_model_card(tmp, grown.config, base_model=base_model, num_params=grown.num_parameters(),
+                         verification=verification)
+    from pathlib import Path
+
+    return Path(output_dir).expanduser().resolve()

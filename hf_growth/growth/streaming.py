@@ -19,7 +19,6 @@ every tensor of a ``stack`` step) are never decoded: their bytes are copied from
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 from dataclasses import dataclass
@@ -40,6 +39,8 @@ from .checkpoint_io import (
 )
 
 CONFIG_NAME = "config.json"
+#: output tensors larger than this whose rows are independent (embeddings, lm_head) are made in row chunks
+CHUNK_BYTES = 16 << 20
 
 
 class _MetaOf:
@@ -111,30 +112,8 @@ def plan_output(engine: Any, source: SafetensorsSource) -> list[PlannedTensor]:
 
 
 def grown_config(engine: Any, dtype: torch.dtype) -> Any:
-    """The grown config exactly as the in-memory path builds it (history with ``new_slices``)."""
-    config = engine.new_config
-    history = copy.deepcopy(engine.history)
-    history[-1]["new_slices"] = engine.new_slices()
-    config.growth_history = history
-    config.dtype = dtype
-    return config
-
-
-def step_param_counts(engine: Any) -> list[tuple[int, int]]:
-    """``(parameters before, parameters after)`` of each step of the engine's plan, from shapes alone
-    (an engine per plan prefix, on the meta device; a tied ``lm_head`` is counted once)."""
-    from .engine import GrowthEngine
-
-    def count(shapes: dict[str, tuple[int, ...]]) -> int:
-        return sum(_numel(s) for s in shapes.values())
-
-    counts, before = [], count(engine.source_shapes())
-    for k in range(len(engine.plan.steps)):
-        prefix = GrowthEngine(engine.source_config_dict, engine.plan.steps[: k + 1], seed=engine.seed)
-        after = count(prefix.output_shapes())
-        counts.append((before, after))
-        before = after
-    return counts
+    """The grown config exactly as the in-memory path builds it (:meth:`GrowthEngine.final_config`)."""
+    return engine.final_config(dtype)
 
 
 def grow_checkpoint(
@@ -185,10 +164,17 @@ def grow_checkpoint(
     with atomic_output_dir(out, overwrite=overwrite) as tmp:
         view = engine.view(source)
         with ShardWriter(tmp, max_shard_size=max_shard_size, quiet=quiet, total_bytes=total,
-                         description=f"growing into {out.name}") as writer:
+                         description=f"growing into {out.name}",
+                         planned=[(p.name, p.dtype, p.shape) for p in planned]) as writer:
             for p in planned:
                 if p.copy_of is not None:
                     writer.add_raw(p.name, source.info(p.copy_of))
+                elif p.nbytes > CHUNK_BYTES and len(p.shape) > 1 and view.row_local(p.name):
+                    # a large embedding / lm_head: computed and written a block of rows at a time
+                    rows = max(1, CHUNK_BYTES // max(1, p.nbytes // p.shape[0]))
+                    writer.add_tensor_chunks(p.name, p.shape, p.dtype, (
+                        view.get_rows(p.name, a, min(a + rows, p.shape[0]), p.shape[0])
+                        for a in range(0, p.shape[0], rows)))
                 else:
                     tensor = view.get(p.name)
                     if tuple(tensor.shape) != p.shape or tensor.dtype != p.dtype:  # pragma: no cover - engine bug
@@ -198,8 +184,7 @@ def grow_checkpoint(
                     del tensor
         copy_side_files(src_dir, tmp)
         new_config.save_pretrained(tmp)
-        _write_card(tmp, new_config, src_dir, config, base_model, sum(_numel(p.shape) for p in planned),
-                    param_counts=step_param_counts(engine))
+        _write_card(tmp, new_config, src_dir, config, base_model, sum(_numel(p.shape) for p in planned))
 
     if verify:
         verify_and_update_card(src_dir, out, base_model=base_model, quiet=quiet)
@@ -214,8 +199,7 @@ def _numel(shape: tuple[int, ...]) -> int:
 
 
 def _write_card(directory: Path, config: Any, src_dir: Path, src_config: Any, base_model: str | None,
-                num_params: int | None, verification: dict | None = None,
-                param_counts: list[tuple[int, int]] | None = None) -> None:
+                num_params: int | None, verification: dict | None = None) -> None:
     from hf_growth.hub import build_model_card, guess_base_model
 
     card = build_model_card(
@@ -223,7 +207,6 @@ def _write_card(directory: Path, config: Any, src_dir: Path, src_config: Any, ba
         base_model=base_model or guess_base_model(src_dir, src_config),
         num_params=num_params,
         verification=verification,
-        param_counts=param_counts,
     )
     card.save(directory / "README.md")
 
@@ -239,16 +222,7 @@ def verify_and_update_card(src_dir: str | os.PathLike, out_dir: str | os.PathLik
     grown = SafetensorsSource(out_dir)
     num_params = sum(_numel(grown.shape(name)) for name in grown)
     src_config = load_source_config(src_dir)
-    counts = None
-    try:  # the steps of this run are the history entries the source does not have
-        from .engine import GrowthEngine
-
-        new = list(config.growth_history)[len(getattr(src_config, "growth_history", None) or []):]
-        engine = GrowthEngine(src_config, [entry["step"] for entry in new], seed=new[0].get("seed", 0))
-        counts = step_param_counts(engine)
-    except (ValueError, KeyError, TypeError, IndexError, AttributeError):
-        pass
-    _write_card(out_dir, config, Path(src_dir), src_config, base_model, num_params, result, param_counts=counts)
+    _write_card(out_dir, config, Path(src_dir), src_config, base_model, num_params, result)
     if not quiet:
         print(f"verify: max |Δlogits| {result['max_logit_diff']:.3g}, greedy text "
               f"{'matches' if result['greedy_match'] else 'DIFFERS'}")
