@@ -76,6 +76,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--eval-batch-size", type=int, default=500)
     p.add_argument("--max-test", type=int, default=None, help="answer only the first N test questions")
     p.add_argument("--callback", action="append", default=[], help="extra TrainerCallback as 'module:attr'")
+    p.add_argument("--midas-stages", type=int, default=0,
+                   help="grow depth during training by MIDAS stacking in this many stages (0 = off)")
+    p.add_argument("--midas-block-size", type=int, default=1)
+    p.add_argument("--midas-alpha", type=float, default=1.0, help="Prop-alpha stage schedule")
+    p.add_argument("--midas-where", default="middle", choices=["middle", "top"])
+    p.add_argument("--grow-at", action="append", default=[], metavar="STEP=PLAN.yaml",
+                   help="function-preserving growth with a plan file at an optimizer step (repeatable)")
     p.add_argument("--cpu", action="store_true", help="force the CPU (use_cpu)")
     p.add_argument("--dataloader-workers", type=int, default=0)
     return p.parse_args(argv)
@@ -142,10 +149,22 @@ def build_model_and_tokenizer(args, splits):
 
 
 def growth_callbacks(args, model) -> list:
-    """HOOK: callbacks that grow the model during training (MIDAS stacking, function-preserving growth) go here,
-    built from the command line once ``hf_growth.training.callbacks`` exists. ``--callback module:attr`` adds
-    any ``TrainerCallback`` (class or instance) meanwhile."""
+    """Callbacks that grow the model during training (``--midas-*``, ``--grow-at``) plus any extra
+    ``TrainerCallback`` given as ``--callback module:attr`` (class or instance)."""
+    from hf_growth.training.callbacks import GrowthCallback, MidasStackingCallback
+
     callbacks = []
+    if args.midas_stages:
+        callbacks.append(MidasStackingCallback(stages=args.midas_stages, block_size=args.midas_block_size,
+                                               alpha=args.midas_alpha, where=args.midas_where, seed=args.seed))
+    if args.grow_at:
+        plans = {}
+        for spec in args.grow_at:
+            step, sep, plan = spec.partition("=")
+            if not sep or not step.isdigit():
+                raise SystemExit(f"--grow-at expects STEP=PLAN.yaml, got {spec!r}")
+            plans[int(step)] = plan
+        callbacks.append(GrowthCallback(plans, seed=args.seed))
     for spec in args.callback:
         module, _, attr = spec.partition(":")
         obj = getattr(importlib.import_module(module), attr)
@@ -154,6 +173,19 @@ def growth_callbacks(args, model) -> list:
 
 
 def main(argv=None) -> int:
+    try:
+        return run(argv)
+    finally:
+        # every rank waits for rank 0's test generation, then leaves the process group together
+        # (a rank exiting early aborts gloo's teardown: "terminate called without an active exception")
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+
+
+def run(argv=None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     start = time.perf_counter()
@@ -213,6 +245,9 @@ def main(argv=None) -> int:
         processing_class=tokenizer,
         callbacks=growth_callbacks(args, model),
     )
+    for callback in trainer.callback_handler.callbacks:
+        if hasattr(callback, "bind"):  # growth callbacks: grow the model before a checkpoint's weights load
+            callback.bind(trainer)
     train_start = time.perf_counter()
     train_output = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     train_seconds = time.perf_counter() - train_start
@@ -234,6 +269,7 @@ def main(argv=None) -> int:
         "task_options": {k: getattr(args, k) for k in TASK_OPTIONS if getattr(args, k) is not None},
         "model": args.model,
         "parameters": sum(p.numel() for p in trainer.model.parameters()),
+        "growth_history": list(getattr(trainer.model.config, "growth_history", None) or []),
         "pauses": args.pauses,
         "seq_vcr": args.seq_vcr,
         "exact_match": em,

@@ -51,6 +51,29 @@ def test_script_single_process(tmp_path):
         module.main([*TINY, "--model", str(tmp_path / "missing"), "--output-dir", str(out2)])
 
 
+def test_script_grows_during_training(tmp_path):
+    """--midas-stages and --grow-at plug the growth callbacks into the script's Trainer."""
+    from importlib import util
+
+    spec = util.spec_from_file_location("train_reasoning", SCRIPT)
+    module = util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("- mlp_width: 192\n")
+    common = [*TINY, "--model", "llama-tiny", "--max-steps", "6", "--pauses", "0", "--no-seq-vcr"]
+    assert module.main([*common, "--output-dir", str(tmp_path / "plain")]) == 0
+    assert module.main([*common, "--midas-stages", "2", "--midas-where", "top", "--grow-at", f"2={plan}",
+                        "--output-dir", str(tmp_path / "grown")]) == 0
+    plain = json.loads((tmp_path / "plain" / "results.json").read_text())
+    grown = json.loads((tmp_path / "grown" / "results.json").read_text())
+    assert plain["growth_history"] == []
+    steps = sorted(next(iter(record["step"])) for record in grown["growth_history"])
+    assert steps == ["mlp_width", "stack"], grown["growth_history"]
+    assert grown["parameters"] > plain["parameters"] and grown["global_steps"] == 6
+    with pytest.raises(SystemExit, match="STEP=PLAN"):
+        module.main([*common, "--grow-at", "soon", "--output-dir", str(tmp_path / "bad")])
+
+
 @pytest.mark.slow
 def test_script_ddp_two_cpu_processes(tmp_path):
     import socket
