@@ -51,12 +51,12 @@ def greedy_answer(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    import shutil
     import time
     from pathlib import Path
 
     from hf_growth import convert_llama_to_resformer, grow_model, max_logit_diff
     from hf_growth._embedded import load_smollm2
+    from hf_growth.growth.memory import save_grown
 
     out = Path(args.out)
     if out.exists() and not args.no_save and not args.overwrite:
@@ -78,10 +78,11 @@ def run(args: argparse.Namespace) -> int:
     rows.append(("grown: MLP 2048, heads 12/4, hidden 768, 36 layers", grown, None))
 
     print(f"\n{'model':<52} {'parameters':>12} {'max |Δlogits|':>14}  greedy answer")
-    answers = []
+    answers, diffs = [], []
     for name, model, diff in rows:
         if diff is None:
             diff = max_logit_diff(source, model, probe["input_ids"], attention_mask=probe["attention_mask"])
+        diffs.append(diff)
         answer = greedy_answer(model, tokenizer, args.prompt, args.max_new_tokens)
         answers.append(answer)
         params = sum(p.numel() for p in model.parameters())
@@ -90,10 +91,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"\nprompt: {args.prompt!r}; greedy text identical across models: {same}")
 
     if not args.no_save:
-        if out.exists():
-            shutil.rmtree(out)
-        grown.save_pretrained(out)
-        tokenizer.save_pretrained(out)
-        print(f"saved the grown model to {out}/ (config.growth_history records its lineage)")
+        verification = {"max_logit_diff": diffs[-1], "greedy_match": answers[-1] == answers[0], "prompt": args.prompt}
+        save_grown(grown, out, source=source, overwrite=args.overwrite, verification=verification, tokenizer=tokenizer)
+        print(f"saved the grown model and its model card to {out}/ (config.growth_history records its lineage)")
     print(f"done in {time.perf_counter() - start:.0f} s")
     return 0 if same else 1

@@ -27,10 +27,8 @@ def grow_model(model: Any, plan: Any, *, seed: int = 0, output_dir: "str | os.Pa
     if isinstance(model, (str, os.PathLike)):
         if output_dir is None:
             raise ValueError("growing a checkpoint on disk needs output_dir=")
-        try:
-            from .streaming import grow_checkpoint
-        except ModuleNotFoundError as error:  # pragma: no cover - until streaming lands
-            raise NotImplementedError("streaming (disk-to-disk) growth is not available yet") from error
+        from .streaming import grow_checkpoint
+
         return grow_checkpoint(model, plan, output_dir, seed=seed, **kwargs)
     from .memory import grow_in_memory, save_grown
 

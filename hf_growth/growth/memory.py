@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -72,10 +73,11 @@ def grow_in_memory(model: torch.nn.Module, plan: Any, *, seed: int = 0, verify: 
 
 def save_grown(grown: torch.nn.Module, output_dir: Any, *, source: torch.nn.Module | None = None,
                base_model: str | None = None, max_shard_size: int | str = "5GB", overwrite: bool = False,
-               verification: dict | None = None) -> Any:
+               verification: dict | None = None, tokenizer: Any = None) -> Any:
     """Save a grown model with ``save_pretrained`` *and* its model card (``README.md``), atomically: into a
     temporary directory next to ``output_dir``, renamed at the end (an existing output is replaced only with
-    ``overwrite=True``). ``base_model`` defaults to the source's Hub id when it can be known. Returns the path.
+    ``overwrite=True``). ``base_model`` defaults to the source's Hub id when it can be known; a ``tokenizer`` is
+    saved alongside. Returns the path.
     """
     from hf_growth.hub import guess_base_model, write_model_card
 
@@ -90,8 +92,8 @@ def save_grown(grown: torch.nn.Module, output_dir: Any, *, source: torch.nn.Modu
         verification = {"max_logit_diff": diff}
     with atomic_output_dir(output_dir, overwrite=overwrite) as tmp:
         grown.save_pretrained(tmp, max_shard_size=max_shard_size)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
         write_model_card(tmp, grown.config, base_model=base_model, num_params=grown.num_parameters(),
                          verification=verification)
-    from pathlib import Path
-
     return Path(output_dir).expanduser().resolve()
