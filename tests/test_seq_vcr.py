@@ -123,3 +123,51 @@ def test_errors():
         seq_vcr_loss(torch.randn(4, 5, 3), statistics="tokens")
     with pytest.raises(ValueError, match="mask"):
         seq_vcr_loss(torch.randn(4, 5, 3), mask=torch.ones(4, 4, dtype=torch.bool))
+
+
+def _autograd_reference(x, mask, lam1, lam2, eta, statistics):
+    """The formula with float64 autograd (masked mean/covariance per group), returning (variance, covariance)."""
+    n, t, d = x.shape
+    if statistics == "batch_length":
+        x, mask = x.reshape(n * t, 1, d), mask.reshape(n * t, 1)
+    m = mask.to(x.dtype).unsqueeze(-1)
+    count = m.sum(dim=0)  # (G, 1)
+    mean = (x * m).sum(dim=0) / count.clamp_min(1)
+    xc = (x - mean) * m
+    den = (count - 1).clamp_min(1)
+    c = torch.einsum("rgi,rgj->gij", xc, xc) / den.unsqueeze(-1)
+    diag = torch.diagonal(c, dim1=1, dim2=2)
+    used = (count.squeeze(-1) >= 2).to(x.dtype)
+    norm = (used.sum() * d).clamp_min(1)
+    hinge = torch.relu(1 - torch.sqrt(diag + eta)).sum(dim=-1)
+    off = (c**2).sum(dim=(1, 2)) - (diag**2).sum(dim=-1)
+    return lam1 * (hinge * used).sum() / norm, lam2 * (off * used).sum() / norm
+
+
+@pytest.mark.parametrize("statistics", ["batch", "batch_length"])
+@pytest.mark.parametrize("shape", [(6, 4, 5), (3, 5, 8)])  # d x d and Gram paths
+def test_masked_gradients_of_each_term_match_float64_autograd(statistics, shape):
+    torch.manual_seed(4)
+    x = torch.randn(*shape, dtype=torch.float64) * 0.6
+    x[:, :, 0] *= 3.0  # one dimension above the hinge (flat relu)
+    mask = torch.ones(shape[:2], dtype=torch.long)
+    mask[1:, -1] = 0  # a position with a single valid row: skipped
+    mask[-1, 1:] = 0
+    for gv, gc in ((1.0, 0.0), (0.0, 1.0), (0.7, -1.3)):
+        x64 = x.clone().requires_grad_()
+        var_ref, cov_ref = _autograd_reference(x64, mask, 0.3, 0.5, 1e-3, statistics)
+        (gv * var_ref + gc * cov_ref).backward()
+        x32 = x.float().requires_grad_()
+        terms = seq_vcr_terms(x32, mask, 0.3, 0.5, 1e-3, statistics)
+        assert terms.variance.item() == pytest.approx(var_ref.item(), rel=1e-5, abs=1e-7)
+        assert terms.covariance.item() == pytest.approx(cov_ref.item(), rel=1e-5, abs=1e-7)
+        (gv * terms.variance + gc * terms.covariance).backward()
+        torch.testing.assert_close(x32.grad.double(), x64.grad, rtol=1e-4, atol=1e-6)
+        assert x32.grad[mask == 0].abs().max() == 0  # padded rows get no gradient
+
+
+def test_bf16_input_gets_bf16_gradient():
+    torch.manual_seed(5)
+    x = torch.randn(8, 3, 16).to(torch.bfloat16).requires_grad_()
+    seq_vcr_loss(x, torch.ones(8, 3, dtype=torch.bool)).backward()
+    assert x.grad.dtype == torch.bfloat16 and torch.isfinite(x.grad.float()).all()

@@ -232,3 +232,26 @@ def test_tensor_dataset_collation():
     assert collate_tensors([ds[0], ds[1]])["labels"].tolist() == [[0, 1], [2, 3]]
     with pytest.raises(ValueError, match="same number of rows"):
         TensorDataset({"a": torch.zeros(2), "b": torch.zeros(3)})
+
+
+def test_head_joins_the_existing_param_groups_and_is_clipped_on_its_own(tmp_path):
+    """The head's weight joins the decay group, its bias the no-decay group (no extra groups: fewer optimizer launches
+    per step); the head's gradients are clipped with their own norm, the model's with theirs."""
+    args = make_args(tmp_path, max_steps=1, weight_decay=0.1, max_grad_norm=1e-3)
+    trainer = SeqVCRTrainer(model=tiny_gpt2(), args=args, train_dataset=dataset(16), data_collator=collate_tensors)
+    recorder = _Recorder(trainer)
+    trainer.add_callback(recorder)
+    trainer.train()
+    groups = trainer.optimizer.param_groups
+    assert len(groups) == 2
+    head = trainer.seq_vcr_projection["layer_1"]
+    group_of = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
+    assert group_of[id(head.weight)] == 0.1 and group_of[id(head.bias)] == 0.0
+    n_model = len(list(trainer.model.parameters()))
+    model_grads, head_grads = recorder.grads[:n_model], recorder.grads[n_model:]
+
+    def norm(grads):
+        return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads if g is not None])))
+
+    assert norm(model_grads) == pytest.approx(1e-3, rel=1e-3)  # each side clipped to max_grad_norm on its own
+    assert norm(head_grads) == pytest.approx(1e-3, rel=1e-3)

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from .seq_vcr import seq_vcr_terms
+from .seq_vcr import _seq_vcr_parts
 
 __all__ = ["SeqVCRConfig", "SeqVCRTrainer", "PROJECTION_FILE", "find_decoder_layers"]
 
@@ -123,6 +123,42 @@ def _hidden_size(model: nn.Module) -> int:
     if size is None:
         size = model.get_input_embeddings().embedding_dim
     return int(size)
+
+
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b)
+    except Exception:  # e.g. tensors of different shapes
+        return False
+
+
+def _default_group(optimizer: torch.optim.Optimizer, weight_decay: float) -> dict[str, Any] | None:
+    """The first param group whose hyperparameters are the optimizer's defaults with ``weight_decay``: the group
+    ``add_param_group({"params": ..., "weight_decay": weight_decay})`` would create; ``None`` if there is none."""
+    defaults = getattr(optimizer, "defaults", None)
+    if not isinstance(defaults, dict):
+        return None
+    for group in optimizer.param_groups:
+        if not _same(group.get("weight_decay", defaults.get("weight_decay")), weight_decay):
+            continue
+        if all(_same(group.get(key), value) for key, value in defaults.items() if key not in ("params", "weight_decay")):
+            return group
+    return None
+
+
+@torch.no_grad()
+def _clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> torch.Tensor:
+    """``torch.nn.utils.clip_grad_norm_`` (2-norm) for a few parameters on one device, with fewer launches."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    if len({(g.device, g.dtype) for g in grads}) > 1:
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+    norms = torch._foreach_norm(grads)
+    total = torch.linalg.vector_norm(torch.stack(norms))
+    coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    torch._foreach_mul_(grads, coef)
+    return total
 
 
 class _SeqVCRCallback(TrainerCallback):
@@ -252,32 +288,37 @@ class SeqVCRTrainer(Trainer):
         if missing:
             raise RuntimeError(f"Seq-VCR hooks did not fire for {missing}: was the model's forward bypassed?")
         s = self._vcr_settings
-        variance = covariance = None
+        parts = None  # [variance, covariance], one differentiable (2,) tensor
         for name in self._vcr_names:
             hidden = self._captured[name]
             head = self.seq_vcr_projection[name]
             weight = getattr(head, "weight", None)
             x = head(hidden.to(weight.dtype) if weight is not None and not torch.is_autocast_enabled() else hidden)
-            terms = seq_vcr_terms(
+            layer = _seq_vcr_parts(
                 x,
-                None if mask is None else mask.to(x.device).bool(),
+                mask,
                 s["seq_vcr_variance_weight"],
                 s["seq_vcr_covariance_weight"],
                 s["seq_vcr_eps"],
                 s["seq_vcr_statistics"],
             )
-            variance = terms.variance if variance is None else variance + terms.variance
-            covariance = terms.covariance if covariance is None else covariance + terms.covariance
+            parts = layer if parts is None else parts + layer
         self._captured.clear()
         k = len(self._vcr_names)
-        variance, covariance = variance / k, covariance / k
+        if k > 1:
+            parts = parts / k
         micro = max(1, int(getattr(self, "current_gradient_accumulation_steps", None) or self.args.gradient_accumulation_steps))
         scaled = self._ce_is_scaled_for_ga(num_items_in_batch)
-        aux = variance + covariance
-        total = loss + (aux / micro if scaled else aux).to(loss.dtype)
+        aux = parts.sum()  # variance + covariance
+        if scaled and micro > 1:
+            aux = aux / micro
+        total = loss + aux.to(loss.dtype)
         # what each part contributes to the logged `loss` (the Trainer divides by `micro` when not scaled)
-        parts = torch.stack([loss.detach().float() / (1 if scaled else micro), variance.detach() / micro, covariance.detach() / micro])
-        self._vcr_sums = parts if self._vcr_sums is None else self._vcr_sums + parts.to(self._vcr_sums.device)
+        sums = self._vcr_sums
+        if sums is None:
+            sums = self._vcr_sums = torch.zeros(3, dtype=torch.float32, device=loss.device)
+        sums[0].add_(loss.detach().to(sums.device), alpha=1.0 if scaled else 1.0 / micro)
+        sums[1:].add_(parts.detach().to(sums.device), alpha=1.0 / micro)
         return (total, outputs) if return_outputs else total
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
@@ -301,12 +342,18 @@ class SeqVCRTrainer(Trainer):
         if params:
             present = {id(p) for group in self.optimizer.param_groups for p in group["params"]}
             new = [p for p in params if id(p) not in present]
-            if new:
-                decay = [p for p in new if p.dim() > 1]
-                no_decay = [p for p in new if p.dim() <= 1]
-                for group_params, wd in ((decay, self.args.weight_decay), (no_decay, 0.0)):
-                    if group_params:
-                        self.optimizer.add_param_group({"params": group_params, "weight_decay": wd})
+            unmatched: dict[float, list[nn.Parameter]] = {}
+            for p in new:
+                wd = self.args.weight_decay if p.dim() > 1 else 0.0
+                group = _default_group(self.optimizer, wd)
+                if group is not None:
+                    # an existing group with exactly the hyperparameters a new group would get: joining it instead
+                    # of adding groups saves the per-group work of every optimizer step (fused AdamW: a launch each)
+                    group["params"].append(p)
+                else:
+                    unmatched.setdefault(wd, []).append(p)
+            for wd, group_params in unmatched.items():
+                self.optimizer.add_param_group({"params": group_params, "weight_decay": wd})
         return optimizer if optimizer is not None else self.optimizer
 
     def _sync_projection_grads(self) -> None:
@@ -326,7 +373,7 @@ class SeqVCRTrainer(Trainer):
                 p.grad.copy_(flat[offset : offset + n].view_as(p.grad))
                 offset += n
         if self.args.max_grad_norm and self.args.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(params, self.args.max_grad_norm)
+            _clip_grad_norm(params, self.args.max_grad_norm)
 
     def save_projection_head(self, directory: str) -> str:
         """Write the projection head to ``directory/seq_vcr_projection.safetensors`` and return the path."""
