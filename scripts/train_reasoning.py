@@ -85,6 +85,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="function-preserving growth with a plan file at an optimizer step (repeatable)")
     p.add_argument("--cpu", action="store_true", help="force the CPU (use_cpu)")
     p.add_argument("--dataloader-workers", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op CPU threads (default: torch's); 1 avoids thread contention on a shared machine")
     return p.parse_args(argv)
 
 
@@ -190,6 +192,9 @@ def run(argv=None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     start = time.perf_counter()
     import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from hf_growth import tasks
     from hf_growth.training import SeqVCRConfig, SeqVCRTrainer
