@@ -36,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args._run(args) or 0)
-    except (ValueError, FileNotFoundError, FileExistsError) as error:
+    except (ValueError, OSError) as error:  # bad input, missing or existing paths, a full disk
         print(f"hf-growth {args.command}: error: {error}", file=sys.stderr)
         return 2
 
