@@ -21,12 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"hf_growth.commands.{name}")
-        except ModuleNotFoundError as error:  # a command whose module is not there yet
-            if error.name != f"hf_growth.commands.{name}":
-                raise
-            continue
+        module = importlib.import_module(f"hf_growth.commands.{name}")
         sub = module.add_parser(subparsers)
         sub.set_defaults(_run=module.run)
     return parser
