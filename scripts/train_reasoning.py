@@ -178,13 +178,19 @@ def main(argv=None) -> int:
     try:
         return run(argv)
     finally:
-        # every rank waits for rank 0's test generation, then leaves the process group together
-        # (a rank exiting early aborts gloo's teardown: "terminate called without an active exception")
+        # Every rank waits for rank 0's test generation, then leaves the process group together. The
+        # Trainer and its DDP wrapper hold the gloo process group and pending work objects through
+        # reference cycles; collect them first, or the group is destroyed during interpreter
+        # finalisation and aborts ("terminate called without an active exception", SIGABRT).
+        import gc
+
         import torch.distributed as dist
 
+        gc.collect()
         if dist.is_available() and dist.is_initialized():
             dist.barrier()
             dist.destroy_process_group()
+            gc.collect()
 
 
 def run(argv=None) -> int:
@@ -300,4 +306,11 @@ def run(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # all work is written and the process group is gone; skip interpreter finalisation, where
+        # torch's distributed C++ threads can still abort a finished run (pytorch/pytorch#179291)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
