@@ -249,3 +249,27 @@ def test_growth_callback_is_function_preserving(tmp_path, arch):
     trainer2.train(resume_from_checkpoint=str(tmp_path / "checkpoint-10"))
     assert [e["step"] for e in cb2.events] == [12]
     assert sum(p.numel() for p in fresh.parameters()) == sum(p.numel() for p in model.parameters())
+
+
+def test_grow_in_place_through_wrappers():
+    """DataParallel (and compile) wrappers are looked through; FSDP is refused before anything changes."""
+    model = tiny("llama", 2)
+    wrapped = torch.nn.DataParallel(model)  # no GPUs: a pass-through wrapper, reads the module at every call
+    ids = Counting(4).ids
+    before = model(ids).logits
+    info = grow_in_place(wrapped, [{"mlp_width": 96}])
+    assert wrapped.module is model and model.config.intermediate_size == 96
+    assert info["params_after"] > info["params_before"]
+    assert torch.allclose(wrapped(ids).logits, before, atol=1e-6)
+
+    class FullyShardedDataParallel(torch.nn.Module):  # stands in for torch's FSDP wrapper (matched by name)
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+    with pytest.raises(NotImplementedError, match="FSDP-sharded model"):
+        grow_in_place(FullyShardedDataParallel(model), [{"mlp_width": 128}])
+    assert model.config.intermediate_size == 96  # untouched
+    cb = GrowthCallback({1: [{"mlp_width": 128}]})
+    with pytest.raises(NotImplementedError, match="grow under DDP or on one device"):
+        cb.on_train_begin(None, None, None, model=FullyShardedDataParallel(model))

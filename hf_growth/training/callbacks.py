@@ -1,7 +1,8 @@
 """Growth during training: MIDAS gradual stacking and function-preserving growth, keeping the optimizer state.
 
 :func:`grow_in_place` grows a model **in place** (the same Python object: the Trainer's ``model``,
-``model_wrapped``, the accelerator and the callback handler all keep seeing it) with the growth engine
+``model_wrapped``, the accelerator and the callback handler all keep seeing it; a ``DistributedDataParallel``
+wrapper is rebuilt in place around the grown module, FSDP is refused) with the growth engine
 (:func:`hf_growth.grow_model`), and re-keys the optimizer (the same optimizer object, so the LR scheduler keeps
 working): surviving parameters keep their Adam state (``exp_avg``, ``exp_avg_sq``, ``step``) moved with the
 weights, the old slices of widened tensors keep their moments and the new slices start at zero, copied blocks
@@ -98,15 +99,67 @@ def midas_stage_depths(initial_layers: int, stages: int, layers_per_stage: int) 
 
 # ------------------------------------------------------------------------------------------ helpers
 def _unwrap_model(model: nn.Module) -> nn.Module:
+    """The model to grow inside DDP / DataParallel / torch.compile wrappers; FSDP is refused."""
     inner = model
-    if hasattr(inner, "module") and isinstance(inner.module, nn.Module):  # DDP / DataParallel
-        raise NotImplementedError(
-            f"in-place growth of a {type(inner).__name__}-wrapped model is not supported: the wrapper's buckets "
-            "and parameter lists would go stale; grow on a single device"
-        )
-    if type(inner).__name__ == "OptimizedModule":  # torch.compile: grow the original module
-        inner = inner._orig_mod
-    return inner
+    while True:
+        kind = type(inner).__name__
+        if kind in ("FullyShardedDataParallel",) or kind.startswith("FSDP"):
+            raise NotImplementedError(
+                f"in-place growth of an FSDP-sharded model ({kind}) is not supported: its flat parameters and "
+                "sharded optimizer state would have to be gathered, grown and re-sharded; grow under DDP or on one "
+                "device, save, and start the FSDP run from the grown checkpoint"
+            )
+        if kind == "OptimizedModule":  # torch.compile: grow the original module
+            inner = inner._orig_mod
+        elif hasattr(inner, "module") and isinstance(inner.module, nn.Module):  # DDP / DataParallel
+            inner = inner.module
+        else:
+            return inner
+
+
+def _ddp_wrappers(model: nn.Module) -> list[nn.Module]:
+    """The ``DistributedDataParallel`` wrappers around ``model``, outermost first."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    out, inner = [], model
+    while True:
+        if isinstance(inner, DistributedDataParallel):
+            out.append(inner)
+        if type(inner).__name__ == "OptimizedModule":
+            inner = inner._orig_mod
+        elif hasattr(inner, "module") and isinstance(inner.module, nn.Module):
+            inner = inner.module
+        else:
+            return out
+
+
+def _rewrap_ddp(ddp: nn.Module) -> None:
+    """Rebuild a ``DistributedDataParallel`` wrapper **in place** around its (grown) module.
+
+    DDP registers its gradient all-reduce on the parameters it saw at construction; after growth those are gone,
+    and the new ones would silently train apart on every rank. The wrapper object must stay the same (the
+    Trainer's training loop holds it in a local variable), so it is re-initialised with its own settings:
+    a fresh reducer over the new parameters, the module's state broadcast from rank 0, comm hooks re-registered.
+    """
+    import inspect
+
+    accepted = inspect.signature(type(ddp).__init__).parameters
+    kwargs: dict[str, Any] = dict(
+        device_ids=ddp.device_ids, output_device=ddp.output_device, dim=ddp.dim, process_group=ddp.process_group,
+        bucket_cap_mb=ddp.bucket_bytes_cap / float(1024 * 1024), find_unused_parameters=ddp.find_unused_parameters,
+        gradient_as_bucket_view=ddp.gradient_as_bucket_view, static_graph=bool(getattr(ddp, "static_graph", False)),
+        mixed_precision=getattr(ddp, "mixed_precision", None),
+    )
+    if "forward_sync_buffers" in accepted and hasattr(ddp, "forward_sync_buffers"):
+        kwargs["forward_sync_buffers"] = ddp.forward_sync_buffers
+    else:
+        kwargs["broadcast_buffers"] = ddp.broadcast_buffers
+    kwargs = {k: v for k, v in kwargs.items() if k in accepted}
+    comm_hooks = list(getattr(ddp, "_comm_hooks", []))
+    module = ddp.module
+    type(ddp).__init__(ddp, module, **kwargs)
+    for hook, state in comm_hooks:
+        ddp.register_comm_hook(state, hook)
 
 
 def _unwrap_optimizer(optimizer: Any) -> torch.optim.Optimizer:
@@ -247,6 +300,7 @@ def grow_in_place(model: nn.Module, plan: Any, *, optimizer: Any = None, seed: i
     if copied_state not in ("copy", "fresh"):
         raise ValueError(f"copied_state must be 'copy' or 'fresh', got {copied_state!r}")
     target = _unwrap_model(model)
+    ddp_wrappers = _ddp_wrappers(model)
     engine = GrowthEngine(target.config, plan, seed=seed)  # validates before anything changes
     origins = _tensor_origins(engine)
     keep_layers = _layer_keep_map(engine)
@@ -277,6 +331,8 @@ def grow_in_place(model: nn.Module, plan: Any, *, optimizer: Any = None, seed: i
         if origin in old_params and not old_params[origin].requires_grad:
             param.requires_grad_(False)
     hooks_moved = _move_hooks(old_modules, target, keep_layers, _module_prefix(engine.adapter))
+    for ddp in reversed(ddp_wrappers):  # innermost first
+        _rewrap_ddp(ddp)
 
     counts = {"carried": 0, "copied": 0, "fresh": 0}
     if optimizer is not None:
@@ -393,8 +449,19 @@ class _Bindable(TrainerCallback):
         trainer._load_from_checkpoint = _load_from_checkpoint
         return self
 
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        # fail before the first step, not at the first growth, when the run's wrapper cannot be grown (FSDP)
+        _unwrap_model(self.trainer.model_wrapped if self.trainer is not None else model)
+
     def _grow(self, plan: Any, kwargs: dict[str, Any], seed: int, record: dict[str, Any] | None) -> dict[str, Any]:
-        model = kwargs.get("model") if self.trainer is None else self.trainer.model
+        if self.trainer is None and torch.distributed.is_available() and torch.distributed.is_initialized() \
+                and torch.distributed.get_world_size() > 1:
+            raise RuntimeError(
+                f"{type(self).__name__} in a distributed run needs callback.bind(trainer): the callback must reach "
+                "the Trainer's DDP wrapper to rebuild it around the grown model (it only sees the bare model)"
+            )
+        # model_wrapped: the outermost wrapper (DDP), rebuilt in place around the grown model
+        model = kwargs.get("model") if self.trainer is None else self.trainer.model_wrapped
         optimizer = kwargs.get("optimizer") if self.trainer is None else self.trainer.optimizer
         return grow_in_place(model, plan, optimizer=optimizer, seed=seed, copied_state=self.copied_state,
                              record=record)
@@ -458,6 +525,7 @@ class MidasStackingCallback(_Bindable):
         return midas_boundaries(max_steps, self.stages, self.alpha), midas_stage_depths(initial, self.stages, per)
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
+        super().on_train_begin(args, state, control, model=model, **kwargs)
         self.boundaries, self.depths = self.schedule(state.max_steps, self.trainer.model if self.trainer else model)
         logger.info("MIDAS schedule: grow after steps %s to %s layers", self.boundaries, self.depths[1:])
 
