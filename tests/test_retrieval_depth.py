@@ -1,0 +1,231 @@
+"""benchmarks/retrieval_depth.py (issue 12): depth search, resume, summary/fit/plot, chain positions, and one
+tiny real run of the sweep and of the head-emergence mode."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+rd = _load("retrieval_depth")
+probe = _load("retrieval_probe")
+
+
+def _args(tmp_path, *extra):
+    return rd.parse_args(["--ledger", str(tmp_path / "ledger.jsonl"), "--runs-dir", str(tmp_path / "runs"),
+                          "--out-dir", str(tmp_path / "out"), "--device", "cpu", *extra])
+
+
+def _fake(need, calls, seed_extra=None):
+    """A runner where (D, curriculum) passes from depth need[(D, curriculum)] (+ seed_extra[seed])."""
+    lock = threading.Lock()
+
+    def run(spec):
+        with lock:
+            calls.append((spec.hops, spec.curriculum, spec.layers, spec.seed))
+        depth = need[(spec.hops, spec.curriculum)] + (seed_extra or {}).get(spec.seed, 0)
+        ok = spec.layers >= depth
+        return {"key": spec.key, "hops": spec.hops, "curriculum": spec.curriculum, "layers": spec.layers,
+                "seed": spec.seed, "tag": spec.tag, "exact_match": 1.0 if ok else 0.1, "passed": ok,
+                "wall_seconds": 1.0, "device": "cpu (fake)", "task_options": {"num_pairs": 8}}
+
+    return run
+
+
+def test_rules():
+    assert [rd.start_depth(d) for d in (1, 2, 4, 8, 16)] == [1, 2, 2, 3, 4]
+    assert rd.task_shape(1) == {"num_pairs": 8, "num_nodes": 64, "tokens": 19}
+    assert rd.task_shape(16) == {"num_pairs": 32, "num_nodes": 68, "tokens": 67}
+    # plan_next: start first; down while the lowest passes somewhere; up while the highest fails somewhere
+    assert rd.plan_next({}, 3, 1, 8, 3) == [3]
+    assert rd.plan_next({3: [True, True]}, 3, 1, 8, 3) == [3]  # a depth counts once every seed is in
+    assert rd.plan_next({3: [True] * 3}, 3, 1, 8, 3) == [2]
+    assert rd.plan_next({3: [True, False, True]}, 3, 1, 8, 3) == [2, 4]
+    assert rd.plan_next({3: [True] * 3, 2: [False] * 3}, 3, 1, 8, 3) == []
+    assert rd.plan_next({1: [True] * 3}, 1, 1, 8, 3) == []
+    assert rd.plan_next({8: [False] * 3}, 8, 1, 8, 3) == []
+    fails = {d: [False] * 3 for d in (4, 5, 6)}
+    assert rd.plan_next(fails, 4, 1, 8, 3, give_up_after=3) == []
+    assert rd.plan_next(fails, 4, 1, 8, 3, give_up_after=0) == [7]
+
+
+def test_sweep_finds_smallest_depth_and_stops_early(tmp_path):
+    args = _args(tmp_path, "--hops", "1,4,16", "--jobs", "3", "--give-up-after", "3")
+    need = {(1, True): 2, (1, False): 2, (4, True): 2, (4, False): 3, (16, True): 6, (16, False): 99}
+    calls = []
+    ledger = rd.Ledger(args.ledger)
+    counts = rd.sweep(args, _fake(need, calls, seed_extra={2: 1}), ledger, log=lambda s: None)
+    assert counts["searches_unfinished"] == 0
+    tried = {}
+    for d, c, layers, seed in calls:
+        tried.setdefault((d, c), set()).add(layers)
+    # D=4 with curriculum: start 2 passes for seeds 0,1 -> try 1 (fails) and 3 (all pass) -> done
+    assert tried[(4, True)] == {1, 2, 3}
+    # D=16 with curriculum: start 4, up to 7 where seed 2 passes too; nothing above
+    assert tried[(16, True)] == {4, 5, 6, 7}
+    # never passes: give up after three depths with no passing seed
+    assert tried[(16, False)] == {4, 5, 6}
+    assert len(calls) == len(set(calls)) == len(ledger.records)
+    summary = rd.summarize(list(ledger.records.values()), 3)
+    rows = {(r["hops"], r["curriculum"]): r for r in summary["table"]}
+    assert rows[(4, True)]["min_depth_any_seed"] == 2 and rows[(4, True)]["min_depth_all_seeds"] == 3
+    assert rows[(4, False)]["min_depth_all_seeds"] == 4 and rows[(4, False)]["min_depth_any_seed"] == 3
+    assert rows[(16, False)]["min_depth_all_seeds"] is None and rows[(16, False)]["depths_tried"] == [4, 5, 6]
+    assert rows[(1, True)]["passes"] == {"1": "0/3", "2": "2/3", "3": "3/3"}
+    # D = 1 has no easier instances: one search (curriculum on) serves both rows
+    assert (1, False) not in tried and rows[(1, False)]["runs_shared_with_curriculum"] is True
+    assert rows[(1, False)]["min_depth_all_seeds"] == 3
+
+    # resume: a second sweep over the same ledger (reloaded from disk) runs nothing
+    again = []
+    counts = rd.sweep(args, _fake(need, again), rd.Ledger(args.ledger), log=lambda s: None)
+    assert again == [] and counts.get("launched", 0) == 0
+
+
+def test_resume_skips_finished_and_recovers_run_dirs(tmp_path):
+    args = _args(tmp_path, "--hops", "2", "--curriculum", "on", "--seeds", "0", "--jobs", "1")
+    tag = rd.tag_of(rd.settings_of(args))
+    ledger = rd.Ledger(args.ledger)
+    # depth 2 (the start) finished in an earlier command, in the ledger
+    ledger.add({"key": rd.RunSpec(2, True, 2, 0, tag).key, "hops": 2, "curriculum": True, "layers": 2, "seed": 0,
+                "tag": tag, "exact_match": 1.0, "passed": True, "wall_seconds": 5.0})
+    # depth 1 finished but only its results.json made it (the command was killed before the ledger line)
+    spec = rd.RunSpec(2, True, 1, 0, tag)
+    run_dir = Path(args.runs_dir) / spec.key
+    run_dir.mkdir(parents=True)
+    (run_dir / "results.json").write_text(json.dumps({"exact_match": 0.5, "global_steps": 7}))
+    calls = []
+    counts = rd.sweep(args, _fake({(2, True): 2}, calls), ledger, log=lambda s: None)
+    assert calls == [] and counts["recovered"] == 1
+    assert ledger.get(spec.key)["passed"] is False and ledger.get(spec.key)["global_steps"] == 7
+
+
+def test_time_budget_kills_and_records_nothing(tmp_path):
+    args = _args(tmp_path, "--hops", "1", "--curriculum", "on", "--seeds", "0,1", "--jobs", "2",
+                 "--time-budget", "0.5", "--min-remaining", "0")
+    stop = threading.Event()
+
+    def slow(spec):
+        stop.wait(30)
+        return None  # killed
+
+    counts = rd.sweep(args, slow, rd.Ledger(args.ledger), stop, log=lambda s: None)
+    assert counts["killed"] == 2 and counts["searches_unfinished"] == 1
+    assert not Path(args.ledger).exists()
+
+
+def test_summary_fit_and_plot(tmp_path):
+    args = _args(tmp_path, "--hops", "1,2,4,8,16", "--name", "synthetic", "--label", "synthetic")
+    tag = rd.tag_of(rd.settings_of(args))
+    ledger = rd.Ledger(args.ledger)
+    for i, d in enumerate((1, 2, 4, 8, 16)):
+        for cur in (True, False):
+            need = 1 + i if cur else 2 + 2 * i  # curriculum: 1 + log2 D exactly
+            for layers in ((need - 1, need) if need <= 8 else (7, 8)):
+                if layers < 1:
+                    continue
+                for seed in range(3):
+                    ledger.add({"key": rd.RunSpec(d, cur, layers, seed, tag).key, "hops": d, "curriculum": cur,
+                                "layers": layers, "seed": seed, "tag": tag, "passed": layers >= need,
+                                "exact_match": 1.0 if layers >= need else 0.2, "wall_seconds": 2.0,
+                                "device": "NVIDIA H100 (synthetic)", "task_options": {"num_pairs": max(2 * d, 8)}})
+    data = rd.write_summary(args, ledger, ["--summarize-only"], None)
+    out = Path(args.out_dir)
+    assert (out / "synthetic.png").stat().st_size > 10_000
+    saved = json.loads((out / "synthetic.json").read_text())
+    assert {"command", "devices", "versions", "table", "fits", "runs", "rules", "settings", "markdown"} <= set(saved)
+    assert saved["devices"] == ["NVIDIA H100 (synthetic)"] and len(saved["runs"]) == len(ledger.records)
+    fit = data["fits"]["curriculum_all_seeds"]
+    assert fit["a"] == pytest.approx(1.0) and fit["b_per_doubling"] == pytest.approx(1.0) and fit["r2"] == 1.0
+    rows = {(r["hops"], r["curriculum"]): r for r in saved["table"]}
+    assert rows[(16, True)]["min_depth_all_seeds"] == 5 and rows[(16, True)]["tokens"] == 67
+    assert rows[(16, False)]["min_depth_all_seeds"] is None  # needs 10 > 8 layers: not reached
+    assert rd.fit_log([4], [2]) is None
+
+
+def test_chain_positions_follow_the_links():
+    from hf_growth.tasks.retrieval import retrieval_splits, solve
+
+    for hops, pairs, cur in ((1, 8, True), (3, 8, True), (4, 8, False), (16, 32, True)):
+        s = retrieval_splits(num_pairs=pairs, hops=hops, num_nodes=80, curriculum=cur, train_size=200,
+                             validation_size=5, test_size=5, seed=hops)
+        for q, a in zip(s["train"]["question"], s["train"]["answer"]):
+            path, end = probe.chain_positions(q)
+            tokens = q.split()
+            assert end == solve(q) == a and len(path) == int(tokens[-1])
+            assert tokens[path[0][0]] == tokens[-2]  # starts at the query node x0
+            for (_, dst), (src, _) in zip(path, path[1:]):
+                assert tokens[dst] == tokens[src]  # each link starts where the last ended
+
+
+def test_probe_batch_masks_and_emergence_order():
+    from hf_growth.tasks import build_tokenizer
+
+    tok = build_tokenizer()
+    opts = probe.run_options(["--task", "retrieval", "--hops", "3", "--num-pairs", "8", "--num-nodes", "64",
+                              "--seed", "1", "--pauses", "0"])
+    ids, important, query_mask, questions = probe.probe_batch(opts, tok, size=5)
+    assert ids["input_ids"].shape == (5, 19) and query_mask is None
+    assert important.sum(1).tolist() == [6] * 5  # 3 links, 2 tokens each
+    assert all(q.split()[-1] == "3" for q in questions)
+    _, imp3, qmask, _ = probe.probe_batch(opts, tok, size=5, query="chain")
+    assert imp3.shape == (5, 19, 19) and qmask.sum(1).tolist() == [7] * 5
+    assert (imp3[qmask].sum(-1) >= 4).all()  # every chain query sees the other links
+    scores = np.zeros((4, 2, 2))
+    scores[2:, 1, 0] = 0.9  # L1H0 rises at step 20
+    scores[3:, 0, 1] = 0.8  # L0H1 at step 30
+    order = probe.emergence_order(scores, [0, 10, 20, 30])
+    assert [(h["layer"], h["head"], h["step"]) for h in order["heads"]] == [(1, 0, 20), (0, 1, 30)]
+    assert order["layer_order"] == [1, 0] and "L1H0 (step 20) -> L0H1 (step 30)" in order["sentence"]
+
+
+def test_tiny_real_sweep_and_emergence(tmp_path):
+    """One real 4-step run through scripts/train_reasoning.py, then the head-emergence mode (one seed)."""
+    common = ["--hops", "1", "--min-layers", "1", "--max-layers", "1", "--seeds", "0", "--curriculum", "on",
+              "--width", "32", "--heads", "2", "--batch-size", "16", "--train-size", "256", "--validation-size", "32",
+              "--test-size", "32", "--eval-every", "2", "--jobs", "1", "--device", "cpu",
+              "--ledger", str(tmp_path / "ledger.jsonl"), "--runs-dir", str(tmp_path / "runs"),
+              "--out-dir", str(tmp_path / "out"), "--name", "tiny"]
+    assert rd.main([*common, "--max-steps", "4"]) == 0
+    record = json.loads((tmp_path / "ledger.jsonl").read_text().splitlines()[0])
+    assert record["global_steps"] == 4 and record["num_test"] == 32 and not record.get("error")
+    assert [h[0] for h in record["val_history"]] == [2, 4] and record["device"].startswith("cpu")
+    summary = json.loads((tmp_path / "out" / "tiny.json").read_text())
+    assert summary["label"] == "CPU pilot" and summary["runs"][0]["key"] == record["key"]
+
+    assert rd.main([*common, "--max-steps", "4", "--emergence", "D=1,layers=1,curriculum=on",
+                    "--emergence-steps", "4", "--emergence-every", "2", "--emergence-probe", "8"]) == 0
+    heads = json.loads((tmp_path / "out" / "tiny.heads.json").read_text())
+    seed = heads["seeds"][0]
+    assert seed["steps"] == [0, 2, 4] and np.asarray(seed["scores"]).shape == (3, 1, 2)
+    assert (tmp_path / "out" / "tiny.heads_s0.png").stat().st_size > 10_000
+    assert "sentence" in seed and heads["config"]["tokens"] == 19
+
+
+def test_auto_max_steps_from_calibration(tmp_path):
+    cal = tmp_path / "cal.json"
+    cal.write_text(json.dumps({"waves": [
+        {"jobs": 1, "steps_per_second_per_run": 100.0, "overhead_seconds_per_run": 10.0},
+        {"jobs": 14, "steps_per_second_per_run": 20.0, "overhead_seconds_per_run": 30.0}]}))
+    args = _args(tmp_path, "--max-steps", "auto", "--calibration", str(cal), "--jobs", "12", "--run-timeout", "500")
+    assert rd.resolve_max_steps(args) == 7000 and args.max_steps == 7000  # (0.8 * 500 - 30) * 20 = 7400, per 500
+    cal.write_text(json.dumps({"waves": [{"jobs": 1, "steps_per_second_per_run": 100.0}]}))
+    fast = _args(tmp_path, "--max-steps", "auto", "--calibration", str(cal), "--jobs", "1")
+    assert rd.resolve_max_steps(fast) == 24000  # 40000 capped at the paper's 24k
+    assert rd.resolve_max_steps(_args(tmp_path, "--max-steps", "3000")) == 3000
