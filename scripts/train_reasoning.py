@@ -11,6 +11,11 @@ SmolLM2-135M). Presets use the word-level task tokenizer; checkpoints use their 
 Datasets are tokenised once into tensors (no ``datasets`` needed). At the end the test split is answered
 greedily (pauses appended to each prompt) and ``OUTPUT_DIR/results.json`` gets the exact match.
 Growth callbacks plug in at :func:`growth_callbacks`.
+
+Fast path for short sequences on a GPU: ``--data-on-device --torch-compile --bf16`` with a large ``--batch-size``
+(the datasets live on the GPU, the model and the Seq-VCR head + statistics are compiled, no host synchronisation
+in a step); ``benchmarks/train_throughput.py`` measures it against the raw compiled step. :func:`prepare` and
+:func:`build_trainer` build exactly what :func:`main` trains.
 """
 
 from __future__ import annotations
@@ -58,6 +63,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seq-vcr-covariance-weight", type=float, default=0.004)
     p.add_argument("--seq-vcr-projection-dim", type=int, default=2048, help="0 = no projection head")
     p.add_argument("--seq-vcr-statistics", default="batch", choices=["batch", "batch_length"])
+    p.add_argument("--seq-vcr-compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the Seq-VCR head + statistics (default: with --torch-compile)")
     p.add_argument("--output-dir", default="runs/reasoning")
     p.add_argument("--epochs", type=float, default=3.0)
     p.add_argument("--max-steps", type=int, default=-1)
@@ -68,7 +75,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup-steps", type=int, default=0)
     p.add_argument("--scheduler", default="linear")
     p.add_argument("--bf16", action="store_true")
-    p.add_argument("--torch-compile", action="store_true")
+    p.add_argument("--torch-compile", action="store_true",
+                   help="torch.compile the model (and the Seq-VCR head + statistics); drops the last partial "
+                        "training batch of an epoch so that no second shape is compiled")
+    p.add_argument("--torch-compile-mode", default=None, help="torch.compile mode, e.g. 'max-autotune-no-cudagraphs'")
+    p.add_argument("--tf32", action="store_true", help="TF32 matmuls (CUDA): the float32 Seq-VCR statistics get faster")
+    p.add_argument("--data-on-device", action="store_true",
+                   help="move the tokenised datasets to the training device once; batches are gathered there")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--logging-steps", type=int, default=50)
     p.add_argument("--save-steps", type=int, default=0, help="0 = no checkpoints")
@@ -114,6 +127,15 @@ def _overrides(text: str) -> dict:
 
 def build_model_and_tokenizer(args, splits):
     """A (model, tokenizer) pair: preset shape (random init + task tokenizer), checkpoint, or SmolLM2."""
+    model, tokenizer = _model_and_tokenizer(args, splits)
+    if getattr(model, "loss_type", None) is None:
+        # GPT-2's class name names no loss: transformers then logs a warning inside every forward, which
+        # torch.compile cannot trace (a graph break in each training step)
+        model.loss_type = "ForCausalLM"
+    return model, tokenizer
+
+
+def _model_and_tokenizer(args, splits):
     from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
     from hf_growth import tasks
@@ -193,30 +215,34 @@ def main(argv=None) -> int:
             gc.collect()
 
 
-def run(argv=None) -> int:
-    args = parse_args(argv)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    start = time.perf_counter()
-    import torch
+def prepare(args):
+    """``(splits, model, tokenizer, pause, train, valid)``: train/validation tokenised into ``TensorDataset``."""
+    from hf_growth.training.data import encode_split
+    from hf_growth.training.pause import add_pause_tokens
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
-    from hf_growth import tasks
-    from hf_growth.training import SeqVCRConfig, SeqVCRTrainer
-    from hf_growth.training.data import collate_tensors, encode_split
-    from hf_growth.training.pause import add_pause_tokens, generate_with_pauses
-
-    torch.manual_seed(args.seed)
     splits = build_task(args)
     model, tokenizer = build_model_and_tokenizer(args, splits)
     pause = add_pause_tokens(tokenizer, model, num=args.pauses) if args.pauses > 0 else None
     train = encode_split(tokenizer, splits["train"], pause)
     valid = encode_split(tokenizer, splits["validation"], pause)
-    data_seconds = time.perf_counter() - start
+    return splits, model, tokenizer, pause, train, valid
+
+
+def make_config(args):
+    """The :class:`SeqVCRConfig` of a run. Host synchronisations are kept out of the training step: no NaN/Inf
+    filter on the logged loss (it reads the loss on the host every step); on CUDA, batches from pinned host memory
+    are copied asynchronously, and ``--data-on-device`` turns pinning off (the batches are already there).
+    ``--torch-compile`` drops the last partial training batch of each epoch (no second shape to compile)."""
+    import torch
+
+    from hf_growth.training import SeqVCRConfig
 
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    config = SeqVCRConfig(
+    if args.data_on_device and args.dataloader_workers:
+        raise SystemExit("--data-on-device gathers batches on the device: use --dataloader-workers 0")
+    pin = torch.cuda.is_available() and not args.cpu and not args.data_on_device  # batches copied from host memory
+    extra = {"tf32": True} if args.tf32 else {}
+    return SeqVCRConfig(
         output_dir=args.output_dir,
         use_seq_vcr=args.seq_vcr,
         seq_vcr_layers=args.seq_vcr_layers,
@@ -224,6 +250,7 @@ def run(argv=None) -> int:
         seq_vcr_covariance_weight=args.seq_vcr_covariance_weight,
         seq_vcr_projection_dim=args.seq_vcr_projection_dim or None,
         seq_vcr_statistics=args.seq_vcr_statistics,
+        seq_vcr_compile=args.seq_vcr_compile,
         num_pause_tokens=args.pauses,
         num_train_epochs=args.epochs,
         max_steps=args.max_steps,
@@ -236,17 +263,34 @@ def run(argv=None) -> int:
         lr_scheduler_type=args.scheduler,
         bf16=args.bf16,
         torch_compile=args.torch_compile,
+        torch_compile_mode=args.torch_compile_mode,
         seed=args.seed,
         logging_steps=args.logging_steps,
+        logging_nan_inf_filter=False,
         save_strategy="steps" if args.save_steps else "no",
         save_steps=args.save_steps or 500,
         eval_strategy="no",
         report_to=[],
         use_cpu=args.cpu,
         dataloader_num_workers=args.dataloader_workers,
+        dataloader_pin_memory=pin,
+        dataloader_drop_last=args.torch_compile,
+        accelerator_config={"non_blocking": pin},
         ddp_backend="gloo" if distributed and (args.cpu or not torch.cuda.is_available()) else None,
         disable_tqdm=True,
+        **extra,
     )
+
+
+def build_trainer(args, model, tokenizer, train, valid, callbacks=()):
+    """The script's :class:`SeqVCRTrainer` (growth callbacks bound, datasets on the device with
+    ``--data-on-device``); ``callbacks`` are added after the script's own."""
+    from hf_growth.training import SeqVCRTrainer
+    from hf_growth.training.data import collate_tensors
+
+    config = make_config(args)
+    if args.data_on_device:
+        train, valid = train.to(config.device), valid.to(config.device)
     trainer = SeqVCRTrainer(
         model=model,
         args=config,
@@ -254,18 +298,45 @@ def run(argv=None) -> int:
         eval_dataset=valid,
         data_collator=collate_tensors,
         processing_class=tokenizer,
-        callbacks=growth_callbacks(args, model),
+        callbacks=[*growth_callbacks(args, model), *callbacks],
     )
     for callback in trainer.callback_handler.callbacks:
         if hasattr(callback, "bind"):  # growth callbacks: grow the model before a checkpoint's weights load
             callback.bind(trainer)
+    return trainer
+
+
+def run(argv=None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    start = time.perf_counter()
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from hf_growth import tasks
+    from hf_growth.training.pause import generate_with_pauses
+
+    torch.manual_seed(args.seed)
+    splits, model, tokenizer, pause, train, valid = prepare(args)
+    data_seconds = time.perf_counter() - start
+    trainer = build_trainer(args, model, tokenizer, train, valid)
     train_start = time.perf_counter()
     train_output = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     train_seconds = time.perf_counter() - train_start
+    trainer.args.dataloader_drop_last = False  # dropped for training only; evaluate every validation example
     eval_loss = trainer.evaluate()["eval_loss"]
 
     if not trainer.is_world_process_zero():
         return 0
+    # tokens: padded positions of full batches (the last partial batch of an epoch counts as full)
+    tokens_per_step = train.tensors["input_ids"].shape[1] * args.batch_size * args.grad_accum * trainer.args.world_size
+    resumed_at = 0
+    if args.resume_from_checkpoint:
+        from transformers import TrainerState
+
+        resumed_at = TrainerState.load_from_json(str(Path(args.resume_from_checkpoint) / "trainer_state.json")).global_step
     test = splits["test"]
     questions, references = test["question"], test["answer"]
     if args.max_test is not None:
@@ -288,6 +359,11 @@ def run(argv=None) -> int:
         "eval_loss": eval_loss,
         "train_loss": train_output.training_loss,
         "global_steps": trainer.state.global_step,
+        "epochs": trainer.state.epoch,
+        "seed": args.seed,
+        "seq_len": train.tensors["input_ids"].shape[1],
+        "tokens_seen": trainer.state.global_step * tokens_per_step,
+        "train_tokens_per_s": (trainer.state.global_step - resumed_at) * tokens_per_step / train_seconds,
         "world_size": trainer.args.world_size,
         "seconds": {"data": round(data_seconds, 2), "train": round(train_seconds, 2),
                     "exact_match": round(time.perf_counter() - eval_start, 2),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -72,6 +73,59 @@ def test_script_grows_during_training(tmp_path):
     assert grown["parameters"] > plain["parameters"] and grown["global_steps"] == 6
     with pytest.raises(SystemExit, match="STEP=PLAN"):
         module.main([*common, "--grow-at", "soon", "--output-dir", str(tmp_path / "bad")])
+
+
+def _load_script():
+    from importlib import util
+
+    spec = util.spec_from_file_location("train_reasoning", SCRIPT)
+    module = util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_script_data_on_device(tmp_path):
+    """--data-on-device (the CPU here) trains exactly as host batches do; it turns pinning off and refuses workers.
+    Every run of the script leaves the per-step NaN/Inf host check off."""
+    module = _load_script()
+    common = [*TINY, "--model", "gpt2-tiny", "--max-steps", "3", "--max-test", "8"]
+    assert module.main([*common, "--output-dir", str(tmp_path / "host")]) == 0
+    assert module.main([*common, "--data-on-device", "--output-dir", str(tmp_path / "device")]) == 0
+    host, device = (json.loads((tmp_path / name / "results.json").read_text()) for name in ("host", "device"))
+    assert device["train_loss"] == host["train_loss"] and device["eval_loss"] == host["eval_loss"]
+    assert device["last_log"][0]["ce_loss"] == host["last_log"][0]["ce_loss"]
+    assert host["tokens_seen"] == 3 * 8 * host["seq_len"] and host["train_tokens_per_s"] > 0
+    assert host["seed"] == 0 and 0 < host["epochs"] <= 1
+    args = module.parse_args([*common, "--data-on-device", "--output-dir", str(tmp_path / "x")])
+    config = module.make_config(args)
+    assert not config.dataloader_pin_memory and not config.logging_nan_inf_filter and not config.dataloader_drop_last
+    with pytest.raises(SystemExit, match="dataloader-workers"):
+        module.make_config(module.parse_args([*common, "--data-on-device", "--dataloader-workers", "2"]))
+
+
+def test_script_torch_compile_with_seq_vcr(tmp_path):
+    """--torch-compile compiles the model (its Seq-VCR hooks inside) and the head + statistics; the logged terms
+    match the eager run's, and the last partial batch of an epoch is dropped (no second compiled shape)."""
+    import torch
+
+    module = _load_script()
+    base = [*TINY, "--model", "gpt2-tiny", "--max-steps", "2", "--data-on-device", "--train-size", "36",
+            "--config-overrides", "resid_pdrop=0,embd_pdrop=0,attn_pdrop=0"]  # compiled dropout draws other masks
+    logs = {}
+    for flag in ("", "--torch-compile"):
+        args = module.parse_args([*base, *filter(None, [flag]), "--output-dir", str(tmp_path / (flag or "eager"))])
+        torch.manual_seed(args.seed)
+        _, model, tokenizer, _, train, valid = module.prepare(args)
+        assert model.loss_type == "ForCausalLM"  # no warning (a graph break) inside each forward
+        trainer = module.build_trainer(args, model, tokenizer, train, valid)
+        trainer.train()
+        logs[flag] = [h for h in trainer.state.log_history if "loss" in h]
+    assert trainer.args.dataloader_drop_last and trainer._vcr_fn != trainer._project_and_measure
+    assert len(trainer.get_train_dataloader()) == 36 // 8
+    assert len(logs["--torch-compile"]) == len(logs[""]) == 2
+    for got, want in zip(logs["--torch-compile"], logs[""]):
+        for key in ("loss", "ce_loss", "seq_vcr_variance", "seq_vcr_covariance"):
+            assert math.isfinite(got[key]) and got[key] == pytest.approx(want[key], rel=1e-3, abs=1e-6), key
 
 
 @pytest.mark.slow

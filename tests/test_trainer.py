@@ -255,3 +255,87 @@ def test_head_joins_the_existing_param_groups_and_is_clipped_on_its_own(tmp_path
 
     assert norm(model_grads) == pytest.approx(1e-3, rel=1e-3)  # each side clipped to max_grad_norm on its own
     assert norm(head_grads) == pytest.approx(1e-3, rel=1e-3)
+
+
+def test_tensor_dataset_to_device_gathers_there():
+    ds = TensorDataset({"input_ids": torch.arange(6).view(3, 2), "labels": torch.arange(6).view(3, 2)})
+    assert ds.to("cpu") is ds and ds.device == torch.device("cpu")
+    batch = ds.__getitems__([2, 0])
+    assert collate_tensors(batch)["input_ids"] is batch[0]["input_ids"]  # one ready batch: passed through, no copy
+    meta = ds.to("meta")
+    assert meta.device.type == "meta" and ds.device.type == "cpu"
+    out = collate_tensors(meta.__getitems__(range(2)))
+    assert out["input_ids"].device.type == "meta" and tuple(out["labels"].shape) == (2, 2)
+
+
+class _StepPhase(TrainerCallback):
+    """``inside`` is true between ``on_step_begin`` and ``on_step_end`` (the forward/backward/optimizer part)."""
+
+    inside = False
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.inside = True
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.inside = False
+
+
+def _count_host_reads(monkeypatch, phase: _StepPhase) -> list[str]:
+    """Record every Python-level host read of a tensor value made inside a training step."""
+    calls: list[str] = []
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__", "__index__"):
+        original = getattr(torch.Tensor, name)
+
+        def wrapper(self, *args, _name=name, _original=original, **kwargs):
+            if phase.inside:
+                calls.append(_name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, wrapper)
+    return calls
+
+
+def _eager_attention_gpt2() -> GPT2LMHeadModel:
+    model = tiny_gpt2()  # sdpa's mask check reads the padding mask on the host in eager mode (not when compiled)
+    model.config._attn_implementation = "eager"
+    return model
+
+
+def test_logged_terms_are_window_means_without_host_syncs_in_steps(tmp_path, monkeypatch):
+    """Logged every 3 optimizer steps, ``loss``/``ce_loss``/``seq_vcr_*`` are the means of what logging every step
+    reports (same seed and data, 2 micro-batches per step), and no step reads a tensor on the host."""
+    ds = dataset(64, padded=True)
+    common = dict(max_steps=6, per_device_train_batch_size=4, gradient_accumulation_steps=2, logging_nan_inf_filter=False)
+    every = SeqVCRTrainer(model=_eager_attention_gpt2(), args=make_args(tmp_path / "a", logging_steps=1, **common),
+                          train_dataset=ds, data_collator=collate_tensors)
+    every.train()
+    phase = _StepPhase()
+    windowed = SeqVCRTrainer(model=_eager_attention_gpt2(), args=make_args(tmp_path / "b", logging_steps=3, **common),
+                             train_dataset=ds, data_collator=collate_tensors, callbacks=[phase])
+    calls = _count_host_reads(monkeypatch, phase)
+    windowed.train()
+    assert calls == []
+    # the counter sees a sync: the Trainer's NaN/Inf filter reads the loss every step
+    filtered = SeqVCRTrainer(model=_eager_attention_gpt2(), args=make_args(tmp_path / "c", max_steps=1),
+                             train_dataset=ds, data_collator=collate_tensors, callbacks=[phase])
+    filtered.train()
+    assert "__bool__" in calls
+    monkeypatch.undo()
+    per_step, per_window = train_logs(every), train_logs(windowed)
+    assert len(per_step) == 6 and len(per_window) == 2
+    for got, window in zip(per_window, (per_step[:3], per_step[3:])):
+        for key in ("loss", "ce_loss", "seq_vcr_variance", "seq_vcr_covariance"):
+            assert got[key] == pytest.approx(sum(e[key] for e in window) / 3, rel=1e-5, abs=1e-9), key
+
+
+def test_head_runs_in_the_models_mixed_precision(tmp_path):
+    """With bf16 the projection head's matmul runs under the model's autocast (the statistics stay float32)."""
+    trainer = SeqVCRTrainer(model=tiny_gpt2(), args=make_args(tmp_path, max_steps=1, bf16=True),
+                            train_dataset=dataset(16), data_collator=collate_tensors)
+    head = trainer.seq_vcr_projection["layer_1"]
+    dtypes = []
+    handle = head.register_forward_hook(lambda module, args, output: dtypes.append(output.dtype))
+    trainer.train()
+    handle.remove()
+    assert dtypes == [torch.bfloat16] and head.weight.dtype == torch.float32
+    assert math.isfinite(train_logs(trainer)[0]["seq_vcr_variance"])

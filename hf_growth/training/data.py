@@ -2,7 +2,10 @@
 
 ``TensorDataset.__getitems__`` returns a ready batch (a one-element list holding a dict of 2-D tensors, which
 survives the Trainer's column-removing wrapper), so the ``DataLoader`` does no per-example Python work;
-:func:`collate_tensors` concatenates such batches and stacks lists of single rows.
+:func:`collate_tensors` passes such a batch through (no copy), concatenates several and stacks lists of single
+rows. :meth:`TensorDataset.to` moves the tensors to the training device once: batches are then gathered there,
+with no host-to-device copy of the batch and no host synchronisation per step (use it with
+``dataloader_pin_memory=False`` and ``dataloader_num_workers=0``).
 
 >>> import torch
 >>> from hf_growth.training.data import TensorDataset, collate_tensors
@@ -34,12 +37,30 @@ class TensorDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self._len
 
+    @property
+    def device(self) -> torch.device:
+        """The device of the tensors (that of the first one)."""
+        return next(iter(self.tensors.values())).device
+
+    def to(self, device: torch.device | str) -> TensorDataset:
+        """A :class:`TensorDataset` over the same rows with every tensor on ``device`` (``self`` if already there)."""
+        device = torch.device(device)
+        if all(v.device == device for v in self.tensors.values()):
+            return self
+        return TensorDataset({k: v.to(device) for k, v in self.tensors.items()})
+
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         return {k: v[index] for k, v in self.tensors.items()}
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict[str, torch.Tensor]]:
-        idx = torch.as_tensor(list(indices), dtype=torch.long)
-        return [{k: v[idx] for k, v in self.tensors.items()}]
+        idx = torch.as_tensor(indices if isinstance(indices, (list, torch.Tensor)) else list(indices), dtype=torch.long)
+        device = self.device
+        if idx.device != device:
+            # one index copy for all tensors; from pinned memory and non-blocking on CUDA (a pageable copy waits
+            # for the GPU's queue to drain: a host sync every step)
+            cuda = device.type == "cuda" and idx.device.type == "cpu"
+            idx = (idx.pin_memory() if cuda else idx).to(device, non_blocking=cuda)
+        return [{k: v.index_select(0, idx) for k, v in self.tensors.items()}]
 
 
 def collate_tensors(batch: Any) -> dict[str, torch.Tensor]:
@@ -49,6 +70,8 @@ def collate_tensors(batch: Any) -> dict[str, torch.Tensor]:
         return dict(batch)
     first = batch[0]
     if "input_ids" in first and torch.as_tensor(first["input_ids"]).dim() == 2:
+        if len(batch) == 1:  # one ready batch from ``TensorDataset.__getitems__``: no copy
+            return dict(first)
         return {k: torch.cat([b[k] for b in batch]) for k in first}
     return {k: torch.stack([torch.as_tensor(row[k]) for row in batch]) for k in first}
 

@@ -7,7 +7,14 @@ and regularised with :func:`hf_growth.training.seq_vcr.seq_vcr_terms`. The head 
 directory gets ``seq_vcr_projection.safetensors``, which ``train(resume_from_checkpoint=...)`` restores.
 
 Logged next to ``loss`` (in ``state.log_history`` and every ``report_to`` backend): ``ce_loss`` (the model's
-loss), ``seq_vcr_variance`` and ``seq_vcr_covariance`` (the weighted terms); ``loss`` is their sum.
+loss), ``seq_vcr_variance`` and ``seq_vcr_covariance`` (the weighted terms), each the mean over the optimizer steps
+since the last log; ``loss`` is their sum. They are summed on the device and read on the host only when logging:
+a training step adds no host synchronisation.
+
+Speed: the head and the statistics run in the model's mixed precision (``bf16``/``fp16``: the head's matmul in low
+precision; the statistics themselves are always float32) and, with ``torch_compile``, are compiled together (same
+backend and mode as the model; ``seq_vcr_compile`` overrides), so the regulariser is a few fused kernels in the same
+step as the model's forward.
 
 Loss scaling: when the model normalises its loss by ``num_items_in_batch`` (transformers 5 semantics, the
 count taken over all micro-batches of an optimizer step and, with ``average_tokens_across_devices``, all
@@ -71,6 +78,9 @@ class SeqVCRConfig(TrainingArguments):
     )
     seq_vcr_statistics: str = field(
         default="batch", metadata={"help": "'batch' (per position across the batch) or 'batch_length'."}
+    )
+    seq_vcr_compile: bool | None = field(
+        default=None, metadata={"help": "torch.compile the head + statistics; None = when torch_compile is on."}
     )
     num_pause_tokens: int = field(default=2, metadata={"help": "Pause tokens between question and answer."})
     learning_rate: float = field(default=5e-4, metadata={"help": "AdamW learning rate (paper: 5e-4)."})
@@ -206,6 +216,7 @@ class SeqVCRTrainer(Trainer):
                 "seq_vcr_layers",
                 "seq_vcr_projection_dim",
                 "seq_vcr_statistics",
+                "seq_vcr_compile",
             )
         }
         s = self._vcr_settings
@@ -216,6 +227,7 @@ class SeqVCRTrainer(Trainer):
         self._hooks: list[Any] = []
         self._vcr_sums: torch.Tensor | None = None
         self._vcr_steps = 0
+        self._vcr_fn = None  # _project_and_measure, compiled with `torch_compile`; built at the first training step
         self.seq_vcr_projection = nn.ModuleDict()
         if not self._vcr_enabled:
             return
@@ -287,26 +299,20 @@ class SeqVCRTrainer(Trainer):
         missing = [n for n in self._vcr_names if n not in self._captured]
         if missing:
             raise RuntimeError(f"Seq-VCR hooks did not fire for {missing}: was the model's forward bypassed?")
-        s = self._vcr_settings
-        parts = None  # [variance, covariance], one differentiable (2,) tensor
-        for name in self._vcr_names:
-            hidden = self._captured[name]
-            head = self.seq_vcr_projection[name]
-            weight = getattr(head, "weight", None)
-            x = head(hidden.to(weight.dtype) if weight is not None and not torch.is_autocast_enabled() else hidden)
-            layer = _seq_vcr_parts(
-                x,
-                mask,
-                s["seq_vcr_variance_weight"],
-                s["seq_vcr_covariance_weight"],
-                s["seq_vcr_eps"],
-                s["seq_vcr_statistics"],
-            )
-            parts = layer if parts is None else parts + layer
+        hiddens = [self._captured[name] for name in self._vcr_names]
         self._captured.clear()
-        k = len(self._vcr_names)
-        if k > 1:
-            parts = parts / k
+        if self._vcr_fn is None:
+            compile_vcr = self._vcr_settings["seq_vcr_compile"]
+            if compile_vcr is None:
+                compile_vcr = self.args.torch_compile
+            self._vcr_fn = self._project_and_measure
+            if compile_vcr:
+                self._vcr_fn = torch.compile(
+                    self._project_and_measure, backend=self.args.torch_compile_backend or "inductor",
+                    mode=self.args.torch_compile_mode,
+                )
+        with self.accelerator.autocast():  # the model's own mixed precision (accelerate applies it to its forward)
+            parts = self._vcr_fn(hiddens, mask)  # [variance, covariance], one differentiable float32 (2,) tensor
         micro = max(1, int(getattr(self, "current_gradient_accumulation_steps", None) or self.args.gradient_accumulation_steps))
         scaled = self._ce_is_scaled_for_ga(num_items_in_batch)
         aux = parts.sum()  # variance + covariance
@@ -320,6 +326,26 @@ class SeqVCRTrainer(Trainer):
         sums[0].add_(loss.detach().to(sums.device), alpha=1.0 if scaled else 1.0 / micro)
         sums[1:].add_(parts.detach().to(sums.device), alpha=1.0 / micro)
         return (total, outputs) if return_outputs else total
+
+    def _project_and_measure(self, hiddens: list[torch.Tensor], mask: torch.Tensor | None) -> torch.Tensor:
+        """``[variance, covariance]`` of the captured hidden states through their heads, averaged over layers."""
+        s = self._vcr_settings
+        parts = None
+        for name, hidden in zip(self._vcr_names, hiddens):
+            head = self.seq_vcr_projection[name]
+            weight = getattr(head, "weight", None)
+            if weight is not None and not torch.is_autocast_enabled(hidden.device.type):
+                hidden = hidden.to(weight.dtype)
+            layer = _seq_vcr_parts(
+                head(hidden),
+                mask,
+                s["seq_vcr_variance_weight"],
+                s["seq_vcr_covariance_weight"],
+                s["seq_vcr_eps"],
+                s["seq_vcr_statistics"],
+            )
+            parts = layer if parts is None else parts + layer
+        return parts / len(hiddens) if len(hiddens) > 1 else parts
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         if "loss" in logs and self._vcr_enabled and self._vcr_sums is not None:
