@@ -85,6 +85,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--logging-steps", type=int, default=50)
     p.add_argument("--save-steps", type=int, default=0, help="0 = no checkpoints")
+    p.add_argument("--save-final", action="store_true",
+                   help="save the trained model and tokenizer to OUTPUT_DIR/final (loads with from_pretrained)")
     p.add_argument("--resume-from-checkpoint", default=None)
     p.add_argument("--eval-batch-size", type=int, default=500)
     p.add_argument("--max-test", type=int, default=None, help="answer only the first N test questions")
@@ -327,6 +329,8 @@ def run(argv=None) -> int:
     train_seconds = time.perf_counter() - train_start
     trainer.args.dataloader_drop_last = False  # dropped for training only; evaluate every validation example
     eval_loss = trainer.evaluate()["eval_loss"]
+    if args.save_final:  # every rank: under FSDP, gathering the full state dict is a collective
+        trainer.save_model(os.path.join(args.output_dir, "final"))
 
     if not trainer.is_world_process_zero():
         return 0

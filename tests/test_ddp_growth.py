@@ -80,3 +80,26 @@ def test_growth_under_ddp_keeps_ranks_in_sync(tmp_path, growth):
     # identical weights on both ranks after 4 post-growth steps on different batches: gradients were all-reduced
     assert probes[0]["checksum"] == pytest.approx(probes[1]["checksum"], rel=1e-12, abs=0.0)
     assert probes[0]["grad_norms"] == pytest.approx(probes[1]["grad_norms"], rel=1e-9)
+
+
+@pytest.mark.slow
+def test_ddp_scaling_benchmark_pipeline(tmp_path):
+    """benchmarks/ddp_scaling.py on CPU processes: 1 vs 2 ranks, MIDAS growth inside the run, the final model
+    saved with --save-final reloads with from_pretrained at the grown size (the numbers mean nothing here)."""
+    out = tmp_path / "scaling.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "ddp_scaling.py"), "--procs", "1,2", "--launcher", "torchrun",
+           "--cpu", "--steps", "4", "--warmup", "2", "--batch-size", "8", "--runs-dir", str(tmp_path / "runs"),
+           "--out", str(out), "--script-args",
+           "--model llama-tiny --config-overrides num_hidden_layers=3 --task multiplication --digits 2 "
+           "--train-size 256 --validation-size 32 --test-size 32 --seq-vcr-projection-dim 64 --midas-stages 2"]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert [r["procs"] for r in report["runs"]] == [1, 2] and [r["world_size"] for r in report["runs"]] == [1, 2]
+    assert report["runs"][0]["scaling"] == 1.0 and report["target"]["met"] is None  # no verdict on a CPU
+    for run in report["runs"]:
+        assert run["tokens_per_s"] > 0 and run["timed_steps"] == 4
+        assert [r.get("midas_stage") for r in run["growth_history"]] == [2]
+        assert run["reload"]["same_parameters"] and run["reload"]["finite_logits"]
+    assert report["runs"][1]["tokens_per_step"] == 2 * report["runs"][0]["tokens_per_step"]
