@@ -11,7 +11,7 @@ cached under ``--cache-dir``), it measures wall time and peak RSS, each in its o
 
 Prints a table and writes JSON (machine facts, the exact command, checkpoint shape, results, targets).
 
-    .venv/bin/python benchmarks/grow_streaming.py --cache-dir /data/bench             # the real run
+    .venv/bin/python benchmarks/grow_streaming.py --cache-dir /data/bench --repeats 3 # the real run
     .venv/bin/python benchmarks/grow_streaming.py --cache-dir /tmp/b --shape tiny --skip-mergekit  # smoke test
 
 mergekit is installed on first use into ``--mergekit-venv`` (default ``.bench-venvs/mergekit``) with
@@ -79,7 +79,7 @@ def _worker(task: dict) -> None:
     elif task["kind"] == "ours":
         from hf_growth.growth.streaming import grow_checkpoint
 
-        t = time.perf_counter()  # after `import torch`: work_s leaves out interpreter start-up and imports
+        t = time.perf_counter()  # work_s leaves out interpreter start-up and this import (torch is imported lazily)
         grow_checkpoint(task["src"], task["plan"], task["out"], seed=0, max_shard_size=task["shard_size"], quiet=True)
     else:
         raise SystemExit(f"unknown task {task['kind']}")
@@ -155,6 +155,21 @@ def weight_files(directory: Path) -> list[Path]:
 
 def dir_bytes(directory: Path) -> int:
     return sum(p.stat().st_size for p in weight_files(directory))
+
+
+def prefault(nbytes: int) -> None:
+    """Touch and free ``nbytes`` of anonymous memory, so that the next run finds that much free memory its host
+    still backs. On a VM whose host takes back the guest's free memory (free page reporting: Firecracker here), a
+    run that allocates memory freed more than ~2 s ago pays a host page fault per page: writing 2.3 GB then takes
+    2-5 s instead of 0.5 s, depending on what ran before. Done before every run alike."""
+    import mmap
+
+    if nbytes <= 0:
+        return
+    chunk = b"\x01" * (1 << 20)
+    with mmap.mmap(-1, nbytes) as memory:
+        for _ in range(nbytes >> 20):
+            memory.write(chunk)
 
 
 def warm(directory: Path) -> None:
@@ -296,6 +311,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="result file (default: benchmarks/results/grow_streaming.json for --shape full, "
                              "else CACHE_DIR/grow_streaming_<shape>.json)")
     parser.add_argument("--skip-mergekit", action="store_true")
+    parser.add_argument("--no-sync", action="store_true",
+                        help="do not flush dirty pages (os.sync) before each run (the earlier outputs' dirty pages "
+                             "then count against the kernel's dirty limits and throttle the next run's writes)")
+    parser.add_argument("--prefault-gb", type=float, default=4.0,
+                        help="before each run, touch and free this much memory (0: off), so that every run starts "
+                             "with free memory the VM's host still backs (see prefault())")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="run the whole sequence this many times (interleaved); the table shows medians")
     parser.add_argument("--mergekit-venv", default=str(REPO / ".bench-venvs" / "mergekit"))
     parser.add_argument("--mergekit-python", default=None, help="python of an existing venv with mergekit")
     parser.add_argument("--no-share-torch", action="store_true", help="let the mergekit venv install its own torch")
@@ -324,20 +347,27 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()
     uptime_before = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     src_bytes = SafetensorsSource(src).total_size
-    results: dict[str, dict] = {}
+    runs: dict[str, list[dict]] = {}
 
     timing = work / "timing.json"
 
-    def run(label: str, cmd: list[str], out: Path) -> dict:
+    def run(label: str, cmd: list[str], out: Path, repeat: int) -> dict:
         if out.exists():
             shutil.rmtree(out)
         timing.unlink(missing_ok=True)
         warm(src)
+        if not args.no_sync:  # no dirty pages of an earlier run: the kernel would throttle this run's writes
+            os.sync()
+        prefault(int(args.prefault_gb * (1 << 30)))
+        load = os.getloadavg()
         r = measure(cmd, label=label)
         r["work_s"] = json.loads(timing.read_text())["work_s"] if timing.exists() else None
         r["output_bytes"] = dir_bytes(out)
-        results[label] = r
-        print(f"  {label:<18} {r['wall_s']:8.2f} s  {r['peak_rss_mb']:8.0f} MB", flush=True)
+        r["load_average_before"] = list(load)
+        r["repeat"] = repeat
+        runs.setdefault(label, []).append(r)
+        print(f"  [{repeat}] {label:<18} {r['wall_s']:8.2f} s  {r['peak_rss_mb']:8.0f} MB  (load {load[0]:.2f})",
+              flush=True)
         return r
 
     def task(**kw) -> list[str]:
@@ -345,33 +375,49 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"source: {src} ({src_bytes / 1e9:.2f} GB of tensors, {len(weight_files(src)) - 1} files)", flush=True)
     stack_out, width_out = work / "ours-stack", work / "ours-width"
-    run("hf-growth stack", task(kind="ours", src=str(src), plan=[spec["stack"]], out=str(stack_out),
-                                 shard_size=shard_size), stack_out)
-    run("copy", task(kind="copy", files=[str(p) for p in weight_files(stack_out)], out=str(work / "copy")),
-        work / "copy")
-    shutil.rmtree(work / "copy")
     comparison = None
     mk_version = None
-    if not args.skip_mergekit:
-        python = mergekit_python(args)
-        mk_version = mergekit_version(python)
-        slices = midas_slices(spec["model"]["num_hidden_layers"], spec["stack"])
-        config = work / "mergekit-midas.yml"
-        config.write_text(mergekit_config(src, slices))
-        mk_out = work / "mergekit-stack"
-        run("mergekit", mergekit_cmd(python, config, mk_out, shard_bytes), mk_out)
-        comparison = compare_outputs(stack_out, mk_out)
-        comparison["slices"] = slices
-        print(f"  tensors equal to mergekit's: {comparison['tensors_equal']} ({comparison['compared']} compared)")
-        shutil.rmtree(mk_out)
-    shutil.rmtree(stack_out)
-    run("hf-growth width", task(kind="ours", src=str(src), plan=spec["width"], out=str(width_out),
-                                 shard_size=shard_size), width_out)
-    run("copy width", task(kind="copy", files=[str(p) for p in weight_files(width_out)], out=str(work / "copy")),
-        work / "copy")
-    shutil.rmtree(work / "copy")
-    shutil.rmtree(width_out)
+    mk_python = mergekit_python(args) if not args.skip_mergekit else None
+    for repeat in range(args.repeats):
+        run("hf-growth stack", task(kind="ours", src=str(src), plan=[spec["stack"]], out=str(stack_out),
+                                     shard_size=shard_size), stack_out, repeat)
+        run("copy", task(kind="copy", files=[str(p) for p in weight_files(stack_out)], out=str(work / "copy")),
+            work / "copy", repeat)
+        shutil.rmtree(work / "copy")
+        if mk_python is not None:
+            mk_version = mergekit_version(mk_python)
+            slices = midas_slices(spec["model"]["num_hidden_layers"], spec["stack"])
+            config = work / "mergekit-midas.yml"
+            config.write_text(mergekit_config(src, slices))
+            mk_out = work / "mergekit-stack"
+            run("mergekit", mergekit_cmd(mk_python, config, mk_out, shard_bytes), mk_out, repeat)
+            if comparison is None:
+                comparison = compare_outputs(stack_out, mk_out)
+                comparison["slices"] = slices
+                print(f"  tensors equal to mergekit's: {comparison['tensors_equal']} "
+                      f"({comparison['compared']} compared)")
+            shutil.rmtree(mk_out)
+        shutil.rmtree(stack_out)
+        run("hf-growth width", task(kind="ours", src=str(src), plan=spec["width"], out=str(width_out),
+                                     shard_size=shard_size), width_out, repeat)
+        run("copy width", task(kind="copy", files=[str(p) for p in weight_files(width_out)], out=str(work / "copy")),
+            work / "copy", repeat)
+        shutil.rmtree(work / "copy")
+        shutil.rmtree(width_out)
     timing.unlink(missing_ok=True)
+
+    def median(values: list[float]) -> float:
+        values = sorted(values)
+        mid = len(values) // 2
+        return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+    # per label: the median of every number over the repeats (wall, work, peak RSS), and each repeat's runs
+    results: dict[str, dict] = {}
+    for label, rs in runs.items():
+        results[label] = {"rc": max(r["rc"] for r in rs), "wall_s": median([r["wall_s"] for r in rs]),
+                          "peak_rss_mb": median([r["peak_rss_mb"] for r in rs]),
+                          "work_s": median([r["work_s"] for r in rs]) if rs[0]["work_s"] is not None else None,
+                          "output_bytes": rs[0]["output_bytes"], "repeats": rs}
 
     copy_s, copy_w = results["copy"]["wall_s"], results["copy width"]["wall_s"]
     stack, width = results["hf-growth stack"], results["hf-growth width"]
@@ -379,6 +425,10 @@ def main(argv: list[str] | None = None) -> int:
               "width_vs_copy_of_stack_output": width["wall_s"] / copy_s,
               "stack_vs_copy_work_only": stack["work_s"] / results["copy"]["work_s"],
               "width_vs_copy_work_only": width["work_s"] / results["copy width"]["work_s"]}
+    # the same ratios within each repeat (ours and its baseline measured one after the other)
+    paired = {"stack_vs_copy": [a["wall_s"] / b["wall_s"] for a, b in zip(runs["hf-growth stack"], runs["copy"])],
+              "width_vs_copy_of_its_output": [a["wall_s"] / b["wall_s"]
+                                              for a, b in zip(runs["hf-growth width"], runs["copy width"])]}
     targets = {
         "stack <= 1.3x copy": ratios["stack_vs_copy"] <= 1.3,
         "stack peak RSS <= 600 MB": stack["peak_rss_mb"] <= 600,
@@ -388,6 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     if "mergekit" in results:
         mk = results["mergekit"]
         ratios["stack_vs_mergekit"] = stack["wall_s"] / mk["wall_s"]
+        paired["stack_vs_mergekit"] = [a["wall_s"] / b["wall_s"] for a, b in zip(runs["hf-growth stack"], runs["mergekit"])]
         targets["stack <= 0.5x mergekit"] = ratios["stack_vs_mergekit"] <= 0.5
         targets["stack peak RSS < mergekit's"] = stack["peak_rss_mb"] < mk["peak_rss_mb"]
         targets["stack tensors equal mergekit's"] = bool(comparison and comparison["tensors_equal"])
@@ -400,6 +451,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{label:<18} {r['wall_s']:8.2f} {work_s} {r['peak_rss_mb']:12.0f} {r['output_bytes'] / 1e9:10.3f} "
               f"{r['wall_s'] / base:7.2f}")
     print()
+    for name, values in paired.items():
+        print(f"  {name} per repeat: {', '.join(f'{v:.2f}' for v in values)}")
     for name, ok in targets.items():
         print(f"  [{'x' if ok else ' '}] {name}")
 
@@ -410,8 +463,10 @@ def main(argv: list[str] | None = None) -> int:
         "checkpoint": {**spec["model"], "dtype": "bfloat16", "shard_size": shard_size, "tensor_bytes": src_bytes,
                        "files": len(weight_files(src)) - 1},
         "plans": {"stack": [spec["stack"]], "width": spec["width"]},
+        "repeats": args.repeats,
         "results": results,
         "ratios": ratios,
+        "ratios_per_repeat": paired,
         "targets": targets,
         "mergekit": {"version": mk_version, "comparison": comparison,
                      "note": "--out-shard-size given in bytes (= our shard size): mergekit 0.1.5's TensorWriter compares "
@@ -419,7 +474,16 @@ def main(argv: list[str] | None = None) -> int:
         "method": "each run in a fresh subprocess; wall time and peak RSS (ru_maxrss of RUSAGE_CHILDREN) measured "
                   "by a parent that runs only that command; source shards read once before each run (warm page "
                   "cache); wall_s includes interpreter start-up and imports (targets use wall_s); work_s is the time of the "
-                  "copy / grow_checkpoint call alone, measured inside the worker after `import torch`",
+                  "copy / grow_checkpoint call alone, measured inside the worker after importing "
+                  "hf_growth.growth.streaming (which imports neither torch nor transformers: a plan that computes "
+                  "tensors imports torch inside work_s); with --repeats N the sequence stack, copy, mergekit, width, "
+                  "copy width runs N times, each run records the load average before it, results are medians and "
+                  "ratios_per_repeat pairs each run with its baseline of the same repeat; before each run os.sync() "
+                  "flushes the dirty pages of the earlier runs (unless --no-sync), then prefault() touches and frees "
+                  "--prefault-gb of memory: on this VM the host takes back the guest's free memory, and a run whose "
+                  "allocations land on taken-back pages pays a host page fault per page (the same 2.3 GB write "
+                  "measured 0.5 s or 2-5 s, and the width copy baseline 0.6 s or 4.3-4.9 s, depending on what ran "
+                  "before); with it every run, ours and the baselines alike, starts with host-backed free memory",
         "machine": {**machine_facts(work), "load_average_before": load_before, "load_average_after": os.getloadavg(),
                     "uptime_before": uptime_before,
                     "uptime_after": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),

@@ -17,9 +17,10 @@ import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from huggingface_hub import ModelCard, ModelCardData
+if TYPE_CHECKING:  # huggingface_hub.ModelCard pulls in the Hub client (a fifth of a second): imported when used
+    from huggingface_hub import ModelCard
 
 TEMPLATE_PATH = Path(__file__).parent / "model_cards" / "grown_model.md"
 
@@ -255,7 +256,8 @@ def build_model_card(
     license: str | None = None,
     template_path: str | os.PathLike | None = None,
 ) -> ModelCard:
-    """Build the model card of a grown model from its (grown) config.
+    """Build the model card of a grown model from its (grown) config (:func:`model_card_text` as a
+    ``huggingface_hub.ModelCard``).
 
     ``verification`` may hold ``max_logit_diff`` and ``greedy_match`` (from ``hf-growth verify``);
     ``num_params`` is the grown model's parameter count when known; ``param_counts`` the
@@ -266,10 +268,33 @@ def build_model_card(
     >>> "3e-06" in card.text and card.data.library_name
     'transformers'
     """
+    from huggingface_hub import ModelCard
+
+    return ModelCard(model_card_text(
+        config, base_model=base_model, model_name=model_name, repo_id=repo_id, verification=verification,
+        num_params=num_params, param_counts=param_counts, license=license, template_path=template_path))
+
+
+def model_card_text(
+    config: Any,
+    *,
+    base_model: str | None = None,
+    model_name: str | None = None,
+    repo_id: str | None = None,
+    verification: Mapping[str, Any] | None = None,
+    num_params: int | None = None,
+    param_counts: Sequence[tuple[int, int]] | None = None,
+    license: str | None = None,
+    template_path: str | os.PathLike | None = None,
+) -> str:
+    """The text of :func:`build_model_card`'s card (what ``ModelCard.save`` writes), without importing the Hub
+    client: the streaming path writes it while the weights are copied."""
     history = list(getattr(config, "growth_history", None) or [])
     tags, cite_keys = techniques(config)
     model_type = getattr(config, "model_type", None) or "model"
     remote_code = model_type == "resformer" or bool(getattr(config, "auto_map", None))
+    from huggingface_hub.repocard_data import ModelCardData
+
     card_data = ModelCardData(
         base_model=base_model,
         library_name="transformers",
@@ -323,7 +348,7 @@ def build_model_card(
         "citations": citations,
     }
     template = Path(template_path or TEMPLATE_PATH).read_text(encoding="utf-8")
-    return ModelCard(_render(template, values))
+    return _render(template, values)
 
 
 def _version() -> str:

@@ -115,3 +115,33 @@ def test_grow_model_output_dir_writes_the_card(tmp_path, src):
         grow_model(src, [{"mlp_width": 96}], output_dir=tmp_path / "g")
     grow_model(src, [{"mlp_width": 128}], output_dir=tmp_path / "g", overwrite=True)
     assert json.loads((tmp_path / "g" / "config.json").read_text())["intermediate_size"] == 128
+
+
+def _imported(stderr: str) -> set[str]:
+    """Module names from ``python -X importtime`` output."""
+    return {line.split("|")[-1].strip() for line in stderr.splitlines() if line.startswith("import time:")}
+
+
+def test_help_and_a_streamed_stack_import_neither_torch_nor_transformers(tmp_path, src):
+    """`hf-growth grow --help` and a copy-only plan (stack) on a checkpoint directory start in a fraction of a second:
+    no torch, no transformers; the output is the in-memory path's."""
+    import subprocess
+    import sys
+
+    from hf_growth.growth import grow_model
+    from hf_growth.growth.checkpoint_io import SafetensorsSource
+
+    run = lambda *args: subprocess.run([sys.executable, "-X", "importtime", "-m", "hf_growth.cli", *args],  # noqa: E731
+                                       capture_output=True, text=True)
+    helped = run("grow", "--help")
+    assert helped.returncode == 0 and "--max-shard-size" in helped.stdout
+    assert not {m for m in _imported(helped.stderr) if m.split(".")[0] in ("torch", "transformers", "pydantic")}
+    (tmp_path / "stack.yaml").write_text("- stack: {to: 3, block_size: 1, where: top}\n")
+    grown = run("grow", str(tmp_path / "src"), str(tmp_path / "stack.yaml"), str(tmp_path / "out"), "--quiet")
+    assert grown.returncode == 0, grown.stderr[-2000:]
+    assert not {m for m in _imported(grown.stderr) if m.split(".")[0] in ("torch", "transformers")}
+    expected = grow_model(src, [{"stack": {"to": 3, "block_size": 1, "where": "top"}}])
+    out = SafetensorsSource(tmp_path / "out")
+    state = {k: v for k, v in expected.state_dict().items()}
+    assert set(out) == set(state) and all(torch.equal(out[n], state[n]) for n in out)
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["num_hidden_layers"] == 3

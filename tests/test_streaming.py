@@ -381,3 +381,158 @@ def test_row_chunks_of_large_tensors_are_bit_identical(tmp_path, monkeypatch, pl
         whole = view.get(name)
         for start, stop in ((0, 1), (3, 17), (40, 64)):
             assert torch.equal(view.get_rows(name, start, stop, whole.shape[0]), whole[start:stop]), (name, start)
+
+
+# ----------------------------------------------------------------------------- start-up and speed paths
+
+ARCH_PLANS = {
+    "llama": [{"mlp_width": 96}, {"hidden_size": 48}, {"num_layers": {"to": 6}}, {"stack": {"to": 8, "block_size": 2}}],
+    "llama-tied": [{"mlp_width": 96}, {"hidden_size": 48}],
+    "qwen2": [{"mlp_width": 96}, {"hidden_size": 48}, {"num_layers": {"to": 4, "where": "top"}}],
+    "gpt2": [{"mlp_width": 192}, {"hidden_size": 64}, {"stack": {"to": 4, "block_size": 1, "where": "top"}}],
+    "resformer": [{"mlp_width": 96}, {"value_dim": 16}, {"hidden_size": 48}, {"num_layers": {"to": 5, "where": "top"}}],
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("arch", list(ARCH_PLANS))
+def test_config_and_card_are_the_in_memory_paths_byte_for_byte(tmp_path, arch, dtype):
+    """The streaming path reads config.json as a dict (no transformers config class) and writes it itself; the
+    result is byte for byte what save_pretrained of the in-memory path's grown config writes, and so is the card
+    (written without importing the Hub client)."""
+    from hf_growth.growth import grow_model
+    from hf_growth.growth.streaming import grow_checkpoint
+
+    model = make_model(arch, dtype)
+    src = save(model, tmp_path / "src")
+    streamed = grow_checkpoint(src, ARCH_PLANS[arch], tmp_path / "stream", seed=3, quiet=True)
+    grow_model(model, ARCH_PLANS[arch], seed=3, output_dir=tmp_path / "mem")
+    for name in ("config.json", "README.md"):
+        assert (streamed / name).read_bytes() == (tmp_path / "mem" / name).read_bytes(), name
+
+
+def test_config_json_without_defaults_loads_as_the_in_memory_paths(tmp_path):
+    """A config.json written by an older transformers (torch_dtype, rope_theta, keys left at their defaults): the
+    adapter fills in the defaults it needs, and the grown config loads as the in-memory path's grown config."""
+    from transformers import AutoConfig
+
+    from hf_growth.growth import grow_model
+    from hf_growth.growth.streaming import grow_checkpoint
+
+    model = make_model("llama")
+    src = save(model, tmp_path / "src")
+    legacy = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 64, "hidden_size": 32,
+              "intermediate_size": 64, "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2,
+              "tie_word_embeddings": False, "torch_dtype": "float32", "rope_theta": 10000.0, "rope_scaling": None,
+              "transformers_version": "4.40.0"}
+    (src / "config.json").write_text(json.dumps(legacy))
+    plan = [{"mlp_width": 96}, {"hidden_size": 48}, {"num_layers": {"to": 6}}]
+    out = grow_checkpoint(src, plan, tmp_path / "out", seed=3, quiet=True)
+    grown = grow_model(model, plan, seed=3)
+    assert_same_tensors(out, grown)
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["dtype"] == "float32" and "torch_dtype" not in saved
+    assert saved["rms_norm_eps"] == grown.config.rms_norm_eps  # the default 1e-6, rescaled by 32/48
+    loaded = AutoConfig.from_pretrained(out).to_dict()
+    expected = grown.config.to_dict()
+    for key in set(loaded) | set(expected):
+        if key not in ("_name_or_path", "transformers_version"):
+            assert loaded.get(key) == expected.get(key), key
+
+
+def test_dict_config_is_checked_like_the_config_class(tmp_path):
+    """Without the config class, the adapter's pure-Python check refuses what LlamaConfig refuses, with its words."""
+    from hf_growth.growth.streaming import grow_checkpoint
+
+    src = save(make_model("llama"), tmp_path / "src")
+    with pytest.raises(ValueError, match=r"plan step 0 \(hidden_size\): the grown config is not a valid LlamaConfig: "
+                                         r"The hidden size \(50\) is not a multiple of the number of attention heads"):
+        grow_checkpoint(src, [{"hidden_size": 50}], tmp_path / "out", quiet=True)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("model_type", ["llama", "qwen2", "gpt2", "resformer"])
+def test_adapter_defaults_are_the_config_classes(model_type):
+    """The defaults an adapter fills into a config.json dict are those of the transformers config class."""
+    from hf_growth.growth.adapters import get_adapter
+
+    adapter = get_adapter(model_type)
+    defaults = adapter.config_class()().to_dict()
+    assert adapter.config_class_name == adapter.config_class().__name__
+    for key, value in adapter.config_defaults.items():
+        assert defaults[key] == value, key
+
+
+_IMPORT_CHECK = r"""
+import json, sys
+from hf_growth.growth.streaming import grow_checkpoint
+grow_checkpoint(sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], max_shard_size="8KB", quiet=True)
+heavy = ("torch", "transformers", "transformers.models.llama", "torch._dynamo", "sympy", "huggingface_hub.hf_api")
+print(json.dumps([m for m in heavy if m in sys.modules]))
+"""
+
+
+@pytest.mark.parametrize("plan, allowed", [
+    ([{"stack": {"to": 6, "block_size": 1}}], []),  # a copy-only plan: no torch at all
+    ([{"mlp_width": 96}, {"num_heads": {"to": 8, "num_key_value_heads": 2}}, {"hidden_size": 48},
+      {"num_layers": {"to": 6}}], ["torch"]),  # torch, but no transformers, no torch._dynamo / sympy (meta passes)
+])
+def test_streaming_imports_only_what_it_needs(tmp_path, plan, allowed):
+    import subprocess
+    import sys
+
+    src = save(make_model("llama", torch.bfloat16), tmp_path / "src")
+    out = subprocess.run([sys.executable, "-c", _IMPORT_CHECK, str(src), json.dumps(plan), str(tmp_path / "out")],
+                         capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == allowed
+    assert SafetensorsSource(tmp_path / "out").total_size > 0
+
+
+def test_free_values_do_not_depend_on_the_number_of_threads(tmp_path, monkeypatch):
+    """The free blocks of a tensor are drawn on several threads; each block has its own generator, so the tensors
+    are the same with one thread (and bit-identical to the in-memory path)."""
+    from hf_growth.growth import engine as engine_module
+
+    monkeypatch.setattr(engine_module, "FREE_BLOCK_ELEMENTS", 5 * 32)  # many blocks per tensor
+    model = make_model("llama", torch.bfloat16)
+    plan = [{"mlp_width": 96}, {"num_heads": {"to": 8, "num_key_value_heads": 4}}, {"hidden_size": 48},
+            {"num_layers": {"to": 6}}]
+    digests = []
+    for threads in (3, 1):
+        monkeypatch.setattr(engine_module, "FREE_THREADS", threads)
+        out, grown = grow_both(model, plan, tmp_path / str(threads))
+        assert_same_tensors(out, grown)
+        digests.append({k: v for k, v in digest(out).items() if k.endswith(".safetensors")})
+    assert digests[0] == digests[1]
+
+
+def test_stack_copies_are_aligned_with_their_source(tmp_path, monkeypatch):
+    """Each shard's header is padded so that copied tensors sit at their source offset modulo COPY_ALIGNMENT (the
+    page cache copies aligned folios fastest); the shards stay valid safetensors files."""
+    from safetensors.torch import load_file
+
+    from hf_growth.growth.streaming import grow_checkpoint
+
+    monkeypatch.setattr(cio, "COPY_ALIGNMENT", 256)  # so that a tiny checkpoint is worth aligning
+    model = make_model("llama", torch.bfloat16)
+    src = save(model, tmp_path / "src", max_shard_size="10KB")
+    out = grow_checkpoint(src, [{"stack": {"to": 6, "block_size": 1}}], tmp_path / "out", max_shard_size="20KB",
+                          quiet=True)
+    source, grown = SafetensorsSource(src), SafetensorsSource(out)
+    aligned = total = 0
+    for name in grown:
+        info = grown.info(name)
+        layer = name.split(".")[2] if name.startswith("model.layers.") else None
+        origin = name if layer is None else None
+        for candidate in source:  # the source tensor with the same bytes
+            if candidate.split(".")[-2:] == name.split(".")[-2:] and torch.equal(source[candidate], grown[name]):
+                origin = candidate
+                break
+        total += info.nbytes
+        aligned += info.nbytes * ((info.start - source.info(origin).start) % 256 == 0)
+    assert aligned > total / 2
+    state = model.state_dict()
+    for shard in out.glob("*.safetensors"):
+        assert (int.from_bytes(shard.read_bytes()[:8], "little") + 8) % 8 == 0
+        for name, tensor in load_file(shard).items():
+            assert tensor.dtype == torch.bfloat16 and any(torch.equal(tensor, t) for t in state.values()), name

@@ -287,3 +287,79 @@ def test_planned_writer_writes_straight_into_shards_the_same_bytes(tmp_path):
         with ShardWriter(tmp_path / "bad", quiet=True, planned=planned) as writer:
             writer.add_tensor("t1", tensors["t1"])
     assert not [p for p in (tmp_path / "bad").iterdir()]
+
+
+def _write_planned(directory, planned, tensors, raw, **kwargs):
+    with ShardWriter(directory, max_shard_size="3KB", quiet=True, planned=planned, **kwargs) as writer:
+        for n, *_ in planned:
+            if n == "raw":
+                writer.add_raw(n, raw)
+            else:
+                writer.add_tensor(n, tensors[n])
+
+
+def test_background_writer_same_bytes_and_errors_reach_the_caller(tmp_path, monkeypatch):
+    """Direct mode writes on a thread of its own: the same files as writing in the caller's thread; an error on
+    that thread (a full disk) is raised in the caller, and nothing is left behind."""
+    import hashlib
+
+    from safetensors.torch import save_file
+
+    save_file({"raw": torch.arange(700, dtype=torch.float32)}, tmp_path / "src.safetensors")
+    raw = SafetensorsSource(tmp_path / "src.safetensors").info("raw")
+    tensors = {f"t{i}": torch.randn(100 + 37 * i) for i in range(8)}
+    planned = [(n, t.dtype, tuple(t.shape)) for n, t in tensors.items()]
+    planned.insert(3, ("raw", "F32", (700,), raw.start))  # dtype as a safetensors name, with the source offset
+    digests = []
+    for name, background in (("thread", True), ("inline", False)):
+        _write_planned(tmp_path / name, planned, tensors, raw, background=background, max_pending_bytes=500)
+        files = sorted((tmp_path / name).iterdir())
+        digests.append({p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files})
+    assert digests[0] == digests[1] and len(digests[0]) > 3
+    assert torch.equal(SafetensorsSource(tmp_path / "thread")["raw"], torch.arange(700, dtype=torch.float32))
+
+    calls = {"n": 0}
+    real = cio._write
+
+    def full_disk(f, data):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(f, data)
+
+    monkeypatch.setattr(cio, "_write", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        _write_planned(tmp_path / "full", planned, tensors, raw)
+    assert calls["n"] == 5 and not list((tmp_path / "full").iterdir())
+
+
+def test_header_padding_aligns_most_copied_bytes():
+    entries = [cio._Entry("a", "BF16", (8,), 16, source_offset=None),
+               cio._Entry("b", "BF16", (1 << 20,), 2 << 20, source_offset=3 * cio.COPY_ALIGNMENT + 72),
+               cio._Entry("c", "BF16", (1 << 19,), 1 << 20, source_offset=5 * cio.COPY_ALIGNMENT + 200)]
+    pad = cio._header_padding(100, entries)
+    data_start = 8 + 100 + pad
+    assert data_start % 8 == 0 and pad < cio.COPY_ALIGNMENT
+    assert (data_start + 16 - entries[1].source_offset) % cio.COPY_ALIGNMENT == 0  # the most bytes: b
+    # nothing copied (or too little to be worth the spaces): 8-byte alignment only
+    assert cio._header_padding(100, entries[:1]) == 4
+    small = [cio._Entry("s", "BF16", (8,), 16, source_offset=12345 * 8)]
+    assert cio._header_padding(100, small) == 4
+
+
+def test_checkpoint_io_imports_no_torch_until_a_tensor_is_decoded(tmp_path):
+    import subprocess
+    import sys
+
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.eye(3)}, tmp_path / "model.safetensors")
+    code = ("import sys; from hf_growth.growth.checkpoint_io import SafetensorsSource, ShardWriter\n"
+            "s = SafetensorsSource(sys.argv[1]); assert s.shape('w') == (3, 3) and s.info('w').dtype == 'F32'\n"
+            "w = ShardWriter(sys.argv[2], quiet=True, planned=[('w', 'F32', (3, 3))]); w.add_raw('w', s.info('w'))\n"
+            "w.close(); print('torch' in sys.modules)\n"
+            "print(s['w'].sum().item(), 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path), str(tmp_path / "out")], capture_output=True,
+                         text=True, check=True).stdout.split("\n")
+    assert out[0] == "False" and out[1] == "3.0 True"
+    assert torch.equal(SafetensorsSource(tmp_path / "out")["w"], torch.eye(3))

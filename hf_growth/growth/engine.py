@@ -23,16 +23,20 @@ from __future__ import annotations
 import copy
 import hashlib
 import math
+import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
-
-import torch
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from . import ops
 from .adapters import Adapter, Sizes, get_adapter
 from .plan import GrowthPlan
 from .stacking import stack_layer_sources
+
+if TYPE_CHECKING:
+    import torch
+else:  # imported on first use: validating a plan, counting parameters and planning copies need no torch
+    torch = ops.LazyModule("torch").bind(globals())
 
 #: config keys never carried into a grown config
 DROPPED_CONFIG_KEYS = ("quantization_config", "_pre_quantization_dtype")
@@ -82,22 +86,22 @@ class MetaSource:
     """Tensors of the right shapes on the ``meta`` device: the engine runs on it to learn output shapes and
     which slices are new without computing anything."""
 
-    def __init__(self, shapes: Mapping[str, tuple[int, ...]], dtype: torch.dtype = torch.float32):
-        self._shapes, self._dtype = dict(shapes), dtype
+    def __init__(self, shapes: Mapping[str, tuple[int, ...]], dtype: torch.dtype | None = None):
+        self._shapes, self._dtype = dict(shapes), dtype  # dtype None: float32
 
     def keys(self) -> list[str]:
         return list(self._shapes)
 
     def get(self, name: str) -> torch.Tensor:
-        return torch.empty(self._shapes[name], dtype=self._dtype, device="meta")
+        return torch.empty(self._shapes[name], dtype=self.dtype(name), device="meta")
 
     def dtype(self, name: str) -> torch.dtype:
-        return self._dtype
+        return torch.float32 if self._dtype is None else self._dtype
 
     def shape(self, name: str) -> tuple[int, ...]:
         return self._shapes[name]
 
-    device = torch.device("meta")
+    device = "meta"
 
 
 # ------------------------------------------------------------------------------------------ new-slice specs
@@ -168,6 +172,50 @@ def _seed_for(seed: int, stage: int, name: str, tag: str) -> int:
 #: generator seeded by (seed, step, tensor name, tag, block index): a block of rows of a large tensor can then
 #: be computed alone (row chunks) and gives the same values as the whole tensor.
 FREE_BLOCK_ELEMENTS = 1 << 20
+#: threads drawing the blocks of one tensor, the calling thread included (torch's normal_ is serial and releases
+#: the GIL): the values are the same for any number of threads
+FREE_THREADS = max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+_POOL: Any = None  # (pid, threads, ThreadPoolExecutor): made on first use, again in a forked child
+
+
+def _run_blocks(fn: Callable[[int], None], blocks: range, alongside: Callable[[], None] | None = None) -> None:
+    """``fn(b)`` for every block, on :data:`FREE_THREADS` threads (the caller's and ``FREE_THREADS - 1`` of a
+    pool) when there are several blocks. ``alongside()`` (work of the caller's own, on other memory) runs in the
+    calling thread while the pool's threads start on the blocks."""
+    global _POOL
+    if FREE_THREADS < 2 or len(blocks) < 2:
+        if alongside is not None:
+            alongside()
+        for b in blocks:
+            fn(b)
+        return
+    import threading
+
+    if _POOL is None or _POOL[:2] != (os.getpid(), FREE_THREADS):
+        from concurrent.futures import ThreadPoolExecutor
+
+        if _POOL is not None and _POOL[0] == os.getpid():
+            _POOL[2].shutdown(wait=False)  # FREE_THREADS changed
+        _POOL = (os.getpid(), FREE_THREADS,
+                 ThreadPoolExecutor(max_workers=FREE_THREADS - 1, thread_name_prefix="hf-growth-free"))
+    todo, lock = iter(blocks), threading.Lock()
+
+    def work() -> None:
+        while True:
+            with lock:
+                b = next(todo, None)
+            if b is None:
+                return
+            fn(b)
+
+    futures = [_POOL[2].submit(work) for _ in range(min(FREE_THREADS - 1, len(blocks)))]
+    try:
+        if alongside is not None:
+            alongside()
+        work()
+    finally:
+        for future in futures:
+            future.result()
 
 
 @dataclass
@@ -181,9 +229,9 @@ class _Ctx:
     stage: "Stage"
     name: str
     seed: int
-    device: torch.device
+    device: Any  # a torch.device or its name
     meta: bool
-    dtype: torch.dtype = torch.float32
+    dtype: Any = None  # torch dtype of the tensor (None: float32)
     row_offset: int = 0
     #: rows (dim 0) of the whole output tensor when this call computes a chunk of them (None: all of them)
     total_rows: int | None = None
@@ -201,30 +249,47 @@ class _Ctx:
         return self.stage.step
 
     def free(self, shape: tuple[int, ...], tag: str = "", std: float | None = None,
-             dtype: torch.dtype | None = None) -> torch.Tensor:
+             dtype: torch.dtype | None = None, out: torch.Tensor | None = None,
+             alongside: Callable[[], None] | None = None) -> torch.Tensor:
         """Seeded normal(0, std) values (std: the config's ``initializer_range``), drawn in float32 and
         returned in ``dtype`` (default: the tensor's). Rows ``row_offset .. row_offset + shape[0]`` of the
-        tensor's free field of that tag: drawn block by block (:data:`FREE_BLOCK_ELEMENTS`)."""
+        tensor's free field of that tag: drawn block by block (:data:`FREE_BLOCK_ELEMENTS`), the blocks on
+        :data:`FREE_THREADS` threads (each block has its own generator: the values do not depend on it).
+        ``out``: a tensor of ``shape`` to fill instead of a new one (a slice of the output: no extra copy);
+        ``alongside()``: the caller's other work on the output (copying the old values), run meanwhile."""
+        if out is not None:
+            dtype = out.dtype
         dtype = self.dtype if dtype is None else dtype
         if self.meta:
-            return torch.empty(shape, device="meta", dtype=dtype)
+            if alongside is not None:
+                alongside()
+            return out if out is not None else torch.empty(shape, device="meta", dtype=dtype)
         std = self.stage.std if std is None else std
         shape = tuple(shape)
         row = math.prod(shape[1:]) if len(shape) > 1 else 1
         block = max(1, FREE_BLOCK_ELEMENTS // max(row, 1)) if len(shape) > 1 else FREE_BLOCK_ELEMENTS
         first, stop = self.row_offset, self.row_offset + (shape[0] if shape else 1)
         total = stop if self.total_rows is None else self.total_rows
-        out = torch.empty(shape, dtype=dtype)
+        if out is None:
+            out = torch.empty(shape, dtype=dtype)
+        elif tuple(out.shape) != shape:  # pragma: no cover - engine bug
+            raise RuntimeError(f"free values of shape {shape} asked into a tensor of shape {tuple(out.shape)}")
         if out.numel() == 0:
+            if alongside is not None:
+                alongside()
             return out.to(self.device)
-        flat = out.view(stop - first, -1)
-        for b in range(first // block, -(-stop // block)):
+        # rows of the free field (a strided 2-D slice of the output works as it is)
+        flat = out if out.dim() == 2 else out.unsqueeze(1) if out.dim() == 1 else out.view(stop - first, -1)
+
+        def draw(b: int) -> None:
             a, z = max(b * block, first), min((b + 1) * block, stop)
             # a block is always drawn whole (its size depends only on the tensor), then cut to this call's rows
             generator = torch.Generator().manual_seed(_seed_for(self.seed, self.stage.index, self.name, f"{tag}#{b}"))
             values = torch.empty((min((b + 1) * block, total) - b * block, row))
             values.normal_(0.0, std, generator=generator)
             flat[a - first: z - first] = values[a - b * block: z - b * block]
+
+        _run_blocks(draw, range(first // block, -(-stop // block)), alongside)
         return out.to(self.device)
 
     def free_rows(self, out: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -239,6 +304,18 @@ class _Ctx:
             out[new] = self.free((len(new), *out.shape[1:]))
         return out
 
+    def placed(self, t: torch.Tensor, shape: tuple[int, ...], placements: list, value: float = 0.0) -> torch.Tensor:
+        """``ops.place(t, full(shape, value), placements)``; when ``t`` lands on the leading indices of every
+        dimension only the rest is filled (the bytes ``t`` covers are written once)."""
+        if self.meta or len(placements) != len(shape) or not all(p is None or _leading(p) for p in placements):
+            return ops.place(t, self.full(shape, value), placements)
+        out = self.empty(shape)
+        out[tuple(slice(0, n) for n in t.shape)] = t
+        for d in range(len(shape)):  # the rest, as disjoint slabs: dims < d inside t, dim d past it
+            if t.shape[d] < shape[d]:
+                out[tuple([slice(0, n) for n in t.shape[:d]] + [slice(t.shape[d], None)])] = value
+        return out
+
     def empty(self, shape: tuple[int, ...]) -> torch.Tensor:
         return torch.empty(shape, dtype=self.dtype, device="meta" if self.meta else self.device)
 
@@ -247,6 +324,11 @@ class _Ctx:
 
     def full(self, shape: tuple[int, ...], value: float) -> torch.Tensor:
         return torch.full(shape, value, dtype=self.dtype, device="meta" if self.meta else self.device)
+
+
+def _leading(positions: torch.Tensor) -> bool:
+    """Whether a placement keeps the old indices first (``0 .. n-1``, :func:`ops.leading`)."""
+    return positions.numel() == 0 or bool(torch.equal(positions, torch.arange(positions.numel())))
 
 
 @dataclass
@@ -273,12 +355,14 @@ Result = "tuple[torch.Tensor, Any] | None"
 
 def _mlp_width(role: str, t: torch.Tensor, c: _Ctx):
     p, new = c.before.mlp, c.after.mlp
-    if role == "mlp_in.w":  # only the new rows are drawn
-        return torch.cat([t, c.free((new - p, t.shape[1])).to(t.dtype)], 0), [ops.leading(p), None]
+    if role == "mlp_in.w":  # only the new rows are drawn, straight into the output
+        out = c.empty((new, t.shape[1]))
+        c.free((new - p, t.shape[1]), out=out[p:], alongside=lambda: out[:p].copy_(t))
+        return out, [ops.leading(p), None]
     if role == "mlp_in.b":
-        return ops.place(t, c.zeros((new,)), [ops.leading(p)]), [ops.leading(p)]
+        return c.placed(t, (new,), [ops.leading(p)]), [ops.leading(p)]
     if role == "mlp_out.w":
-        return ops.place(t, c.zeros((t.shape[0], new)), [None, ops.leading(p)]), [None, ops.leading(p)]
+        return c.placed(t, (t.shape[0], new), [None, ops.leading(p)]), [None, ops.leading(p)]
     return None
 
 
@@ -315,7 +399,7 @@ def _num_heads(role: str, t: torch.Tensor, c: _Ctx):
         return out, [rows] + [None] * (t.dim() - 1)
     if role == "o.w":
         cols = ops.per_head_placement(q_pos, b.v_dim, head_size=b.v_dim)
-        return ops.place(t, c.zeros((t.shape[0], a.heads * b.v_dim)), [None, cols]), [None, cols]
+        return c.placed(t, (t.shape[0], a.heads * b.v_dim), [None, cols]), [None, cols]
     return None
 
 
@@ -334,9 +418,10 @@ def _qk_dim(role: str, t: torch.Tensor, c: _Ctx):
     if role == "q.w":
         return c.free_rows(ops.place(t, c.empty(shape), [rows] + rest), rows), [rows] + rest
     if role == "q.b":
-        return ops.place(t, c.zeros(shape), [rows] + rest), [rows] + rest
+        return c.placed(t, shape, [rows] + rest), [rows] + rest
     # keys: scaled by sqrt(new/old) for the 1/sqrt(d) change (in float32); their new entries are zero
-    return ops.place(t.float() * math.sqrt(a.qk_dim / b.qk_dim), c.zeros(shape), [rows] + rest), [rows] + rest
+    scaled = t.float() if c.meta else t.float() * math.sqrt(a.qk_dim / b.qk_dim)
+    return c.placed(scaled, shape, [rows] + rest), [rows] + rest
 
 
 def _value_dim(role: str, t: torch.Tensor, c: _Ctx):
@@ -349,10 +434,10 @@ def _value_dim(role: str, t: torch.Tensor, c: _Ctx):
         rest = [None] * (t.dim() - 1)
         if role == "v.w":
             return c.free_rows(ops.place(t, c.empty(shape), [rows] + rest), rows), [rows] + rest
-        return ops.place(t, c.zeros(shape), [rows] + rest), [rows] + rest
+        return c.placed(t, shape, [rows] + rest), [rows] + rest
     if role == "o.w":
         cols = ops.per_head_placement(torch.arange(b.heads), a.v_dim, head_size=b.v_dim)
-        return ops.place(t, c.zeros((t.shape[0], b.heads * a.v_dim)), [None, cols]), [None, cols]
+        return c.placed(t, (t.shape[0], b.heads * a.v_dim), [None, cols]), [None, cols]
     return None
 
 
@@ -370,17 +455,19 @@ def _hidden_zero_pad(role: str, t: torch.Tensor, c: _Ctx):
     h, new = c.before.hidden, c.after.hidden
     lead = ops.leading(h)
     if role in ("embed", "pos"):
-        return ops.place(t, c.zeros((t.shape[0], new)), [None, lead]), [None, lead]
-    if role in _HIDDEN_IN:  # only the new columns are drawn
-        return torch.cat([t, c.free((t.shape[0], new - h)).to(t.dtype)], 1), [None, lead]
+        return c.placed(t, (t.shape[0], new), [None, lead]), [None, lead]
+    if role in _HIDDEN_IN:  # only the new columns are drawn, straight into the output
+        out = c.empty((t.shape[0], new))
+        c.free((t.shape[0], new - h), out=out[:, h:], alongside=lambda: out[:, :h].copy_(t))
+        return out, [None, lead]
     if role in _HIDDEN_OUT_W:
-        return ops.place(t, c.zeros((new, t.shape[1])), [lead, None]), [lead, None]
+        return c.placed(t, (new, t.shape[1]), [lead, None]), [lead, None]
     if role in ("norm.w", "final_norm.w"):
         if c.stage.adapter.norm == "rms":
             return ops.rms_gain_rescale(t, h, new), [lead]
-        return ops.place(t, c.full((new,), 1.0), [lead]), [lead]  # LayerNorm, approximate
+        return c.placed(t, (new,), [lead], 1.0), [lead]  # LayerNorm, approximate
     if role in _HIDDEN_VEC:
-        return ops.place(t, c.zeros((new,)), [lead]), [lead]
+        return c.placed(t, (new,), [lead]), [lead]
     return None
 
 
@@ -405,7 +492,8 @@ def _hidden_clone(role: str, t: torch.Tensor, c: _Ctx):
         return ops.repeat_along(t, m), [lead(t.shape[0])]
     if role in ("final_norm.w", "final_norm.b") and c.before.tied:
         # the tied unembedding repeats the embedding columns: divide the last norm instead
-        return ops.repeat_along(t.float(), m) / m, [lead(h)]
+        repeated = ops.repeat_along(t.float(), m)
+        return (repeated if c.meta else repeated / m), [lead(h)]
     if role in _HIDDEN_VEC:
         return ops.repeat_along(t, m), [lead(h)]
     return None
@@ -472,7 +560,18 @@ def _fused_qkv(fn, role: str, t: torch.Tensor, c: _Ctx):
             cols = placement[1]
         parts.append(out)
         offset += out.shape[0]
-    return torch.cat(parts, dim=0), [torch.cat(rows)] + ([cols] if t.dim() > 1 else [])
+    return _cat(parts, 0), [torch.cat(rows)] + ([cols] if t.dim() > 1 else [])
+
+
+def _cat(tensors: list[torch.Tensor], dim: int) -> torch.Tensor:
+    """``torch.cat``, or on the meta device just the result's shape: torch's meta kernels of cat, arithmetic
+    and index ops are Python decompositions whose first call imports torch._dynamo and sympy (seconds), so
+    the engine's meta passes (shapes, new slices) never run them."""
+    if any(t.is_meta for t in tensors):
+        shape = list(tensors[0].shape)
+        shape[dim] = sum(t.shape[dim] for t in tensors)
+        return torch.empty(shape, dtype=tensors[0].dtype, device="meta")
+    return torch.cat(tensors, dim)
 
 
 # ------------------------------------------------------------------------------------------ views
@@ -487,6 +586,15 @@ class _View:
 
     def get(self, name: str) -> torch.Tensor:
         return self._get(name)[0]
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        """The output's shape. Views that know it without computing say it (no torch needed); the others run
+        the step: call it on a meta view."""
+        return tuple(self._get(name)[0].shape)
+
+    def spec(self, name: str) -> Spec:
+        """Which slices of the output are new (see :func:`compose_spec`); as :meth:`shape`, for meta views."""
+        return self._get(name)[1]
 
     def copy_of(self, name: str) -> str | None:
         """The source tensor this output is a bit-identical copy of, or None (streaming copies bytes)."""
@@ -511,6 +619,14 @@ class _SourceView(_View):
 
     def _get(self, name: str):
         return self.source.get(name), None
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        if hasattr(self.source, "shape"):
+            return tuple(self.source.shape(name))
+        return tuple(self.source.get(name).shape)
+
+    def spec(self, name: str) -> Spec:
+        return None
 
     def copy_of(self, name: str) -> str | None:
         return name
@@ -550,6 +666,12 @@ class _WidthView(_View):
             placement = placement[::-1] if isinstance(placement, list) else placement
         return out.to(t.dtype), placement
 
+    def shape(self, name: str) -> tuple[int, ...]:
+        """The grown model's shape of the role (what every transform makes): no tensor is computed."""
+        info = self.stage.adapter.role(name)
+        shape = tuple(self.stage.adapter.canonical_shape(info.role, self.stage.after))
+        return shape[::-1] if info.transposed else shape
+
     #: roles whose rows are independent under every width step but HyperCloning's noisy lm_head
     ROW_LOCAL_ROLES = ("embed", "pos", "lm_head")
 
@@ -573,6 +695,8 @@ class _WidthView(_View):
         if result is None:
             return t, spec
         out, placement = result
+        if not self.meta:  # new slices are asked of meta views only (GrowthEngine.new_slices): skip the sets
+            return out, None
         return out, compose_spec(spec, placement, tuple(t.shape), tuple(out.shape))
 
     def copy_of(self, name: str) -> str | None:
@@ -594,8 +718,10 @@ class _WidthView(_View):
 
 
 class _LayerView(_View):
-    def __init__(self, prev: _View, stage: Stage, seed: int, device: torch.device, dtype: torch.dtype, meta: bool):
-        self.prev, self.stage, self.seed, self.device, self.dtype, self.meta = prev, stage, seed, device, dtype, meta
+    def __init__(self, prev: _View, stage: Stage, seed: int, device: Any, dtype: Callable[[], torch.dtype],
+                 meta: bool):
+        self.prev, self.stage, self.seed, self.device, self.meta = prev, stage, seed, device, meta
+        self._dtype_of, self._dtype = dtype, None  # the dtype of new layers: looked up when one is made
         self.adapter = stage.adapter
         prev_names = prev.keys()
         self._globals = [n for n in prev_names if self.adapter.layer_of(n) is None]
@@ -632,6 +758,28 @@ class _LayerView(_View):
     def keys(self) -> list[str]:
         return list(self._order)
 
+    @property
+    def dtype(self) -> torch.dtype:
+        if self._dtype is None:
+            self._dtype = self._dtype_of()
+        return self._dtype
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        if self.adapter.layer_of(name) is None:
+            return self.prev.shape(name)
+        origin, mode = self._origin[name]
+        if origin is not None:  # keep, copy, new_copy: the shape of the layer it comes from
+            return self.prev.shape(origin)
+        info = self.adapter.role(name)  # a new layer's tensor has the grown model's shape
+        shape = tuple(self.adapter.canonical_shape(info.role, self.stage.after))
+        return shape[::-1] if info.transposed else shape
+
+    def spec(self, name: str) -> Spec:
+        if self.adapter.layer_of(name) is None:
+            return self.prev.spec(name)
+        origin, mode = self._origin[name]
+        return self.prev.spec(origin) if mode == "keep" else "all"
+
     def row_local(self, name: str) -> bool:
         return self.adapter.layer_of(name) is None and self.prev.row_local(name)
 
@@ -652,7 +800,7 @@ class _LayerView(_View):
         if mode == "new_copy":
             t = self.prev._get(origin)[0]
             if info.role in BLOCK_OUTPUT_ROLES:
-                t = torch.zeros_like(t)
+                t = torch.zeros(t.shape, dtype=t.dtype, device=t.device)  # (zeros_like on meta imports sympy)
             return t, "all"
         layer = self.adapter.layer_of(name)
         custom = self.adapter.new_layer_tensor(info.role, name, layer, self.stage.cfg_after)
@@ -727,9 +875,14 @@ class GrowthEngine:
     def __init__(self, config: Any, plan: Any, *, seed: int = 0, adapter: Adapter | None = None):
         self.seed = int(seed)
         self.plan = GrowthPlan.parse(plan)
+        # a transformers config is validated by its class; a plain dict (config.json as the streaming path reads
+        # it, without importing transformers) gets the adapter's defaults and its pure-Python checks
+        from_dict = isinstance(config, Mapping)
         cfg = config_to_dict(config)
-        self.source_config_dict = copy.deepcopy(cfg)
         self.adapter = adapter or get_adapter(cfg)
+        if from_dict:
+            cfg = self.adapter.complete_config(cfg)
+        self.source_config_dict = copy.deepcopy(cfg)
         self.stages: list[Stage] = []
         std = float(cfg.get("initializer_range", 0.02))
         run_id = 1 + max((r.get("run", -1) for r in cfg.get("growth_history") or []), default=-1)
@@ -743,7 +896,7 @@ class GrowthEngine:
         if not self.stages:
             raise ValueError("the growth plan has no steps")
         try:
-            self.adapter.validate_config(cfg)
+            self.adapter.validate_config(cfg, strict=not from_dict)
         except ValueError as error:
             raise ValueError(f"plan step {len(self.stages) - 1} ({self.stages[-1].step.kind}): {error}") from None
         self.history_records = []
@@ -861,11 +1014,23 @@ class GrowthEngine:
             config.dtype = dtype
         return config
 
+    def final_config_dict(self, dtype: str | None = None) -> dict[str, Any]:
+        """The grown config as a plain dict, without transformers: :attr:`new_config_dict` with a deep copy of the
+        history whose last record says which slices are new, and ``dtype`` (a torch dtype name, ``"bfloat16"``).
+        For a config read from a ``config.json`` that this transformers version saved, its JSON is the same as
+        that of :meth:`final_config` saved with ``save_pretrained`` (the streaming path writes it)."""
+        data = copy.deepcopy(self.new_config_dict)
+        data["growth_history"][-1]["new_slices"] = self.new_slices()
+        if dtype is not None:
+            data.pop("torch_dtype", None)  # the key before transformers 5
+            data["dtype"] = dtype
+        return data
+
     def param_counts(self) -> list[tuple[int, int]]:
         """``(parameters before, parameters after)`` of each step, from shapes alone (on the meta device;
         nothing is read; a tied ``lm_head`` is counted once, as ``num_parameters()`` counts it)."""
         def count(view: _View) -> int:
-            return sum(math.prod(view.get(name).shape) for name in view.keys())
+            return sum(math.prod(view.shape(name)) for name in view.keys())
 
         views = self._views(MetaSource(self.source_shapes()), meta=True)
         counts = [sum(math.prod(s) for s in self.source_shapes().values())] + [count(v) for v in views[1:]]
@@ -905,9 +1070,12 @@ class GrowthEngine:
     def _views(self, source: TensorSource, *, meta: bool = False) -> list[_View]:
         """The source view and the view after each stage (unchecked: :meth:`view` checks the source)."""
         names = self.source_names()
-        device = getattr(source, "device", torch.device("cpu"))
+        device = getattr(source, "device", "cpu")
         embed = next(n for n in names if self.adapter.role(n).role == "embed")
-        dtype = source.dtype(embed) if hasattr(source, "dtype") else source.get(embed).dtype
+
+        def dtype() -> torch.dtype:  # of new layers: the embedding's (asked only when a new layer is made)
+            return source.dtype(embed) if hasattr(source, "dtype") else source.get(embed).dtype
+
         views: list[_View] = [_SourceView(source, names)]
         for stage in self.stages:
             if stage.layers is not None:
@@ -928,12 +1096,12 @@ class GrowthEngine:
     def output_shapes(self) -> dict[str, tuple[int, ...]]:
         """Output tensor shapes, computed on the meta device (no tensor is read)."""
         view = self.view(MetaSource(self.source_shapes()), meta=True)
-        return {name: tuple(view.get(name).shape) for name in view.keys()}
+        return {name: view.shape(name) for name in view.keys()}
 
     def _specs(self) -> dict[str, Any]:
         if self._meta_specs is None:
             view = self.view(MetaSource(self.source_shapes()), meta=True)
-            self._meta_specs = {name: view._get(name)[1] for name in view.keys()}
+            self._meta_specs = {name: view.spec(name) for name in view.keys()}
         return self._meta_specs
 
     def new_slices(self) -> dict[str, Any]:

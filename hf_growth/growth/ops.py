@@ -13,11 +13,44 @@ of a tensor are new.
 
 from __future__ import annotations
 
+import importlib
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+
+class LazyModule:
+    """A stand-in for a module that imports it on first attribute access and then puts the module itself in
+    the globals it was bound into. The growth code uses it for ``torch``: planning a copy-only plan (``stack``)
+    on disk, validating a plan or counting parameters never imports torch (about a second of start-up).
+
+    >>> lazy = LazyModule("json").bind({})
+    >>> lazy.dumps([1])
+    '[1]'
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._namespaces: list[dict[str, Any]] = []
+
+    def bind(self, namespace: dict[str, Any]) -> "LazyModule":
+        self._namespaces.append(namespace)
+        return self
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr.startswith("__") and attr.endswith("__"):
+            raise AttributeError(attr)
+        module = importlib.import_module(self._name)
+        for namespace in self._namespaces:
+            if namespace.get(self._name) is self:
+                namespace[self._name] = module
+        return getattr(module, attr)
+
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = LazyModule("torch").bind(globals())
 
 Placement = "torch.Tensor | None"
 
@@ -26,7 +59,10 @@ def place(old: torch.Tensor, new: torch.Tensor, placements: Sequence[torch.Tenso
     """Write ``old`` into ``new`` at ``placements`` (per dim; None = leading indices) and return ``new``.
 
     ``new`` must be a fresh tensor the caller owns (it is filled in place); ``old`` is never modified.
+    On the meta device ``new`` is returned as it is (torch's meta index kernels import sympy: seconds).
     """
+    if new.is_meta:
+        return new
     out = new
     slices: list[Any] = []
     scattered: list[tuple[int, torch.Tensor]] = []
@@ -130,6 +166,8 @@ def rms_gain_rescale(gain: torch.Tensor, hidden: int, new_hidden: int) -> torch.
 
     Exact together with ``eps' = eps * h/h'`` (:func:`rms_eps_rescale`).
     """
+    if gain.is_meta:
+        return torch.empty((new_hidden,), dtype=torch.float32, device="meta")
     scaled = gain.float() * math.sqrt(hidden / new_hidden)
     fill = scaled.mean().expand(new_hidden).clone()
     return place(scaled, fill, [None])
@@ -163,6 +201,8 @@ def clone_linear(weight: torch.Tensor, out_copies: int, in_copies: int,
     True
     """
     out_f, in_f = weight.shape
+    if weight.is_meta:  # the shape only (meta arithmetic imports torch._dynamo)
+        return torch.empty((out_f * out_copies, in_f * in_copies), dtype=torch.float32, device="meta")
     base = weight.float() / in_copies
     rows = []
     for i in range(out_copies):
@@ -176,6 +216,10 @@ def clone_linear(weight: torch.Tensor, out_copies: int, in_copies: int,
 
 def repeat_along(tensor: torch.Tensor, copies: int, dim: int = 0) -> torch.Tensor:
     """``[t, t, ..., t]`` along ``dim`` (embeddings, positions, biases and norms under cloning)."""
+    if tensor.is_meta:  # the shape only (meta cat imports torch._dynamo)
+        shape = list(tensor.shape)
+        shape[dim] *= copies
+        return torch.empty(shape, dtype=tensor.dtype, device="meta")
     return torch.cat([tensor] * copies, dim=dim)
 
 

@@ -19,15 +19,19 @@ every tensor of a ``stack`` step) are never decoded: their bytes are copied from
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
 
 from .checkpoint_io import (
+    DTYPE_INFO,
+    FLOAT_DTYPES,
+    ITEMSIZES,
     CheckpointError,
     SafetensorsSource,
     ShardWriter,
@@ -35,8 +39,13 @@ from .checkpoint_io import (
     check_free_space,
     check_output_dir,
     copy_side_files,
+    dtype_name,
     side_files,
+    torch_dtype_of,
 )
+
+if TYPE_CHECKING:
+    import torch
 
 CONFIG_NAME = "config.json"
 #: output tensors larger than this whose rows are independent (embeddings, lm_head) are made in row chunks
@@ -46,7 +55,7 @@ CHUNK_BYTES = 16 << 20
 class _MetaOf:
     """The engine's view of a :class:`SafetensorsSource` on the meta device: shapes and dtypes, no data."""
 
-    device = torch.device("meta")
+    device = "meta"
 
     def __init__(self, source: SafetensorsSource):
         self.source = source
@@ -55,6 +64,8 @@ class _MetaOf:
         return list(self.source.keys())
 
     def get(self, name: str) -> torch.Tensor:
+        import torch
+
         return torch.empty(self.source.shape(name), dtype=self.source.dtype(name), device="meta")
 
     def shape(self, name: str) -> tuple[int, ...]:
@@ -68,52 +79,80 @@ class _MetaOf:
 class PlannedTensor:
     name: str
     shape: tuple[int, ...]
-    dtype: torch.dtype
+    dtype: str  # safetensors name, e.g. "BF16"
     copy_of: str | None  # source tensor whose bytes are copied unchanged, or None (computed)
 
     @property
     def nbytes(self) -> int:
-        n = torch.empty((), dtype=self.dtype).element_size()
-        for s in self.shape:
-            n *= s
-        return n
+        return ITEMSIZES[self.dtype] * _numel(self.shape)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return torch_dtype_of(self.dtype)
 
 
-def load_source_config(src_dir: str | os.PathLike) -> Any:
-    """The source's config, loaded as the in-memory path sees ``model.config`` (local files only)."""
-    import hf_growth  # noqa: F401  (registers ResFormer with the Auto classes)
-    from transformers import AutoConfig
-
+def load_source_config(src_dir: str | os.PathLike) -> dict[str, Any]:
+    """The source's ``config.json`` as a plain dict. transformers' config classes are not imported (they
+    cost seconds of start-up): the adapter fills in the defaults of the keys it reads and checks the grown
+    config in pure Python (:class:`~hf_growth.growth.engine.GrowthEngine` with a dict)."""
     path = Path(src_dir) / CONFIG_NAME
     if not path.is_file():
         raise FileNotFoundError(f"{src_dir}: no {CONFIG_NAME}; streaming growth needs a saved model directory")
     try:
-        json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except ValueError as error:
         raise CheckpointError(f"{path}: not valid JSON ({error})") from error
-    return AutoConfig.from_pretrained(str(src_dir), local_files_only=True)
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: not a JSON object")
+    return data
 
 
 def plan_output(engine: Any, source: SafetensorsSource) -> list[PlannedTensor]:
     """Every output tensor with its shape, dtype and (for pure copies) its source tensor, in write
-    order, computed on the meta device: nothing is read or computed."""
+    order. Nothing is read or computed; computed tensors' shapes come from the meta device (torch is
+    imported only when the plan computes a tensor: a ``stack`` plan copies every one)."""
     meta_view = engine.view(_MetaOf(source), meta=True)
     real_view = engine.view(source)
     out = []
     for name in meta_view.keys():
-        t = meta_view.get(name)
         origin = real_view.copy_of(name)
         if origin is not None:
             info = source.info(origin)
-            if info.shape != tuple(t.shape) or info.torch_dtype != t.dtype:  # defensive: never copy wrong bytes
-                origin = None
-        out.append(PlannedTensor(name, tuple(t.shape), t.dtype, origin))
+            if info.shape == meta_view.shape(name):  # defensive: never copy wrong bytes
+                out.append(PlannedTensor(name, info.shape, info.dtype, origin))
+                continue
+        t = meta_view.get(name)
+        out.append(PlannedTensor(name, tuple(t.shape), dtype_name(t.dtype), None))
     return out
 
 
-def grown_config(engine: Any, dtype: torch.dtype) -> Any:
-    """The grown config exactly as the in-memory path builds it (:meth:`GrowthEngine.final_config`)."""
-    return engine.final_config(dtype)
+def grown_config(engine: Any, dtype: str) -> dict[str, Any]:
+    """The grown config as the streaming path writes it (:meth:`GrowthEngine.final_config_dict`): the
+    source's ``config.json`` with the grown sizes, ``growth_history``, ``dtype`` (a safetensors name such as
+    ``"BF16"``, or a torch dtype name) and the installed transformers version, as ``save_pretrained`` of the
+    in-memory path's config writes it."""
+    name = DTYPE_INFO[dtype][0] if dtype in DTYPE_INFO else dtype
+    config = engine.final_config_dict(name)
+    version = _transformers_version()
+    if version:
+        config["transformers_version"] = version
+    return config
+
+
+def _transformers_version() -> str | None:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("transformers")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover
+        return None
+
+
+def write_config(directory: str | os.PathLike, config: dict[str, Any]) -> Path:
+    """Write ``config.json`` as ``PreTrainedConfig.save_pretrained`` formats it (sorted keys, indent 2)."""
+    path = Path(directory) / CONFIG_NAME
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return path
 
 
 def grow_checkpoint(
@@ -139,6 +178,10 @@ def grow_checkpoint(
     ``verify=True`` then loads both models, measures max |Δlogits| and greedy text, and writes the
     figure into the card (the models must fit in memory).
 
+    The bytes are written by a thread of their own (:class:`ShardWriter`), so the next tensor is
+    computed, and the small files are written, while the previous one goes to disk. Neither torch nor
+    transformers' config classes are imported unless a tensor must be computed.
+
     >>> grow_checkpoint("SmolLM2-135M", [{"stack": {"to": 36, "block_size": 6}}], "grown")  # doctest: +SKIP
     PosixPath('grown')
     """
@@ -155,17 +198,18 @@ def grow_checkpoint(
         planned = plan_output(engine, source)
     except ValueError as error:  # e.g. a tensor the architecture needs is not in the checkpoint
         raise CheckpointError(f"{source.index_file or src_dir}: {error}") from error
-    dtype = next((p.dtype for p in planned if p.dtype.is_floating_point), torch.float32)
+    dtype = next((p.dtype for p in planned if p.dtype in FLOAT_DTYPES), "F32")
     new_config = grown_config(engine, dtype)
     total = sum(p.nbytes for p in planned)
     extra = sum(p.stat().st_size for p in side_files(src_dir)) + (1 << 20)
     check_free_space(out.parent, total + extra)
 
-    with atomic_output_dir(out, overwrite=overwrite) as tmp:
+    with atomic_output_dir(out, overwrite=overwrite) as tmp, _intra_op_threads(planned):
         view = engine.view(source)
         with ShardWriter(tmp, max_shard_size=max_shard_size, quiet=quiet, total_bytes=total,
                          description=f"growing into {out.name}",
-                         planned=[(p.name, p.dtype, p.shape) for p in planned]) as writer:
+                         planned=[(p.name, p.dtype, p.shape, source.info(p.copy_of).start if p.copy_of else None)
+                                  for p in planned]) as writer:
             for p in planned:
                 if p.copy_of is not None:
                     writer.add_raw(p.name, source.info(p.copy_of))
@@ -177,18 +221,38 @@ def grow_checkpoint(
                         for a in range(0, p.shape[0], rows)))
                 else:
                     tensor = view.get(p.name)
-                    if tuple(tensor.shape) != p.shape or tensor.dtype != p.dtype:  # pragma: no cover - engine bug
+                    if tuple(tensor.shape) != p.shape or dtype_name(tensor.dtype) != p.dtype:  # pragma: no cover
                         raise RuntimeError(f"engine produced {p.name} as {tuple(tensor.shape)} {tensor.dtype}, "
                                            f"planned {p.shape} {p.dtype}")
                     writer.add_tensor(p.name, tensor)
                     del tensor
-        copy_side_files(src_dir, tmp)
-        new_config.save_pretrained(tmp)
-        _write_card(tmp, new_config, src_dir, config, base_model, sum(_numel(p.shape) for p in planned))
+            # while the writer thread still writes (all of it, for a copy-only plan), the small files
+            copy_side_files(src_dir, tmp)
+            write_config(tmp, new_config)
+            _write_card(tmp, new_config, src_dir, config, base_model, sum(_numel(p.shape) for p in planned))
 
     if verify:
         verify_and_update_card(src_dir, out, base_model=base_model, quiet=quiet)
     return out
+
+
+@contextlib.contextmanager
+def _intra_op_threads(planned: list[PlannedTensor]) -> Iterator[None]:
+    """While tensors are computed, torch's intra-op threads are off: the streaming path runs its own threads
+    (the shard writer, the free-value blocks: :data:`~hf_growth.growth.engine.FREE_THREADS`), and OpenMP's
+    threads spin between ops, taking the cores those need (measured: a second of CPU on the width benchmark).
+    The values do not depend on it. A copy-only plan does not import torch at all."""
+    if all(p.copy_of is not None for p in planned):
+        yield
+        return
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _numel(shape: tuple[int, ...]) -> int:
@@ -198,17 +262,23 @@ def _numel(shape: tuple[int, ...]) -> int:
     return n
 
 
+def _as_config(config: Any) -> Any:
+    """A config dict as the attribute view the model card reads (``config.growth_history``...)."""
+    return SimpleNamespace(**config) if isinstance(config, dict) else config
+
+
 def _write_card(directory: Path, config: Any, src_dir: Path, src_config: Any, base_model: str | None,
                 num_params: int | None, verification: dict | None = None) -> None:
-    from hf_growth.hub import build_model_card, guess_base_model
+    from hf_growth.hub import guess_base_model, model_card_text
 
-    card = build_model_card(
-        config,
-        base_model=base_model or guess_base_model(src_dir, src_config),
+    text = model_card_text(  # the text ModelCard.save writes, without importing the Hub client
+        _as_config(config),
+        base_model=base_model or guess_base_model(src_dir, _as_config(src_config)),
         num_params=num_params,
         verification=verification,
     )
-    card.save(directory / "README.md")
+    with open(directory / "README.md", "w", newline="", encoding="utf-8") as f:
+        f.write(text)
 
 
 def verify_and_update_card(src_dir: str | os.PathLike, out_dir: str | os.PathLike, *, base_model: str | None = None,

@@ -65,6 +65,7 @@ class Adapter:
     """Base class. Subclasses fill the class attributes and override the hooks they need."""
 
     name: ClassVar[str] = "base"
+    config_class_name: ClassVar[str] = ""  # the transformers config class, named without importing it
     model_types: ClassVar[tuple[str, ...]] = ()
     norm: ClassVar[str] = "rms"  # "rms" (zero-padded hidden growth) or "layer" (integer cloning only)
     layer_prefix: ClassVar[str] = "model.layers."
@@ -98,8 +99,42 @@ class Adapter:
     def check_step(self, step: Any, cfg: dict[str, Any], before: Sizes, after: Sizes) -> None:
         """Raise ValueError when the step cannot be done exactly (unless ``step.approximate``)."""
 
-    def validate_config(self, cfg: dict[str, Any]) -> None:
-        """Raise ValueError when the final config is not a valid config of this architecture."""
+    #: the config class's defaults of the keys this adapter reads (``complete_config`` fills them in)
+    config_defaults: ClassVar[dict[str, Any]] = {}
+
+    def complete_config(self, cfg: dict[str, Any]) -> dict[str, Any]:
+        """A config dict read from a ``config.json`` (which may leave out keys at their default), with the
+        defaults of the keys this adapter reads: what the config class would hold. Pure Python."""
+        return {**self.config_defaults, **cfg}
+
+    def validate_config(self, cfg: dict[str, Any], *, strict: bool = True) -> None:
+        """Raise ValueError when the final config is not a valid config of this architecture: with
+        ``strict``, by building the architecture's config class (imports transformers); else by
+        :meth:`check_config`, whose pure-Python checks an adapter may provide (the streaming path)."""
+        if not strict:
+            self.check_config(cfg)
+            return
+        self._validate_with_config_class(cfg)
+
+    def check_config(self, cfg: dict[str, Any]) -> None:
+        """The checks of the config class that a grown config can fail, in pure Python. Adapters that have
+        none of their own use the config class itself."""
+        self._validate_with_config_class(cfg)
+
+    def check_sizes_and_layer_lists(self, cfg: dict[str, Any]) -> None:
+        """Pure-Python checks every config class makes: positive sizes, per-layer lists as long as the stack."""
+        sizes = self.sizes(cfg)
+        for key in ("hidden", "mlp", "heads", "kv_heads", "qk_dim", "v_dim", "layers", "vocab"):
+            value = getattr(sizes, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"the grown config is not valid: {key} must be a positive integer, got {value!r}")
+        for key in self.layer_list_keys:
+            value = cfg.get(key)
+            if isinstance(value, list) and len(value) != sizes.layers:
+                raise ValueError(f"the grown config is not valid: {key} has {len(value)} entries for "
+                                 f"{sizes.layers} layers")
+
+    def _validate_with_config_class(self, cfg: dict[str, Any]) -> None:
         config_class = self.config_class()
         try:
             config_class(**{k: v for k, v in cfg.items() if k not in ("transformers_version", "model_type")})

@@ -43,10 +43,20 @@ class GPT2Adapter(Adapter):
     }
     keys = {"hidden": "n_embd", "mlp": "n_inner", "heads": "n_head", "layers": "n_layer", "vocab": "vocab_size"}
 
+    config_class_name = "GPT2Config"
+    #: GPT2Config's defaults (transformers 5) of the keys read here: a config.json may leave them out
+    config_defaults = {"vocab_size": 50257, "n_positions": 1024, "n_embd": 768, "n_layer": 12, "n_head": 12,
+                       "n_inner": None, "layer_norm_epsilon": 1e-5, "initializer_range": 0.02,
+                       "tie_word_embeddings": True}
+
     def config_class(self):
         from transformers import GPT2Config
 
         return GPT2Config
+
+    def check_config(self, cfg: dict[str, Any]) -> None:
+        """GPT2Config has no architecture checks of its own: sizes and per-layer lists only."""
+        self.check_sizes_and_layer_lists(cfg)
 
     def sizes(self, cfg: dict[str, Any]) -> Sizes:
         hidden, heads = cfg["n_embd"], cfg["n_head"]

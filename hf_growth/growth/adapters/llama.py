@@ -16,6 +16,7 @@ EXACT_ROPE_TYPES = ("default", "linear", "llama3")
 
 class LlamaAdapter(Adapter):
     name = "llama"
+    config_class_name = "LlamaConfig"
     model_types = ("llama",)
     norm = "rms"
     layer_prefix = "model.layers."
@@ -44,11 +45,25 @@ class LlamaAdapter(Adapter):
     keys = {"hidden": "hidden_size", "mlp": "intermediate_size", "heads": "num_attention_heads",
             "kv_heads": "num_key_value_heads", "layers": "num_hidden_layers", "vocab": "vocab_size"}
     eps_key = "rms_norm_eps"
+    #: LlamaConfig's defaults (transformers 5) of the keys read here: a config.json may leave them out
+    config_defaults = {"vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
+                       "num_attention_heads": 32, "rms_norm_eps": 1e-6, "initializer_range": 0.02,
+                       "tie_word_embeddings": False}
+    #: whether the config class wants hidden_size % num_attention_heads == 0 (LlamaConfig.validate_architecture)
+    hidden_divisible_by_heads = True
 
     def config_class(self):
         from transformers import LlamaConfig
 
         return LlamaConfig
+
+    def check_config(self, cfg: dict[str, Any]) -> None:
+        """LlamaConfig's checks that growth can break, without importing it."""
+        self.check_sizes_and_layer_lists(cfg)
+        hidden, heads = cfg[self.keys["hidden"]], cfg[self.keys["heads"]]
+        if self.hidden_divisible_by_heads and hidden % heads:
+            raise ValueError(f"the grown config is not a valid {self.config_class_name}: The hidden size "
+                             f"({hidden}) is not a multiple of the number of attention heads ({heads}).")
 
     def sizes(self, cfg: dict[str, Any]) -> Sizes:
         k = self.keys

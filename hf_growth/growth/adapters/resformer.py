@@ -13,12 +13,13 @@ for ``sparse`` new layers do not mix either; otherwise new layers mix like every
 
 from __future__ import annotations
 
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from .base import Sizes
 from .llama import LlamaAdapter
+
+if TYPE_CHECKING:
+    import torch
 
 _LAMBDA = ("self_attn.lambda_first", "self_attn.lambda_own", "self_attn.lambda_logit")
 
@@ -39,10 +40,17 @@ class ResFormerAdapter(LlamaAdapter):
         "model.norm.weight": ("final_norm.w", False, None),
     }
 
+    config_class_name = "ResFormerConfig"
+    config_defaults = {**LlamaAdapter.config_defaults, "value_residual": "identity"}
+
     def config_class(self):
         from hf_growth.resformer.configuration_resformer import ResFormerConfig
 
         return ResFormerConfig
+
+    def check_config(self, cfg: dict[str, Any]) -> None:
+        """ResFormerConfig checks the value residual's settings in many ways: validate with the class itself."""
+        self._validate_with_config_class(cfg)
 
     def sizes(self, cfg: dict[str, Any]) -> Sizes:
         base = super().sizes(cfg)
@@ -90,6 +98,8 @@ class ResFormerAdapter(LlamaAdapter):
     def new_layer_tensor(self, role: str, name: str, layer: int, cfg: dict[str, Any]) -> torch.Tensor | None:
         if role != "lambda":
             return None
+        import torch
+
         from hf_growth.resformer.configuration_resformer import DEFAULT_VALUE_RESIDUAL_LAMBDA
 
         lam = cfg.get("value_residual_lambda")
