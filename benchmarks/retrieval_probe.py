@@ -54,14 +54,14 @@ def chain_positions(question: str) -> tuple[list[tuple[int, int]], str]:
     """Token positions of the links the answer follows: ``[(source_pos, target_pos)]`` per hop, and the node
     reached. Positions index the question's whitespace tokens (one token each with the task tokenizer).
 
-    >>> chain_positions("4 9 7 1 9 3 1 8 | 4 2")
+    >>> chain_positions("4 9 7 1 9 3 1 8 | 2 4")
     ([(0, 1), (4, 5)], '3')
     """
     tokens = question.split()
     bar = tokens.index(QUERY)
     links = tokens[:bar]
     where = {links[i]: i for i in range(0, len(links) - 1, 2)}
-    node, hops = tokens[bar + 1], int(tokens[bar + 2])
+    hops, node = int(tokens[bar + 1]), tokens[bar + 2]
     path = []
     for _ in range(hops):
         i = where[node]

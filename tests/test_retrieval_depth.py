@@ -168,8 +168,8 @@ def test_chain_positions_follow_the_links():
         for q, a in zip(s["train"]["question"], s["train"]["answer"]):
             path, end = probe.chain_positions(q)
             tokens = q.split()
-            assert end == solve(q) == a and len(path) == int(tokens[-1])
-            assert tokens[path[0][0]] == tokens[-2]  # starts at the query node x0
+            assert end == solve(q) == a and len(path) == int(tokens[-2])
+            assert tokens[path[0][0]] == tokens[-1]  # starts at the query node x0
             for (_, dst), (src, _) in zip(path, path[1:]):
                 assert tokens[dst] == tokens[src]  # each link starts where the last ended
 
@@ -183,7 +183,7 @@ def test_probe_batch_masks_and_emergence_order():
     ids, important, query_mask, questions = probe.probe_batch(opts, tok, size=5)
     assert ids["input_ids"].shape == (5, 19) and query_mask is None
     assert important.sum(1).tolist() == [6] * 5  # 3 links, 2 tokens each
-    assert all(q.split()[-1] == "3" for q in questions)
+    assert all(q.split()[-2] == "3" for q in questions)  # hop count, then the query node
     _, imp3, qmask, _ = probe.probe_batch(opts, tok, size=5, query="chain")
     assert imp3.shape == (5, 19, 19) and qmask.sum(1).tolist() == [7] * 5
     assert (imp3[qmask].sum(-1) >= 4).all()  # every chain query sees the other links

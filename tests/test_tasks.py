@@ -102,7 +102,8 @@ def test_retrieval(curriculum):
             tokens = links.split()
             assert len(tokens) == 20 and len(set(tokens[0::2])) == 10  # each node has one successor
             assert solve(q) == a
-            hops = int(query.split()[1])
+            hops, start = (int(t) for t in query.split())
+            assert str(start) in tokens[0::2]  # the query node (last) is the source of a link
             if split == "train":
                 train_hops.add(hops)
             else:

@@ -2,12 +2,16 @@
 
 Nodes are the integers ``0..num_nodes-1``. Each example draws distinct random nodes and links them into
 pointer chains of ``hops`` links each (the last chain may be shorter), ``num_pairs`` links in all. The links
-are written as shuffled pairs ``a b`` ("a points to b"), then ``|``, the query node ``x0`` and the number of
-hops ``D``; the answer is ``x_D``, the node reached after ``D`` links from ``x0``. The query chain may continue
+are written as shuffled pairs ``a b`` ("a points to b"), then ``|``, the number of hops ``D`` and the query
+node ``x0``; the answer is ``x_D``, the node reached after ``D`` links from ``x0``. The query chain may continue
 past ``x_D``, so the model must count hops, and the other chains are distractors::
 
-    question: "4 9 7 1 9 3 1 8 | 4 2"      (links 4->9, 7->1, 9->3, 1->8; start 4, 2 hops)
+    question: "4 9 7 1 9 3 1 8 | 2 4"      (links 4->9, 7->1, 9->3, 1->8; 2 hops, start 4)
     answer:   "3"
+
+The query node comes last, right where the answer is predicted: with ``| x0 D`` (this module's format until
+2026-11) a 2-layer model stayed on the 1/num_pairs plateau for 6000 steps at D = 1 in all seeds tried, and
+escaped it within 1400-4000 steps in 3 of 4 seeds with ``| D x0`` (CPU calibration, ``benchmarks/README.md``).
 
 ``curriculum=True`` (the implicit curriculum) draws D uniformly from ``1..hops`` for every training example;
 validation and test always use ``D = hops`` (the difficulty being measured). ``curriculum=False`` trains at
@@ -35,7 +39,7 @@ def solve(question: str) -> str:
     links, query = question.split(QUERY)
     tokens = links.split()
     succ = dict(zip(tokens[0::2], tokens[1::2]))
-    node, hops = query.split()
+    hops, node = query.split()
     for _ in range(int(hops)):
         node = succ[node]
     return node
@@ -85,7 +89,7 @@ def retrieval_splits(
         rows = np.arange(n)
         x0, xd = nodes[rows, start], nodes[rows, start + d]
         pairs = np.stack([a, b], axis=2).reshape(n, 2 * num_pairs).tolist()
-        qs = [" ".join(map(str, p)) + f" {QUERY} {s} {k}" for p, s, k in zip(pairs, x0.tolist(), d.tolist())]
+        qs = [" ".join(map(str, p)) + f" {QUERY} {k} {s}" for p, s, k in zip(pairs, x0.tolist(), d.tolist())]
         return qs, [str(v) for v in xd.tolist()]
 
     sizes = {"train": train_size, "validation": validation_size, "test": test_size}
