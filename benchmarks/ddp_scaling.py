@@ -33,6 +33,8 @@ import sys
 import time
 from pathlib import Path
 
+from transformers import TrainerCallback
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "train_reasoning.py"
 TARGET_2 = 1.8  # tokens/s on 2 GPUs over 1 GPU
@@ -40,41 +42,35 @@ TARGET_2 = 1.8  # tokens/s on 2 GPUs over 1 GPU
 NCCL_SAFE = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 
 
-class StepClock:
+class StepClock(TrainerCallback):
     """``TrainerCallback`` (import path ``ddp_scaling:StepClock``): rank 0 writes ``OUTPUT_DIR/step_clock.json``
     with the wall time of optimizer steps ``warmup+1 .. warmup+steps``; settings from the environment variable
     ``STEP_CLOCK`` (JSON: ``{"warmup": 10, "steps": 50}``)."""
 
-    def __new__(cls):
-        from transformers import TrainerCallback
-
+    def __init__(self) -> None:
         settings = json.loads(os.environ.get("STEP_CLOCK", "{}"))
-        warmup, steps = int(settings.get("warmup", 10)), int(settings.get("steps", 50))
+        self.warmup, self.steps = int(settings.get("warmup", 10)), int(settings.get("steps", 50))
+        self.t0: float | None = None
 
-        class _StepClock(TrainerCallback):
-            t0 = None
+    @staticmethod
+    def _sync() -> None:
+        import torch
 
-            @staticmethod
-            def _sync():
-                import torch
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.synchronize()
 
-                if torch.cuda.is_available() and torch.cuda.is_initialized():
-                    torch.cuda.synchronize()
-
-            def on_step_end(self, args, state, control, **kwargs):
-                if state.global_step == warmup:
-                    self._sync()
-                    self.t0 = time.perf_counter()
-                elif state.global_step == warmup + steps and self.t0 is not None:
-                    self._sync()
-                    seconds = time.perf_counter() - self.t0
-                    if state.is_world_process_zero:
-                        record = {"warmup": warmup, "steps": steps, "seconds": seconds, "world_size": args.world_size,
-                                  "per_device_batch": args.per_device_train_batch_size,
-                                  "grad_accum": args.gradient_accumulation_steps}
-                        Path(args.output_dir, "step_clock.json").write_text(json.dumps(record) + "\n")
-
-        return _StepClock()
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.warmup:
+            self._sync()
+            self.t0 = time.perf_counter()
+        elif state.global_step == self.warmup + self.steps and self.t0 is not None:
+            self._sync()
+            seconds = time.perf_counter() - self.t0
+            if state.is_world_process_zero:
+                record = {"warmup": self.warmup, "steps": self.steps, "seconds": seconds,
+                          "world_size": args.world_size, "per_device_batch": args.per_device_train_batch_size,
+                          "grad_accum": args.gradient_accumulation_steps}
+                Path(args.output_dir, "step_clock.json").write_text(json.dumps(record) + "\n")
 
 
 def parse_args(argv=None) -> argparse.Namespace:

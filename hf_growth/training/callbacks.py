@@ -98,39 +98,30 @@ def midas_stage_depths(initial_layers: int, stages: int, layers_per_stage: int) 
 
 
 # ------------------------------------------------------------------------------------------ helpers
-def _unwrap_model(model: nn.Module) -> nn.Module:
-    """The model to grow inside DDP / DataParallel / torch.compile wrappers; FSDP is refused."""
-    inner = model
+def _wrapper_chain(model: nn.Module) -> list[nn.Module]:
+    """``model`` and the modules it wraps (torch.compile's ``_orig_mod``, DDP/DataParallel's ``module``),
+    outermost first; FSDP is refused."""
+    chain = [model]
     while True:
+        inner = chain[-1]
         kind = type(inner).__name__
-        if kind in ("FullyShardedDataParallel",) or kind.startswith("FSDP"):
+        if kind == "FullyShardedDataParallel" or kind.startswith("FSDP"):
             raise NotImplementedError(
                 f"in-place growth of an FSDP-sharded model ({kind}) is not supported: its flat parameters and "
                 "sharded optimizer state would have to be gathered, grown and re-sharded; grow under DDP or on one "
                 "device, save, and start the FSDP run from the grown checkpoint"
             )
         if kind == "OptimizedModule":  # torch.compile: grow the original module
-            inner = inner._orig_mod
+            chain.append(inner._orig_mod)
         elif hasattr(inner, "module") and isinstance(inner.module, nn.Module):  # DDP / DataParallel
-            inner = inner.module
+            chain.append(inner.module)
         else:
-            return inner
+            return chain
 
 
-def _ddp_wrappers(model: nn.Module) -> list[nn.Module]:
-    """The ``DistributedDataParallel`` wrappers around ``model``, outermost first."""
-    from torch.nn.parallel import DistributedDataParallel
-
-    out, inner = [], model
-    while True:
-        if isinstance(inner, DistributedDataParallel):
-            out.append(inner)
-        if type(inner).__name__ == "OptimizedModule":
-            inner = inner._orig_mod
-        elif hasattr(inner, "module") and isinstance(inner.module, nn.Module):
-            inner = inner.module
-        else:
-            return out
+def _unwrap_model(model: nn.Module) -> nn.Module:
+    """The model to grow inside DDP / DataParallel / torch.compile wrappers; FSDP is refused."""
+    return _wrapper_chain(model)[-1]
 
 
 def _rewrap_ddp(ddp: nn.Module) -> None:
@@ -299,8 +290,11 @@ def grow_in_place(model: nn.Module, plan: Any, *, optimizer: Any = None, seed: i
 
     if copied_state not in ("copy", "fresh"):
         raise ValueError(f"copied_state must be 'copy' or 'fresh', got {copied_state!r}")
-    target = _unwrap_model(model)
-    ddp_wrappers = _ddp_wrappers(model)
+    from torch.nn.parallel import DistributedDataParallel
+
+    chain = _wrapper_chain(model)
+    target = chain[-1]
+    ddp_wrappers = [m for m in chain if isinstance(m, DistributedDataParallel)]
     engine = GrowthEngine(target.config, plan, seed=seed)  # validates before anything changes
     origins = _tensor_origins(engine)
     keep_layers = _layer_keep_map(engine)
