@@ -8,8 +8,9 @@ Importing the package is cheap: the public names below are resolved on first use
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ._lazy import lazy_getattr
 
 __version__ = "0.1.0"
 
@@ -48,16 +49,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .training.trainer import SeqVCRConfig, SeqVCRTrainer
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    if name in _SUBMODULES:
-        module = importlib.import_module(f"hf_growth.{name}")
-        globals()[name] = module
-        return module
-    raise AttributeError(f"module 'hf_growth' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY, globals(), _SUBMODULES)
 
 
 def __dir__() -> list[str]:

@@ -13,17 +13,18 @@ Names resolve lazily so that importing this package does not import matplotlib o
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_getattr
 
 _LAZY = {
-    "layer_entropy": "entropy",
-    "matrix_entropy": "entropy",
-    "value_statistics": "values",
-    "HeadEmergenceCallback": "heads",
-    "plot_layer_entropy": "plots",
-    "plot_value_statistics": "plots",
-    "plot_head_emergence": "plots",
+    "layer_entropy": ".entropy",
+    "matrix_entropy": ".entropy",
+    "value_statistics": ".values",
+    "HeadEmergenceCallback": ".heads",
+    "plot_layer_entropy": ".plots",
+    "plot_value_statistics": ".plots",
+    "plot_head_emergence": ".plots",
 }
 __all__ = sorted(_LAZY)
 
@@ -34,12 +35,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .values import value_statistics
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())
 
 
 def __dir__() -> list[str]:

@@ -11,9 +11,7 @@ True
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from .._lazy import lazy_getattr
 from .seq_vcr import SeqVCRTerms, seq_vcr_loss, seq_vcr_terms
 
 __all__ = [
@@ -33,22 +31,17 @@ __all__ = [
 ]
 
 _LAZY = {
-    "SeqVCRConfig": "trainer",
-    "SeqVCRTrainer": "trainer",
-    "PauseTokens": "pause",
-    "PauseCollator": "pause",
-    "add_pause_tokens": "pause",
-    "encode_examples": "pause",
-    "generate_with_pauses": "pause",
-    "pause_tokens_of": "pause",
-    "TensorDataset": "data",
-    "collate_tensors": "data",
+    "SeqVCRConfig": ".trainer",
+    "SeqVCRTrainer": ".trainer",
+    "PauseTokens": ".pause",
+    "PauseCollator": ".pause",
+    "add_pause_tokens": ".pause",
+    "encode_examples": ".pause",
+    "generate_with_pauses": ".pause",
+    "pause_tokens_of": ".pause",
+    "TensorDataset": ".data",
+    "collate_tensors": ".data",
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())
