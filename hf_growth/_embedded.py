@@ -44,10 +44,18 @@ def load_smollm2(dtype: "str | None" = "float32"):
     torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch_dtype)
-    # The weights are plain de-quantised floats now: forget the GGUF quantizer so the model saves and grows
-    # like any other (save_pretrained refuses "gguf-quantized" models).
+    # The weights are plain de-quantised floats now: forget the GGUF quantizer so the model saves, grows and
+    # trains like any other (save_pretrained refuses "gguf-quantized" models; the Trainer refuses models whose
+    # `is_quantized` flag the quantizer set while loading).
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:
+        quantizer.remove_quantization_config(model)
     if getattr(model.config, "quantization_config", None) is not None:
         del model.config.quantization_config
     model.hf_quantizer = None
+    model.is_quantized = False
+    for module in model.modules():
+        if getattr(getattr(module, "config", None), "_is_quantized", False):
+            module.config._is_quantized = False
     model.eval()
     return model, tokenizer

@@ -68,6 +68,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--output-dir", default="runs/reasoning")
     p.add_argument("--epochs", type=float, default=3.0)
     p.add_argument("--max-steps", type=int, default=-1)
+    p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                   help="stop training after about this many seconds: the step rate is measured after the first "
+                        "steps (compilation), the run ends at the step that fits, and a decaying learning-rate "
+                        "schedule is re-aimed at that step; --epochs / --max-steps stay the upper bound")
     p.add_argument("--batch-size", type=int, default=32, help="per device")
     p.add_argument("--grad-accum", type=int, default=1)
     p.add_argument("--lr", type=float, default=5e-4)
@@ -302,6 +306,10 @@ def build_trainer(args, model, tokenizer, train, valid, callbacks=()):
         processing_class=tokenizer,
         callbacks=[*growth_callbacks(args, model), *callbacks],
     )
+    if args.time_budget is not None:
+        from hf_growth.training.budget import TimeBudgetCallback
+
+        trainer.add_callback(TimeBudgetCallback(args.time_budget))
     for callback in trainer.callback_handler.callbacks:
         if hasattr(callback, "bind"):  # growth callbacks: grow the model before a checkpoint's weights load
             callback.bind(trainer)
@@ -369,6 +377,8 @@ def run(argv=None) -> int:
         "tokens_seen": trainer.state.global_step * tokens_per_step,
         "train_tokens_per_s": (trainer.state.global_step - resumed_at) * tokens_per_step / train_seconds,
         "world_size": trainer.args.world_size,
+        "time_budget": next((c.budget_record for c in trainer.callback_handler.callbacks
+                             if hasattr(c, "budget_record")), None),
         "seconds": {"data": round(data_seconds, 2), "train": round(train_seconds, 2),
                     "exact_match": round(time.perf_counter() - eval_start, 2),
                     "total": round(time.perf_counter() - start, 2)},
