@@ -29,3 +29,14 @@ def test_smollm2_grown_on_every_axis(smollm2):
         a = model.generate(ids, max_new_tokens=10, do_sample=False)
         b = grown.generate(ids, max_new_tokens=10, do_sample=False)
     assert tokenizer.decode(a[0]) == tokenizer.decode(b[0])
+
+
+def test_embedded_smollm2_is_trainable(smollm2, tmp_path):
+    """The de-quantised GGUF model is a plain model: the Trainer accepts it (it refuses `is_quantized` models)."""
+    from transformers import Trainer, TrainingArguments
+
+    model, _ = smollm2
+    assert not model.is_quantized and model.hf_quantizer is None
+    assert getattr(model.config, "quantization_config", None) is None
+    trainer = Trainer(model=model, args=TrainingArguments(str(tmp_path), use_cpu=True, report_to=[]))
+    assert trainer.model is model
