@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Issue 11: rows of the Seq-VCR multiplication table, run side by side on one GPU with the same wall-clock budget
+# each (scripts/train_reasoning.py --time-budget: the cosine schedule ends where the budget does).
+#
+#   benchmarks/seq_vcr_table.sh MODEL DIGITS BUDGET_S ROW...
+#   rows: plain pause seqvcr seqvcr_pause seqvcr_pause_emb seqvcr_pause_bl
+#   env: OUT (default benchmarks/results), BATCH (256 for smollm2, else 1024), LR (5e-4), EXTRA (more flags)
+#
+# Writes OUT/train_reasoning_multD_MODEL_ROW.json (the run's results.json: exact match on the 1000 test questions,
+# epochs, tokens seen, tokens/s, seed, versions, the command) and OUT/multD_MODEL_ROW.log.
+set -u
+model=$1 digits=$2 budget=$3
+shift 3
+out=${OUT:-benchmarks/results}
+mkdir -p "$out"
+case $model in smollm2) batch=${BATCH:-256} ;; *) batch=${BATCH:-1024} ;; esac
+common="--task multiplication --digits $digits --model $model --data-on-device --torch-compile --bf16
+ --batch-size $batch --lr ${LR:-5e-4} --warmup-steps 300 --scheduler cosine --epochs 40 --time-budget $budget
+ --logging-steps 200 --eval-batch-size 500 ${EXTRA:-}"
+names=()
+for row in "$@"; do
+  case $row in
+    plain) flags="--pauses 0 --no-seq-vcr" ;;
+    pause) flags="--pauses 2 --no-seq-vcr" ;;
+    seqvcr) flags="--pauses 0 --seq-vcr" ;;
+    seqvcr_pause) flags="--pauses 2 --seq-vcr" ;;
+    seqvcr_pause_emb) flags="--pauses 2 --seq-vcr --seq-vcr-layers embeddings" ;;
+    seqvcr_pause_bl) flags="--pauses 2 --seq-vcr --seq-vcr-statistics batch_length" ;;
+    *) echo "unknown row: $row" >&2; exit 2 ;;
+  esac
+  name=mult${digits}_${model//-/}_$row
+  names+=("$name")
+  # shellcheck disable=SC2086
+  python3 scripts/train_reasoning.py $common $flags --output-dir "/tmp/$name" >"$out/$name.log" 2>&1 &
+done
+wait
+status=0
+for name in "${names[@]}"; do
+  if [ -f "/tmp/$name/results.json" ]; then
+    cp "/tmp/$name/results.json" "$out/train_reasoning_${name}.json"
+    python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(sys.argv[2], 'EM', r['exact_match'], 'epochs', round(r['epochs'],2), 'tok/s', round(r['train_tokens_per_s']), r['seconds'], r['last_log'])" "/tmp/$name/results.json" "$name"
+  else
+    echo "$name FAILED"; tail -15 "$out/$name.log"; status=1
+  fi
+done
+exit $status
