@@ -70,8 +70,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-steps", type=int, default=-1)
     p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
                    help="stop training after about this many seconds: the step rate is measured after the first "
-                        "steps (compilation), the run ends at the step that fits, and a decaying learning-rate "
-                        "schedule is re-aimed at that step; --epochs / --max-steps stay the upper bound")
+                        "steps (compilation) and again every 10 s, the run ends at the step that fits, and a "
+                        "decaying learning-rate schedule is re-aimed at that step; --epochs / --max-steps stay the "
+                        "upper bound")
     p.add_argument("--batch-size", type=int, default=32, help="per device")
     p.add_argument("--grad-accum", type=int, default=1)
     p.add_argument("--lr", type=float, default=5e-4)

@@ -33,13 +33,40 @@ def test_time_budget_ends_run_with_completed_schedule(tmp_path):
                              save_strategy="no", disable_tqdm=True, logging_steps=1)
     budget = TimeBudgetCallback(2.0, warmup=3, measure=10)
     trainer = Trainer(model=model, args=args, train_dataset=_Tokens(), callbacks=[budget])
+    budget._clock = lambda: 0.01 * trainer.state.global_step  # a step takes 10 ms of this clock: 200 fit
     trainer.train()
     record = budget.budget_record
-    assert record["schedule_retargeted"] is True and record["steps_per_s"] > 0
-    assert 13 <= record["end_step"] < 100_000 and trainer.state.global_step == record["end_step"]
+    assert record["schedule_retargeted"] is True and record["steps_per_s"] == pytest.approx(100)
+    assert record["end_step"] == trainer.state.global_step == 200
     # the cosine schedule was re-aimed at the end step: the rate of the last step is ~0, not ~1e-3
     lrs = [h["learning_rate"] for h in trainer.state.log_history if "learning_rate" in h]
     assert lrs[-1] < 1e-3 * 0.01 and max(lrs) > 1e-3 * 0.9
+
+
+def test_time_budget_follows_a_run_that_slows_down(tmp_path):
+    """The rate is measured again during the run: steps that get 50x slower after step 60 (another job took the
+    GPU, say) still end the run at its budget, not at the first estimate's step."""
+    from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=32, n_embd=16, n_layer=1, n_head=2, n_positions=16))
+    args = TrainingArguments(str(tmp_path), max_steps=100_000, per_device_train_batch_size=8, learning_rate=1e-3,
+                             lr_scheduler_type="linear", report_to=[], use_cpu=True, save_strategy="no",
+                             disable_tqdm=True)
+    budget = TimeBudgetCallback(3.0, warmup=3, measure=20, recheck_seconds=0.2)
+    trainer = Trainer(model=model, args=args, train_dataset=_Tokens(), callbacks=[budget])
+
+    def clock():  # 1 ms per step up to step 60, then 50 ms
+        step = trainer.state.global_step
+        return 0.001 * min(step, 60) + 0.05 * max(step - 60, 0)
+
+    budget._clock = clock
+    trainer.train()
+    record = budget.budget_record
+    # the first estimate (1000 steps/s at step 23) aimed at step ~3000; the budget ends at step 60 + 2.94 / 0.05
+    assert record["measurements"] >= 3 and record["steps_per_s"] == pytest.approx(20)
+    assert trainer.state.global_step == record["end_step"]
+    assert abs(clock() - 3.0) <= 0.05 * 2
 
 
 def test_retarget_schedule_moves_the_end_of_decaying_schedules():
@@ -68,3 +95,25 @@ def test_script_time_budget(tmp_path):
     budget = result["time_budget"]
     assert budget["seconds"] == 4.0 and budget["schedule_retargeted"] is True
     assert result["global_steps"] == budget["end_step"] < 200 * 32 and result["epochs"] < 200
+
+
+def test_script_time_budget_ddp_ranks_agree(tmp_path):
+    """Under torchrun the ranks stop at the same step (they agree on the smallest end): a rank stopping alone
+    would leave the other waiting in DDP's gradient all-reduce forever."""
+    import socket
+    import sys
+
+    from test_train_script import SCRIPT, TINY, _run
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
+           str(SCRIPT), *TINY, "--model", "llama-tiny", "--max-steps", "5000", "--time-budget", "4", "--max-test",
+           "8", "--no-seq-vcr", "--output-dir", str(out)]
+    _run(cmd, timeout=180)
+    result = json.loads((out / "results.json").read_text())
+    budget = result["time_budget"]
+    assert result["world_size"] == 2 and result["global_steps"] == budget["end_step"] < 5000
+    assert budget["measurements"] >= 1
