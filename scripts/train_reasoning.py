@@ -319,7 +319,6 @@ def build_trainer(args, model, tokenizer, train, valid, callbacks=()):
 
 def run(argv=None) -> int:
     args = parse_args(argv)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     start = time.perf_counter()
     import torch
 
@@ -330,7 +329,9 @@ def run(argv=None) -> int:
     from hf_growth.training.pause import generate_with_pauses
 
     torch.manual_seed(args.seed)
-    splits, model, tokenizer, pause, train, valid = prepare(args)
+    splits, model, tokenizer, pause, train, valid = prepare(args)  # tokenised on every core (tokenizers' default)
+    # then no tokenizer threads: dataloader workers fork after this point, and generation tokenises small batches
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     data_seconds = time.perf_counter() - start
     trainer = build_trainer(args, model, tokenizer, train, valid)
     train_start = time.perf_counter()
