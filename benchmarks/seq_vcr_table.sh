@@ -30,15 +30,16 @@ for row in "$@"; do
   esac
   name=mult${digits}_${model//-/}_$row
   names+=("$name")
+  # each row copies its results as soon as it ends: a row that overruns the command loses only itself
   # shellcheck disable=SC2086
-  python3 scripts/train_reasoning.py $common $flags --output-dir "/tmp/$name" >"$out/$name.log" 2>&1 &
+  (python3 scripts/train_reasoning.py $common $flags --output-dir "/tmp/$name" >"$out/$name.log" 2>&1 &&
+    cp "/tmp/$name/results.json" "$out/train_reasoning_${name}.json") &
 done
 wait
 status=0
 for name in "${names[@]}"; do
-  if [ -f "/tmp/$name/results.json" ]; then
-    cp "/tmp/$name/results.json" "$out/train_reasoning_${name}.json"
-    python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(sys.argv[2], 'EM', r['exact_match'], 'epochs', round(r['epochs'],2), 'tok/s', round(r['train_tokens_per_s']), r['seconds'], r['last_log'])" "/tmp/$name/results.json" "$name"
+  if [ -f "$out/train_reasoning_${name}.json" ]; then
+    python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(sys.argv[2], 'EM', r['exact_match'], 'epochs', round(r['epochs'],2), 'tok/s', round(r['train_tokens_per_s']), r['seconds'], r['last_log'])" "$out/train_reasoning_${name}.json" "$name"
   else
     echo "$name FAILED"; tail -15 "$out/$name.log"; status=1
   fi
