@@ -340,6 +340,8 @@ def run(argv=None) -> int:
     trainer.args.dataloader_drop_last = False  # dropped for training only; evaluate every validation example
     eval_loss = trainer.evaluate()["eval_loss"]
     if args.save_final:  # every rank: under FSDP, gathering the full state dict is a collective
+        # the prompt layout travels with the model (`hf-growth analyze --task` reads it)
+        trainer.model.config.num_pause_tokens = args.pauses
         trainer.save_model(os.path.join(args.output_dir, "final"))
 
     if not trainer.is_world_process_zero():

@@ -289,3 +289,43 @@ def test_cli_analyze_with_a_task_and_tokenizer(tmp_path, capsys):
                  "--num-examples", "4"]) == 0  # spelled with numbers: the word-level vocabulary has no letters
     assert main(["analyze", "entropy", str(model_dir), "--task", "no-such-task", "--out", str(out)]) == 2
     assert "unknown task" in capsys.readouterr().err
+
+
+def test_cli_analyze_task_inputs_carry_the_pause_block(tmp_path):
+    """A model trained with pauses is analysed on question + pause block + answer: from --pauses, or from the
+    config's num_pause_tokens that the training script saves."""
+    import json
+
+    tasks = pytest.importorskip("hf_growth.tasks")
+    from hf_growth.cli import main
+    from hf_growth.commands import analyze
+    from hf_growth.training.pause import pause_tokens_of
+
+    tokenizer = tasks.build_tokenizer(max_number=256)
+    pause = pause_tokens_of(tokenizer, 2)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    model = LlamaForCausalLM(config)
+    args = analyze.add_parser(argparse_subparsers()).parse_args(
+        ["entropy", "m", "--task", "multiplication", "--out", str(tmp_path), "--num-examples", "3"])
+    plain = analyze._inputs(args, model, tokenizer)["input_ids"]
+    assert pause.start not in plain
+    args.pauses = 2
+    with_pauses = analyze._inputs(args, model, tokenizer)["input_ids"]
+    assert (with_pauses == pause.pause).sum(1).tolist() == [2, 2, 2] and (with_pauses == pause.start).any(1).all()
+    # recorded in the config: the default follows it
+    args.pauses = None
+    model.config.num_pause_tokens = 2
+    assert torch.equal(analyze._inputs(args, model, tokenizer)["input_ids"], with_pauses)
+    model_dir = tmp_path / "model"
+    model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    assert json.loads((model_dir / "config.json").read_text())["num_pause_tokens"] == 2
+    assert main(["analyze", "entropy", str(model_dir), "--task", "multiplication", "--out", str(tmp_path / "o"),
+                 "--num-examples", "4"]) == 0
+
+
+def argparse_subparsers():
+    import argparse
+
+    return argparse.ArgumentParser().add_subparsers()

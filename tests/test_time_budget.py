@@ -90,8 +90,10 @@ def test_script_time_budget(tmp_path):
     module = _load_script()
     out = tmp_path / "run"
     assert module.main([*TINY, "--model", "gpt2-tiny", "--epochs", "200", "--time-budget", "4", "--scheduler",
-                        "cosine", "--max-test", "8", "--output-dir", str(out)]) == 0
+                        "cosine", "--max-test", "8", "--save-final", "--output-dir", str(out)]) == 0
     result = json.loads((out / "results.json").read_text())
+    # --save-final records the prompt layout with the model (read by `hf-growth analyze --task`)
+    assert json.loads((out / "final" / "config.json").read_text())["num_pause_tokens"] == result["pauses"] == 2
     budget = result["time_budget"]
     assert budget["seconds"] == 4.0 and budget["schedule_retargeted"] is True
     assert result["global_steps"] == budget["end_step"] < 200 * 32 and result["epochs"] < 200

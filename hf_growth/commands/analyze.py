@@ -53,6 +53,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--hops", type=int, default=2, help="retrieval: chain length D (default 2)")
     parser.add_argument("--num-pairs", type=int, default=6, help="retrieval: pairs per sequence (default 6)")
     parser.add_argument("--center", action="store_true", help="entropy: centre each sequence's tokens first")
+    parser.add_argument("--pauses", type=int, default=None,
+                        help="task inputs: pause tokens between question and answer, as the model was trained "
+                             "(default: the model config's num_pause_tokens, which scripts/train_reasoning.py "
+                             "records; else 0)")
     parser.add_argument("--layers", help="heads: comma-separated layers whose maps are drawn (default all)")
     parser.add_argument("--heads", help="heads: comma-separated heads whose maps are drawn (default all)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
@@ -261,6 +265,13 @@ def _inputs(args, model, tokenizer):
         texts = [SAMPLE_TEXTS[i % len(SAMPLE_TEXTS)] for i in range(args.num_examples)]
     else:
         questions, answers = _task_strings(args.task, args.num_examples, args.seed)
+        pauses = args.pauses if args.pauses is not None else getattr(model.config, "num_pause_tokens", 0) or 0
+        if pauses > 0:  # the layout the model was trained on: question, pause block, answer, EOS
+            from hf_growth.training.pause import encode_examples, pause_tokens_of
+
+            encoded = encode_examples(tokenizer, questions, answers, pause_tokens_of(tokenizer, pauses))
+            return {"input_ids": encoded["input_ids"][:, : args.max_length],
+                    "attention_mask": encoded["attention_mask"][:, : args.max_length]}
         texts = [f"{q} {a}" for q, a in zip(questions, answers)]
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
