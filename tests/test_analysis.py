@@ -323,6 +323,13 @@ def test_cli_analyze_task_inputs_carry_the_pause_block(tmp_path):
     assert json.loads((model_dir / "config.json").read_text())["num_pause_tokens"] == 2
     assert main(["analyze", "entropy", str(model_dir), "--task", "multiplication", "--out", str(tmp_path / "o"),
                  "--num-examples", "4"]) == 0
+    # task options: 5x5 questions are longer than 4x4 ones (the layout: 5 + 1 + 5 tokens, pauses, 10 + EOS)
+    args.task_options = "digits=5"
+    five = analyze._inputs(args, model, tokenizer)["input_ids"]
+    assert five.shape[1] > with_pauses.shape[1] and (five == pause.pause).sum(1).tolist() == [2, 2, 2]
+    args.task_options = "digitz=5"
+    with pytest.raises(ValueError, match="task-options"):
+        analyze._inputs(args, model, tokenizer)
 
 
 def argparse_subparsers():

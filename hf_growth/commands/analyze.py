@@ -53,6 +53,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--hops", type=int, default=2, help="retrieval: chain length D (default 2)")
     parser.add_argument("--num-pairs", type=int, default=6, help="retrieval: pairs per sequence (default 6)")
     parser.add_argument("--center", action="store_true", help="entropy: centre each sequence's tokens first")
+    parser.add_argument("--task-options", default="", metavar="K=V,...",
+                        help="options of an hf_growth.tasks task, e.g. 'digits=5' for 5x5 multiplication")
     parser.add_argument("--pauses", type=int, default=None,
                         help="task inputs: pause tokens between question and answer, as the model was trained "
                              "(default: the model config's num_pause_tokens, which scripts/train_reasoning.py "
@@ -264,7 +266,7 @@ def _inputs(args, model, tokenizer):
     if args.task == "text":
         texts = [SAMPLE_TEXTS[i % len(SAMPLE_TEXTS)] for i in range(args.num_examples)]
     else:
-        questions, answers = _task_strings(args.task, args.num_examples, args.seed)
+        questions, answers = _task_strings(args.task, args.num_examples, args.seed, _options(args.task_options))
         pauses = args.pauses if args.pauses is not None else getattr(model.config, "num_pause_tokens", 0) or 0
         if pauses > 0:  # the layout the model was trained on: question, pause block, answer, EOS
             from hf_growth.training.pause import encode_examples, pause_tokens_of
@@ -279,7 +281,29 @@ def _inputs(args, model, tokenizer):
     return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
 
 
-def _task_strings(name, n, seed):
+def _options(text: str) -> dict:
+    """``'digits=5,curriculum=false'`` -> ``{"digits": 5, "curriculum": False}``."""
+    out = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        if "=" not in part:
+            raise ValueError(f"--task-options wants KEY=VALUE pairs, got {part!r}")
+        key, value = (x.strip() for x in part.split("=", 1))
+        lowered = value.lower()
+        if lowered in ("true", "false"):
+            out[key] = lowered == "true"
+            continue
+        for cast in (int, float):
+            try:
+                out[key] = cast(value)
+                break
+            except ValueError:
+                continue
+        else:
+            out[key] = value
+    return out
+
+
+def _task_strings(name, n, seed, options=None):
     """``n`` test questions and answers of an ``hf_growth.tasks`` task (``tasks.NAME`` or plain ``NAME``)."""
     name = name.removeprefix("tasks.")
     try:
@@ -288,7 +312,11 @@ def _task_strings(name, n, seed):
         raise ValueError(f"unknown task {name!r}: {TASKS_HELP}") from error
     if name not in getattr(tasks, "TASKS", {}):
         raise ValueError(f"unknown task {name!r}: {TASKS_HELP} ({', '.join(sorted(getattr(tasks, 'TASKS', {})))})")
-    splits = tasks.build(name, as_datasets=False, seed=seed, train_size=n, validation_size=n, test_size=n)
+    try:
+        splits = tasks.build(name, as_datasets=False, seed=seed, train_size=n, validation_size=n, test_size=n,
+                             **(options or {}))
+    except TypeError as error:  # an option the task does not take
+        raise ValueError(f"--task-options for {name!r}: {error}") from error
     test = splits["test"]
     return list(test["question"])[:n], list(test["answer"])[:n]
 
