@@ -695,6 +695,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "per-run speed of the most concurrent wave that --calibration measured")
     p.add_argument("--calibration", default="benchmarks/results/retrieval_depth.calibration.json")
     p.add_argument("--auto-max-steps", type=int, default=24000, help="upper end of --max-steps auto (the paper's 24k)")
+    p.add_argument("--auto-min-steps", type=int, default=6000,
+                   help="--max-steps auto refuses a cap below this: on the H100, D = 1 left the 1/num_pairs plateau "
+                        "only after 2.5-3.5k steps (one seed of three solved it, at 2.7k; benchmarks/README.md)")
     p.add_argument("--eval-every", type=int, default=100, help="validation exact match every N steps")
     p.add_argument("--stop-at", type=float, default=0.995, help="stop a run when validation exact match reaches it")
     p.add_argument("--target", type=float, default=0.99, help="a run passes at this test exact match")
@@ -738,8 +741,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def resolve_max_steps(args: argparse.Namespace) -> int:
     """``--max-steps auto``: the steps a run makes in 80% of ``--run-timeout`` (less its start-up and test time) at
-    the per-run speed of the calibration's most concurrent wave (the sweep's situation), rounded down to 500, in
-    ``[1000, --auto-max-steps]``. It depends on the calibration file alone (not on ``--jobs``), so every slice,
+    the per-run speed of the calibration's most concurrent wave (the sweep's situation), rounded down to 500, at
+    most ``--auto-max-steps``; below ``--auto-min-steps`` it refuses (such runs cannot leave the plateau). It depends on the calibration file alone (not on ``--jobs``), so every slice,
     the emergence runs and ``--summarize-only`` get the same cap and hence the same run keys."""
     if args.max_steps != "auto":
         return int(args.max_steps)
@@ -750,7 +753,14 @@ def resolve_max_steps(args: argparse.Namespace) -> int:
     wave = max(waves, key=lambda w: w["jobs"])
     seconds = 0.8 * args.run_timeout - (wave.get("overhead_seconds_per_run") or 0)
     steps = int(seconds * wave["steps_per_second_per_run"]) // 500 * 500
-    args.max_steps = max(1000, min(args.auto_max_steps, steps))
+    if steps < args.auto_min_steps:
+        raise SystemExit(
+            f"--max-steps auto: a run of the calibration's slowest wave ({wave['jobs']} concurrent runs at "
+            f"{wave['steps_per_second_per_run']} steps/s each) makes only {steps} steps in 80% of --run-timeout "
+            f"{args.run_timeout:g} s, below --auto-min-steps {args.auto_min_steps} (runs that short end on the "
+            "plateau and prove nothing). Calibrate with fewer concurrent runs (--calibrate 1,4), a faster step "
+            "(--train-args='--torch-compile --data-on-device'), or raise --run-timeout; or give --max-steps N")
+    args.max_steps = min(args.auto_max_steps, steps)
     print(f"[retrieval_depth] --max-steps auto: {args.max_steps} (calibration {path}: {wave})", flush=True)
     return args.max_steps
 

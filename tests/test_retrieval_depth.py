@@ -229,3 +229,8 @@ def test_auto_max_steps_from_calibration(tmp_path):
     fast = _args(tmp_path, "--max-steps", "auto", "--calibration", str(cal), "--jobs", "1")
     assert rd.resolve_max_steps(fast) == 24000  # 40000 capped at the paper's 24k
     assert rd.resolve_max_steps(_args(tmp_path, "--max-steps", "3000")) == 3000
+    # the H100 calibration of 2026-11-25 (14 runs at 6.6 steps/s, 33 s start-up) gave 2,000 steps: refused
+    cal.write_text(json.dumps({"waves": [{"jobs": 14, "steps_per_second_per_run": 6.6,
+                                          "overhead_seconds_per_run": 33.1}]}))
+    with pytest.raises(SystemExit, match="below --auto-min-steps 6000"):
+        rd.resolve_max_steps(_args(tmp_path, "--max-steps", "auto", "--calibration", str(cal)))
