@@ -118,20 +118,6 @@ def build_task(args):
     return tasks.build(args.task, as_datasets=False, **kwargs)
 
 
-def _overrides(text: str) -> dict:
-    out = {}
-    for part in filter(None, (s.strip() for s in text.split(","))):
-        key, value = part.split("=", 1)
-        for cast in (int, float):
-            try:
-                value = cast(value)
-                break
-            except ValueError:
-                continue
-        out[key.strip()] = value
-    return out
-
-
 def build_model_and_tokenizer(args, splits):
     """A (model, tokenizer) pair: preset shape (random init + task tokenizer), checkpoint, or SmolLM2."""
     model, tokenizer = _model_and_tokenizer(args, splits)
@@ -146,6 +132,7 @@ def _model_and_tokenizer(args, splits):
     from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
     from hf_growth import tasks
+    from hf_growth.commands import parse_key_values
 
     if args.model == "smollm2":
         from hf_growth._embedded import load_smollm2
@@ -158,7 +145,7 @@ def _model_and_tokenizer(args, splits):
                    for q in splits[s][col][:2000] for t in q.split() if t.isdigit()]
         tokenizer = tasks.build_tokenizer(max_number=max(256, max(numbers, default=0) + 1))
         kind, shape = PRESETS[args.model]
-        shape = {**shape, **_overrides(args.config_overrides)}
+        shape = {**shape, **parse_key_values(args.config_overrides, "--config-overrides")}
         longest = max(len(q.split()) + len(a.split()) for q, a in zip(splits["train"]["question"][:2000], splits["train"]["answer"][:2000]))
         positions = max(64, 2 * (longest + args.pauses + 3))
         common = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,

@@ -330,6 +330,9 @@ def test_cli_analyze_task_inputs_carry_the_pause_block(tmp_path):
     args.task_options = "digitz=5"
     with pytest.raises(ValueError, match="task-options"):
         analyze._inputs(args, model, tokenizer)
+    args.task_options = "digits"
+    with pytest.raises(ValueError, match="--task-options wants KEY=VALUE"):
+        analyze._inputs(args, model, tokenizer)
 
 
 def argparse_subparsers():

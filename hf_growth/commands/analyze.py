@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from . import parse_key_values
+
 TASKS_HELP = (
     "inputs: 'text' (built-in English sentences, needs a tokenizer), 'retrieval' (synthetic chain retrieval, "
     "spelled with the tokenizer's letters or as raw token ids), 'random' (random token ids), or an "
@@ -266,7 +268,8 @@ def _inputs(args, model, tokenizer):
     if args.task == "text":
         texts = [SAMPLE_TEXTS[i % len(SAMPLE_TEXTS)] for i in range(args.num_examples)]
     else:
-        questions, answers = _task_strings(args.task, args.num_examples, args.seed, _options(args.task_options))
+        questions, answers = _task_strings(args.task, args.num_examples, args.seed,
+                                           parse_key_values(args.task_options, "--task-options"))
         pauses = args.pauses if args.pauses is not None else getattr(model.config, "num_pause_tokens", 0) or 0
         if pauses > 0:  # the layout the model was trained on: question, pause block, answer, EOS
             from hf_growth.training.pause import encode_examples, pause_tokens_of
@@ -279,28 +282,6 @@ def _inputs(args, model, tokenizer):
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     encoded = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=args.max_length)
     return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
-
-
-def _options(text: str) -> dict:
-    """``'digits=5,curriculum=false'`` -> ``{"digits": 5, "curriculum": False}``."""
-    out = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        if "=" not in part:
-            raise ValueError(f"--task-options wants KEY=VALUE pairs, got {part!r}")
-        key, value = (x.strip() for x in part.split("=", 1))
-        lowered = value.lower()
-        if lowered in ("true", "false"):
-            out[key] = lowered == "true"
-            continue
-        for cast in (int, float):
-            try:
-                out[key] = cast(value)
-                break
-            except ValueError:
-                continue
-        else:
-            out[key] = value
-    return out
 
 
 def _task_strings(name, n, seed, options=None):
