@@ -73,6 +73,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "steps (compilation) and again every 10 s, the run ends at the step that fits, and a "
                         "decaying learning-rate schedule is re-aimed at that step; --epochs / --max-steps stay the "
                         "upper bound")
+    p.add_argument("--stop-after", type=float, default=None, metavar="SECONDS",
+                   help="split a run over several time windows: stop after about this many seconds of training "
+                        "with the schedule unchanged, save a checkpoint and evaluate; continue with "
+                        "--resume-from-checkpoint OUTPUT_DIR/checkpoint-N and the same flags")
     p.add_argument("--batch-size", type=int, default=32, help="per device")
     p.add_argument("--grad-accum", type=int, default=1)
     p.add_argument("--lr", type=float, default=5e-4)
@@ -294,10 +298,13 @@ def build_trainer(args, model, tokenizer, train, valid, callbacks=()):
         processing_class=tokenizer,
         callbacks=[*growth_callbacks(args, model), *callbacks],
     )
-    if args.time_budget is not None:
+    if args.time_budget is not None or args.stop_after is not None:
         from hf_growth.training.budget import TimeBudgetCallback
 
-        trainer.add_callback(TimeBudgetCallback(args.time_budget))
+        if args.time_budget is not None and args.stop_after is not None:
+            raise SystemExit("--time-budget ends a run annealed, --stop-after pauses it for a resume: pick one")
+        anneal = args.time_budget is not None
+        trainer.add_callback(TimeBudgetCallback(args.time_budget if anneal else args.stop_after, anneal=anneal))
     for callback in trainer.callback_handler.callbacks:
         if hasattr(callback, "bind"):  # growth callbacks: grow the model before a checkpoint's weights load
             callback.bind(trainer)

@@ -119,3 +119,34 @@ def test_script_time_budget_ddp_ranks_agree(tmp_path):
     budget = result["time_budget"]
     assert result["world_size"] == 2 and result["global_steps"] == budget["end_step"] < 5000
     assert budget["measurements"] >= 1
+
+
+def test_script_stop_after_then_resume_matches_one_run(tmp_path):
+    """--stop-after pauses a run for a later window: it stops at its first measurement (a budget of 1 us) with a
+    checkpoint and the schedule untouched, and resuming from that checkpoint ends with the same weights as the
+    run done in one go (Seq-VCR, pauses and --data-on-device on)."""
+    from safetensors.torch import load_file
+    from test_train_script import TINY, _load_script
+
+    module = _load_script()
+    flags = [*TINY, "--model", "llama-tiny", "--max-steps", "60", "--scheduler", "cosine", "--max-test", "4",
+             "--data-on-device", "--save-final"]
+    assert module.main([*flags, "--output-dir", str(tmp_path / "whole")]) == 0
+    assert module.main([*flags, "--stop-after", "1e-6", "--output-dir", str(tmp_path / "part")]) == 0
+    first = json.loads((tmp_path / "part" / "results.json").read_text())
+    stop = first["time_budget"]
+    # warm-up (10) + measuring (40) steps, then the first measurement finds the budget spent
+    assert first["global_steps"] == stop["end_step"] == 50 and stop["anneal"] is False
+    assert stop["schedule_retargeted"] is False and first["last_log"][0]["learning_rate"] > 0
+    checkpoint = tmp_path / "part" / "checkpoint-50"
+    assert checkpoint.is_dir()
+    assert module.main([*flags, "--resume-from-checkpoint", str(checkpoint), "--output-dir",
+                        str(tmp_path / "part")]) == 0
+    assert json.loads((tmp_path / "part" / "results.json").read_text())["global_steps"] == 60
+    whole = load_file(tmp_path / "whole" / "final" / "model.safetensors")
+    resumed = load_file(tmp_path / "part" / "final" / "model.safetensors")
+    assert whole.keys() == resumed.keys()
+    for name in whole:
+        torch.testing.assert_close(resumed[name], whole[name], rtol=0, atol=0, msg=name)
+    with pytest.raises(SystemExit, match="pick one"):
+        module.main([*flags, "--stop-after", "5", "--time-budget", "5", "--output-dir", str(tmp_path / "both")])

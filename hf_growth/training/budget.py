@@ -36,16 +36,21 @@ class TimeBudgetCallback(TrainerCallback):
     Under ``torch.distributed`` the ranks measure at the same steps and agree on the smallest end (an all-reduce),
     so no rank waits for another that stopped. ``budget_record`` holds ``seconds``, ``end_step``, ``steps_per_s`` (the
     latest window), ``measurements`` and ``schedule_retargeted`` for a run's report.
+
+    ``anneal=False`` splits a longer run over several time windows instead: the schedule is left alone and the
+    run saves a checkpoint at the step where it stops (``resume_from_checkpoint`` continues the same schedule).
     """
 
-    def __init__(self, seconds: float, warmup: int = 10, measure: int = 40, recheck_seconds: float = 10.0):
+    def __init__(self, seconds: float, warmup: int = 10, measure: int = 40, recheck_seconds: float = 10.0,
+                 anneal: bool = True):
         if not seconds > 0 or warmup < 1 or measure < 1 or not recheck_seconds > 0:
             raise ValueError(f"TimeBudgetCallback needs seconds > 0, warmup >= 1, measure >= 1, recheck_seconds > 0; "
                              f"got {seconds}, {warmup}, {measure}, {recheck_seconds}")
         self.seconds, self.warmup, self.measure = float(seconds), int(warmup), int(measure)
-        self.recheck_seconds = float(recheck_seconds)
+        self.recheck_seconds, self.anneal = float(recheck_seconds), bool(anneal)
         self.budget_record: dict[str, Any] = {"seconds": self.seconds, "end_step": None, "steps_per_s": None,
-                                              "measurements": 0, "schedule_retargeted": None}
+                                              "measurements": 0, "schedule_retargeted": None,
+                                              "anneal": self.anneal}
         self._start = 0.0
         self._first_step = 0
         self._mark: tuple[float, int] | None = None  # (time, step) where the current measuring window began
@@ -85,9 +90,10 @@ class TimeBudgetCallback(TrainerCallback):
             self._mark, self._next_check = (now, step), step + cadence
             self.budget_record.update(end_step=end, steps_per_s=rate,
                                       measurements=self.budget_record["measurements"] + 1,
-                                      schedule_retargeted=retarget_schedule(lr_scheduler, end))
+                                      schedule_retargeted=self.anneal and retarget_schedule(lr_scheduler, end))
         if end is not None and step >= end:
             control.should_training_stop = True
+            control.should_save = not self.anneal and step < state.max_steps  # resumable where it stopped
         return control
 
 
