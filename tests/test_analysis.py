@@ -339,3 +339,39 @@ def argparse_subparsers():
     import argparse
 
     return argparse.ArgumentParser().add_subparsers()
+
+
+def test_cli_analyze_labels_and_skip_tokens(tmp_path):
+    """Two training runs' ``final`` directories get names that tell them apart (or ``--labels``), and
+    ``--skip-tokens 1`` leaves the first token out of the Gram matrix (the result changes, as the library's does)."""
+    from hf_growth.analysis import layer_entropy
+    from hf_growth.cli import main
+    from hf_growth.commands.analyze import _labels
+
+    assert _labels(["runs/plain/final", "runs/pause/final"]) == ["plain/final", "pause/final"]
+    assert _labels(["a/m", "b/n", "smollm2"]) == ["m", "n", "SmolLM2-135M"]
+    assert _labels(["a/m", "a/m"]) == ["m", "m (2)"]
+    with pytest.raises(SystemExit, match="2 distinct non-empty names"):
+        _labels(["a", "b"], "x")
+
+    for name in ("plain", "pause"):
+        tiny_llama(0 if name == "plain" else 1).save_pretrained(tmp_path / name / "final")
+    common = ["--task", "random", "--num-examples", "4", "--max-length", "12"]
+    out = tmp_path / "out"
+    assert main(["analyze", "entropy", str(tmp_path / "plain" / "final"), str(tmp_path / "pause" / "final"),
+                 *common, "--out", str(out)]) == 0
+    assert set(json.loads((out / "entropy.json").read_text())) == {"plain/final", "pause/final"}
+    assert main(["analyze", "entropy", str(tmp_path / "plain" / "final"), str(tmp_path / "pause" / "final"),
+                 *common, "--labels", "vanilla,Seq-VCR", "--out", str(out)]) == 0
+    whole = json.loads((out / "entropy.json").read_text())
+    assert list(whole) == ["vanilla", "Seq-VCR"]
+    assert main(["analyze", "entropy", str(tmp_path / "plain" / "final"), *common, "--skip-tokens", "1",
+                 "--labels", "vanilla", "--out", str(out)]) == 0
+    skipped = json.loads((out / "entropy.json").read_text())["vanilla"]
+    assert skipped["raw"] != whole["vanilla"]["raw"]
+    from hf_growth.commands.analyze import _inputs, _load, add_parser, _split
+
+    args = add_parser(argparse_subparsers()).parse_args(["entropy", "m", *common, "--out", str(out)])
+    model, tokenizer = _load(str(tmp_path / "plain" / "final"), torch.device("cpu"))
+    expected = layer_entropy(model, _split(_inputs(args, model, tokenizer), args.batch_size), skip_tokens=1)
+    assert skipped["raw"] == pytest.approx(expected.raw, rel=1e-6)

@@ -55,6 +55,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--hops", type=int, default=2, help="retrieval: chain length D (default 2)")
     parser.add_argument("--num-pairs", type=int, default=6, help="retrieval: pairs per sequence (default 6)")
     parser.add_argument("--center", action="store_true", help="entropy: centre each sequence's tokens first")
+    parser.add_argument("--skip-tokens", type=int, default=0, metavar="N",
+                        help="entropy: leave out each sequence's first N tokens (1: the attention-sink token, whose "
+                             "huge hidden state dominates the Gram matrix of pretrained LLMs)")
+    parser.add_argument("--labels", default=None, metavar="A,B,...",
+                        help="entropy/values: names of the models in the plot and files (default: their directory "
+                             "names, with parent directories where those alone are ambiguous)")
     parser.add_argument("--task-options", default="", metavar="K=V,...",
                         help="options of an hf_growth.tasks task, e.g. 'digits=5' for 5x5 multiplication")
     parser.add_argument("--pauses", type=int, default=None,
@@ -85,14 +91,14 @@ def run(args: argparse.Namespace) -> int:
     from hf_growth.analysis import layer_entropy, value_statistics
 
     results = {}
-    for spec in args.models:
+    for spec, label in zip(args.models, _labels(args.models, args.labels)):
         model, tokenizer = _load(spec, device)
         inputs = _inputs(args, model, tokenizer)
         batches = _split(inputs, args.batch_size)
         if args.kind == "entropy":
-            results[_label(spec, results)] = layer_entropy(model, batches, center=args.center)
+            results[label] = layer_entropy(model, batches, center=args.center, skip_tokens=args.skip_tokens)
         else:
-            results[_label(spec, results)] = value_statistics(model, batches)
+            results[label] = value_statistics(model, batches)
         del model
     if args.kind == "entropy":
         data = {name: value.to_dict() for name, value in results.items()}
@@ -334,14 +340,26 @@ def _load(spec, device):
     return model, tokenizer
 
 
-def _label(spec, existing):
+def _labels(specs, given=None):
+    """Legend names: ``--labels`` as given, else each model's directory name, extended by parent directories
+    until the names differ (``runs/plain/final`` and ``runs/pause/final`` -> ``plain/final``, ``pause/final``)."""
     from pathlib import Path
 
-    name = "SmolLM2-135M" if spec == "smollm2" else (Path(spec).name or spec)
-    label, k = name, 2
-    while label in existing:
-        label, k = f"{name} ({k})", k + 1
-    return label
+    if given:
+        labels = [x.strip() for x in given.split(",")]
+        if len(labels) != len(specs) or len(set(labels)) != len(labels) or not all(labels):
+            raise SystemExit(f"--labels needs {len(specs)} distinct non-empty names, one per model; got {given!r}")
+        return labels
+    parts = [("SmolLM2-135M",) if spec == "smollm2" else Path(spec).resolve().parts for spec in specs]
+    distinct, depth = set(parts), 1
+    while len({p[-depth:] for p in distinct}) < len(distinct):
+        depth += 1
+    labels = ["/".join(p[-depth:]) for p in parts]
+    seen: dict[str, int] = {}
+    for i, label in enumerate(labels):  # the same model named twice
+        seen[label] = seen.get(label, 0) + 1
+        labels[i] = label if seen[label] == 1 else f"{label} ({seen[label]})"
+    return labels
 
 
 def _ints(text):
