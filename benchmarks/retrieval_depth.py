@@ -628,7 +628,8 @@ def emergence(args: argparse.Namespace, ledger: Ledger, argv: list[str],
     return result
 
 
-def calibrate(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
+def calibrate(args: argparse.Namespace, argv: list[str],
+              runner: Callable[..., dict | None] | None = None) -> dict[str, Any]:
     """Steps per second of one run alone and of J concurrent runs (``--calibrate 1,6,12``) on this machine, for
     planning the sweep: each wave trains J copies (seeds 100..) of ``--calibrate-config`` for
     ``--calibrate-steps`` steps with no early stop. Writes ``<name>.calibration.json``."""
@@ -636,8 +637,14 @@ def calibrate(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     d, layers = int(kv["D"]), int(kv["layers"])
     tag = "calib-" + tag_of(settings_of(args))
     args.stop_at = None  # the runner passes it to the monitor: never stop early
-    runner = subprocess_runner(args, threading.Event())
+    runner = runner or subprocess_runner(args, threading.Event())
     waves = []
+    result = {"benchmark": "retrieval_depth calibration (issue 12)", "device": device_name(args),
+              "versions": versions(), "command": "PYTHONPATH=. python benchmarks/retrieval_depth.py " + shlex.join(argv),
+              "config": {"hops": d, "layers": layers, "steps": args.calibrate_steps,
+                         **task_shape(d, args.pairs_factor, args.min_pairs, args.min_nodes)},
+              "settings": settings_of(args), "waves": waves}
+    path = Path(args.out_dir) / f"{args.name}.calibration.json"
     for jobs in args.calibrate:
         specs = [RunSpec(d, True, layers, 100 + i, f"{tag}-j{jobs}") for i in range(jobs)]
         start = time.perf_counter()
@@ -653,13 +660,7 @@ def calibrate(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
                 "errors": [r.get("error") for r in recs if r and r.get("error")]}
         waves.append(wave)
         print(f"[retrieval_depth] calibration D={d} L={layers}: {wave}", flush=True)
-    result = {"benchmark": "retrieval_depth calibration (issue 12)", "device": device_name(args),
-              "versions": versions(), "command": "PYTHONPATH=. python benchmarks/retrieval_depth.py " + shlex.join(argv),
-              "config": {"hops": d, "layers": layers, "steps": args.calibrate_steps,
-                         **task_shape(d, args.pairs_factor, args.min_pairs, args.min_nodes)},
-              "settings": settings_of(args), "waves": waves}
-    path = Path(args.out_dir) / f"{args.name}.calibration.json"
-    path.write_text(json.dumps(result, indent=1) + "\n")
+        path.write_text(json.dumps(result, indent=1) + "\n")  # after every wave: a command cut short keeps them
     print(f"wrote {path}")
     return result
 

@@ -234,3 +234,26 @@ def test_auto_max_steps_from_calibration(tmp_path):
                                           "overhead_seconds_per_run": 33.1}]}))
     with pytest.raises(SystemExit, match="below --auto-min-steps 6000"):
         rd.resolve_max_steps(_args(tmp_path, "--max-steps", "auto", "--calibration", str(cal)))
+
+
+def test_calibration_keeps_finished_waves_when_cut_short(tmp_path):
+    """The calibration file is written after every wave: on the H100 a wave of 8 ran past the command's limit and
+    took the finished waves of 1 and 4 with it (the file was written only at the end)."""
+    calls = []
+
+    def runner(spec, steps):
+        calls.append((spec.seed, steps))
+        if len(calls) > 1:  # the second wave is cut off
+            raise KeyboardInterrupt
+        return {"steps_per_second": 36.75, "wall_seconds": 82.0, "seconds": {"train": 54.4}}
+
+    args = _args(tmp_path, "--calibrate", "1,4", "--calibrate-steps", "2000", "--name", "cal",
+                 "--out-dir", str(tmp_path / "out"))
+    (tmp_path / "out").mkdir()
+    with pytest.raises(KeyboardInterrupt):
+        rd.calibrate(args, ["--calibrate", "1,4"], runner=runner)
+    saved = json.loads((tmp_path / "out" / "cal.calibration.json").read_text())
+    assert [w["jobs"] for w in saved["waves"]] == [1] and calls[0] == (100, 2000)
+    wave = saved["waves"][0]
+    assert wave["steps_per_second_per_run"] == 36.75 and wave["overhead_seconds_per_run"] == pytest.approx(27.6)
+    assert saved["config"]["hops"] == 16 and saved["config"]["steps"] == 2000
