@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import json
 import os
 import sys
@@ -91,6 +92,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tf32", action="store_true", help="TF32 matmuls (CUDA): the float32 Seq-VCR statistics get faster")
     p.add_argument("--data-on-device", action="store_true",
                    help="move the tokenised datasets to the training device once; batches are gathered there")
+    p.add_argument("--labelled-logits", action=argparse.BooleanOptionalAction, default=True,
+                   help="compute the LM head's logits only from the first answer position on (the loss is the "
+                        "same; the question and pause positions carry no label)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--logging-steps", type=int, default=50)
     p.add_argument("--save-steps", type=int, default=0, help="0 = no checkpoints")
@@ -284,9 +288,13 @@ def build_trainer(args, model, tokenizer, train, valid, callbacks=()):
     """The script's :class:`SeqVCRTrainer` (growth callbacks bound, datasets on the device with
     ``--data-on-device``); ``callbacks`` are added after the script's own."""
     from hf_growth.training import SeqVCRTrainer
-    from hf_growth.training.data import collate_tensors
+    from hf_growth.training.data import LabelledLogitsCollator, collate_tensors, first_labelled_position
 
     config = make_config(args)
+    collate = collate_tensors
+    first = first_labelled_position(train, valid)
+    if args.labelled_logits and first and "logits_to_keep" in inspect.signature(model.forward).parameters:
+        collate = LabelledLogitsCollator(first)
     if args.data_on_device:
         train, valid = train.to(config.device), valid.to(config.device)
     trainer = SeqVCRTrainer(
@@ -294,7 +302,7 @@ def build_trainer(args, model, tokenizer, train, valid, callbacks=()):
         args=config,
         train_dataset=train,
         eval_dataset=valid,
-        data_collator=collate_tensors,
+        data_collator=collate,
         processing_class=tokenizer,
         callbacks=[*growth_callbacks(args, model), *callbacks],
     )

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["TensorDataset", "collate_tensors", "encode_split"]
+__all__ = ["LabelledLogitsCollator", "TensorDataset", "collate_tensors", "encode_split", "first_labelled_position"]
 
 
 class TensorDataset(torch.utils.data.Dataset):
@@ -82,3 +82,47 @@ def encode_split(tokenizer, split: Mapping[str, Sequence[str]], pause=None, padd
     from .pause import encode_examples
 
     return TensorDataset(encode_examples(tokenizer, split["question"], split["answer"], pause, padding_side))
+
+
+def first_labelled_position(*datasets: TensorDataset, ignore_index: int = -100) -> int | None:
+    """The first column where any row of any of ``datasets`` has a label (``None``: no labels at all)."""
+    firsts = []
+    for dataset in datasets:
+        columns = (dataset.tensors["labels"] != ignore_index).any(0).nonzero()
+        if len(columns):
+            firsts.append(int(columns[0]))
+    return min(firsts) if firsts else None
+
+
+class LabelledLogitsCollator:
+    """Collate, then let a causal LM compute logits only where they are scored: from the position before the
+    first labelled column (``first_labelled``, e.g. from :func:`first_labelled_position`) to the end.
+
+    Adds ``logits_to_keep`` (transformers' causal LMs slice the hidden states before the LM head) and the matching
+    ``shift_labels`` (read by transformers' causal-LM loss instead of shifting ``labels``). The loss is the same
+    (the dropped positions carry no label in any row); on short-answer tasks the vocabulary-wide logits, their
+    float32 copy and their gradient shrink to the answer part (4x4 multiplication with pauses: 10 of 36
+    positions). Batches without ``labels`` pass through unchanged.
+
+    >>> import torch
+    >>> collate = LabelledLogitsCollator(first_labelled=3)
+    >>> batch = collate([{"input_ids": torch.zeros(2, 5, dtype=torch.long),
+    ...                   "labels": torch.tensor([[-100, -100, -100, 7, 8], [-100, -100, -100, 9, -100]])}])
+    >>> batch["logits_to_keep"], batch["shift_labels"].tolist()
+    (3, [[7, 8, -100], [9, -100, -100]])
+    """
+
+    def __init__(self, first_labelled: int, collate: Any = collate_tensors, ignore_index: int = -100) -> None:
+        if first_labelled < 0:
+            raise ValueError(f"first_labelled must be >= 0, got {first_labelled}")
+        self.first_labelled, self.collate, self.ignore_index = int(first_labelled), collate, ignore_index
+
+    def __call__(self, batch: Any) -> dict[str, Any]:
+        out = self.collate(batch)
+        labels = out.get("labels")
+        start = self.first_labelled - 1  # the logit at position p is scored against the label at p + 1
+        if labels is None or start <= 0:
+            return out
+        out["logits_to_keep"] = labels.shape[1] - start
+        out["shift_labels"] = torch.nn.functional.pad(labels[:, start + 1:], (0, 1), value=self.ignore_index)
+        return out
