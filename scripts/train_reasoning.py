@@ -292,9 +292,9 @@ def build_trainer(args, model, tokenizer, train, valid, callbacks=()):
 
     config = make_config(args)
     collate = collate_tensors
-    first = first_labelled_position(train, valid)
-    if args.labelled_logits and first and "logits_to_keep" in inspect.signature(model.forward).parameters:
-        collate = LabelledLogitsCollator(first)
+    if args.labelled_logits and "logits_to_keep" in inspect.signature(model.forward).parameters:
+        first = first_labelled_position(train, valid)  # once, on the host tensors
+        collate = LabelledLogitsCollator(first) if first else collate
     if args.data_on_device:
         train, valid = train.to(config.device), valid.to(config.device)
     trainer = SeqVCRTrainer(
