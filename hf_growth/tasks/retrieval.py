@@ -29,7 +29,7 @@ import numpy as np
 
 from ._common import Splits, check_sizes, sample_unique_examples, to_dataset_dict
 
-__all__ = ["retrieval", "retrieval_splits", "solve", "QUERY"]
+__all__ = ["retrieval", "retrieval_splits", "sample_retrieval_ids", "solve", "QUERY"]
 
 QUERY = "|"
 
@@ -94,6 +94,59 @@ def retrieval_splits(
 
     sizes = {"train": train_size, "validation": validation_size, "test": test_size}
     return sample_unique_examples(generate, sizes, seed)
+
+
+def sample_retrieval_ids(
+    n: int,
+    num_pairs: int,
+    hops: int,
+    num_nodes: int,
+    curriculum,
+    token_ids,
+    query_id: int,
+    generator=None,
+):
+    """Fresh training examples as token ids, drawn on ``token_ids``' device: ``(questions (n, 2*num_pairs + 3),
+    answers (n,))``. Same distribution and layout as :func:`retrieval_splits`' train split (distinct nodes,
+    chains of ``hops`` links in shuffled pairs, ``| D x0``, answer ``x_D``); for training on an endless stream
+    instead of a fixed set (nothing checks these against the validation and test questions, which fresh draws
+    from this space repeat with negligible probability).
+
+    ``curriculum``: a bool, or a bool tensor ``(n,)`` (per example: D uniform in ``1..hops``, else ``D = hops``).
+    ``token_ids``: ``(V,)`` long tensor, the id of the word ``str(k)`` at index ``k`` (covering ``num_nodes`` and
+    ``hops``); ``query_id``: the id of ``|``.
+
+    >>> import torch
+    >>> from hf_growth.tasks.retrieval import sample_retrieval_ids, solve
+    >>> q, a = sample_retrieval_ids(4, num_pairs=6, hops=3, num_nodes=16, curriculum=True,
+    ...                             token_ids=torch.arange(16), query_id=99)
+    >>> q.shape, all(solve(" ".join("|" if t == 99 else str(t) for t in row)) == str(int(x))
+    ...                  for row, x in zip(q.tolist(), a))
+    (torch.Size([4, 15]), True)
+    """
+    import torch
+
+    if hops < 1 or num_pairs < hops:
+        raise ValueError(f"need 1 <= hops <= num_pairs, got hops={hops}, num_pairs={num_pairs}")
+    src, dst, needed = _chain_layout(num_pairs, hops)
+    if needed > num_nodes:
+        raise ValueError(f"{num_pairs} links in chains of {hops} need {needed} distinct nodes > num_nodes={num_nodes}")
+    if token_ids.numel() < max(num_nodes, hops + 1):
+        raise ValueError(f"token_ids covers {token_ids.numel()} numbers, need {max(num_nodes, hops + 1)}")
+    device = token_ids.device
+    rand = dict(generator=generator, device=device)
+    nodes = torch.rand(n, num_nodes, **rand).argsort(1)[:, :needed]
+    order = torch.rand(n, num_pairs, **rand).argsort(1)
+    a = nodes[:, torch.as_tensor(src, device=device)].gather(1, order)
+    b = nodes[:, torch.as_tensor(dst, device=device)].gather(1, order)
+    cur = torch.as_tensor(curriculum, device=device).expand(n)
+    d = torch.where(cur, torch.randint(1, hops + 1, (n,), **rand), torch.full((n,), hops, device=device))
+    start = (torch.rand(n, **rand) * (hops - d + 1)).long()  # chain 0 has slots 0..hops
+    rows = torch.arange(n, device=device)
+    x0, xd = nodes[rows, start], nodes[rows, start + d]
+    pairs = torch.stack([a, b], dim=2).reshape(n, 2 * num_pairs)
+    tail = torch.stack([torch.full_like(d, query_id), token_ids[d], token_ids[x0]], dim=1)
+    return torch.cat([token_ids[pairs], tail], dim=1), token_ids[xd]
 
 
 def retrieval(

@@ -1,0 +1,480 @@
+"""Issue 12 in one GPU window: the retrieval depth sweep with every run of a hop count trained at once.
+
+``retrieval_depth.py`` runs one ``train_reasoning.py`` process per (D, depth, curriculum, seed); on the GPU those
+steps cost ~30 ms each whatever the model (launch- and host-bound), so the sweep did not fit. Here all runs of
+one hop count D are members of one :class:`hf_growth.training.ensemble.LlamaEnsemble`: one batched step trains
+them all. A member is exactly a ``LlamaForCausalLM`` of its depth (width ``--width``, ``--heads`` heads, MLP
+``--mlp``), started from transformers' initialisation with ``torch.manual_seed(seed)`` (its first ``depth``
+layers), trained on its own stream of fresh examples from the task's distribution
+(:func:`hf_growth.tasks.retrieval.sample_retrieval_ids`; curriculum: D uniform in 1..D per example) with the
+training script's defaults: AdamW (0.9, 0.999, eps 1e-8, decay ``--weight-decay``), gradient norm clipped to 1
+per member, linear warm-up then linear decay to 0 at ``--max-steps``, bf16 autocast. The loss is the
+cross-entropy of the one answer token (predicted at the last question position).
+
+Every ``--eval-every`` steps each member's validation exact match is measured on its seed's validation split
+(``retrieval_splits``, D = hops, the same split the script's runs used); a member reaching ``--stop-at`` is
+frozen and leaves the ensemble (as ``AccuracyMonitor`` stops a run). At the end each member answers its seed's
+test split (float32; the answer is the argmax at the last question position, which is the script's greedy
+exact match for these one-token answers) and passes at ``--target``. Records have ``retrieval_depth.py``'s
+format, so its table, fits and plot (``summarize``, ``plot``) are reused: the smallest depth where all / any
+seeds pass, per D and curriculum, against log3(2D).
+
+Head emergence comes with the sweep: every ``--heads-every`` steps each member's attention on a fixed probe
+batch (64 questions at D = hops) is scored per layer and head as ``retrieval_probe.RetrievalHeads`` does (mass of
+the last question token's attention on the chain's tokens). ``<name>.D<D>.heads.json`` holds every member's
+curves and emergence order; for the smallest depth at which all seeds pass (curriculum on if it passes), the
+plots ``<name>.D<D>.heads_s<seed>.png`` (attention maps over training + per-head curves) are written.
+
+    PYTHONPATH=. python benchmarks/retrieval_ensemble.py --hops 1,2,4 --out-dir $OUT --time-budget 500   # GPU
+    PYTHONPATH=. python benchmarks/retrieval_ensemble.py --cpu-smoke                                     # seconds
+    PYTHONPATH=. python benchmarks/retrieval_ensemble.py --summarize-only --ledger ... --out-dir ...
+
+Resumable: finished members go to ``--ledger`` (JSON lines, keyed like ``retrieval_depth.py``'s runs, tag =
+hash of the shared settings); a later call skips them. Members cut off by ``--time-budget`` are recorded with
+``timed_out`` and rerun by the next call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import torch  # noqa: E402
+
+from retrieval_depth import Ledger, markdown_table, plot, summarize, tag_of, task_shape, versions  # noqa: E402
+
+
+def _ints(text: str) -> list[int]:
+    out: list[int] = []
+    for part in text.split(","):
+        lo, sep, hi = part.partition("-")
+        out.extend(range(int(lo), int(hi) + 1) if sep else [int(lo)])
+    return out
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--hops", type=_ints, default=[1, 2, 4, 8, 16], help="hop counts D, e.g. 1,2,4")
+    p.add_argument("--depths", type=_ints, default=list(range(1, 7)), help="layers per member, e.g. 1-6")
+    p.add_argument("--curriculum", choices=["both", "on", "off"], default="both")
+    p.add_argument("--seeds", type=_ints, default=[0, 1, 2])
+    p.add_argument("--width", type=int, default=128)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--mlp", type=int, default=0, help="MLP width (0 = 4 x width)")
+    p.add_argument("--pairs-factor", type=int, default=2, help="num_pairs = max(pairs_factor * D, min_pairs)")
+    p.add_argument("--min-pairs", type=int, default=8)
+    p.add_argument("--min-nodes", type=int, default=64)
+    p.add_argument("--validation-size", type=int, default=500)
+    p.add_argument("--test-size", type=int, default=1000)
+    p.add_argument("--batch-size", type=int, default=256, help="examples per member per step")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--max-grad-norm", type=float, default=1.0)
+    p.add_argument("--max-steps", type=int, default=10000)
+    p.add_argument("--eval-every", type=int, default=100)
+    p.add_argument("--stop-at", type=float, default=0.995, help="freeze a member at this validation exact match")
+    p.add_argument("--target", type=float, default=0.99, help="a member passes at this test exact match")
+    p.add_argument("--heads-every", type=int, default=0, help="head scores every N steps (0 = eval-every; -1 = off)")
+    p.add_argument("--heads-probe", type=int, default=64)
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None, help="default: on for CUDA")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="default: on for CUDA")
+    p.add_argument("--cpu", action="store_true")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--time-budget", type=float, default=0, help="seconds for the whole call (0 = none)")
+    p.add_argument("--ledger", default="benchmarks/results/retrieval_ensemble.runs.jsonl")
+    p.add_argument("--out-dir", default="benchmarks/results")
+    p.add_argument("--name", default="retrieval_ensemble")
+    p.add_argument("--label", default="")
+    p.add_argument("--summarize-only", action="store_true")
+    p.add_argument("--cpu-smoke", action="store_true", help="tiny sweep on the CPU (D = 1, 2; depths 1-2; 60 steps)")
+    args = p.parse_args(argv)
+    if args.cpu_smoke:
+        args.cpu, args.hops, args.depths, args.seeds = True, [1, 2], [1, 2], [0]
+        args.width, args.heads, args.batch_size, args.max_steps, args.eval_every = 32, 2, 32, 60, 20
+        args.validation_size, args.test_size, args.warmup, args.heads_probe = 64, 64, 10, 8
+    cuda = torch.cuda.is_available() and not args.cpu
+    args.device = "cuda" if cuda else "cpu"
+    args.bf16 = cuda if args.bf16 is None else args.bf16
+    args.compile = cuda if args.compile is None else args.compile
+    if args.heads_every == 0:
+        args.heads_every = args.eval_every
+    return args
+
+
+def settings_of(args: argparse.Namespace) -> dict[str, Any]:
+    """What every member shares: its hash is the records' tag (changing one reruns everything)."""
+    keys = ("width", "heads", "mlp", "pairs_factor", "min_pairs", "min_nodes", "validation_size", "test_size",
+            "batch_size", "lr", "warmup", "weight_decay", "max_grad_norm", "max_steps", "eval_every", "stop_at",
+            "bf16")
+    return {"trainer": "ensemble", **{k: getattr(args, k) for k in keys}}
+
+
+def member_key(hops: int, curriculum: bool, layers: int, seed: int, tag: str) -> str:
+    return f"D{hops}-{'cur' if curriculum else 'nocur'}-L{layers}-s{seed}-{tag}"
+
+
+# ------------------------------------------------------------------------------------------------ data
+class TaskData:
+    """Token ids of one hop count's task: the number-word lookup, and each seed's validation/test questions."""
+
+    def __init__(self, tokenizer, hops: int, shape: dict[str, int], seeds: list[int], args, device) -> None:
+        from hf_growth.tasks.retrieval import QUERY, retrieval_splits
+
+        self.hops, self.shape = hops, shape
+        self.token_ids = torch.tensor(tokenizer.convert_tokens_to_ids(
+            [str(k) for k in range(max(shape["num_nodes"], hops + 1))]), device=device)
+        self.query_id = tokenizer.convert_tokens_to_ids(QUERY)
+        self.splits: dict[str, dict[int, tuple[torch.Tensor, torch.Tensor]]] = {"validation": {}, "test": {}}
+        for seed in seeds:
+            splits = retrieval_splits(shape["num_pairs"], hops, shape["num_nodes"], curriculum=False, seed=seed,
+                                      train_size=0, validation_size=args.validation_size, test_size=args.test_size)
+            for name in self.splits:
+                q = [tokenizer.convert_tokens_to_ids(text.split()) for text in splits[name]["question"]]
+                a = tokenizer.convert_tokens_to_ids(splits[name]["answer"])
+                self.splits[name][seed] = (torch.tensor(q, device=device), torch.tensor(a, device=device))
+
+    def sample(self, curriculum: torch.Tensor, batch: int, generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(M, batch, T)`` questions and ``(M, batch)`` answers; member m's curriculum flag ``curriculum[m]``."""
+        from hf_growth.tasks.retrieval import sample_retrieval_ids
+
+        m = curriculum.shape[0]
+        q, a = sample_retrieval_ids(m * batch, self.shape["num_pairs"], self.hops, self.shape["num_nodes"],
+                                    curriculum.repeat_interleave(batch), self.token_ids, self.query_id, generator)
+        return q.view(m, batch, -1), a.view(m, batch)
+
+
+@torch.no_grad()
+def exact_match(ens, data: TaskData, split: str, seeds: list[int], autocast, chunk: int = 500) -> torch.Tensor:
+    """Per member: the fraction of its seed's ``split`` answered right (argmax at the last question position)."""
+    q = torch.stack([data.splits[split][s][0] for s in seeds])
+    a = torch.stack([data.splits[split][s][1] for s in seeds])
+    last = torch.tensor([q.shape[-1] - 1], device=q.device)
+    hits = torch.zeros(len(seeds), device=q.device)
+    for s in range(0, q.shape[1], chunk):
+        with autocast():
+            logits = ens(q[:, s:s + chunk], positions=last)
+        hits += (logits[:, :, 0].argmax(-1) == a[:, s:s + chunk]).float().sum(1)
+    return hits / q.shape[1]
+
+
+# ------------------------------------------------------------------------------------------------ heads
+class HeadRecorder:
+    """Per member: head scores ``(depth, heads)`` on its seed's probe batch at each recorded step (+ the maps of
+    probe example 0), as ``retrieval_probe.RetrievalHeads`` scores them."""
+
+    def __init__(self, tokenizer, hops: int, shape: dict[str, int], seeds: list[int], size: int, device) -> None:
+        from retrieval_probe import probe_batch
+
+        self.probes, self.chain, self.questions = {}, {}, {}
+        for seed in seeds:
+            opts = {"num_pairs": shape["num_pairs"], "hops": hops, "num_nodes": shape["num_nodes"],
+                    "curriculum": False, "seed": seed, "validation_size": 0, "test_size": 0, "pauses": 0}
+            probe, important, _, questions = probe_batch(opts, tokenizer, size)
+            self.probes[seed] = probe["input_ids"].to(device)
+            self.chain[seed] = important.to(device=device, dtype=torch.float32)
+            self.questions[seed] = questions
+        self.steps: dict[int, list[int]] = {}
+        self.scores: dict[int, list] = {}
+        self.maps: dict[int, list] = {}
+
+    @torch.no_grad()
+    def record(self, ens, members: list[int], seeds: list[int], depths: list[int], step: int) -> None:
+        ids = torch.stack([self.probes[s] for s in seeds])
+        chain = torch.stack([self.chain[s] for s in seeds])  # (M, B, T)
+        _, attentions = ens(ids, positions=torch.tensor([ids.shape[-1] - 1], device=ids.device),
+                            output_attentions=True)
+        # attention of the last position on the chain's keys, averaged over the probe batch: (M, L, H)
+        scores = torch.stack([torch.einsum("mbhk,mbk->mh", a[:, :, :, -1].float(), chain) / ids.shape[1]
+                              for a in attentions], dim=1).cpu()
+        maps = torch.stack([a[:, 0].half() for a in attentions], dim=1).cpu()  # (M, L, H, T, T)
+        for i, member in enumerate(members):
+            self.steps.setdefault(member, []).append(step)
+            self.scores.setdefault(member, []).append(scores[i, :depths[i]].numpy())
+            self.maps.setdefault(member, []).append(maps[i, :depths[i]].float().numpy())
+
+    def record_of(self, member: int) -> dict[str, Any]:
+        import numpy as np
+
+        scores = np.stack(self.scores[member])
+        layers, heads = scores.shape[1:]
+        return {"steps": self.steps[member], "scores": scores, "maps": self.maps[member],
+                "map_layers": list(range(layers)), "map_heads": list(range(heads)), "map_example": 0}
+
+
+# ------------------------------------------------------------------------------------------------ one D
+def lr_at(step: int, args, horizon: int) -> float:
+    """transformers' linear schedule with warm-up (``get_linear_schedule_with_warmup``) over ``horizon`` steps, at
+    optimizer step ``step`` (0-based: the learning rate the step's update uses)."""
+    if step < args.warmup:
+        return args.lr * step / max(1, args.warmup)
+    return args.lr * max(0.0, (horizon - step) / max(1, horizon - args.warmup))
+
+
+def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer, tag: str, deadline: float,
+               seconds: float = 0.0):
+    """Train ``members`` = [(depth, curriculum, seed)] of hop count ``hops`` together; returns their records and
+    head records. ``seconds`` (0 = no limit): the schedule is re-aimed at the last step that fits (measured after
+    the first steps and every 500 steps; at most ``--max-steps``), as ``TimeBudgetCallback`` does for the script."""
+    from contextlib import nullcontext
+
+    from transformers import LlamaConfig
+
+    from hf_growth.training.ensemble import LlamaEnsemble, MemberAdamW, clip_grad_norm_per_member, member_losses
+
+    device = torch.device(args.device)
+    shape = task_shape(hops, args.pairs_factor, args.min_pairs, args.min_nodes)
+    seeds_used = sorted({s for _, _, s in members})
+    data = TaskData(tokenizer, hops, shape, seeds_used, args, device)
+    heads = HeadRecorder(tokenizer, hops, shape, seeds_used, args.heads_probe, device) if args.heads_every > 0 else None
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=args.width, intermediate_size=args.mlp or 4 * args.width,
+        num_hidden_layers=max(d for d, _, _ in members), num_attention_heads=args.heads,
+        num_key_value_heads=args.heads, max_position_embeddings=max(64, 2 * (shape["tokens"] + 3)),
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id)
+    ens = LlamaEnsemble.from_config(config, seeds=[s for _, _, s in members], depths=[d for d, _, _ in members])
+    ens = ens.to(device).train()
+    opt = MemberAdamW(ens.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    alive = list(range(len(members)))  # ensemble slot -> member index
+    curriculum = torch.tensor([c for _, c, _ in members], device=device)
+    generator = torch.Generator(device).manual_seed(int(tag, 16) + hops)
+    autocast = (lambda: torch.autocast("cuda" if device.type == "cuda" else "cpu", dtype=torch.bfloat16)) \
+        if args.bf16 else nullcontext
+    last = torch.tensor([shape["tokens"] - 1], device=device)
+
+    def losses_of(ids, answers):
+        return member_losses(ens(ids, positions=last), answers[:, :, None])
+
+    step_fn = torch.compile(losses_of) if args.compile else losses_of
+    history: dict[int, list] = {i: [] for i in range(len(members))}
+    reached: dict[int, int] = {}
+    results: dict[int, dict[str, Any]] = {}
+    begin = time.perf_counter()
+    timed_out, step, member_steps, horizon = False, 0, 0, args.max_steps
+    mark: tuple[int, float] | None = None
+    steady: tuple[int, float, int] | None = None
+
+    def seeds_alive():
+        return [members[i][2] for i in alive]
+
+    def depths_alive():
+        return [members[i][0] for i in alive]
+
+    def finish(slots: list[int]) -> None:
+        """Test the members in ensemble ``slots`` (float32) and store their results."""
+        em = exact_match(ens, data, "test", seeds_alive(), nullcontext)
+        for slot in slots:
+            i = alive[slot]
+            results[i] = {"exact_match": round(float(em[slot]), 4), "stop_step": step}
+
+    if heads is not None:
+        heads.record(ens, alive, seeds_alive(), depths_alive(), 0)
+    loss_sum = torch.zeros(len(members), device=device)
+    while step < horizon and alive:
+        if deadline and time.time() > deadline:
+            timed_out = True
+            break
+        if seconds and step in (20, 60) or (seconds and step % 500 == 0 and step > 0):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            now = time.perf_counter()
+            if mark is not None:  # steps that fit in what is left of this D's share, at the rate since the mark
+                rate = (step - mark[0]) / (now - mark[1])
+                horizon = max(step + 1, min(args.max_steps, int(step + rate * (seconds - (now - begin)))))
+            mark = (step, now)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, args, horizon)
+        ids, answers = data.sample(curriculum[alive], args.batch_size, generator)
+        with autocast():
+            losses = step_fn(ids, answers)
+        losses.sum().backward()
+        clip_grad_norm_per_member(ens.parameters(), args.max_grad_norm)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        step += 1
+        member_steps += len(alive)
+        if step == 20:  # the steady rate (compilation and warm-up excluded) is measured from here
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            steady = (step, time.perf_counter(), member_steps)
+        loss_sum[alive] += losses.detach().float()
+        if heads is not None and step % args.heads_every == 0:
+            heads.record(ens, alive, seeds_alive(), depths_alive(), step)
+        if step % args.eval_every == 0 or step == horizon:
+            em = exact_match(ens, data, "validation", seeds_alive(), autocast).tolist()
+            mean_loss = (loss_sum / args.eval_every).tolist()
+            loss_sum.zero_()
+            done = []
+            for slot, i in enumerate(alive):
+                history[i].append((step, round(em[slot], 4), round(mean_loss[i], 4)))
+                if em[slot] >= args.stop_at:
+                    reached[i] = step
+                    done.append(slot)
+            if done:
+                if heads is not None and step % args.heads_every:
+                    heads.record(ens, alive, seeds_alive(), depths_alive(), step)
+                finish(done)
+                keep = [slot for slot in range(len(alive)) if slot not in done]
+                alive = [alive[slot] for slot in keep]
+                if alive:
+                    ens.select_(keep)
+                    opt.select_(keep)
+            if step % (10 * args.eval_every) == 0:
+                rate = step / (time.perf_counter() - begin)
+                print(f"[D={hops}] step {step}: {len(alive)} of {len(members)} members training, {rate:.1f} steps/s",
+                      flush=True)
+    if alive:
+        if heads is not None and (not heads.steps.get(alive[0]) or heads.steps[alive[0]][-1] != step):
+            heads.record(ens, alive, seeds_alive(), depths_alive(), step)
+        finish(list(range(len(alive))))
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    wall = time.perf_counter() - begin
+    steady_rate = None
+    if steady is not None and step > steady[0]:
+        steady_rate = round((step - steady[0]) / (time.perf_counter() - steady[1]), 2)
+    device_name = torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
+    records = []
+    for i, (depth, cur, seed) in enumerate(members):
+        em = results[i]["exact_match"]
+        records.append({
+            "key": member_key(hops, cur, depth, seed, tag), "tag": tag, "trainer": "ensemble",
+            "hops": hops, "curriculum": cur, "layers": depth, "seed": seed,
+            "exact_match": em, "passed": em >= args.target, "num_test": args.test_size,
+            "reached_step": reached.get(i), "global_steps": results[i]["stop_step"],
+            "timed_out": timed_out and i not in reached,
+            "val_history": [(s, v) for s, v, _ in history[i]], "train_loss_history": [(s, l) for s, _, l in history[i]],
+            "task_options": {"num_pairs": shape["num_pairs"], "hops": hops, "num_nodes": shape["num_nodes"],
+                             "curriculum": cur},
+            "ensemble": {"members": len(members), "steps": step, "schedule_steps": horizon, "seconds_share":
+                         round(seconds, 1), "wall_seconds": round(wall, 1),
+                         "steps_per_second": round(step / wall, 2) if wall else None,
+                         "steady_steps_per_second_from_step_20": steady_rate,
+                         "member_steps_per_second": round(member_steps / wall, 1) if wall else None},
+            "device": device_name, "versions": versions(),
+        })
+    return records, heads
+
+
+# ------------------------------------------------------------------------------------------------ driver
+def write_heads(hops: int, records: list[dict], heads: HeadRecorder, members: list[tuple[int, bool, int]],
+                args, out: Path) -> list[str]:
+    """Every member's head curves and emergence order as JSON; plots for the smallest all-seeds-passing depth."""
+    from retrieval_probe import emergence_order
+
+    from hf_growth.analysis.plots import plot_head_emergence
+
+    data, lines = {}, []
+    for i, (depth, cur, seed) in enumerate(members):
+        rec = heads.record_of(i)
+        order = emergence_order(rec["scores"], rec["steps"])
+        data[records[i]["key"]] = {"steps": rec["steps"], "scores": rec["scores"].round(4).tolist(),
+                                   "emergence": order, "passed": records[i]["passed"]}
+    (out / f"{args.name}.D{hops}.heads.json").write_text(json.dumps(data) + "\n")
+    by_config: dict[tuple[int, bool], list[int]] = {}
+    for i, (depth, cur, seed) in enumerate(members):
+        by_config.setdefault((depth, cur), []).append(i)
+    passing = sorted(((d, not c) for (d, c), idx in by_config.items()
+                      if len(idx) == len(args.seeds) and all(records[i]["passed"] for i in idx)))
+    if not passing:
+        return [f"D={hops}: no configuration passed with all seeds; no emergence plot"]
+    depth, cur = passing[0][0], not passing[0][1]
+    orders = []
+    for i in by_config[(depth, cur)]:
+        seed = members[i][2]
+        order = data[records[i]["key"]]["emergence"]
+        orders.append(order["layer_order"])
+        title = (f"Retrieval D={hops}, {depth} layers, curriculum {'on' if cur else 'off'}, seed {seed}: "
+                 f"attention of the last token on the chain")
+        plot_head_emergence(heads.record_of(i), out / f"{args.name}.D{hops}.heads_s{seed}.png", title=title)
+        lines.append(f"D={hops} L{depth} {'cur' if cur else 'nocur'} seed {seed}: {order['sentence']}")
+    lines.append(f"D={hops} L{depth}: layer order per seed {orders}; same over seeds: {all(o == orders[0] for o in orders)}")
+    return lines
+
+
+def summary(args, ledger: Ledger, tag: str, argv: list[str], out: Path, timing: dict) -> dict[str, Any]:
+    records = sorted((r for r in ledger.records.values() if r.get("tag") == tag),
+                     key=lambda r: (r["hops"], not r["curriculum"], r["layers"], r["seed"]))
+    result = summarize(records, len(args.seeds))
+    devices = sorted({r.get("device", "?") for r in records})
+    title = (f"{args.label + ': ' if args.label else ''}min depth for >= {args.target:.0%} test exact match "
+             f"(width {args.width}, {args.heads} heads, {len(args.seeds)} seeds, <= {args.max_steps} steps x "
+             f"{args.batch_size})")
+    png = plot(result, out / f"{args.name}.png", max(args.depths), title)
+    data = {
+        "benchmark": "retrieval depth sweep, ensemble trainer (issue 12)", "label": args.label,
+        "command": "PYTHONPATH=. python benchmarks/retrieval_ensemble.py " + shlex.join(argv),
+        "devices": devices, "versions": versions(), "settings": settings_of(args), "tag": tag, "target": args.target,
+        "depths": args.depths, "seeds": args.seeds,
+        "shapes": {str(d): task_shape(d, args.pairs_factor, args.min_pairs, args.min_nodes) for d in args.hops},
+        "table": result["table"], "fits": result["fits"], "markdown": markdown_table(result), "timing": timing,
+        "plot": png.name, "runs": records,
+    }
+    (out / f"{args.name}.json").write_text(json.dumps(data, indent=1) + "\n")
+    print(data["markdown"])
+    print(f"fits: {json.dumps(result['fits'])}")
+    return data
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from hf_growth import tasks
+
+    start = time.time()
+    deadline = start + args.time_budget - 20 if args.time_budget else 0.0  # 20 s for the tests and the files
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ledger = Ledger(Path(args.ledger))
+    tag = tag_of(settings_of(args))
+    tokenizer = tasks.build_tokenizer(max_number=256)
+    curricula = {"both": [True, False], "on": [True], "off": [False]}[args.curriculum]
+    timing: dict[str, Any] = {}
+    for hops in [] if args.summarize_only else args.hops:
+        members = [(depth, cur, seed) for cur in (curricula if hops > 1 else [True]) for depth in args.depths
+                   for seed in args.seeds]  # D = 1: the curriculum changes nothing, one search serves both
+        todo = [m for m in members if (ledger.get(member_key(hops, m[1], m[0], m[2], tag)) or {"timed_out": True})
+                .get("timed_out")]
+        if not todo:
+            continue
+        if deadline and time.time() > deadline - 30:
+            print(f"[D={hops}] not started: the time budget is spent", flush=True)
+            continue
+        seconds = 0.0
+        if deadline:  # this D's share of what is left: by tokens per step of the D's still to run
+            weights = {d: task_shape(d, args.pairs_factor, args.min_pairs, args.min_nodes)["tokens"]
+                       * (len(curricula) if d > 1 else 1) for d in args.hops[args.hops.index(hops):]}
+            seconds = (deadline - time.time() - 15) * weights[hops] / sum(weights.values())
+        print(f"[D={hops}] {len(todo)} members: depths {args.depths}, seeds {args.seeds}; "
+              f"{'%.0f s' % seconds if seconds else 'no time limit'}", flush=True)
+        records, heads = train_hops(hops, todo, args, tokenizer, tag, deadline, seconds)
+        for record in records:
+            ledger.add(record)
+        e = records[0]["ensemble"]
+        timing[str(hops)] = e
+        print(f"[D={hops}] {e['steps']} steps in {e['wall_seconds']} s ({e['steps_per_second']} steps/s, "
+              f"{e['steady_steps_per_second_from_step_20']} from step 20, "
+              f"{e['member_steps_per_second']} member-steps/s); passed {sum(r['passed'] for r in records)} of "
+              f"{len(records)}", flush=True)
+        if heads is not None:
+            for line in write_heads(hops, records, heads, todo, args, out):
+                print(line, flush=True)
+    summary(args, ledger, tag, argv, out, timing)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
