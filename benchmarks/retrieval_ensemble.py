@@ -190,7 +190,8 @@ class HeadRecorder:
         self.maps: dict[int, list] = {}
 
     @torch.no_grad()
-    def record(self, ens, members: list[int], seeds: list[int], depths: list[int], step: int) -> None:
+    def record(self, ens, members: list[int], seeds: list[int], depths: list[int], step: int,
+               skip: set[int] = frozenset()) -> None:
         ids = torch.stack([self.probes[s] for s in seeds])
         chain = torch.stack([self.chain[s] for s in seeds])  # (M, B, T)
         _, attentions = ens(ids, positions=torch.tensor([ids.shape[-1] - 1], device=ids.device),
@@ -200,6 +201,8 @@ class HeadRecorder:
                               for a in attentions], dim=1).cpu()
         maps = torch.stack([a[:, 0].half() for a in attentions], dim=1).cpu()  # (M, L, H, T, T)
         for i, member in enumerate(members):
+            if member in skip:
+                continue
             self.steps.setdefault(member, []).append(step)
             self.scores.setdefault(member, []).append(scores[i, :depths[i]].numpy())
             self.maps.setdefault(member, []).append(maps[i, :depths[i]].float().numpy())
@@ -263,6 +266,7 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
     begin = time.perf_counter()
     timed_out, step, member_steps, horizon = False, 0, 0, args.max_steps
     mark: tuple[int, float] | None = None
+    frozen: set[int] = set()  # members done but still in the ensemble (learning rate factor 0)
     steady: tuple[int, float, int] | None = None
 
     def seeds_alive():
@@ -310,34 +314,39 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
             steady = (step, time.perf_counter(), member_steps)
         loss_sum[alive] += losses.detach().float()
         if heads is not None and step % args.heads_every == 0:
-            heads.record(ens, alive, seeds_alive(), depths_alive(), step)
+            heads.record(ens, alive, seeds_alive(), depths_alive(), step, skip=frozen)
         if step % args.eval_every == 0 or step == horizon:
             em = exact_match(ens, data, "validation", seeds_alive(), autocast).tolist()
             mean_loss = (loss_sum / args.eval_every).tolist()
             loss_sum.zero_()
             done = []
             for slot, i in enumerate(alive):
+                if i in frozen:
+                    continue
                 history[i].append((step, round(em[slot], 4), round(mean_loss[i], 4)))
                 if em[slot] >= args.stop_at:
                     reached[i] = step
                     done.append(slot)
-            if done:
+            if done:  # freeze them now (learning rate factor 0 is exact); drop them once a quarter is frozen
                 if heads is not None and step % args.heads_every:
-                    heads.record(ens, alive, seeds_alive(), depths_alive(), step)
+                    heads.record(ens, alive, seeds_alive(), depths_alive(), step, skip=frozen)
                 finish(done)
-                keep = [slot for slot in range(len(alive)) if slot not in done]
-                alive = [alive[slot] for slot in keep]
-                if alive:
-                    ens.select_(keep)
-                    opt.select_(keep)
+                frozen.update(alive[slot] for slot in done)
+                opt.factor[done] = 0.0
+                if len(frozen) >= max(1, len(alive) // 4):
+                    keep = [slot for slot in range(len(alive)) if alive[slot] not in frozen]
+                    alive, frozen = [alive[slot] for slot in keep], set()
+                    if alive:
+                        opt.select_(keep, ens.select_(keep))
             if step % (10 * args.eval_every) == 0:
                 rate = step / (time.perf_counter() - begin)
                 print(f"[D={hops}] step {step}: {len(alive)} of {len(members)} members training, {rate:.1f} steps/s",
                       flush=True)
-    if alive:
-        if heads is not None and (not heads.steps.get(alive[0]) or heads.steps[alive[0]][-1] != step):
-            heads.record(ens, alive, seeds_alive(), depths_alive(), step)
-        finish(list(range(len(alive))))
+    alive_slots = [slot for slot, i in enumerate(alive) if i not in frozen]
+    if alive_slots:
+        if heads is not None and heads.steps[alive[alive_slots[0]]][-1] != step:
+            heads.record(ens, alive, seeds_alive(), depths_alive(), step, skip=frozen)
+        finish(alive_slots)
     if device.type == "cuda":
         torch.cuda.synchronize()
     wall = time.perf_counter() - begin

@@ -183,16 +183,20 @@ class LlamaEnsemble(nn.Module):
             }
         return out
 
-    def select_(self, keep: Sequence[int] | torch.Tensor) -> LlamaEnsemble:
-        """Keep only the members ``keep`` (in that order), in place: the parameter objects stay the same (an optimizer
-        over them keeps working; slice its state with :meth:`MemberAdamW.select_`)."""
+    def select_(self, keep: Sequence[int] | torch.Tensor) -> dict[nn.Parameter, nn.Parameter]:
+        """Keep only the members ``keep`` (in that order), in place. Every parameter is replaced by a new one (autograd
+        ties a parameter to its shape); returns ``{old: new}`` for :meth:`MemberAdamW.select_`."""
         idx = torch.as_tensor(list(keep) if not isinstance(keep, torch.Tensor) else keep, dtype=torch.long)
-        for p in self.parameters():
-            p.data = p.data[idx.to(p.device)]
+        replaced = {}
+        for module in self.modules():
+            for name, old in list(module._parameters.items()):
+                if old is not None:
+                    new = nn.Parameter(old.detach()[idx.to(old.device)].clone(), requires_grad=old.requires_grad)
+                    module._parameters[name] = replaced[old] = new
         self.gates = self.gates[idx.to(self.gates.device)]
         self.depths = [self.depths[i] for i in idx.tolist()]
         self.num_members = len(self.depths)
-        return self
+        return replaced
 
     # --------------------------------------------------------------------------------------------- forward
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None,
@@ -208,7 +212,9 @@ class LlamaEnsemble(nn.Module):
         if m != self.num_members:
             raise ValueError(f"input_ids has {m} members on its first axis, the ensemble {self.num_members}")
         d, hd, nh, nkv = c.hidden_size, self.head_dim, self.num_heads, self.num_kv_heads
-        x = torch.gather(self.embed, 1, input_ids.reshape(m, b * t, 1).expand(m, b * t, d))  # (M, B*T, d)
+        offsets = torch.arange(m, device=input_ids.device)[:, None] * self.embed.shape[1]
+        # one embedding lookup over all members' tables (its backward sorts; a gather's scatter-add would contend)
+        x = F.embedding(input_ids.reshape(m, b * t) + offsets, self.embed.reshape(-1, d))  # (M, B*T, d)
         freqs = torch.arange(t, device=x.device, dtype=torch.float32)[:, None] * self.inv_freq[None, :]
         emb = torch.cat((freqs, freqs), dim=-1)
         cos, sin = emb.cos(), emb.sin()
@@ -347,10 +353,14 @@ class MemberAdamW(torch.optim.Optimizer):
                 p.sub_(lr * (exp_avg / bias1) / denom)
         return loss
 
-    def select_(self, keep: Sequence[int] | torch.Tensor) -> None:
-        """Keep the state of members ``keep`` only (after :meth:`LlamaEnsemble.select_` on the parameters)."""
+    def select_(self, keep: Sequence[int] | torch.Tensor, replaced: dict | None = None) -> None:
+        """Keep the state of members ``keep`` only; ``replaced``: ``{old: new}`` parameters, as
+        :meth:`LlamaEnsemble.select_` returns them."""
         idx = torch.as_tensor(list(keep) if not isinstance(keep, torch.Tensor) else keep, dtype=torch.long)
+        replaced = replaced or {}
         self.factor = self.factor[idx.to(self.factor.device)]
-        for state in self.state.values():
-            for key, value in state.items():
-                state[key] = value[idx.to(value.device)]
+        for group in self.param_groups:
+            group["params"] = [replaced.get(p, p) for p in group["params"]]
+        state = {replaced.get(p, p): {k: v[idx.to(v.device)] for k, v in s.items()} for p, s in self.state.items()}
+        self.state.clear()
+        self.state.update(state)
