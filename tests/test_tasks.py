@@ -113,6 +113,42 @@ def test_retrieval(curriculum):
         tasks.retrieval_splits(num_pairs=30, hops=4, num_nodes=20)
 
 
+@pytest.mark.parametrize("curriculum", [True, False, "mixed"])
+def test_sample_retrieval_ids_matches_the_builder(curriculum):
+    """Fresh examples on the device: the builder's layout, tokens and answers; D per example from the curriculum."""
+    import torch
+
+    from hf_growth.tasks.retrieval import sample_retrieval_ids
+
+    tok = tasks.build_tokenizer(max_number=64)
+    ids = torch.tensor(tok.convert_tokens_to_ids([str(k) for k in range(40)]))
+    flags = torch.arange(300) % 2 == 0 if curriculum == "mixed" else curriculum
+    q, a = sample_retrieval_ids(300, num_pairs=10, hops=4, num_nodes=40, curriculum=flags, token_ids=ids,
+                                query_id=tok.convert_tokens_to_ids("|"), generator=torch.Generator().manual_seed(0))
+    assert q.shape == (300, 23) and a.shape == (300,)
+    built = tasks.retrieval_splits(num_pairs=10, hops=4, num_nodes=40, train_size=1, validation_size=0, test_size=0)
+    assert len(tok(built["train"]["question"][0])["input_ids"]) == q.shape[1]
+    hops = []
+    for row, answer in zip(q.tolist(), a.tolist()):
+        question = tok.decode(row)
+        links, query = question.split(" | ")
+        tokens = links.split()
+        assert len(set(tokens[0::2])) == 10 and len(set(tokens)) == 10 + 3  # chains of 4 links: 13 nodes
+        assert solve(question) == tok.decode([answer])
+        hops.append(int(query.split()[0]))
+    hops = torch.tensor(hops)
+    if curriculum is False:
+        assert set(hops.tolist()) == {4}
+    elif curriculum is True:
+        assert set(hops.tolist()) == {1, 2, 3, 4}
+    else:
+        assert set(hops[1::2].tolist()) == {4} and set(hops[0::2].tolist()) == {1, 2, 3, 4}
+    with pytest.raises(ValueError, match="num_nodes"):
+        sample_retrieval_ids(4, num_pairs=30, hops=4, num_nodes=20, curriculum=True, token_ids=ids, query_id=0)
+    with pytest.raises(ValueError, match="token_ids covers"):
+        sample_retrieval_ids(4, num_pairs=10, hops=4, num_nodes=40, curriculum=True, token_ids=ids[:20], query_id=0)
+
+
 def test_dataset_dict_and_exact_match():
     ds = tasks.multiplication(digits=2, train_size=20, validation_size=5, test_size=5)
     assert list(ds) == ["train", "validation", "test"] and ds["train"].column_names == ["question", "answer"]

@@ -121,7 +121,7 @@ class LlamaEnsemble(nn.Module):
         ens = cls(config, len(models), depths, inv_freq=inv_freq)
         states = [{k: v.detach() for k, v in model.state_dict().items()} for model in models]
         with torch.no_grad():
-            for name, target in ens._hf_slices().items():
+            for name, target in ens.hf_state().items():
                 target.copy_(torch.stack([_hf_tensor(s, name) for s in states]).to(target.dtype))
         return ens.to(next(models[0].parameters()).device)
 
@@ -148,38 +148,46 @@ class LlamaEnsemble(nn.Module):
                 config.layer_types = list(config.layer_types)[: self.depths[m]]
             model = LlamaForCausalLM(config).to(self.embed.device)
             state = {}
-            for name, source in self._hf_slices(members=[m]).items():
+            for name, source in self.hf_state(members=[m]).items():
                 layer = _layer_of(name)
                 if layer is None or layer < self.depths[m]:
                     state[name] = source[0].detach().float().clone()
             missing, unexpected = model.load_state_dict(state, strict=False)
             missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_word_embeddings)]
-            if missing or unexpected:  # pragma: no cover - a bug in _hf_slices
+            if missing or unexpected:  # pragma: no cover - a bug in hf_state
                 raise RuntimeError(f"member {m}: missing {missing}, unexpected {unexpected}")
             out.append(model.eval())
         return out
 
-    def _hf_slices(self, members: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
-        """transformers' state-dict names -> views of the stacked weights (``(M, ...)``)."""
+    def hf_state(self, members: Sequence[int] | None = None, grad: bool = False) -> dict[str, torch.Tensor]:
+        """transformers' state-dict names (``LlamaForCausalLM`` of full depth) -> views ``(M, ...)`` of the stacked
+        weights, or of their gradients with ``grad=True`` (``None`` before a backward); ``members`` picks rows."""
+        if grad:
+            if any(p.grad is None for p in self.parameters()):
+                raise ValueError("no gradients yet: run a backward first")
+            return self._views(members, lambda p: p.grad)
+        return self._views(members, lambda p: p)
+
+    def _views(self, members, of) -> dict[str, torch.Tensor]:
         sel = slice(None) if members is None else list(members)
         q, kv = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         f = self.config.intermediate_size
-        out = {"model.embed_tokens.weight": self.embed[sel], "model.norm.weight": self.norm[sel]}
+        out = {"model.embed_tokens.weight": of(self.embed)[sel], "model.norm.weight": of(self.norm)[sel]}
         if self.lm_head is not None:
-            out["lm_head.weight"] = self.lm_head[sel]
+            out["lm_head.weight"] = of(self.lm_head)[sel]
         for i, layer in enumerate(self.layers):
             p = f"model.layers.{i}."
-            qkv, gate_up = layer.qkv[sel], layer.gate_up[sel]
+            qkv, gate_up = of(layer.qkv)[sel], of(layer.gate_up)[sel]
             out |= {
-                p + "input_layernorm.weight": layer.input_norm[sel],
+                p + "input_layernorm.weight": of(layer.input_norm)[sel],
                 p + "self_attn.q_proj.weight": qkv[:, :q],
                 p + "self_attn.k_proj.weight": qkv[:, q:q + kv],
                 p + "self_attn.v_proj.weight": qkv[:, q + kv:],
-                p + "self_attn.o_proj.weight": layer.o[sel],
-                p + "post_attention_layernorm.weight": layer.post_norm[sel],
+                p + "self_attn.o_proj.weight": of(layer.o)[sel],
+                p + "post_attention_layernorm.weight": of(layer.post_norm)[sel],
                 p + "mlp.gate_proj.weight": gate_up[:, :f],
                 p + "mlp.up_proj.weight": gate_up[:, f:],
-                p + "mlp.down_proj.weight": layer.down[sel],
+                p + "mlp.down_proj.weight": of(layer.down)[sel],
             }
         return out
 

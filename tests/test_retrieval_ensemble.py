@@ -1,0 +1,91 @@
+"""benchmarks/retrieval_ensemble.py (issue 12 with every run of a hop count in one LlamaEnsemble): a tiny real
+sweep on the CPU, its files, freezing finished members, resuming from the ledger, and the schedule."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(name):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+ens_sweep = _load("retrieval_ensemble")
+
+TINY = ["--cpu", "--threads", "1", "--no-compile", "--no-bf16", "--hops", "1,2", "--depths", "1-2", "--seeds", "0,1",
+        "--width", "16", "--heads", "2", "--batch-size", "8", "--max-steps", "30", "--eval-every", "10",
+        "--validation-size", "16", "--test-size", "16", "--heads-probe", "4", "--warmup", "5"]
+
+
+def _records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.mark.slow
+def test_tiny_sweep_files_freezing_and_resume(tmp_path, capsys):
+    ledger, out = tmp_path / "runs.jsonl", tmp_path / "out"
+    # every member reaches --stop-at 0 at the first check (step 10): frozen, tested, dropped; --target 0 passes all
+    argv = [*TINY, "--stop-at", "0", "--target", "0", "--ledger", str(ledger), "--out-dir", str(out), "--name", "t"]
+    assert ens_sweep.main(argv) == 0
+    records = _records(ledger)
+    assert len(records) == 4 + 8  # D = 1: one curriculum (a no-op there); D = 2: both; 2 depths x 2 seeds each
+    assert all(r["reached_step"] == 10 and r["global_steps"] == 10 and r["passed"] for r in records)
+    assert {(r["hops"], r["curriculum"], r["layers"], r["seed"]) for r in records} >= {(2, False, 2, 1), (1, True, 1, 0)}
+    summary = json.loads((out / "t.json").read_text())
+    assert [row["min_depth_all_seeds"] for row in summary["table"]] == [1, 1, 1, 1]
+    assert (out / "t.png").stat().st_size > 0
+    heads = json.loads((out / "t.D2.heads.json").read_text())
+    first = heads[next(iter(heads))]
+    assert first["steps"] == [0, 10] and len(first["scores"][0]) in (1, 2)  # (depth, heads) per recorded step
+    assert (out / "t.D2.heads_s0.png").exists() and (out / "t.D2.heads_s1.png").exists()
+    assert "same over seeds" in capsys.readouterr().out
+    # a second call finds every member in the ledger and trains nothing
+    assert ens_sweep.main(argv) == 0
+    assert len(_records(ledger)) == len(records)
+
+
+@pytest.mark.slow
+def test_members_that_never_reach_the_threshold_train_to_the_end(tmp_path):
+    ledger = tmp_path / "runs.jsonl"
+    argv = [*TINY, "--hops", "2", "--depths", "2", "--seeds", "0", "--curriculum", "off", "--stop-at", "1.01",
+            "--heads-every", "-1", "--ledger", str(ledger), "--out-dir", str(tmp_path / "out"), "--name", "t"]
+    assert ens_sweep.main(argv) == 0
+    (record,) = _records(ledger)
+    assert record["reached_step"] is None and record["global_steps"] == 30 and not record["timed_out"]
+    assert [s for s, _ in record["val_history"]] == [10, 20, 30]
+    assert 0.0 <= record["exact_match"] <= 1.0 and record["task_options"]["num_pairs"] == 8
+
+
+def test_schedule_is_transformers_linear_with_warmup():
+    from transformers import get_linear_schedule_with_warmup
+
+    args = ens_sweep.parse_args(["--lr", "0.01", "--warmup", "10", "--max-steps", "100"])
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([param], lr=0.01)
+    schedule = get_linear_schedule_with_warmup(opt, 10, 100)
+    for step in range(100):
+        assert ens_sweep.lr_at(step, args, 100) == pytest.approx(opt.param_groups[0]["lr"], abs=1e-12)
+        opt.step()
+        schedule.step()
+
+
+def test_keys_and_tag_follow_the_settings():
+    a = ens_sweep.parse_args([])
+    b = ens_sweep.parse_args(["--lr", "3e-3"])
+    tag_a = ens_sweep.tag_of(ens_sweep.settings_of(a))
+    assert tag_a != ens_sweep.tag_of(ens_sweep.settings_of(b))
+    assert ens_sweep.member_key(4, False, 3, 2, tag_a) == f"D4-nocur-L3-s2-{tag_a}"
+    assert ens_sweep.parse_args(["--depths", "1-3,6"]).depths == [1, 2, 3, 6]
