@@ -1,4 +1,5 @@
-"""Reasoning training: the Seq-VCR regulariser, pause tokens, ``SeqVCRTrainer`` and tensor datasets.
+"""Reasoning training: the Seq-VCR regulariser, pause tokens, ``SeqVCRTrainer``, tensor datasets, and
+``LlamaEnsemble`` (many small Llama models of one shape trained as one batched module, for sweeps).
 
 Importing this package needs only torch (the trainer and pause helpers import transformers when used),
 and never ``datasets``.
@@ -28,6 +29,8 @@ __all__ = [
     "pause_tokens_of",
     "TensorDataset",
     "collate_tensors",
+    "LlamaEnsemble",
+    "MemberAdamW",
 ]
 
 _LAZY = {
@@ -41,6 +44,8 @@ _LAZY = {
     "pause_tokens_of": ".pause",
     "TensorDataset": ".data",
     "collate_tensors": ".data",
+    "LlamaEnsemble": ".ensemble",
+    "MemberAdamW": ".ensemble",
 }
 
 
