@@ -667,14 +667,17 @@ def calibrate(args: argparse.Namespace, argv: list[str],
 
 # --------------------------------------------------------------------------------------------- cli
 def _ints(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x.strip()]
+    """``"1,2,4"`` or ranges ``"1-3,6"`` -> ``[1, 2, 3, 6]``."""
+    out: list[int] = []
+    for part in filter(str.strip, text.split(",")):
+        lo, sep, hi = part.strip().partition("-")
+        out.extend(range(int(lo), int(hi) + 1) if sep else [int(lo)])
+    return out
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--hops", type=_ints, default=[1, 2, 4, 8, 16], help="hop counts D, comma-separated")
-    p.add_argument("--min-layers", type=int, default=1)
-    p.add_argument("--max-layers", type=int, default=8)
+def add_task_and_model_args(p: argparse.ArgumentParser) -> None:
+    """The options both sweeps share: hop counts, curriculum, seeds, the model's shape and the task's size rules."""
+    p.add_argument("--hops", type=_ints, default=[1, 2, 4, 8, 16], help="hop counts D, e.g. 1,2,4 or 1-4")
     p.add_argument("--curriculum", choices=["both", "on", "off"], default="both")
     p.add_argument("--seeds", type=_ints, default=[0, 1, 2])
     p.add_argument("--width", type=int, default=128)
@@ -683,9 +686,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pairs-factor", type=int, default=2, help="num_pairs = max(pairs_factor * D, min_pairs)")
     p.add_argument("--min-pairs", type=int, default=8)
     p.add_argument("--min-nodes", type=int, default=64)
-    p.add_argument("--train-size", type=int, default=2**18)
     p.add_argument("--validation-size", type=int, default=500)
     p.add_argument("--test-size", type=int, default=1000)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_task_and_model_args(p)
+    p.add_argument("--min-layers", type=int, default=1)
+    p.add_argument("--max-layers", type=int, default=8)
+    p.add_argument("--train-size", type=int, default=2**18)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=100)

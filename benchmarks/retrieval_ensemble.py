@@ -52,31 +52,14 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import torch  # noqa: E402
 
-from retrieval_depth import Ledger, markdown_table, plot, summarize, tag_of, task_shape, versions  # noqa: E402
-
-
-def _ints(text: str) -> list[int]:
-    out: list[int] = []
-    for part in text.split(","):
-        lo, sep, hi = part.partition("-")
-        out.extend(range(int(lo), int(hi) + 1) if sep else [int(lo)])
-    return out
+from retrieval_depth import (  # noqa: E402
+    Ledger, _ints, add_task_and_model_args, markdown_table, plot, summarize, tag_of, task_shape, versions)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--hops", type=_ints, default=[1, 2, 4, 8, 16], help="hop counts D, e.g. 1,2,4")
+    add_task_and_model_args(p)
     p.add_argument("--depths", type=_ints, default=list(range(1, 7)), help="layers per member, e.g. 1-6")
-    p.add_argument("--curriculum", choices=["both", "on", "off"], default="both")
-    p.add_argument("--seeds", type=_ints, default=[0, 1, 2])
-    p.add_argument("--width", type=int, default=128)
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--mlp", type=int, default=0, help="MLP width (0 = 4 x width)")
-    p.add_argument("--pairs-factor", type=int, default=2, help="num_pairs = max(pairs_factor * D, min_pairs)")
-    p.add_argument("--min-pairs", type=int, default=8)
-    p.add_argument("--min-nodes", type=int, default=64)
-    p.add_argument("--validation-size", type=int, default=500)
-    p.add_argument("--test-size", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=256, help="examples per member per step")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=100)
