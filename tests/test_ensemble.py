@@ -183,6 +183,7 @@ def test_select_keeps_members_and_their_optimizer_state():
 @pytest.mark.parametrize("overrides, words", [
     (dict(hidden_act="gelu"), "hidden_act"),
     (dict(attention_bias=True), "biases"),
+    (dict(attention_dropout=0.1), "attention_dropout"),
     (dict(rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}), "rope_type"),
 ])
 def test_unsupported_configs_are_refused(overrides, words):

@@ -75,8 +75,8 @@ class _Layer(nn.Module):
 class LlamaEnsemble(nn.Module):
     """``M`` Llama causal LMs of one shape (``config``) as one module; member ``m`` uses ``depths[m]`` layers.
 
-    Supported: transformers' ``LlamaConfig`` with SiLU gated MLP, no biases, grouped-query attention, default
-    RoPE, tied or untied embeddings. Anything else raises ``ValueError`` (it would not be the same model).
+    Supported: transformers' ``LlamaConfig`` with SiLU gated MLP, no biases, no attention dropout, grouped-query
+    attention, default RoPE, tied or untied embeddings. Anything else raises ``ValueError`` (it would not be the same model).
     """
 
     def __init__(self, config, num_members: int, depths: Sequence[int] | None = None, inv_freq: torch.Tensor | None = None) -> None:
@@ -278,6 +278,8 @@ def _check_supported(config) -> None:
     params = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
     if params.get("rope_type", params.get("type", "default")) != "default":
         why.append(f"rope_type {params.get('rope_type', params.get('type'))!r} (only 'default')")
+    if float(getattr(config, "attention_dropout", 0.0) or 0.0) != 0.0:
+        why.append(f"attention_dropout {config.attention_dropout} (only 0)")
     if config.num_attention_heads % config.num_key_value_heads:
         why.append("num_attention_heads not a multiple of num_key_value_heads")
     if why:
