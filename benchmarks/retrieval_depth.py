@@ -68,11 +68,17 @@ def start_depth(d: int, lo: int = 1, hi: int = 8) -> int:
     return min(hi, max(lo, math.ceil(paper_depth(d) - 1e-9)))
 
 
-def task_shape(d: int, pairs_factor: int = 2, min_pairs: int = 8, min_nodes: int = 64) -> dict[str, int]:
+def task_shape(d: int, pairs_factor: int = 2, min_pairs: int = 8, min_nodes: int = 64,
+               pair_separator: bool = False) -> dict[str, int]:
     """``num_pairs``, ``num_nodes`` and question length for hop count ``d`` (the input-length rule)."""
     pairs = max(pairs_factor * d, min_pairs, d)
     needed = pairs + math.ceil(pairs / d)  # chains of d links laid out in a row, one extra node per chain
-    return {"num_pairs": pairs, "num_nodes": max(min_nodes, 2 * needed), "tokens": 2 * pairs + 3}
+    return {"num_pairs": pairs, "num_nodes": max(min_nodes, 2 * needed), "tokens": (3 if pair_separator else 2) * pairs + 3}
+
+
+def shape_of(d: int, args: argparse.Namespace) -> dict[str, int]:
+    """:func:`task_shape` with a sweep's options."""
+    return task_shape(d, args.pairs_factor, args.min_pairs, args.min_nodes, bool(getattr(args, "pair_separator", False)))
 
 
 def plan_next(done: dict[int, list[bool]], start: int, lo: int, hi: int, seeds: int, give_up_after: int = 0) -> list[int]:
@@ -133,6 +139,8 @@ class RunSpec:
 def settings_of(args: argparse.Namespace) -> dict[str, Any]:
     """The settings every run shares (their hash is the runs' tag: changing one reruns everything)."""
     extra = {"train_args": args.train_args} if args.train_args else {}
+    if args.pair_separator:  # only when on: the tags of earlier runs stay valid
+        extra["pair_separator"] = True
     return extra | {k: getattr(args, k) for k in (
         "width", "heads", "mlp", "batch_size", "lr", "warmup", "scheduler", "weight_decay", "max_steps",
         "train_size", "validation_size", "test_size", "pairs_factor", "min_pairs", "min_nodes", "stop_at",
@@ -159,7 +167,7 @@ def versions() -> dict[str, str]:
 
 
 def command_for(spec: RunSpec, args: argparse.Namespace, out_dir: Path, max_steps: int | None = None) -> list[str]:
-    shape = task_shape(spec.hops, args.pairs_factor, args.min_pairs, args.min_nodes)
+    shape = shape_of(spec.hops, args)
     overrides = (f"num_hidden_layers={spec.layers},hidden_size={args.width},intermediate_size={args.mlp or 4 * args.width},"
                  f"num_attention_heads={args.heads},num_key_value_heads={args.heads}")
     cmd = [sys.executable, str(SCRIPT), "--task", "retrieval", "--hops", str(spec.hops),
@@ -173,6 +181,8 @@ def command_for(spec: RunSpec, args: argparse.Namespace, out_dir: Path, max_step
            "--output-dir", str(out_dir), "--callback", "retrieval_probe:AccuracyMonitor"]
     if not spec.curriculum:
         cmd.append("--no-curriculum")
+    if args.pair_separator:
+        cmd.append("--pair-separator")
     if spec.heads_probe:
         cmd += ["--callback", "retrieval_probe:RetrievalHeads"]
     if args.device == "cpu":
@@ -429,7 +439,7 @@ def summarize(records: list[dict[str, Any]], seeds: int | None = None) -> dict[s
         opts = next((r.get("task_options") for r in records if (r["hops"], r["curriculum"]) == (d, cur)
                      and r.get("task_options")), None) or {}
         row = {"hops": d, "curriculum": cur, "num_pairs": opts.get("num_pairs"),
-               "tokens": 2 * opts["num_pairs"] + 3 if opts.get("num_pairs") else None,
+               "tokens": (3 if opts.get("pair_separator") else 2) * opts["num_pairs"] + 3 if opts.get("num_pairs") else None,
                "paper_log3_2D": round(paper_depth(d), 3), **min_depths(done), "timed_out_runs": timeouts[(d, cur)],
                "exact_match": {str(layers): [None if e is None else round(e, 4) for e in v]
                                for layers, v in sorted(ems[(d, cur)].items())}}
@@ -543,7 +553,7 @@ def write_summary(args: argparse.Namespace, ledger: Ledger, argv: list[str], cou
                   "search": "down while the lowest depth tried has a passing seed; up while the highest has a "
                             f"failing seed (give up after {args.give_up_after} depths with no passing seed)",
                   "model": f"Llama, hidden {args.width}, {args.heads} heads, MLP {args.mlp or 4 * args.width}, RoPE",
-                  "shapes": {str(d): task_shape(d, args.pairs_factor, args.min_pairs, args.min_nodes)
+                  "shapes": {str(d): shape_of(d, args)
                              for d in sorted({r["hops"] for r in records})}},
         "table": summary["table"], "fits": summary["fits"], "markdown": markdown_table(summary),
         "sweep_counts": counts, "plot": png.name,
@@ -621,7 +631,7 @@ def emergence(args: argparse.Namespace, ledger: Ledger, argv: list[str],
               "config": {"hops": d, "layers": layers, "curriculum": cur, "steps": steps,
                          "every": args.emergence_every, "probe_size": args.emergence_probe,
                          "query": args.emergence_query, "threshold": args.emergence_threshold,
-                         **task_shape(d, args.pairs_factor, args.min_pairs, args.min_nodes)},
+                         **shape_of(d, args)},
               "settings": settings_of(args), "versions": versions(), "same_layer_order": same, "seeds": seeds_out}
     (out / f"{args.name}.heads.json").write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {out / (args.name + '.heads.json')} and {len(orders)} plots")
@@ -642,7 +652,7 @@ def calibrate(args: argparse.Namespace, argv: list[str],
     result = {"benchmark": "retrieval_depth calibration (issue 12)", "device": device_name(args),
               "versions": versions(), "command": "PYTHONPATH=. python benchmarks/retrieval_depth.py " + shlex.join(argv),
               "config": {"hops": d, "layers": layers, "steps": args.calibrate_steps,
-                         **task_shape(d, args.pairs_factor, args.min_pairs, args.min_nodes)},
+                         **shape_of(d, args)},
               "settings": settings_of(args), "waves": waves}
     path = Path(args.out_dir) / f"{args.name}.calibration.json"
     for jobs in args.calibrate:
@@ -688,6 +698,8 @@ def add_task_and_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-nodes", type=int, default=64)
     p.add_argument("--validation-size", type=int, default=500)
     p.add_argument("--test-size", type=int, default=1000)
+    p.add_argument("--pair-separator", action="store_true",
+                   help="'<sep>' after every pair of the questions (hf_growth.tasks.retrieval: disambiguates chains)")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -53,7 +53,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import torch  # noqa: E402
 
 from retrieval_depth import (  # noqa: E402
-    Ledger, _ints, add_task_and_model_args, markdown_table, plot, summarize, tag_of, task_shape, versions)
+    Ledger, _ints, add_task_and_model_args, markdown_table, plot, shape_of, summarize, tag_of, versions)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -101,7 +101,8 @@ def settings_of(args: argparse.Namespace) -> dict[str, Any]:
     keys = ("width", "heads", "mlp", "pairs_factor", "min_pairs", "min_nodes", "validation_size", "test_size",
             "batch_size", "lr", "warmup", "weight_decay", "max_grad_norm", "max_steps", "eval_every", "stop_at",
             "bf16")
-    return {"trainer": "ensemble", **{k: getattr(args, k) for k in keys}}
+    extra = {"pair_separator": True} if args.pair_separator else {}  # only when on: earlier tags stay valid
+    return {"trainer": "ensemble", **{k: getattr(args, k) for k in keys}, **extra}
 
 
 def member_key(hops: int, curriculum: bool, layers: int, seed: int, tag: str) -> str:
@@ -113,16 +114,18 @@ class TaskData:
     """Token ids of one hop count's task: the number-word lookup, and each seed's validation/test questions."""
 
     def __init__(self, tokenizer, hops: int, shape: dict[str, int], seeds: list[int], args, device) -> None:
-        from hf_growth.tasks.retrieval import QUERY, retrieval_splits
+        from hf_growth.tasks.retrieval import QUERY, SEPARATOR, retrieval_splits
 
         self.hops, self.shape = hops, shape
+        self.separator_id = tokenizer.convert_tokens_to_ids(SEPARATOR) if args.pair_separator else None
         self.token_ids = torch.tensor(tokenizer.convert_tokens_to_ids(
             [str(k) for k in range(max(shape["num_nodes"], hops + 1))]), device=device)
         self.query_id = tokenizer.convert_tokens_to_ids(QUERY)
         self.splits: dict[str, dict[int, tuple[torch.Tensor, torch.Tensor]]] = {"validation": {}, "test": {}}
         for seed in seeds:
             splits = retrieval_splits(shape["num_pairs"], hops, shape["num_nodes"], curriculum=False, seed=seed,
-                                      train_size=0, validation_size=args.validation_size, test_size=args.test_size)
+                                      train_size=0, validation_size=args.validation_size, test_size=args.test_size,
+                                      pair_separator=args.pair_separator)
             for name in self.splits:
                 q = [tokenizer.convert_tokens_to_ids(text.split()) for text in splits[name]["question"]]
                 a = tokenizer.convert_tokens_to_ids(splits[name]["answer"])
@@ -134,7 +137,8 @@ class TaskData:
 
         m = curriculum.shape[0]
         q, a = sample_retrieval_ids(m * batch, self.shape["num_pairs"], self.hops, self.shape["num_nodes"],
-                                    curriculum.repeat_interleave(batch), self.token_ids, self.query_id, generator)
+                                    curriculum.repeat_interleave(batch), self.token_ids, self.query_id, generator,
+                                    self.separator_id)
         return q.view(m, batch, -1), a.view(m, batch)
 
 
@@ -157,13 +161,15 @@ class HeadRecorder:
     """Per member: head scores ``(depth, heads)`` on its seed's probe batch at each recorded step (+ the maps of
     probe example 0), as ``retrieval_probe.RetrievalHeads`` scores them."""
 
-    def __init__(self, tokenizer, hops: int, shape: dict[str, int], seeds: list[int], size: int, device) -> None:
+    def __init__(self, tokenizer, hops: int, shape: dict[str, int], seeds: list[int], size: int, device,
+                 pair_separator: bool = False) -> None:
         from retrieval_probe import probe_batch
 
         self.probes, self.chain, self.questions = {}, {}, {}
         for seed in seeds:
             opts = {"num_pairs": shape["num_pairs"], "hops": hops, "num_nodes": shape["num_nodes"],
-                    "curriculum": False, "seed": seed, "validation_size": 0, "test_size": 0, "pauses": 0}
+                    "curriculum": False, "seed": seed, "validation_size": 0, "test_size": 0, "pauses": 0,
+                    "pair_separator": pair_separator}
             probe, important, _, questions = probe_batch(opts, tokenizer, size)
             self.probes[seed] = probe["input_ids"].to(device)
             self.chain[seed] = important.to(device=device, dtype=torch.float32)
@@ -220,10 +226,11 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
     from hf_growth.training.ensemble import LlamaEnsemble, MemberAdamW, clip_grad_norm_per_member, member_losses
 
     device = torch.device(args.device)
-    shape = task_shape(hops, args.pairs_factor, args.min_pairs, args.min_nodes)
+    shape = shape_of(hops, args)
     seeds_used = sorted({s for _, _, s in members})
     data = TaskData(tokenizer, hops, shape, seeds_used, args, device)
-    heads = HeadRecorder(tokenizer, hops, shape, seeds_used, args.heads_probe, device) if args.heads_every > 0 else None
+    heads = (HeadRecorder(tokenizer, hops, shape, seeds_used, args.heads_probe, device, args.pair_separator)
+             if args.heads_every > 0 else None)
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=args.width, intermediate_size=args.mlp or 4 * args.width,
         num_hidden_layers=max(d for d, _, _ in members), num_attention_heads=args.heads,
@@ -348,7 +355,7 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
             "timed_out": timed_out and i not in reached,
             "val_history": [(s, v) for s, v, _ in history[i]], "train_loss_history": [(s, l) for s, _, l in history[i]],
             "task_options": {"num_pairs": shape["num_pairs"], "hops": hops, "num_nodes": shape["num_nodes"],
-                             "curriculum": cur},
+                             "curriculum": cur, **({"pair_separator": True} if args.pair_separator else {})},
             "ensemble": {"members": len(members), "steps": step, "schedule_steps": horizon, "seconds_share":
                          round(seconds, 1), "wall_seconds": round(wall, 1),
                          "steps_per_second": round(step / wall, 2) if wall else None,
@@ -409,7 +416,7 @@ def summary(args, ledger: Ledger, tag: str, argv: list[str], out: Path, timing: 
         "command": "PYTHONPATH=. python benchmarks/retrieval_ensemble.py " + shlex.join(argv),
         "devices": devices, "versions": versions(), "settings": settings_of(args), "tag": tag, "target": args.target,
         "depths": args.depths, "seeds": args.seeds,
-        "shapes": {str(d): task_shape(d, args.pairs_factor, args.min_pairs, args.min_nodes) for d in args.hops},
+        "shapes": {str(d): shape_of(d, args) for d in args.hops},
         "table": result["table"], "fits": result["fits"], "markdown": markdown_table(result), "timing": timing,
         "plot": png.name, "runs": records,
     }
@@ -447,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         seconds = 0.0
         if deadline:  # this D's share of what is left: by tokens per step of the D's still to run
-            weights = {d: task_shape(d, args.pairs_factor, args.min_pairs, args.min_nodes)["tokens"]
+            weights = {d: shape_of(d, args)["tokens"]
                        * (len(curricula) if d > 1 else 1) for d in args.hops[args.hops.index(hops):]}
             seconds = (deadline - time.time() - 15) * weights[hops] / sum(weights.values())
         print(f"[D={hops}] {len(todo)} members: depths {args.depths}, seeds {args.seeds}; "

@@ -44,7 +44,7 @@ from transformers import TrainerCallback
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hf_growth.analysis.heads import HeadEmergenceCallback, first_reach  # noqa: E402
-from hf_growth.tasks.retrieval import QUERY, retrieval_splits  # noqa: E402
+from hf_growth.tasks.retrieval import QUERY, SEPARATOR, retrieval_splits  # noqa: E402
 
 __all__ = ["AccuracyMonitor", "RetrievalHeads", "chain_positions", "emergence_order", "run_options"]
 
@@ -56,16 +56,19 @@ def chain_positions(question: str) -> tuple[list[tuple[int, int]], str]:
 
     >>> chain_positions("4 9 7 1 9 3 1 8 | 2 4")
     ([(0, 1), (4, 5)], '3')
+    >>> chain_positions("4 9 <sep> 7 1 <sep> 9 3 <sep> 1 8 <sep> | 2 4")   # pair separators are skipped
+    ([(0, 1), (6, 7)], '3')
     """
     tokens = question.split()
     bar = tokens.index(QUERY)
-    links = tokens[:bar]
+    positions = [i for i, t in enumerate(tokens[:bar]) if t != SEPARATOR]
+    links = [tokens[i] for i in positions]
     where = {links[i]: i for i in range(0, len(links) - 1, 2)}
     hops, node = int(tokens[bar + 1]), tokens[bar + 2]
     path = []
     for _ in range(hops):
         i = where[node]
-        path.append((i, i + 1))
+        path.append((positions[i], positions[i + 1]))
         node = links[i + 1]
     return path, node
 
@@ -78,6 +81,7 @@ def run_options(argv: list[str] | None = None) -> dict[str, Any]:
     for name in ("num_pairs", "hops", "num_nodes", "train_size", "validation_size", "test_size"):
         p.add_argument("--" + name.replace("_", "-"), dest=name, type=int, default=defaults[name])
     p.add_argument("--no-curriculum", dest="curriculum", action="store_false", default=defaults["curriculum"])
+    p.add_argument("--pair-separator", action="store_true", default=defaults["pair_separator"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--pauses", type=int, default=2)
     p.add_argument("--output-dir", default="runs/reasoning")
@@ -108,7 +112,8 @@ def _split(opts: dict[str, Any], split: str, size: int | None = None, seed: int 
         sizes = {"train_size": 0, "validation_size": 0, "test_size": 0, f"{split}_size": size}
     splits = retrieval_splits(opts["num_pairs"], opts["hops"], opts["num_nodes"],
                               opts["curriculum"] if curriculum is None else curriculum,
-                              opts["seed"] if seed is None else seed, **sizes)
+                              opts["seed"] if seed is None else seed, **sizes,
+                              pair_separator=bool(opts.get("pair_separator", False)))
     return splits[split]
 
 

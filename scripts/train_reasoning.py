@@ -54,6 +54,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     for name, kind in TASK_OPTIONS.items():
         p.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None)
     p.add_argument("--no-curriculum", dest="curriculum", action="store_false", default=None)
+    p.add_argument("--pair-separator", dest="pair_separator", action="store_true", default=None,
+                   help="retrieval: '<sep>' after every pair of a question")
     p.add_argument("--model", default="llama-mini",
                    help=f"a preset ({', '.join(PRESETS)}), 'smollm2', or a local checkpoint directory")
     p.add_argument("--config-overrides", default="", help="preset config overrides, e.g. 'n_layer=6,n_embd=256'")
@@ -121,7 +123,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def build_task(args):
     from hf_growth import tasks
 
-    kwargs = {k: getattr(args, k) for k in [*TASK_OPTIONS, "curriculum"] if getattr(args, k, None) is not None}
+    kwargs = {k: getattr(args, k) for k in [*TASK_OPTIONS, "curriculum", "pair_separator"]
+              if getattr(args, k, None) is not None}
     kwargs["seed"] = args.seed
     return tasks.build(args.task, as_datasets=False, **kwargs)
 
@@ -366,7 +369,7 @@ def run(argv=None) -> int:
     em = tasks.exact_match(predictions, references)
     result = {
         "task": args.task,
-        "task_options": {k: getattr(args, k) for k in TASK_OPTIONS if getattr(args, k) is not None},
+        "task_options": {k: getattr(args, k) for k in [*TASK_OPTIONS, "pair_separator"] if getattr(args, k) is not None},
         "model": args.model,
         "parameters": sum(p.numel() for p in trainer.model.parameters()),
         "growth_history": list(getattr(trainer.model.config, "growth_history", None) or []),

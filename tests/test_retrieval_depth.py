@@ -162,12 +162,13 @@ def test_summary_fit_and_plot(tmp_path):
 def test_chain_positions_follow_the_links():
     from hf_growth.tasks.retrieval import retrieval_splits, solve
 
-    for hops, pairs, cur in ((1, 8, True), (3, 8, True), (4, 8, False), (16, 32, True)):
+    for hops, pairs, cur, sep in ((1, 8, True, False), (3, 8, True, False), (4, 8, False, True), (16, 32, True, True)):
         s = retrieval_splits(num_pairs=pairs, hops=hops, num_nodes=80, curriculum=cur, train_size=200,
-                             validation_size=5, test_size=5, seed=hops)
+                             validation_size=5, test_size=5, seed=hops, pair_separator=sep)
         for q, a in zip(s["train"]["question"], s["train"]["answer"]):
             path, end = probe.chain_positions(q)
             tokens = q.split()
+            assert all(tokens[i] != "<sep>" for link in path for i in link)
             assert end == solve(q) == a and len(path) == int(tokens[-2])
             assert tokens[path[0][0]] == tokens[-1]  # starts at the query node x0
             for (_, dst), (src, _) in zip(path, path[1:]):
@@ -257,3 +258,28 @@ def test_calibration_keeps_finished_waves_when_cut_short(tmp_path):
     wave = saved["waves"][0]
     assert wave["steps_per_second_per_run"] == 36.75 and wave["overhead_seconds_per_run"] == pytest.approx(27.6)
     assert saved["config"]["hops"] == 16 and saved["config"]["steps"] == 2000
+
+
+def test_pair_separator_option_reaches_the_runs_and_keeps_old_tags(tmp_path):
+    plain, sep = _args(tmp_path), _args(tmp_path, "--pair-separator")
+    assert "pair_separator" not in rd.settings_of(plain)  # the tags of runs made before the option stay valid
+    assert rd.tag_of(rd.settings_of(plain)) != rd.tag_of(rd.settings_of(sep))
+    spec = rd.RunSpec(hops=2, curriculum=True, layers=2, seed=0, tag="t")
+    assert "--pair-separator" in rd.command_for(spec, sep, tmp_path)
+    assert "--pair-separator" not in rd.command_for(spec, plain, tmp_path)
+    assert rd.shape_of(2, sep)["tokens"] == 3 * 8 + 3 and rd.shape_of(2, plain)["tokens"] == 2 * 8 + 3
+    opts = probe.run_options(["--task", "retrieval", "--hops", "2", "--num-pairs", "8", "--pair-separator"])
+    assert opts["pair_separator"] and all("<sep>" in q for q in probe._split(opts, "validation")["question"])
+
+
+def test_tiny_real_run_with_pair_separator(tmp_path):
+    """The flag travels through scripts/train_reasoning.py: its results record it and the question length."""
+    assert rd.main(["--hops", "2", "--min-layers", "1", "--max-layers", "1", "--seeds", "0", "--curriculum", "on",
+                    "--width", "16", "--heads", "2", "--batch-size", "8", "--train-size", "64", "--validation-size",
+                    "16", "--test-size", "16", "--eval-every", "2", "--jobs", "1", "--device", "cpu",
+                    "--pair-separator", "--max-steps", "2", "--give-up-after", "1",
+                    "--ledger", str(tmp_path / "ledger.jsonl"), "--runs-dir", str(tmp_path / "runs"),
+                    "--out-dir", str(tmp_path / "out"), "--name", "tiny", "--min-layers", "1"]) == 0
+    record = json.loads((tmp_path / "ledger.jsonl").read_text().splitlines()[0])
+    assert record["task_options"]["pair_separator"] is True and not record.get("error")
+    assert json.loads((tmp_path / "out" / "tiny.json").read_text())["table"][0]["tokens"] == 3 * 8 + 3

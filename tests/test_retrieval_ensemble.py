@@ -76,3 +76,16 @@ def test_keys_and_tag_follow_the_settings():
     assert tag_a != ens_sweep.tag_of(ens_sweep.settings_of(b))
     assert ens_sweep.member_key(4, False, 3, 2, tag_a) == f"D4-nocur-L3-s2-{tag_a}"
     assert ens_sweep.parse_args(["--depths", "1-3,6"]).depths == [1, 2, 3, 6]
+
+
+@pytest.mark.slow
+def test_pair_separator_sweep(tmp_path):
+    ledger, out = tmp_path / "runs.jsonl", tmp_path / "out"
+    argv = [*TINY, "--hops", "2", "--depths", "1", "--seeds", "0", "--curriculum", "on", "--max-steps", "10",
+            "--pair-separator", "--ledger", str(ledger), "--out-dir", str(out), "--name", "t"]
+    assert ens_sweep.main(argv) == 0
+    (record,) = _records(ledger)
+    assert record["task_options"]["pair_separator"] is True
+    assert json.loads((out / "t.json").read_text())["table"][0]["tokens"] == 3 * 8 + 3
+    heads = json.loads((out / "t.D2.heads.json").read_text())
+    assert len(next(iter(heads.values()))["steps"]) == 2  # steps 0 and 10: the probe built with separators

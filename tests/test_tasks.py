@@ -149,6 +149,30 @@ def test_sample_retrieval_ids_matches_the_builder(curriculum):
         sample_retrieval_ids(4, num_pairs=10, hops=4, num_nodes=40, curriculum=True, token_ids=ids[:20], query_id=0)
 
 
+def test_retrieval_pair_separator():
+    """``<sep>`` after every pair: the same questions otherwise, the same answers, tokens the sampler writes too."""
+    import torch
+
+    from hf_growth.tasks.retrieval import sample_retrieval_ids
+
+    kw = dict(num_pairs=6, hops=3, num_nodes=30, train_size=50, validation_size=5, test_size=5, seed=2)
+    plain, sep = tasks.retrieval_splits(**kw), tasks.retrieval_splits(**kw, pair_separator=True)
+    for split in tasks.SPLITS:
+        for q, q_sep, a, a_sep in zip(plain[split]["question"], sep[split]["question"], plain[split]["answer"],
+                                      sep[split]["answer"]):
+            tokens = q_sep.split()
+            assert tokens[2:18:3] == ["<sep>"] * 6 and q_sep.replace(" <sep>", "") == q
+            assert solve(q_sep) == a_sep == a
+    tok = tasks.build_tokenizer(max_number=64)
+    ids = torch.tensor(tok.convert_tokens_to_ids([str(k) for k in range(30)]))
+    q, a = sample_retrieval_ids(50, num_pairs=6, hops=3, num_nodes=30, curriculum=True, token_ids=ids,
+                                query_id=tok.convert_tokens_to_ids("|"), separator_id=tok.convert_tokens_to_ids("<sep>"))
+    assert q.shape[1] == len(tok(sep["train"]["question"][0])["input_ids"]) == 3 * 6 + 3
+    for row, answer in zip(q.tolist(), a.tolist()):
+        question = tok.decode(row)
+        assert question.split()[2:18:3] == ["<sep>"] * 6 and solve(question) == tok.decode([answer])
+
+
 def test_dataset_dict_and_exact_match():
     ds = tasks.multiplication(digits=2, train_size=20, validation_size=5, test_size=5)
     assert list(ds) == ["train", "validation", "test"] and ds["train"].column_names == ["question", "answer"]
@@ -196,3 +220,7 @@ def test_cli_data(tmp_path, capsys):
     assert main(["data", "lis", str(tmp_path / "l"), "--hops", "3"]) == 2
     assert main(["data", "retrieval", str(tmp_path / "r"), "--num-pairs", "8", "--hops", "2", "--no-curriculum",
                  "--train-size", "20", "--validation-size", "4", "--test-size", "4"]) == 0
+    assert main(["data", "retrieval", str(tmp_path / "rs"), "--num-pairs", "8", "--hops", "2", "--pair-separator",
+                 "--train-size", "20", "--validation-size", "4", "--test-size", "4"]) == 0
+    assert load_from_disk(str(tmp_path / "rs"))["train"][0]["question"].split()[2] == "<sep>"
+    assert main(["data", "lis", str(tmp_path / "ls"), "--pair-separator"]) == 2  # not an option of lis

@@ -41,6 +41,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         parser.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None, help=text)
     parser.add_argument("--no-curriculum", dest="curriculum", action="store_false", default=None,
                         help="retrieval: train at the full hop count only")
+    parser.add_argument("--pair-separator", dest="pair_separator", action="store_true", default=None,
+                        help="retrieval: '<sep>' after every pair of a question")
     parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     return parser
 
@@ -59,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         shutil.rmtree(args.out)
     builder = tasks.TASKS[args.name][0]
     accepted = set(inspect.signature(builder).parameters)
-    given = {k: getattr(args, k) for k in [*_OPTIONS, "curriculum"] if getattr(args, k, None) is not None}
+    given = {k: getattr(args, k) for k in [*_OPTIONS, "curriculum", "pair_separator"] if getattr(args, k, None) is not None}
     wrong = sorted(set(given) - accepted)
     if wrong:
         raise ValueError(f"task {args.name!r} does not take {', '.join('--' + w.replace('_', '-') for w in wrong)}")
