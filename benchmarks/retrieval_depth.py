@@ -68,12 +68,17 @@ def start_depth(d: int, lo: int = 1, hi: int = 8) -> int:
     return min(hi, max(lo, math.ceil(paper_depth(d) - 1e-9)))
 
 
+def question_tokens(num_pairs: int, pair_separator: bool = False) -> int:
+    """Tokens of a question: two per pair (three with ``<sep>``), then ``| D x0``."""
+    return (3 if pair_separator else 2) * num_pairs + 3
+
+
 def task_shape(d: int, pairs_factor: int = 2, min_pairs: int = 8, min_nodes: int = 64,
                pair_separator: bool = False) -> dict[str, int]:
     """``num_pairs``, ``num_nodes`` and question length for hop count ``d`` (the input-length rule)."""
     pairs = max(pairs_factor * d, min_pairs, d)
     needed = pairs + math.ceil(pairs / d)  # chains of d links laid out in a row, one extra node per chain
-    return {"num_pairs": pairs, "num_nodes": max(min_nodes, 2 * needed), "tokens": (3 if pair_separator else 2) * pairs + 3}
+    return {"num_pairs": pairs, "num_nodes": max(min_nodes, 2 * needed), "tokens": question_tokens(pairs, pair_separator)}
 
 
 def shape_of(d: int, args: argparse.Namespace) -> dict[str, int]:
@@ -439,7 +444,7 @@ def summarize(records: list[dict[str, Any]], seeds: int | None = None) -> dict[s
         opts = next((r.get("task_options") for r in records if (r["hops"], r["curriculum"]) == (d, cur)
                      and r.get("task_options")), None) or {}
         row = {"hops": d, "curriculum": cur, "num_pairs": opts.get("num_pairs"),
-               "tokens": (3 if opts.get("pair_separator") else 2) * opts["num_pairs"] + 3 if opts.get("num_pairs") else None,
+               "tokens": question_tokens(opts["num_pairs"], bool(opts.get("pair_separator"))) if opts.get("num_pairs") else None,
                "paper_log3_2D": round(paper_depth(d), 3), **min_depths(done), "timed_out_runs": timeouts[(d, cur)],
                "exact_match": {str(layers): [None if e is None else round(e, 4) for e in v]
                                for layers, v in sorted(ems[(d, cur)].items())}}

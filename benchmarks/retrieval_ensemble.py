@@ -165,15 +165,14 @@ class HeadRecorder:
                  pair_separator: bool = False) -> None:
         from retrieval_probe import probe_batch
 
-        self.probes, self.chain, self.questions = {}, {}, {}
+        self.probes, self.chain = {}, {}
         for seed in seeds:
             opts = {"num_pairs": shape["num_pairs"], "hops": hops, "num_nodes": shape["num_nodes"],
                     "curriculum": False, "seed": seed, "validation_size": 0, "test_size": 0, "pauses": 0,
                     "pair_separator": pair_separator}
-            probe, important, _, questions = probe_batch(opts, tokenizer, size)
+            probe, important, _, _ = probe_batch(opts, tokenizer, size)
             self.probes[seed] = probe["input_ids"].to(device)
-            self.chain[seed] = important.to(device=device, dtype=torch.float32)
-            self.questions[seed] = questions
+            self.chain[seed] = important.to(device)
         self.steps: dict[int, list[int]] = {}
         self.scores: dict[int, list] = {}
         self.maps: dict[int, list] = {}
@@ -181,19 +180,20 @@ class HeadRecorder:
     @torch.no_grad()
     def record(self, ens, members: list[int], seeds: list[int], depths: list[int], step: int,
                skip: set[int] = frozenset()) -> None:
+        from hf_growth.analysis.heads import head_scores
+
         ids = torch.stack([self.probes[s] for s in seeds])
-        chain = torch.stack([self.chain[s] for s in seeds])  # (M, B, T)
         _, attentions = ens(ids, positions=torch.tensor([ids.shape[-1] - 1], device=ids.device),
                             output_attentions=True)
-        # attention of the last position on the chain's keys, averaged over the probe batch: (M, L, H)
-        scores = torch.stack([torch.einsum("mbhk,mbk->mh", a[:, :, :, -1].float(), chain) / ids.shape[1]
-                              for a in attentions], dim=1).cpu()
+        last = torch.zeros(ids.shape[1:], dtype=torch.bool, device=ids.device)
+        last[:, -1] = True  # the position that predicts the answer attends to the chain's keys
         maps = torch.stack([a[:, 0].half() for a in attentions], dim=1).cpu()  # (M, L, H, T, T)
         for i, member in enumerate(members):
             if member in skip:
                 continue
+            scores = head_scores([a[i] for a in attentions[:depths[i]]], self.chain[seeds[i]], last)
             self.steps.setdefault(member, []).append(step)
-            self.scores.setdefault(member, []).append(scores[i, :depths[i]].numpy())
+            self.scores.setdefault(member, []).append(scores.float().numpy())
             self.maps.setdefault(member, []).append(maps[i, :depths[i]].float().numpy())
 
     def record_of(self, member: int) -> dict[str, Any]:
@@ -257,7 +257,7 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
     timed_out, step, member_steps, horizon = False, 0, 0, args.max_steps
     mark: tuple[int, float] | None = None
     frozen: set[int] = set()  # members done but still in the ensemble (learning rate factor 0)
-    steady: tuple[int, float, int] | None = None
+    steady: tuple[int, float] | None = None
 
     def seeds_alive():
         return [members[i][2] for i in alive]
@@ -279,7 +279,7 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
         if deadline and time.time() > deadline:
             timed_out = True
             break
-        if seconds and step in (20, 60) or (seconds and step % 500 == 0 and step > 0):
+        if seconds and (step in (20, 60) or (step and step % 500 == 0)):
             if device.type == "cuda":
                 torch.cuda.synchronize()
             now = time.perf_counter()
@@ -301,7 +301,7 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
         if step == 20:  # the steady rate (compilation and warm-up excluded) is measured from here
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            steady = (step, time.perf_counter(), member_steps)
+            steady = (step, time.perf_counter())
         loss_sum[alive] += losses.detach().float()
         if heads is not None and step % args.heads_every == 0:
             heads.record(ens, alive, seeds_alive(), depths_alive(), step, skip=frozen)

@@ -52,8 +52,11 @@ def solve(question: str) -> str:
     return node
 
 
-def _chain_layout(num_pairs: int, hops: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """Slot indices of each link's source and target when chains of ``hops`` links are laid out in a row."""
+def _chain_layout(num_pairs: int, hops: int, num_nodes: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Slot indices of each link's source and target when chains of ``hops`` links are laid out in a row, and the
+    number of distinct nodes they need (checked against ``num_nodes``)."""
+    if hops < 1 or num_pairs < hops:
+        raise ValueError(f"need 1 <= hops <= num_pairs, got hops={hops}, num_pairs={num_pairs}")
     src, dst, slot = [], [], 0
     left = num_pairs
     while left > 0:
@@ -62,6 +65,8 @@ def _chain_layout(num_pairs: int, hops: int) -> tuple[np.ndarray, np.ndarray, in
         dst.extend(range(slot + 1, slot + n + 1))
         slot += n + 1
         left -= n
+    if slot > num_nodes:
+        raise ValueError(f"{num_pairs} links in chains of {hops} need {slot} distinct nodes > num_nodes={num_nodes}")
     return np.array(src), np.array(dst), slot
 
 
@@ -77,11 +82,7 @@ def retrieval_splits(
     pair_separator: bool = False,
 ) -> Splits:
     """The splits as plain lists (see :func:`retrieval`)."""
-    if hops < 1 or num_pairs < hops:
-        raise ValueError(f"need 1 <= hops <= num_pairs, got hops={hops}, num_pairs={num_pairs}")
-    src, dst, needed = _chain_layout(num_pairs, hops)
-    if needed > num_nodes:
-        raise ValueError(f"{num_pairs} links in chains of {hops} need {needed} distinct nodes > num_nodes={num_nodes}")
+    src, dst, needed = _chain_layout(num_pairs, hops, num_nodes)
     check_sizes(train_size, validation_size, test_size)
 
     def generate(rng: np.random.Generator, n: int, split: str):
@@ -96,11 +97,9 @@ def retrieval_splits(
         start = (rng.random(n) * (hops - d + 1)).astype(np.int64)  # chain 0 has slots 0..hops
         rows = np.arange(n)
         x0, xd = nodes[rows, start], nodes[rows, start + d]
-        pairs = np.stack([a, b], axis=2).reshape(n, 2 * num_pairs).tolist()
-        glue = f" {SEPARATOR} " if pair_separator else " "
-        joined = [glue.join(f"{p[i]} {p[i + 1]}" for i in range(0, len(p), 2)) + (f" {SEPARATOR}" if pair_separator else "")
-                  for p in pairs]
-        qs = [j + f" {QUERY} {k} {s}" for j, s, k in zip(joined, x0.tolist(), d.tolist())]
+        end = f" {SEPARATOR}" if pair_separator else ""
+        qs = [" ".join(f"{x} {y}{end}" for x, y in zip(sources, targets)) + f" {QUERY} {k} {s}"
+              for sources, targets, s, k in zip(a.tolist(), b.tolist(), x0.tolist(), d.tolist())]
         return qs, [str(v) for v in xd.tolist()]
 
     sizes = {"train": train_size, "validation": validation_size, "test": test_size}
@@ -139,11 +138,7 @@ def sample_retrieval_ids(
     """
     import torch
 
-    if hops < 1 or num_pairs < hops:
-        raise ValueError(f"need 1 <= hops <= num_pairs, got hops={hops}, num_pairs={num_pairs}")
-    src, dst, needed = _chain_layout(num_pairs, hops)
-    if needed > num_nodes:
-        raise ValueError(f"{num_pairs} links in chains of {hops} need {needed} distinct nodes > num_nodes={num_nodes}")
+    src, dst, needed = _chain_layout(num_pairs, hops, num_nodes)
     if token_ids.numel() < max(num_nodes, hops + 1):
         raise ValueError(f"token_ids covers {token_ids.numel()} numbers, need {max(num_nodes, hops + 1)}")
     device = token_ids.device
