@@ -68,6 +68,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-steps", type=int, default=10000)
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--stop-at", type=float, default=0.995, help="freeze a member at this validation exact match")
+    p.add_argument("--curriculum-kind", choices=["mixture", "staged"], default="mixture",
+                   help="curriculum members: D uniform in 1..D from the start (mixture), or in 1..k with k raised "
+                        "by one whenever the member's mean training loss over an eval window is below "
+                        "--advance-below (staged)")
+    p.add_argument("--advance-below", type=float, default=0.1, help="staged curriculum: loss that raises k")
     p.add_argument("--target", type=float, default=0.99, help="a member passes at this test exact match")
     p.add_argument("--heads-every", type=int, default=0, help="head scores every N steps (0 = eval-every; -1 = off)")
     p.add_argument("--heads-probe", type=int, default=64)
@@ -102,6 +107,8 @@ def settings_of(args: argparse.Namespace) -> dict[str, Any]:
             "batch_size", "lr", "warmup", "weight_decay", "max_grad_norm", "max_steps", "eval_every", "stop_at",
             "bf16")
     extra = {"pair_separator": True} if args.pair_separator else {}  # only when on: earlier tags stay valid
+    if args.curriculum_kind == "staged":
+        extra.update(curriculum_kind="staged", advance_below=args.advance_below)
     return {"trainer": "ensemble", **{k: getattr(args, k) for k in keys}, **extra}
 
 
@@ -131,14 +138,17 @@ class TaskData:
                 a = tokenizer.convert_tokens_to_ids(splits[name]["answer"])
                 self.splits[name][seed] = (torch.tensor(q, device=device), torch.tensor(a, device=device))
 
-    def sample(self, curriculum: torch.Tensor, batch: int, generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(M, batch, T)`` questions and ``(M, batch)`` answers; member m's curriculum flag ``curriculum[m]``."""
+    def sample(self, curriculum: torch.Tensor, batch: int, generator,
+               max_hops: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(M, batch, T)`` questions and ``(M, batch)`` answers; member m's curriculum flag ``curriculum[m]``
+        and, for a staged curriculum, its current largest D ``max_hops[m]`` (a CPU tensor)."""
         from hf_growth.tasks.retrieval import sample_retrieval_ids
 
         m = curriculum.shape[0]
+        top = None if max_hops is None else max_hops.repeat_interleave(batch)
         q, a = sample_retrieval_ids(m * batch, self.shape["num_pairs"], self.hops, self.shape["num_nodes"],
                                     curriculum.repeat_interleave(batch), self.token_ids, self.query_id, generator,
-                                    self.separator_id)
+                                    self.separator_id, top)
         return q.view(m, batch, -1), a.view(m, batch)
 
 
@@ -241,6 +251,10 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
     opt = MemberAdamW(ens.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     alive = list(range(len(members)))  # ensemble slot -> member index
     curriculum = torch.tensor([c for _, c, _ in members], device=device)
+    # staged curriculum: each member's largest D so far (on the CPU: raised from the eval's loss, no sync per step)
+    staged = args.curriculum_kind == "staged" and hops > 1
+    level = torch.tensor([1 if c else hops for _, c, _ in members]) if staged else None
+    stages: dict[int, list[tuple[int, int]]] = {i: [(0, int(level[i]))] for i in range(len(members))} if staged else {}
     generator = torch.Generator(device).manual_seed(int(tag, 16) + hops)
     autocast = (lambda: torch.autocast("cuda" if device.type == "cuda" else "cpu", dtype=torch.bfloat16)) \
         if args.bf16 else nullcontext
@@ -289,7 +303,8 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
             mark = (step, now)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args, horizon)
-        ids, answers = data.sample(curriculum[alive], args.batch_size, generator)
+        ids, answers = data.sample(curriculum[alive], args.batch_size, generator,
+                                   None if level is None else level[alive])
         with autocast():
             losses = step_fn(ids, answers)
         losses.sum().backward()
@@ -314,6 +329,9 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
                 if i in frozen:
                     continue
                 history[i].append((step, round(em[slot], 4), round(mean_loss[i], 4)))
+                if staged and level[i] < hops and mean_loss[i] < args.advance_below:
+                    level[i] += 1
+                    stages[i].append((step, int(level[i])))
                 if em[slot] >= args.stop_at:
                     reached[i] = step
                     done.append(slot)
@@ -354,8 +372,10 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
             "reached_step": reached.get(i), "global_steps": results[i]["stop_step"],
             "timed_out": timed_out and i not in reached,
             "val_history": [(s, v) for s, v, _ in history[i]], "train_loss_history": [(s, l) for s, _, l in history[i]],
+            **({"curriculum_stages": stages[i]} if staged and cur else {}),
             "task_options": {"num_pairs": shape["num_pairs"], "hops": hops, "num_nodes": shape["num_nodes"],
-                             "curriculum": cur, **({"pair_separator": True} if args.pair_separator else {})},
+                             "curriculum": cur, **({"pair_separator": True} if args.pair_separator else {}),
+                             **({"curriculum_kind": "staged"} if staged and cur else {})},
             "ensemble": {"members": len(members), "steps": step, "schedule_steps": horizon, "seconds_share":
                          round(seconds, 1), "wall_seconds": round(wall, 1),
                          "steps_per_second": round(step / wall, 2) if wall else None,

@@ -89,3 +89,28 @@ def test_pair_separator_sweep(tmp_path):
     assert json.loads((out / "t.json").read_text())["table"][0]["tokens"] == 3 * 8 + 3
     heads = json.loads((out / "t.D2.heads.json").read_text())
     assert len(next(iter(heads.values()))["steps"]) == 2  # steps 0 and 10: the probe built with separators
+
+
+@pytest.mark.slow
+def test_staged_curriculum_raises_each_members_largest_hop(tmp_path, monkeypatch):
+    """--curriculum-kind staged: a curriculum member starts at D = 1 and k goes up by one at an eval whose mean
+    training loss is below --advance-below; members without curriculum stay at D = hops; tags keep the kind."""
+    seen = []
+    real = ens_sweep.TaskData.sample
+
+    def spy(self, curriculum, batch, generator, max_hops=None):
+        seen.append(None if max_hops is None else max_hops.tolist())
+        return real(self, curriculum, batch, generator, max_hops)
+
+    monkeypatch.setattr(ens_sweep.TaskData, "sample", spy)
+    ledger = tmp_path / "runs.jsonl"
+    argv = [*TINY, "--hops", "4", "--depths", "1", "--seeds", "0", "--stop-at", "1.01", "--heads-every", "-1",
+            "--curriculum-kind", "staged", "--advance-below", "100", "--ledger", str(ledger),
+            "--out-dir", str(tmp_path / "out"), "--name", "t"]
+    assert ens_sweep.main(argv) == 0
+    records = {r["curriculum"]: r for r in _records(ledger)}
+    assert records[True]["curriculum_stages"] == [[0, 1], [10, 2], [20, 3], [30, 4]]
+    assert records[True]["task_options"]["curriculum_kind"] == "staged" and "curriculum_stages" not in records[False]
+    assert seen[0] == [1, 4] and seen[10] == [2, 4] and seen[29] == [3, 4]  # members: (curriculum, no curriculum)
+    mixture = ens_sweep.tag_of(ens_sweep.settings_of(ens_sweep.parse_args([])))
+    assert records[True]["tag"] != mixture

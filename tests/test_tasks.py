@@ -149,6 +149,31 @@ def test_sample_retrieval_ids_matches_the_builder(curriculum):
         sample_retrieval_ids(4, num_pairs=10, hops=4, num_nodes=40, curriculum=True, token_ids=ids[:20], query_id=0)
 
 
+def test_sample_retrieval_ids_max_hops():
+    """A staged curriculum: curriculum examples draw D from 1..max_hops (per example); the others stay at hops."""
+    import torch
+
+    from hf_growth.tasks.retrieval import sample_retrieval_ids
+
+    tok = tasks.build_tokenizer(max_number=64)
+    ids = torch.tensor(tok.convert_tokens_to_ids([str(k) for k in range(40)]))
+    top = torch.tensor([1, 2, 4]).repeat_interleave(200)
+    flags = torch.ones(600, dtype=torch.bool)
+    flags[-100:] = False
+    q, a = sample_retrieval_ids(600, num_pairs=10, hops=4, num_nodes=40, curriculum=flags, token_ids=ids,
+                                query_id=tok.convert_tokens_to_ids("|"), generator=torch.Generator().manual_seed(0),
+                                max_hops=top)
+    questions = [tok.decode(row) for row in q.tolist()]
+    assert all(solve(x) == tok.decode([y]) for x, y in zip(questions, a.tolist()))
+    hops = [int(x.split(" | ")[1].split()[0]) for x in questions]
+    assert set(hops[:200]) == {1} and set(hops[200:400]) == {1, 2} and set(hops[400:500]) == {1, 2, 3, 4}
+    assert set(hops[500:]) == {4}
+    for bad in (0, 5, torch.tensor([1, 5])):
+        with pytest.raises(ValueError, match="max_hops must lie in 1..hops=4"):
+            sample_retrieval_ids(2, num_pairs=10, hops=4, num_nodes=40, curriculum=True, token_ids=ids, query_id=0,
+                                 max_hops=bad)
+
+
 def test_retrieval_pair_separator():
     """``<sep>`` after every pair: the same questions otherwise, the same answers, tokens the sampler writes too."""
     import torch

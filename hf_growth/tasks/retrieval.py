@@ -116,6 +116,7 @@ def sample_retrieval_ids(
     query_id: int,
     generator=None,
     separator_id: int | None = None,
+    max_hops=None,
 ):
     """Fresh training examples as token ids, drawn on ``token_ids``' device: ``(questions (n, 2*num_pairs + 3),
     answers (n,))``, or ``3*num_pairs + 3`` tokens with ``separator_id`` (the id of ``<sep>``, written after every
@@ -126,7 +127,9 @@ def sample_retrieval_ids(
 
     ``curriculum``: a bool, or a bool tensor ``(n,)`` (per example: D uniform in ``1..hops``, else ``D = hops``).
     ``token_ids``: ``(V,)`` long tensor, the id of the word ``str(k)`` at index ``k`` (covering ``num_nodes`` and
-    ``hops``); ``query_id``: the id of ``|``.
+    ``hops``); ``query_id``: the id of ``|``. ``max_hops``: an int or a long tensor ``(n,)`` in ``1..hops``; a
+    curriculum example then draws D uniformly from ``1..max_hops`` (a staged curriculum raises it during training;
+    the chains keep ``hops`` links, so only the question gets easier).
 
     >>> import torch
     >>> from hf_growth.tasks.retrieval import sample_retrieval_ids, solve
@@ -148,7 +151,15 @@ def sample_retrieval_ids(
     a = nodes[:, torch.as_tensor(src, device=device)].gather(1, order)
     b = nodes[:, torch.as_tensor(dst, device=device)].gather(1, order)
     cur = torch.as_tensor(curriculum, device=device).expand(n)
-    d = torch.where(cur, torch.randint(1, hops + 1, (n,), **rand), torch.full((n,), hops, device=device))
+    if max_hops is None:
+        easy = torch.randint(1, hops + 1, (n,), **rand)
+    else:
+        top = torch.as_tensor(max_hops)
+        if bool(((top < 1) | (top > hops)).any()):  # checked where it was given (a CPU tensor costs no sync)
+            raise ValueError(f"max_hops must lie in 1..hops={hops}, got {top.tolist()}")
+        top = top.to(device).expand(n)
+        easy = 1 + (torch.rand(n, **rand) * top).long().clamp_max(top - 1)
+    d = torch.where(cur, easy, torch.full((n,), hops, device=device))
     start = (torch.rand(n, **rand) * (hops - d + 1)).long()  # chain 0 has slots 0..hops
     rows = torch.arange(n, device=device)
     x0, xd = nodes[rows, start], nodes[rows, start + d]
