@@ -82,6 +82,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--time-budget", type=float, default=0, help="seconds for the whole call (0 = none)")
     p.add_argument("--ledger", default="benchmarks/results/retrieval_ensemble.runs.jsonl")
+    p.add_argument("--checkpoint-dir", default=None,
+                   help="spread one schedule of --max-steps over several calls: a D cut off by --time-budget saves "
+                        "its ensemble, optimizer and records here (safetensors + JSON) and the next call with the "
+                        "same settings resumes it; the schedule is not re-aimed")
+    p.add_argument("--steps-per-call", type=int, default=0,
+                   help="end each D after this many steps in this call, as --time-budget would (0 = no limit)")
     p.add_argument("--out-dir", default="benchmarks/results")
     p.add_argument("--name", default="retrieval_ensemble")
     p.add_argument("--label", default="")
@@ -215,6 +221,58 @@ class HeadRecorder:
                 "map_layers": list(range(layers)), "map_heads": list(range(heads)), "map_example": 0}
 
 
+# ------------------------------------------------------------------------------------------------ checkpoints
+def checkpoint_path(args, hops: int, tag: str) -> Path | None:
+    return Path(args.checkpoint_dir) / f"{args.name}.D{hops}.{tag}" if args.checkpoint_dir else None
+
+
+def save_checkpoint(path: Path, ens, opt, generator, keys: list[str], state: dict[str, Any],
+                    extra: dict[str, torch.Tensor] | None = None) -> None:
+    """Ensemble weights, optimizer moments and the sampler's generator in ``path.safetensors``, the loop's own
+    state (``state``, per member key) in ``path.json``; both written to temporary names, then renamed."""
+    from safetensors.torch import save_file
+
+    tensors = {f"model.{k}": v.detach().contiguous() for k, v in ens.state_dict().items()}
+    names = {p: n for n, p in ens.named_parameters()}
+    for p, st in opt.state.items():
+        for k, v in st.items():
+            tensors[f"optim.{names[p]}.{k}"] = v.contiguous()
+    tensors["optim.factor"] = opt.factor.contiguous()
+    tensors["generator"] = generator.get_state()
+    tensors.update(extra or {})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.cpu() for k, v in tensors.items()}, str(tmp) + ".safetensors")
+    (tmp.parent / (tmp.name + ".json")).write_text(json.dumps({"keys": keys, **state}) + "\n")
+    os.replace(str(tmp) + ".safetensors", str(path) + ".safetensors")
+    os.replace(tmp.parent / (tmp.name + ".json"), str(path) + ".json")
+
+
+def load_checkpoint(path: Path, ens, opt, generator, keys: list[str]) -> dict[str, Any] | None:
+    """Restore what :func:`save_checkpoint` wrote into a fresh ``ens``/``opt``/``generator`` built for ``keys``;
+    ``None`` when there is no checkpoint. Refuses one written for other members."""
+    from safetensors.torch import load_file
+
+    meta = Path(str(path) + ".json")
+    if not meta.exists():
+        return None
+    state = json.loads(meta.read_text())
+    if state["keys"] != keys:
+        raise ValueError(f"{meta} was written for members {state['keys']}, not {keys}: delete it to start over")
+    tensors = load_file(str(path) + ".safetensors")
+    ens.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    device = next(ens.parameters()).device
+    for name, p in ens.named_parameters():
+        moments = {k: tensors[f"optim.{name}.{k}"].to(device) for k in ("step", "exp_avg", "exp_avg_sq")
+                   if f"optim.{name}.{k}" in tensors}
+        if moments:
+            opt.state[p] = moments
+    opt.factor = tensors["optim.factor"].to(device)
+    generator.set_state(tensors["generator"])
+    state["tensors"] = {k: v for k, v in tensors.items() if not k.startswith(("model.", "optim.", "generator"))}
+    return state
+
+
 # ------------------------------------------------------------------------------------------------ one D
 def lr_at(step: int, args, horizon: int) -> float:
     """transformers' linear schedule with warm-up (``get_linear_schedule_with_warmup``) over ``horizon`` steps, at
@@ -286,14 +344,32 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
             i = alive[slot]
             results[i] = {"exact_match": round(float(em[slot]), 4), "stop_step": step}
 
-    if heads is not None:
-        heads.record(ens, alive, seeds_alive(), depths_alive(), 0)
+    keys = [member_key(hops, cur, depth, seed, tag) for depth, cur, seed in members]
+    ckpt = checkpoint_path(args, hops, tag)
     loss_sum = torch.zeros(len(members), device=device)
+    saved = load_checkpoint(ckpt, ens, opt, generator, keys) if ckpt else None
+    if saved is not None:  # resume: the loop's state, per member
+        step = saved["step"]
+        for i, key in enumerate(keys):
+            member = saved["members"][key]
+            history[i] = [tuple(h) for h in member["history"]]
+            loss_sum[i] = member["loss_sum"]
+            if staged:
+                level[i] = member["level"]
+                stages[i] = [tuple(x) for x in member["stages"]]
+            if heads is not None:
+                heads.steps[i] = member["head_steps"]
+                heads.scores[i] = list(saved["tensors"][f"heads.scores.{key}"].numpy())
+                heads.maps[i] = list(saved["tensors"][f"heads.maps.{key}"].float().numpy())
+        print(f"[D={hops}] resumed {len(keys)} members at step {step} from {ckpt}", flush=True)
+    elif heads is not None:
+        heads.record(ens, alive, seeds_alive(), depths_alive(), 0)
+    first_step = step
     while step < horizon and alive:
-        if deadline and time.time() > deadline:
+        if (deadline and time.time() > deadline) or (args.steps_per_call and step - first_step >= args.steps_per_call):
             timed_out = True
             break
-        if seconds and (step in (20, 60) or (step and step % 500 == 0)):
+        if seconds and not ckpt and (step in (20, 60) or (step and step % 500 == 0)):
             if device.type == "cuda":
                 torch.cuda.synchronize()
             now = time.perf_counter()
@@ -352,9 +428,31 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
                       flush=True)
     alive_slots = [slot for slot, i in enumerate(alive) if i not in frozen]
     if alive_slots:
-        if heads is not None and heads.steps[alive[alive_slots[0]]][-1] != step:
+        resumable = ckpt is not None and timed_out  # the next call records on the regular steps only
+        if heads is not None and heads.steps[alive[alive_slots[0]]][-1] != step and not resumable:
             heads.record(ens, alive, seeds_alive(), depths_alive(), step, skip=frozen)
         finish(alive_slots)
+    if ckpt is not None:
+        if timed_out and alive_slots:  # the members still training, as the next call will ask for them
+            import numpy as np
+
+            if len(alive_slots) < len(alive):
+                opt.select_(alive_slots, ens.select_(alive_slots))
+                alive = [alive[slot] for slot in alive_slots]
+            state = {"step": step, "members": {keys[i]: {
+                "history": history[i], "loss_sum": float(loss_sum[i]),
+                **({"level": int(level[i]), "stages": stages[i]} if staged else {}),
+                **({"head_steps": heads.steps[i]} if heads is not None else {})} for i in alive}}
+            extra = {}
+            if heads is not None:
+                for i in alive:
+                    extra[f"heads.scores.{keys[i]}"] = torch.from_numpy(np.stack(heads.scores[i]))
+                    extra[f"heads.maps.{keys[i]}"] = torch.from_numpy(np.stack(heads.maps[i])).half()
+            save_checkpoint(ckpt, ens, opt, generator, [keys[i] for i in alive], state, extra)
+            print(f"[D={hops}] saved {len(alive)} members at step {step} to {ckpt}", flush=True)
+        else:
+            for suffix in (".safetensors", ".json"):
+                Path(str(ckpt) + suffix).unlink(missing_ok=True)
     if device.type == "cuda":
         torch.cuda.synchronize()
     wall = time.perf_counter() - begin

@@ -114,3 +114,44 @@ def test_staged_curriculum_raises_each_members_largest_hop(tmp_path, monkeypatch
     assert seen[0] == [1, 4] and seen[10] == [2, 4] and seen[29] == [3, 4]  # members: (curriculum, no curriculum)
     mixture = ens_sweep.tag_of(ens_sweep.settings_of(ens_sweep.parse_args([])))
     assert records[True]["tag"] != mixture
+
+
+@pytest.mark.slow
+def test_checkpoint_resume_equals_one_uninterrupted_call(tmp_path):
+    """--checkpoint-dir + a call cut short (--steps-per-call): the next call resumes weights, moments, sampler,
+    curriculum stage, curves and head records, and ends exactly where one uninterrupted call ends."""
+    def sweep(name, *extra):
+        ledger = tmp_path / f"{name}.jsonl"
+        argv = [*TINY, "--hops", "2", "--depths", "1,2", "--seeds", "0", "--curriculum", "on", "--stop-at", "1.01",
+                "--curriculum-kind", "staged", "--advance-below", "100", "--max-steps", "40", "--pair-separator",
+                "--ledger", str(ledger), "--out-dir", str(tmp_path / name), "--name", "t", *extra]
+        return argv, ledger
+
+    argv, ledger = sweep("whole")
+    assert ens_sweep.main(argv) == 0
+    whole = _records(ledger)
+    ckpt = tmp_path / "ckpt"
+    argv, ledger = sweep("split", "--checkpoint-dir", str(ckpt), "--steps-per-call", "25")
+    assert ens_sweep.main(argv) == 0
+    first = _records(ledger)
+    assert all(r["timed_out"] and r["global_steps"] == 25 for r in first)
+    assert sorted(p.suffix for p in ckpt.iterdir()) == [".json", ".safetensors"]
+    assert ens_sweep.main(argv) == 0  # resumes at step 25, ends at 40, removes the checkpoint
+    assert list(ckpt.iterdir()) == []
+    split = {r["key"]: r for r in _records(ledger) if not r["timed_out"]}
+    assert len(split) == len(whole) == 2
+    for r in whole:
+        s = split[r["key"]]
+        assert s["global_steps"] == r["global_steps"] == 40
+        assert s["val_history"] == r["val_history"] and s["train_loss_history"] == r["train_loss_history"]
+        assert s["exact_match"] == r["exact_match"] and s["curriculum_stages"] == r["curriculum_stages"]
+    heads_whole = json.loads((tmp_path / "whole" / "t.D2.heads.json").read_text())
+    heads_split = json.loads((tmp_path / "split" / "t.D2.heads.json").read_text())
+    assert heads_whole == heads_split
+    # a checkpoint written for other members is refused, not silently reused
+    assert ens_sweep.main([*argv, "--ledger", str(tmp_path / "again.jsonl")]) == 0
+    assert sorted(p.suffix for p in ckpt.iterdir()) == [".json", ".safetensors"]
+    other = [*argv]
+    other[len(other) - other[::-1].index("--depths")] = "1"  # the last --depths is the one that counts
+    with pytest.raises(ValueError, match="delete it to start over"):
+        ens_sweep.main([*other, "--ledger", str(tmp_path / "other.jsonl")])
