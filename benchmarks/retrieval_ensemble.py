@@ -504,16 +504,19 @@ def write_heads(hops: int, records: list[dict], heads: HeadRecorder, members: li
         by_config.setdefault((depth, cur), []).append(i)
     passing = sorted(((d, not c) for (d, c), idx in by_config.items()
                       if len(idx) == len(args.seeds) and all(records[i]["passed"] for i in idx)))
+    if not passing:  # then the smallest depth at which any seed passes, all its seeds plotted
+        passing = sorted(((d, not c) for (d, c), idx in by_config.items() if any(records[i]["passed"] for i in idx)))
+        lines.append(f"D={hops}: no configuration passed with all seeds; plots for the smallest with a passing seed")
     if not passing:
-        return [f"D={hops}: no configuration passed with all seeds; no emergence plot"]
+        return [f"D={hops}: no member passed; no emergence plot"]
     depth, cur = passing[0][0], not passing[0][1]
     orders = []
     for i in by_config[(depth, cur)]:
         seed = members[i][2]
         order = data[records[i]["key"]]["emergence"]
         orders.append(order["layer_order"])
-        title = (f"Retrieval D={hops}, {depth} layers, curriculum {'on' if cur else 'off'}, seed {seed}: "
-                 f"attention of the last token on the chain")
+        title = (f"Retrieval D={hops}, {depth} layers, curriculum {'on' if cur else 'off'}, seed {seed} "
+                 f"({'passed' if records[i]['passed'] else 'failed'}): attention of the last token on the chain")
         plot_head_emergence(heads.record_of(i), out / f"{args.name}.D{hops}.heads_s{seed}.png", title=title)
         lines.append(f"D={hops} L{depth} {'cur' if cur else 'nocur'} seed {seed}: {order['sentence']}")
     lines.append(f"D={hops} L{depth}: layer order per seed {orders}; same over seeds: {all(o == orders[0] for o in orders)}")

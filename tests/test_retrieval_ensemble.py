@@ -155,3 +155,26 @@ def test_checkpoint_resume_equals_one_uninterrupted_call(tmp_path):
     other[len(other) - other[::-1].index("--depths")] = "1"  # the last --depths is the one that counts
     with pytest.raises(ValueError, match="delete it to start over"):
         ens_sweep.main([*other, "--ledger", str(tmp_path / "other.jsonl")])
+
+
+def test_emergence_plots_fall_back_to_the_smallest_depth_with_a_passing_seed(tmp_path):
+    import numpy as np
+
+    class Heads:  # what write_heads reads from a HeadRecorder: rising scores, no maps
+        def record_of(self, i):
+            steps = [0, 100, 200, 300]
+            scores = np.stack([np.full((2, 2), 0.1 + 0.25 * k) for k in range(4)])
+            return {"steps": steps, "scores": scores, "maps": [], "map_layers": [], "map_heads": []}
+
+    members = [(depth, True, seed) for depth in (2, 3, 4) for seed in (0, 1)]
+    passed = {(2, 0): False, (2, 1): False, (3, 0): False, (3, 1): True, (4, 0): True, (4, 1): False}
+    records = [{"key": f"k{i}", "passed": passed[(d, s)]} for i, (d, _, s) in enumerate(members)]
+    args = ens_sweep.parse_args(["--seeds", "0,1", "--name", "t"])
+    lines = ens_sweep.write_heads(2, records, Heads(), members, args, tmp_path)
+    assert "plots for the smallest with a passing seed" in lines[0]
+    assert (tmp_path / "t.D2.heads_s0.png").exists() and (tmp_path / "t.D2.heads_s1.png").exists()
+    assert any(line.startswith("D=2 L3 cur seed 1") for line in lines)
+    records = [{**r, "passed": False} for r in records]
+    (tmp_path / "t.D2.heads_s0.png").unlink()
+    assert ens_sweep.write_heads(2, records, Heads(), members, args, tmp_path) == ["D=2: no member passed; no emergence plot"]
+    assert not (tmp_path / "t.D2.heads_s0.png").exists()
