@@ -196,7 +196,7 @@ class AccuracyMonitor(TrainerCallback):
 def probe_batch(opts: dict[str, Any], tokenizer, size: int = 64, seed: int | None = None, query: str = "last"):
     """``(probe, important, query_mask, questions)`` for :class:`HeadEmergenceCallback`: ``size`` questions at
     the run's hop count (``D = hops``, no curriculum). ``important`` marks the chain's tokens (sources and targets
-    of the ``D`` links the answer follows). ``query="last"``: ``important`` is ``(B, T)`` and ``query_mask``
+    of the ``D`` links the answer follows, and each link's closing ``<sep>`` when the questions have separators). ``query="last"``: ``important`` is ``(B, T)`` and ``query_mask``
     ``None`` (the last token, where the answer is predicted); ``query="chain"``: the chain tokens are queries too,
     each scored on the *other* chain links (``important`` ``(B, T, T)``), the last token on all of them."""
     if query not in ("last", "chain"):
@@ -216,7 +216,10 @@ def probe_batch(opts: dict[str, Any], tokenizer, size: int = 64, seed: int | Non
     chain = torch.zeros(batch, length, dtype=torch.bool)
     links = []
     for b, q in enumerate(questions):
-        path, _ = chain_positions(q)
+        tokens = q.split()
+        # a link's tokens: its source and target, and the <sep> that closes the pair (a pair-summary position the
+        # model may read the link from) when the question has separators
+        path = [(s, t, t + 1) if tokens[t + 1] == SEPARATOR else (s, t) for s, t in chain_positions(q)[0]]
         links.append(path)
         for pair in path:
             chain[b, list(pair)] = True

@@ -188,6 +188,13 @@ def test_probe_batch_masks_and_emergence_order():
     _, imp3, qmask, _ = probe.probe_batch(opts, tok, size=5, query="chain")
     assert imp3.shape == (5, 19, 19) and qmask.sum(1).tolist() == [7] * 5
     assert (imp3[qmask].sum(-1) >= 4).all()  # every chain query sees the other links
+    sep_opts = probe.run_options(["--task", "retrieval", "--hops", "3", "--num-pairs", "8", "--num-nodes", "64",
+                                  "--seed", "1", "--pauses", "0", "--pair-separator"])
+    ids, important, _, questions = probe.probe_batch(sep_opts, tok, size=5)
+    assert ids["input_ids"].shape == (5, 27) and important.sum(1).tolist() == [9] * 5  # + each link's <sep>
+    for row, q in zip(important, questions):
+        marked = [q.split()[i] for i in row.nonzero().flatten().tolist()]
+        assert marked.count("<sep>") == 3 and marked[2::3] == ["<sep>"] * 3
     scores = np.zeros((4, 2, 2))
     scores[2:, 1, 0] = 0.9  # L1H0 rises at step 20
     scores[3:, 0, 1] = 0.8  # L0H1 at step 30
