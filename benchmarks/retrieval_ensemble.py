@@ -29,9 +29,15 @@ plots ``<name>.D<D>.heads_s<seed>.png`` (attention maps over training + per-head
     PYTHONPATH=. python benchmarks/retrieval_ensemble.py --cpu-smoke                                     # seconds
     PYTHONPATH=. python benchmarks/retrieval_ensemble.py --summarize-only --ledger ... --out-dir ...
 
+Curricula (``--curriculum both|on|off``; ``--curriculum-kind``): ``mixture`` draws D uniformly from 1..D from the
+first step; ``staged`` starts a curriculum member at D = 1 and raises its largest D by one whenever its mean
+training loss over an eval window falls below ``--advance-below`` (with ``<sep>`` questions, D = 2 was learned only
+this way: ``benchmarks/README.md``).
+
 Resumable: finished members go to ``--ledger`` (JSON lines, keyed like ``retrieval_depth.py``'s runs, tag =
 hash of the shared settings); a later call skips them. Members cut off by ``--time-budget`` are recorded with
-``timed_out`` and rerun by the next call.
+``timed_out`` and rerun by the next call, from scratch, or, with ``--checkpoint-dir``, from where they stopped
+(one ``--max-steps`` schedule spread over several calls).
 """
 
 from __future__ import annotations
