@@ -372,7 +372,8 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
         heads.record(ens, alive, seeds_alive(), depths_alive(), 0)
     first_step = step
     while step < horizon and alive:
-        if (deadline and time.time() > deadline) or (args.steps_per_call and step - first_step >= args.steps_per_call):
+        if ((deadline and time.time() > deadline) or (args.steps_per_call and step - first_step >= args.steps_per_call)
+                or (ckpt and seconds and time.perf_counter() - begin > seconds)):  # with checkpoints: this D's share
             timed_out = True
             break
         if seconds and not ckpt and (step in (20, 60) or (step and step % 500 == 0)):
