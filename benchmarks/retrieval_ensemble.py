@@ -312,13 +312,16 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id)
     ens = LlamaEnsemble.from_config(config, seeds=[s for _, _, s in members], depths=[d for d, _, _ in members])
     ens = ens.to(device).train()
-    opt = MemberAdamW(ens.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    opt = MemberAdamW(ens.parameters(), lr=args.lr, weight_decay=args.weight_decay, compile=args.compile)
     alive = list(range(len(members)))  # ensemble slot -> member index
+    # per-step indexing uses these device copies (a Python list or CPU tensor index makes the host wait for the GPU)
+    alive_idx = torch.arange(len(members), device=device)
     curriculum = torch.tensor([c for _, c, _ in members], device=device)
     # staged curriculum: each member's largest D so far (on the CPU: raised from the eval's loss, no sync per step)
     staged = args.curriculum_kind == "staged" and hops > 1
     level = torch.tensor([1 if c else hops for _, c, _ in members]) if staged else None
     stages: dict[int, list[tuple[int, int]]] = {i: [(0, int(level[i]))] for i in range(len(members))} if staged else {}
+    level_dev = level.to(device) if staged else None
     generator = torch.Generator(device).manual_seed(int(tag, 16) + hops)
     autocast = (lambda: torch.autocast("cuda" if device.type == "cuda" else "cpu", dtype=torch.bfloat16)) \
         if args.bf16 else nullcontext
@@ -367,6 +370,8 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
                 heads.steps[i] = member["head_steps"]
                 heads.scores[i] = list(saved["tensors"][f"heads.scores.{key}"].numpy())
                 heads.maps[i] = list(saved["tensors"][f"heads.maps.{key}"].float().numpy())
+        if staged:
+            level_dev = level.to(device)
         print(f"[D={hops}] resumed {len(keys)} members at step {step} from {ckpt}", flush=True)
     elif heads is not None:
         heads.record(ens, alive, seeds_alive(), depths_alive(), 0)
@@ -386,12 +391,12 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
             mark = (step, now)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args, horizon)
-        ids, answers = data.sample(curriculum[alive], args.batch_size, generator,
-                                   None if level is None else level[alive])
+        ids, answers = data.sample(curriculum[alive_idx], args.batch_size, generator,
+                                   None if level_dev is None else level_dev[alive_idx])
         with autocast():
             losses = step_fn(ids, answers)
         losses.sum().backward()
-        clip_grad_norm_per_member(ens.parameters(), args.max_grad_norm)
+        clip_grad_norm_per_member(ens.parameters(), args.max_grad_norm, compile=args.compile)
         opt.step()
         opt.zero_grad(set_to_none=True)
         step += 1
@@ -400,7 +405,7 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
             if device.type == "cuda":
                 torch.cuda.synchronize()
             steady = (step, time.perf_counter())
-        loss_sum[alive] += losses.detach().float()
+        loss_sum.index_add_(0, alive_idx, losses.detach().float())
         if heads is not None and step % args.heads_every == 0:
             heads.record(ens, alive, seeds_alive(), depths_alive(), step, skip=frozen)
         if step % args.eval_every == 0 or step == horizon:
@@ -414,6 +419,7 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
                 history[i].append((step, round(em[slot], 4), round(mean_loss[i], 4)))
                 if staged and level[i] < hops and mean_loss[i] < args.advance_below:
                     level[i] += 1
+                    level_dev[i] = int(level[i])
                     stages[i].append((step, int(level[i])))
                 if em[slot] >= args.stop_at:
                     reached[i] = step
@@ -427,6 +433,7 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
                 if len(frozen) >= max(1, len(alive) // 4):
                     keep = [slot for slot in range(len(alive)) if alive[slot] not in frozen]
                     alive, frozen = [alive[slot] for slot in keep], set()
+                    alive_idx = torch.tensor(alive, device=device)
                     if alive:
                         opt.select_(keep, ens.select_(keep))
             if step % (10 * args.eval_every) == 0:
@@ -446,6 +453,7 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
             if len(alive_slots) < len(alive):
                 opt.select_(alive_slots, ens.select_(alive_slots))
                 alive = [alive[slot] for slot in alive_slots]
+                alive_idx = torch.tensor(alive, device=device)
             state = {"step": step, "members": {keys[i]: {
                 "history": history[i], "loss_sum": float(loss_sum[i]),
                 **({"level": int(level[i]), "stages": stages[i]} if staged else {}),

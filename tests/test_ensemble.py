@@ -202,3 +202,36 @@ def test_bad_inputs_are_refused():
         ens(torch.zeros(3, 1, 4, dtype=torch.long))
     with pytest.raises(ValueError, match="no gradients"):
         ens.hf_state(grad=True)
+
+
+def test_compiled_clip_and_update_match_eager():
+    """compile=True (the GPU sweep's path) takes the same steps as the eager loops, to float32 round-off: with a
+    frozen member (unchanged bit for bit) and across a select_ that changes the members' count."""
+    cfg = config(num_hidden_layers=2)
+    a = LlamaEnsemble.from_config(cfg, seeds=[0, 1, 2], depths=[1, 2, 2])
+    b = copy.deepcopy(a)
+    opts = {False: MemberAdamW(a.parameters(), lr=1e-2, weight_decay=0.1),
+            True: MemberAdamW(b.parameters(), lr=1e-2, weight_decay=0.1, compile=True)}
+    for opt in opts.values():
+        opt.factor[1] = 0.0
+    frozen = {k: v[1].clone() for k, v in b.hf_state().items()}
+    last = torch.tensor([7])
+    for step in range(4):
+        if step == 2:
+            frozen = None
+            for ens, opt in ((a, opts[False]), (b, opts[True])):
+                opt.select_([2, 0], ens.select_([2, 0]))
+        ids, answers = answer_batch(cfg, members=a.num_members)
+        norms = {}
+        for compiled, ens in ((False, a), (True, b)):
+            opt = opts[compiled]
+            opt.param_groups[0]["lr"] = 1e-2 * (step + 1)  # a new value each step (used, not baked into the graph)
+            (10 * member_losses(ens(ids, positions=last), answers[:, :, None]).sum()).backward()
+            norms[compiled] = clip_grad_norm_per_member(ens.parameters(), 0.5, compile=compiled)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        torch.testing.assert_close(norms[True], norms[False], atol=1e-6, rtol=1e-5)
+        for name, value in b.hf_state().items():
+            torch.testing.assert_close(value, a.hf_state()[name], atol=1e-6, rtol=1e-5, msg=name)
+            if frozen is not None:
+                assert torch.equal(value[1], frozen[name]), name

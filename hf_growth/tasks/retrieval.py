@@ -31,6 +31,8 @@ True
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from ._common import Splits, check_sizes, sample_unique_examples, to_dataset_dict
@@ -68,6 +70,16 @@ def _chain_layout(num_pairs: int, hops: int, num_nodes: int) -> tuple[np.ndarray
     if slot > num_nodes:
         raise ValueError(f"{num_pairs} links in chains of {hops} need {slot} distinct nodes > num_nodes={num_nodes}")
     return np.array(src), np.array(dst), slot
+
+
+@functools.lru_cache(maxsize=64)
+def _chain_layout_on(num_pairs: int, hops: int, num_nodes: int, device):
+    """:func:`_chain_layout` as index tensors on ``device``, made once (a host-to-GPU copy per call would wait for
+    the GPU: the sampler then could not run ahead of the training step)."""
+    import torch
+
+    src, dst, needed = _chain_layout(num_pairs, hops, num_nodes)
+    return torch.as_tensor(src, device=device), torch.as_tensor(dst, device=device), needed
 
 
 def retrieval_splits(
@@ -129,7 +141,8 @@ def sample_retrieval_ids(
     ``token_ids``: ``(V,)`` long tensor, the id of the word ``str(k)`` at index ``k`` (covering ``num_nodes`` and
     ``hops``); ``query_id``: the id of ``|``. ``max_hops``: an int or a long tensor ``(n,)`` in ``1..hops``; a
     curriculum example then draws D uniformly from ``1..max_hops`` (a staged curriculum raises it during training;
-    the chains keep ``hops`` links, so only the question gets easier).
+    the chains keep ``hops`` links, so only the question gets easier). An int or a CPU tensor is range-checked; a tensor
+    already on the GPU is not (that check would make the host wait for the GPU every step).
 
     >>> import torch
     >>> from hf_growth.tasks.retrieval import sample_retrieval_ids, solve
@@ -141,21 +154,25 @@ def sample_retrieval_ids(
     """
     import torch
 
-    src, dst, needed = _chain_layout(num_pairs, hops, num_nodes)
     if token_ids.numel() < max(num_nodes, hops + 1):
         raise ValueError(f"token_ids covers {token_ids.numel()} numbers, need {max(num_nodes, hops + 1)}")
     device = token_ids.device
+    src, dst, needed = _chain_layout_on(num_pairs, hops, num_nodes, device)
     rand = dict(generator=generator, device=device)
     nodes = torch.rand(n, num_nodes, **rand).argsort(1)[:, :needed]
     order = torch.rand(n, num_pairs, **rand).argsort(1)
-    a = nodes[:, torch.as_tensor(src, device=device)].gather(1, order)
-    b = nodes[:, torch.as_tensor(dst, device=device)].gather(1, order)
-    cur = torch.as_tensor(curriculum, device=device).expand(n)
+    a = nodes[:, src].gather(1, order)
+    b = nodes[:, dst].gather(1, order)
+    if isinstance(curriculum, torch.Tensor):
+        cur = curriculum.to(device).expand(n)
+    else:
+        cur = torch.full((n,), bool(curriculum), device=device)
     if max_hops is None:
         easy = torch.randint(1, hops + 1, (n,), **rand)
     else:
-        top = torch.as_tensor(max_hops)
-        if bool(((top < 1) | (top > hops)).any()):  # checked where it was given (a CPU tensor costs no sync)
+        top = max_hops if isinstance(max_hops, torch.Tensor) else torch.tensor(int(max_hops))
+        # checked where it is given: a CPU tensor or an int costs no sync; one on the GPU is taken as it is
+        if top.device.type == "cpu" and bool(((top < 1) | (top > hops)).any()):
             raise ValueError(f"max_hops must lie in 1..hops={hops}, got {top.tolist()}")
         top = top.to(device).expand(n)
         easy = 1 + (torch.rand(n, **rand) * top).long().clamp_max(top - 1)
