@@ -84,6 +84,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--heads-probe", type=int, default=64)
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None, help="default: on for CUDA")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="default: on for CUDA")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="compile the forward + backward with mode='reduce-overhead' (CUDA graphs; needs --compile)")
     p.add_argument("--cpu", action="store_true")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--time-budget", type=float, default=0, help="seconds for the whole call (0 = none)")
@@ -108,6 +110,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.device = "cuda" if cuda else "cpu"
     args.bf16 = cuda if args.bf16 is None else args.bf16
     args.compile = cuda if args.compile is None else args.compile
+    if args.cuda_graphs and not (cuda and args.compile):
+        p.error("--cuda-graphs needs CUDA and --compile")
     if args.heads_every == 0:
         args.heads_every = args.eval_every
     return args
@@ -330,7 +334,8 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
     def losses_of(ids, answers):
         return member_losses(ens(ids, positions=last), answers[:, :, None])
 
-    step_fn = torch.compile(losses_of) if args.compile else losses_of
+    step_fn = (torch.compile(losses_of, mode="reduce-overhead" if args.cuda_graphs else None) if args.compile
+               else losses_of)
     history: dict[int, list] = {i: [] for i in range(len(members))}
     reached: dict[int, int] = {}
     results: dict[int, dict[str, Any]] = {}
