@@ -178,3 +178,18 @@ def test_emergence_plots_fall_back_to_the_smallest_depth_with_a_passing_seed(tmp
     (tmp_path / "t.D2.heads_s0.png").unlink()
     assert ens_sweep.write_heads(2, records, Heads(), members, args, tmp_path) == ["D=2: no member passed; no emergence plot"]
     assert not (tmp_path / "t.D2.heads_s0.png").exists()
+
+
+def test_ensemble_step_benchmark_writes_its_table(tmp_path, capsys):
+    """benchmarks/ensemble_step.py (the step's speed, ours vs the old loop) runs on the CPU and records each variant."""
+    bench = _load("ensemble_step")
+    out = tmp_path / "step.json"
+    argv = ["--cpu", "--threads", "1", "--no-compile", "--no-bf16", "--hops", "2", "--depths", "1,2", "--seeds", "0",
+            "--width", "16", "--heads", "2", "--batch-size", "4", "--pair-separator", "--steps", "2", "--repeats", "2",
+            "--warmup", "1", "--variants", "eager-sync,eager,graphs", "--output", str(out)]
+    assert bench.main(argv) == 0
+    result = json.loads(out.read_text())
+    assert [row["key"] for row in result["rows"]] == ["eager-sync", "eager"]  # graphs need CUDA: skipped, said so
+    assert result["rows"][0]["speedup_vs_first"] == 1.0 and result["members"] == 2 and result["tokens"] == 3 * 8 + 3
+    assert all(len(row["all_ms_per_step"]) == 2 and row["ms_per_step"] > 0 for row in result["rows"])
+    assert "graphs: skipped" in capsys.readouterr().out
