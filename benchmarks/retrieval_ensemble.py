@@ -515,9 +515,10 @@ def write_heads(hops: int, records: list[dict], heads: HeadRecorder, members: li
     data, lines = {}, []
     for i, (depth, cur, seed) in enumerate(members):
         rec = heads.record_of(i)
-        order = emergence_order(rec["scores"], rec["steps"])
         data[records[i]["key"]] = {"steps": rec["steps"], "scores": rec["scores"].round(4).tolist(),
-                                   "emergence": order, "passed": records[i]["passed"]}
+                                   "emergence": emergence_order(rec["scores"], rec["steps"]),
+                                   "settled": emergence_order(rec["scores"], rec["steps"], rule="settled"),
+                                   "passed": records[i]["passed"]}
     (out / f"{args.name}.D{hops}.heads.json").write_text(json.dumps(data) + "\n")
     by_config: dict[tuple[int, bool], list[int]] = {}
     for i, (depth, cur, seed) in enumerate(members):
@@ -530,16 +531,20 @@ def write_heads(hops: int, records: list[dict], heads: HeadRecorder, members: li
     if not passing:
         return [f"D={hops}: no member passed; no emergence plot"]
     depth, cur = passing[0][0], not passing[0][1]
-    orders = []
+    orders: dict[str, list] = {"emergence": [], "settled": []}
     for i in by_config[(depth, cur)]:
         seed = members[i][2]
-        order = data[records[i]["key"]]["emergence"]
-        orders.append(order["layer_order"])
+        for rule in orders:
+            orders[rule].append(data[records[i]["key"]][rule]["layer_order"])
         title = (f"Retrieval D={hops}, {depth} layers, curriculum {'on' if cur else 'off'}, seed {seed} "
                  f"({'passed' if records[i]['passed'] else 'failed'}): attention of the last token on the chain")
         plot_head_emergence(heads.record_of(i), out / f"{args.name}.D{hops}.heads_s{seed}.png", title=title)
-        lines.append(f"D={hops} L{depth} {'cur' if cur else 'nocur'} seed {seed}: {order['sentence']}")
-    lines.append(f"D={hops} L{depth}: layer order per seed {orders}; same over seeds: {all(o == orders[0] for o in orders)}")
+        for rule, name in (("emergence", "half-rise"), ("settled", "settled")):
+            lines.append(f"D={hops} L{depth} {'cur' if cur else 'nocur'} seed {seed} ({name}): "
+                         f"{data[records[i]['key']][rule]['sentence']}")
+    for rule, found in orders.items():
+        lines.append(f"D={hops} L{depth} ({'half-rise' if rule == 'emergence' else rule}): layer order per seed "
+                     f"{found}; same over seeds: {all(o == found[0] for o in found)}")
     return lines
 
 

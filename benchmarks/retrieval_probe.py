@@ -43,7 +43,7 @@ from transformers import TrainerCallback
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hf_growth.analysis.heads import HeadEmergenceCallback, first_reach  # noqa: E402
+from hf_growth.analysis.heads import HeadEmergenceCallback, first_reach, settle_steps  # noqa: E402
 from hf_growth.tasks.retrieval import QUERY, SEPARATOR, retrieval_splits  # noqa: E402
 
 __all__ = ["AccuracyMonitor", "RetrievalHeads", "chain_positions", "emergence_order", "run_options"]
@@ -237,21 +237,32 @@ def probe_batch(opts: dict[str, Any], tokenizer, size: int = 64, seed: int | Non
     return probe, important, query_mask, questions
 
 
-def emergence_order(scores: np.ndarray, steps: list[int], threshold: float | None = None) -> dict[str, Any]:
-    """Heads in the order their score first reaches ``threshold`` (``None``: half of the head's rise), and the
-    first such step per layer. ``scores``: ``(S, L, H)`` recorded at ``steps``."""
-    reach = first_reach(np.asarray(scores), list(steps), threshold)
-    final = np.asarray(scores)[-1]
+def emergence_order(scores: np.ndarray, steps: list[int], threshold: float | None = None,
+                    rule: str = "reach") -> dict[str, Any]:
+    """Heads in the order of their emergence step, and the first such step per layer. ``scores``: ``(S, L, H)``
+    recorded at ``steps``. ``rule="reach"``: the first step whose score reaches ``threshold`` (``None``: half of
+    the head's rise, :func:`first_reach`); ``rule="settled"``: the step from which the smoothed score stays past
+    half of its change from first to final, rises and falls (:func:`settle_steps`)."""
+    scores = np.asarray(scores)
+    if rule == "reach":
+        reach = first_reach(scores, list(steps), threshold)
+    elif rule == "settled":
+        reach = settle_steps(scores, list(steps))
+    else:
+        raise ValueError(f"rule must be 'reach' or 'settled', got {rule!r}")
+    first, final = scores[0], scores[-1]
     heads = sorted(((step, layer, head) for layer, row in enumerate(reach) for head, step in enumerate(row)
                     if step is not None), key=lambda t: (t[0], t[1], t[2]))
-    order = [{"layer": layer, "head": head, "step": step, "final_score": round(float(final[layer, head]), 4)}
+    order = [{"layer": layer, "head": head, "step": step, "final_score": round(float(final[layer, head]), 4),
+              "change": round(float(final[layer, head] - first[layer, head]), 4)}
              for step, layer, head in heads]
     per_layer = {}
     for item in order:
         per_layer.setdefault(item["layer"], item["step"])
     layer_order = [layer for layer, _ in sorted(per_layer.items(), key=lambda kv: (kv[1], kv[0]))]
-    text = " -> ".join(f"L{o['layer']}H{o['head']} (step {o['step']})" for o in order) or "no head rose"
-    return {"threshold": threshold, "heads": order, "layer_first_step": {str(k): v for k, v in per_layer.items()},
+    text = " -> ".join(f"L{o['layer']}H{o['head']} (step {o['step']}{', falls' if rule == 'settled' and o['change'] < 0 else ''})"
+                       for o in order) or "no head rose"
+    return {"rule": rule, "threshold": threshold, "heads": order, "layer_first_step": {str(k): v for k, v in per_layer.items()},
             "layer_order": layer_order, "sentence": text}
 
 

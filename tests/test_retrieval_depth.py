@@ -201,6 +201,12 @@ def test_probe_batch_masks_and_emergence_order():
     order = probe.emergence_order(scores, [0, 10, 20, 30])
     assert [(h["layer"], h["head"], h["step"]) for h in order["heads"]] == [(1, 0, 20), (0, 1, 30)]
     assert order["layer_order"] == [1, 0] and "L1H0 (step 20) -> L0H1 (step 30)" in order["sentence"]
+    scores[1:, 0, 0] = -0.5  # L0H0 leaves the chain at step 10: the settled rule counts falls
+    settled = probe.emergence_order(scores, [0, 10, 20, 30], rule="settled")
+    assert [(h["layer"], h["head"], h["step"]) for h in settled["heads"]][0] == (0, 0, 10)
+    assert settled["heads"][0]["change"] == -0.5 and "L0H0 (step 10, falls)" in settled["sentence"]
+    with pytest.raises(ValueError, match="rule must be"):
+        probe.emergence_order(scores, [0, 10, 20, 30], rule="max")
 
 
 def test_tiny_real_sweep_and_emergence(tmp_path):
