@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import torch  # noqa: E402
 
 from retrieval_depth import shape_of, versions  # noqa: E402
-from retrieval_ensemble import TaskData, parse_args as sweep_args  # noqa: E402
+from retrieval_ensemble import TaskData, ensemble_config, parse_args as sweep_args  # noqa: E402
 
 
 def parse_args(argv):
@@ -62,8 +62,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from transformers import LlamaConfig
-
     from hf_growth import tasks
     from hf_growth.training.ensemble import LlamaEnsemble, MemberAdamW, clip_grad_norm_per_member, member_losses
 
@@ -74,10 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     shape = shape_of(hops, args)
     members = [(depth, seed) for depth in args.depths for seed in args.seeds]
     data = TaskData(tokenizer, hops, shape, [], args, device)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=args.width, intermediate_size=args.mlp or 4 * args.width,
-        num_hidden_layers=max(args.depths), num_attention_heads=args.heads, num_key_value_heads=args.heads,
-        max_position_embeddings=max(64, 2 * (shape["tokens"] + 3)), pad_token_id=tokenizer.pad_token_id)
+    config = ensemble_config(args, tokenizer, shape, max(args.depths))
     ens = LlamaEnsemble.from_config(config, seeds=[s for _, s in members], depths=[d for d, _ in members])
     ens = ens.to(device).train()
     curriculum = torch.ones(len(members), dtype=torch.bool, device=device)

@@ -292,14 +292,23 @@ def lr_at(step: int, args, horizon: int) -> float:
     return args.lr * max(0.0, (horizon - step) / max(1, horizon - args.warmup))
 
 
+def ensemble_config(args, tokenizer, shape: dict[str, int], layers: int):
+    """The members' ``LlamaConfig`` (``layers`` = the deepest member's; shallower members use its first layers)."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=args.width, intermediate_size=args.mlp or 4 * args.width,
+        num_hidden_layers=layers, num_attention_heads=args.heads, num_key_value_heads=args.heads,
+        max_position_embeddings=max(64, 2 * (shape["tokens"] + 3)),
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id)
+
+
 def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer, tag: str, deadline: float,
                seconds: float = 0.0):
     """Train ``members`` = [(depth, curriculum, seed)] of hop count ``hops`` together; returns their records and
     head records. ``seconds`` (0 = no limit): the schedule is re-aimed at the last step that fits (measured after
     the first steps and every 500 steps; at most ``--max-steps``), as ``TimeBudgetCallback`` does for the script."""
     from contextlib import nullcontext
-
-    from transformers import LlamaConfig
 
     from hf_growth.training.ensemble import LlamaEnsemble, MemberAdamW, clip_grad_norm_per_member, member_losses
 
@@ -309,11 +318,7 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
     data = TaskData(tokenizer, hops, shape, seeds_used, args, device)
     heads = (HeadRecorder(tokenizer, hops, shape, seeds_used, args.heads_probe, device, args.pair_separator)
              if args.heads_every > 0 else None)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=args.width, intermediate_size=args.mlp or 4 * args.width,
-        num_hidden_layers=max(d for d, _, _ in members), num_attention_heads=args.heads,
-        num_key_value_heads=args.heads, max_position_embeddings=max(64, 2 * (shape["tokens"] + 3)),
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id)
+    config = ensemble_config(args, tokenizer, shape, max(d for d, _, _ in members))
     ens = LlamaEnsemble.from_config(config, seeds=[s for _, _, s in members], depths=[d for d, _, _ in members])
     ens = ens.to(device).train()
     opt = MemberAdamW(ens.parameters(), lr=args.lr, weight_decay=args.weight_decay, compile=args.compile)
@@ -321,11 +326,11 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
     # per-step indexing uses these device copies (a Python list or CPU tensor index makes the host wait for the GPU)
     alive_idx = torch.arange(len(members), device=device)
     curriculum = torch.tensor([c for _, c, _ in members], device=device)
-    # staged curriculum: each member's largest D so far (on the CPU: raised from the eval's loss, no sync per step)
+    # staged curriculum: each member's largest D so far, on the device (read once per eval, which syncs anyway)
     staged = args.curriculum_kind == "staged" and hops > 1
-    level = torch.tensor([1 if c else hops for _, c, _ in members]) if staged else None
-    stages: dict[int, list[tuple[int, int]]] = {i: [(0, int(level[i]))] for i in range(len(members))} if staged else {}
-    level_dev = level.to(device) if staged else None
+    start = [1 if c else hops for _, c, _ in members]
+    level = torch.tensor(start, device=device) if staged else None
+    stages: dict[int, list[tuple[int, int]]] = {i: [(0, start[i])] for i in range(len(members))} if staged else {}
     generator = torch.Generator(device).manual_seed(int(tag, 16) + hops)
     autocast = (lambda: torch.autocast("cuda" if device.type == "cuda" else "cpu", dtype=torch.bfloat16)) \
         if args.bf16 else nullcontext
@@ -369,14 +374,12 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
             history[i] = [tuple(h) for h in member["history"]]
             loss_sum[i] = member["loss_sum"]
             if staged:
-                level[i] = member["level"]
+                level[i] = int(member["level"])
                 stages[i] = [tuple(x) for x in member["stages"]]
             if heads is not None:
                 heads.steps[i] = member["head_steps"]
                 heads.scores[i] = list(saved["tensors"][f"heads.scores.{key}"].numpy())
                 heads.maps[i] = list(saved["tensors"][f"heads.maps.{key}"].float().numpy())
-        if staged:
-            level_dev = level.to(device)
         print(f"[D={hops}] resumed {len(keys)} members at step {step} from {ckpt}", flush=True)
     elif heads is not None:
         heads.record(ens, alive, seeds_alive(), depths_alive(), 0)
@@ -397,7 +400,7 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args, horizon)
         ids, answers = data.sample(curriculum[alive_idx], args.batch_size, generator,
-                                   None if level_dev is None else level_dev[alive_idx])
+                                   None if level is None else level[alive_idx])
         with autocast():
             losses = step_fn(ids, answers)
         losses.sum().backward()
@@ -417,15 +420,16 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
             em = exact_match(ens, data, "validation", seeds_alive(), autocast).tolist()
             mean_loss = (loss_sum / args.eval_every).tolist()
             loss_sum.zero_()
+            levels = level.tolist() if staged else None
             done = []
             for slot, i in enumerate(alive):
                 if i in frozen:
                     continue
                 history[i].append((step, round(em[slot], 4), round(mean_loss[i], 4)))
-                if staged and level[i] < hops and mean_loss[i] < args.advance_below:
-                    level[i] += 1
-                    level_dev[i] = int(level[i])
-                    stages[i].append((step, int(level[i])))
+                if staged and levels[i] < hops and mean_loss[i] < args.advance_below:
+                    levels[i] += 1
+                    level[i] = levels[i]
+                    stages[i].append((step, levels[i]))
                 if em[slot] >= args.stop_at:
                     reached[i] = step
                     done.append(slot)
@@ -459,9 +463,10 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
                 opt.select_(alive_slots, ens.select_(alive_slots))
                 alive = [alive[slot] for slot in alive_slots]
                 alive_idx = torch.tensor(alive, device=device)
+            levels = level.tolist() if staged else None
             state = {"step": step, "members": {keys[i]: {
                 "history": history[i], "loss_sum": float(loss_sum[i]),
-                **({"level": int(level[i]), "stages": stages[i]} if staged else {}),
+                **({"level": levels[i], "stages": stages[i]} if staged else {}),
                 **({"head_steps": heads.steps[i]} if heads is not None else {})} for i in alive}}
             extra = {}
             if heads is not None:

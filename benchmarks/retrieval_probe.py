@@ -260,10 +260,13 @@ def emergence_order(scores: np.ndarray, steps: list[int], threshold: float | Non
     for item in order:
         per_layer.setdefault(item["layer"], item["step"])
     layer_order = [layer for layer, _ in sorted(per_layer.items(), key=lambda kv: (kv[1], kv[0]))]
-    text = " -> ".join(f"L{o['layer']}H{o['head']} (step {o['step']}{', falls' if rule == 'settled' and o['change'] < 0 else ''})"
-                       for o in order) or "no head rose"
-    return {"rule": rule, "threshold": threshold, "heads": order, "layer_first_step": {str(k): v for k, v in per_layer.items()},
-            "layer_order": layer_order, "sentence": text}
+    def label(o):
+        falls = ", falls" if rule == "settled" and o["change"] < 0 else ""
+        return f"L{o['layer']}H{o['head']} (step {o['step']}{falls})"
+
+    text = " -> ".join(label(o) for o in order) or "no head rose"
+    return {"rule": rule, "threshold": threshold, "heads": order,
+            "layer_first_step": {str(k): v for k, v in per_layer.items()}, "layer_order": layer_order, "sentence": text}
 
 
 class RetrievalHeads(HeadEmergenceCallback):

@@ -30,9 +30,9 @@ torch.Size([3, 5, 7, 32])
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -318,14 +318,10 @@ def _clip_per_member_(grads: list[torch.Tensor], max_norm: float, eps: float) ->
     return norms
 
 
-_compiled: dict[str, Any] = {}
-
-
-def _compiled_fn(name: str, fn):
+@functools.cache
+def _compiled_fn(fn):
     """``torch.compile(fn)``, made once per process (Inductor fuses the per-parameter loops into a few kernels)."""
-    if name not in _compiled:
-        _compiled[name] = torch.compile(fn, dynamic=None)
-    return _compiled[name]
+    return torch.compile(fn, dynamic=None)
 
 
 @torch.no_grad()
@@ -337,7 +333,7 @@ def clip_grad_norm_per_member(parameters, max_norm: float, eps: float = 1e-6, co
     grads = [p.grad for p in parameters if p.grad is not None]
     if not grads:
         raise ValueError("no gradients to clip")
-    clip = _compiled_fn("clip", _clip_per_member_) if compile else _clip_per_member_
+    clip = _compiled_fn(_clip_per_member_) if compile else _clip_per_member_
     return clip(grads, float(max_norm), float(eps))
 
 
@@ -379,7 +375,7 @@ class MemberAdamW(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure=None):  # noqa: D102 - AdamW's contract
         loss = closure() if closure is not None else None
-        update = _compiled_fn("adamw", _member_adamw_) if self.compile else _member_adamw_
+        update = _compiled_fn(_member_adamw_) if self.compile else _member_adamw_
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             for p in params:
