@@ -487,15 +487,15 @@ def plot(summary: dict[str, Any], path: Path, max_layers: int, title: str) -> Pa
             for r in rows:
                 v = r[f"min_depth_{crit}"]
                 if v is None:
-                    up.append(r["hops"])
+                    up.append((r["hops"], max(r.get("depths_tried") or [max_layers])))
                 else:
                     xs.append(r["hops"] * (1 + offset))
                     ys.append(v + (0.08 if crit == "any_seed" else 0))
             label = f"{name}: min depth, {'all seeds' if crit == 'all_seeds' else 'any seed'} >= target"
             ax.plot(xs, ys, marker, color=color, mfc=fill, ms=8 if crit == "all_seeds" else 6, ls="none", label=label)
             if crit == "all_seeds" and up:
-                ax.plot([u * (1 + offset) for u in up], [max_layers + 0.45] * len(up), "^", color=color, ms=8,
-                        ls="none", label=f"{name}: not reached up to the depths tried")
+                ax.plot([u * (1 + offset) for u, _ in up], [top + 0.45 for _, top in up], "^", color=color, ms=8,
+                        ls="none", label=f"{name}: not reached up to the depth tried (marker above it)")
             fit = summary["fits"].get(f"{'curriculum' if cur else 'no_curriculum'}_{crit}")
             if fit and crit == "all_seeds":
                 ax.plot(grid, fit["a"] + fit["b_per_doubling"] * np.log2(grid), "-", color=color, lw=1,

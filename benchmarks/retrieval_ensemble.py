@@ -409,7 +409,7 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
         opt.zero_grad(set_to_none=True)
         step += 1
         member_steps += len(alive)
-        if step == 20:  # the steady rate (compilation and warm-up excluded) is measured from here
+        if step == first_step + 20:  # the steady rate (compilation and warm-up excluded) is measured from here
             if device.type == "cuda":
                 torch.cuda.synchronize()
             steady = (step, time.perf_counter())
@@ -446,7 +446,7 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
                     if alive:
                         opt.select_(keep, ens.select_(keep))
             if step % (10 * args.eval_every) == 0:
-                rate = step / (time.perf_counter() - begin)
+                rate = (step - first_step) / (time.perf_counter() - begin)  # this call's steps
                 print(f"[D={hops}] step {step}: {len(alive)} of {len(members)} members training, {rate:.1f} steps/s",
                       flush=True)
     alive_slots = [slot for slot, i in enumerate(alive) if i not in frozen]
@@ -501,7 +501,8 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
                              **({"curriculum_kind": "staged"} if staged and cur else {})},
             "ensemble": {"members": len(members), "steps": step, "schedule_steps": horizon, "seconds_share":
                          round(seconds, 1), "wall_seconds": round(wall, 1),
-                         "steps_per_second": round(step / wall, 2) if wall else None,
+                         "first_step": first_step,  # > 0 when resumed: the rates are this call's
+                         "steps_per_second": round((step - first_step) / wall, 2) if wall else None,
                          "steady_steps_per_second_from_step_20": steady_rate,
                          "member_steps_per_second": round(member_steps / wall, 1) if wall else None},
             "device": device_name, "versions": versions(),
@@ -616,7 +617,7 @@ def main(argv: list[str] | None = None) -> int:
         e = records[0]["ensemble"]
         timing[str(hops)] = e
         print(f"[D={hops}] {e['steps']} steps in {e['wall_seconds']} s ({e['steps_per_second']} steps/s, "
-              f"{e['steady_steps_per_second_from_step_20']} from step 20, "
+              f"{e['steady_steps_per_second_from_step_20']} after the call's first 20 steps, "
               f"{e['member_steps_per_second']} member-steps/s); passed {sum(r['passed'] for r in records)} of "
               f"{len(records)}", flush=True)
         if heads is not None:

@@ -296,3 +296,43 @@ def test_tiny_real_run_with_pair_separator(tmp_path):
     record = json.loads((tmp_path / "ledger.jsonl").read_text().splitlines()[0])
     assert record["task_options"]["pair_separator"] is True and not record.get("error")
     assert json.loads((tmp_path / "out" / "tiny.json").read_text())["table"][0]["tokens"] == 3 * 8 + 3
+
+
+def _record(hops, layers, seed, passed, *, source_steps, schedule=None, timed_out=False, cur=True, staged=True,
+            sep=True, pairs=8, tag="t"):
+    opts = {"num_pairs": pairs, "hops": hops, "curriculum": cur, **({"pair_separator": True} if sep else {}),
+            **({"curriculum_kind": "staged"} if staged and cur else {})}
+    return {"key": f"D{hops}-{cur}-L{layers}-s{seed}-{tag}", "tag": tag, "hops": hops, "curriculum": cur,
+            "layers": layers, "seed": seed, "passed": passed, "exact_match": 0.995 if passed else 0.5,
+            "timed_out": timed_out, "task_options": opts,
+            "ensemble": {"steps": source_steps, "schedule_steps": schedule or source_steps}}
+
+
+def test_depth_vs_d_pools_the_run_given_most_steps(tmp_path):
+    """retrieval_depth_vs_d: per (D, curriculum, layers, seed) the run given the most steps counts (a finished run
+    counts its whole schedule, a cut-off run the steps it made); other settings are left out; table, fit, plot."""
+    vs = _load("retrieval_depth_vs_d")
+    old = [_record(2, 3, s, False, source_steps=10_000, tag="old") for s in range(3)]
+    old += [_record(2, 4, s, s > 0, source_steps=10_000, tag="old") for s in range(3)]
+    old += [_record(2, 2, s, False, source_steps=10_000, staged=False, tag="mix") for s in range(3)]  # mixture
+    old += [_record(2, 2, s, True, source_steps=99_000, pairs=4, tag="small") for s in range(3)]  # another size
+    new = [_record(2, 3, s, True, source_steps=5_000, schedule=60_000, tag="new") for s in range(3)]  # stopped early
+    new += [_record(2, 4, s, False, source_steps=20_000, schedule=60_000, timed_out=True, tag="cut") for s in range(3)]
+    new += [_record(4, 6, s, True, source_steps=30_000, tag="new") for s in range(3)]
+    for name, recs in (("a.jsonl", old), ("b.jsonl", new)):
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in recs))
+    chosen, superseded = vs.pool([(n, vs.read_ledger(tmp_path / n)) for n in ("a.jsonl", "b.jsonl")])
+    by = {(r["hops"], r["layers"], r["seed"]): r for r in chosen}
+    assert sorted(by) == [(2, 3, s) for s in range(3)] + [(2, 4, s) for s in range(3)] + [(4, 6, s) for s in range(3)]
+    assert all(by[(2, 3, s)]["source"] == "b.jsonl" for s in range(3))  # 60k schedule beats 10k steps
+    assert all(by[(2, 4, s)]["source"] == "b.jsonl" for s in range(3))  # cut at 20k beats a finished 10k
+    assert len(superseded) == 6
+    assert vs.main(["--ledgers", "a.jsonl,b.jsonl", "--results", str(tmp_path), "--out-dir", str(tmp_path / "o")]) == 0
+    data = json.loads((tmp_path / "o" / "retrieval_depth_vs_D.json").read_text())
+    rows = {r["hops"]: r for r in data["table"]}
+    assert rows[2]["min_depth_all_seeds"] == 3 and rows[2]["passes"] == {"3": "3/3", "4": "0/3"}
+    assert rows[2]["timed_out_runs"] == 3 and rows[4]["min_depth_all_seeds"] == 6
+    assert data["fits"]["curriculum_all_seeds"]["b_per_doubling"] == pytest.approx(3.0)
+    assert (tmp_path / "o" / "retrieval_depth_vs_D.png").stat().st_size > 10_000
+    with pytest.raises(SystemExit, match="no record"):
+        vs.main(["--ledgers", "a.jsonl", "--results", str(tmp_path), "--no-separator", "--out-dir", str(tmp_path)])

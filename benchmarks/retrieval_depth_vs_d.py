@@ -1,0 +1,139 @@
+"""Minimum depth against the hop count D over several sweeps' ledgers: one table, plot and JSON (issue 12).
+
+Each call of ``retrieval_ensemble.py`` writes its own table, for the D's it ran. The depth-vs-D answer pools the
+ledgers of one setting: the records of ``--ledgers`` that match it (``--pair-separator``, the staged curriculum or
+none -- the uniform mixture is another arm --, the task's default number of pairs for its D; D = 1 has no
+curriculum, and ``--d1-any`` also takes D = 1 runs without ``<sep>``), and for each (D, curriculum, layers, seed)
+**the run given the most steps** (its schedule if it finished, what it made if it was cut off; a later ledger
+wins a tie). Shorter runs of the same configuration are
+listed in the JSON (``superseded``), never counted. Then the sweep's own table, log fit and plot
+(``retrieval_depth.summarize`` / ``plot``). A cut-off run (``timed_out``) counts as not passed; the table says how
+many there are.
+
+    PYTHONPATH=.:benchmarks python benchmarks/retrieval_depth_vs_d.py   # the committed H200 ledgers
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from retrieval_depth import markdown_table, plot, summarize, task_shape  # noqa: E402
+
+RESULTS = Path("benchmarks/results")
+DEFAULT_LEDGERS = [  # oldest first: D = 1 (session 5), D = 2 (session 6-7), D = 4 (sessions 6-8), D = 8 (session 8)
+    "retrieval_ensemble_h200.runs.jsonl", "retrieval_ensemble_sep_h200.runs.jsonl",
+    "retrieval_ensemble_staged_h200.runs.jsonl", "retrieval_ensemble_staged_h200_D2L4.runs.jsonl",
+    "retrieval_ensemble_staged_h200_D2_heads.runs.jsonl", "retrieval_ensemble_staged_h200_D4.runs.jsonl",
+    "retrieval_ensemble_staged_h200_D4_long.runs.jsonl", "retrieval_ensemble_staged_h200_D4_L45.runs.jsonl",
+    "retrieval_ensemble_staged_h200_D8.runs.jsonl",
+]
+
+
+def steps_of(record: dict[str, Any]) -> int:
+    """The steps a run was given: its schedule's length if it finished (a member that reached the stop early was
+    given the whole schedule), the steps it made if it was cut off (a per-process run: its last step)."""
+    ens = record.get("ensemble") or {}
+    made = int(ens.get("steps") or record.get("global_steps") or 0)
+    return made if record.get("timed_out") else int(ens.get("schedule_steps") or made)
+
+
+def in_setting(record: dict[str, Any], separator: bool = True, d1_any: bool = True) -> bool:
+    """Whether a record belongs to the pooled setting (see the module docstring)."""
+    opts = record.get("task_options") or {}
+    hops = int(record["hops"])
+    if record.get("heads_probe") or opts.get("num_pairs") != task_shape(hops, pair_separator=separator)["num_pairs"]:
+        return False
+    if hops == 1:
+        return d1_any or bool(opts.get("pair_separator")) == separator
+    if bool(opts.get("pair_separator")) != separator:
+        return False
+    return not record["curriculum"] or opts.get("curriculum_kind") == "staged"
+
+
+def pool(sources: list[tuple[str, list[dict[str, Any]]]], **setting) -> tuple[list[dict], list[dict]]:
+    """The chosen records (the longest run per configuration, a later source on a tie) and the superseded ones,
+    each with its ``source`` added. ``sources``: (name, records) in order; a ledger's last line per key counts."""
+    chosen: dict[tuple, dict[str, Any]] = {}
+    superseded = []
+    for name, records in sources:
+        latest = {r["key"]: r for r in records}
+        for r in latest.values():
+            if not in_setting(r, **setting):
+                continue
+            r = {**r, "source": name}
+            config = (int(r["hops"]), bool(r["curriculum"]), int(r["layers"]), int(r["seed"]))
+            old = chosen.get(config)
+            if old is not None and steps_of(old) > steps_of(r):
+                superseded.append(r)
+                continue
+            if old is not None:
+                superseded.append(old)
+            chosen[config] = r
+    order = sorted(chosen)
+    return [chosen[c] for c in order], superseded
+
+
+def read_ledger(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--ledgers", default=",".join(DEFAULT_LEDGERS),
+                   help="comma-separated ledger files, oldest first (relative ones under --results)")
+    p.add_argument("--results", default=str(RESULTS))
+    p.add_argument("--no-separator", dest="separator", action="store_false", help="pool the runs without <sep>")
+    p.add_argument("--d1-any", action=argparse.BooleanOptionalAction, default=True,
+                   help="D = 1 runs count with or without <sep> (it changes the question's length only)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds a configuration needs to be complete")
+    p.add_argument("--target", type=float, default=0.99)
+    p.add_argument("--out-dir", default=str(RESULTS))
+    p.add_argument("--name", default="retrieval_depth_vs_D")
+    p.add_argument("--label", default="H200, <sep>, staged curriculum")
+    args = p.parse_args(argv)
+    results = Path(args.results)
+    sources = []
+    for item in filter(None, (s.strip() for s in args.ledgers.split(","))):
+        path = Path(item) if Path(item).is_absolute() or Path(item).exists() else results / item
+        sources.append((path.name, read_ledger(path)))
+    records, superseded = pool(sources, separator=args.separator, d1_any=args.d1_any)
+    if not records:
+        raise SystemExit("no record of the ledgers matches the setting")
+    result = summarize(records, args.seeds)
+    out = Path(args.out_dir)
+    max_layers = max(int(r["layers"]) for r in records)
+    title = (f"{args.label}: min depth for >= {args.target:.0%} test exact match, pooled ledgers "
+             f"(per configuration the run given the most steps, {args.seeds} seeds)")
+    png = plot(result, out / f"{args.name}.png", max_layers, title)
+    brief = ("hops", "curriculum", "layers", "seed", "exact_match", "passed", "timed_out", "source", "key")
+    data = {
+        "benchmark": "retrieval minimum depth vs D, pooled ledgers (issue 12)", "label": args.label,
+        "command": "PYTHONPATH=.:benchmarks python benchmarks/retrieval_depth_vs_d.py " + shlex.join(argv),
+        "rule": "per (D, curriculum, layers, seed) the run given the most steps (schedule if finished, steps made if cut "
+                "off); a cut-off run counts as not passed",
+        "setting": {"pair_separator": args.separator, "d1_any": args.d1_any, "curriculum": "staged or none"},
+        "sources": [name for name, _ in sources], "table": result["table"], "fits": result["fits"],
+        "markdown": markdown_table(result), "plot": png.name,
+        "runs": [{**{k: r.get(k) for k in brief}, "steps": steps_of(r), "devices": r.get("device"),
+                  "curriculum_stages": r.get("curriculum_stages")} for r in records],
+        "superseded": [{**{k: r.get(k) for k in brief}, "steps": steps_of(r)} for r in superseded],
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{args.name}.json").write_text(json.dumps(data, indent=1) + "\n")
+    print(data["markdown"])
+    print(f"fits: {json.dumps(result['fits'])}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
