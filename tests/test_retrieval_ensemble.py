@@ -140,6 +140,9 @@ def test_checkpoint_resume_equals_one_uninterrupted_call(tmp_path):
     assert list(ckpt.iterdir()) == []
     split = {r["key"]: r for r in _records(ledger) if not r["timed_out"]}
     assert len(split) == len(whole) == 2
+    # a resumed call's rates are its own steps over its own time
+    assert {r["ensemble"]["first_step"] for r in first} == {0}
+    assert {s["ensemble"]["first_step"] for s in split.values()} == {25}
     for r in whole:
         s = split[r["key"]]
         assert s["global_steps"] == r["global_steps"] == 40
