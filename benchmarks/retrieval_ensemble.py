@@ -38,6 +38,11 @@ Resumable: finished members go to ``--ledger`` (JSON lines, keyed like ``retriev
 hash of the shared settings); a later call skips them. Members cut off by ``--time-budget`` are recorded with
 ``timed_out`` and rerun by the next call, from scratch, or, with ``--checkpoint-dir``, from where they stopped
 (one ``--max-steps`` schedule spread over several calls).
+
+Growing instead of starting from scratch (another arm; its tag differs): ``--save-passed DIR`` writes each member
+that passes as a ``LlamaForCausalLM``; ``--init-from 'DIR/D4-cur-L6-s{seed}'`` starts every member of a later
+sweep from its seed's saved model, grown to the deepest member's depth by ``grow_model``'s function-preserving
+``num_layers`` expansion (new blocks on top; a member of depth L uses the first L layers).
 """
 
 from __future__ import annotations
@@ -96,6 +101,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "same settings resumes it; the schedule is not re-aimed")
     p.add_argument("--steps-per-call", type=int, default=0,
                    help="end each D after this many steps in this call, as --time-budget would (0 = no limit)")
+    p.add_argument("--save-passed", default=None, metavar="DIR",
+                   help="save each member that passes as a LlamaForCausalLM in DIR/D<D>-<cur|nocur>-L<layers>-s<seed>")
+    p.add_argument("--init-from", default=None, metavar="PATH",
+                   help="start each member from a saved LlamaForCausalLM, PATH with {seed} (e.g. "
+                        "runs/passed/D4-cur-L6-s{seed}), grown to the deepest member's depth by new function-preserving "
+                        "top layers (hf_growth.grow_model); a member of depth L uses its first L layers")
     p.add_argument("--out-dir", default="benchmarks/results")
     p.add_argument("--name", default="retrieval_ensemble")
     p.add_argument("--label", default="")
@@ -125,6 +136,8 @@ def settings_of(args: argparse.Namespace) -> dict[str, Any]:
     extra = {"pair_separator": True} if args.pair_separator else {}  # only when on: earlier tags stay valid
     if args.curriculum_kind == "staged":
         extra.update(curriculum_kind="staged", advance_below=args.advance_below)
+    if args.init_from:
+        extra["init_from"] = args.init_from
     return {"trainer": "ensemble", **{k: getattr(args, k) for k in keys}, **extra}
 
 
@@ -303,6 +316,50 @@ def ensemble_config(args, tokenizer, shape: dict[str, int], layers: int):
         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id)
 
 
+def grown_ensemble(pattern: str, members: list[tuple[int, bool, int]], config):
+    """The members' ensemble started from saved models: ``pattern.format(seed=...)`` per member, grown by
+    ``grow_model``'s ``num_layers`` expansion (``where: top``: the new blocks are identities at the start, so each
+    member computes what its source model computes) to ``config.num_hidden_layers``."""
+    from transformers import LlamaForCausalLM
+
+    from hf_growth import grow_model
+    from hf_growth.training.ensemble import LlamaEnsemble
+
+    depth, models = config.num_hidden_layers, []
+    for member_depth, _, seed in members:
+        path = pattern.format(seed=seed)
+        source = LlamaForCausalLM.from_pretrained(path, dtype=torch.float32)
+        src = source.config
+        for field in ("vocab_size", "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads"):
+            if getattr(src, field) != getattr(config, field):
+                raise ValueError(f"--init-from {path}: {field} is {getattr(src, field)}, the sweep's members have "
+                                 f"{getattr(config, field)} (pass the same --width/--heads/--mlp)")
+        if member_depth < src.num_hidden_layers:
+            raise ValueError(f"--init-from {path} has {src.num_hidden_layers} layers: a member of depth {member_depth} "
+                             f"would drop some (use --depths >= {src.num_hidden_layers})")
+        grown = (grow_model(source, [{"num_layers": {"to": depth, "where": "top"}}], seed=seed)
+                 if src.num_hidden_layers < depth else source)
+        grown.config.max_position_embeddings = max(src.max_position_embeddings, config.max_position_embeddings)
+        models.append(grown)
+    return LlamaEnsemble.from_models(models, depths=[d for d, _, _ in members])
+
+
+def save_member(ens, slot: int, path: Path) -> None:
+    """Ensemble member ``slot`` as a ``LlamaForCausalLM`` at ``path`` (written beside it, then renamed)."""
+    import shutil
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        ens.to_models([slot])[0].save_pretrained(tmp)
+        if path.exists():
+            shutil.rmtree(path)
+        tmp.rename(path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer, tag: str, deadline: float,
                seconds: float = 0.0):
     """Train ``members`` = [(depth, curriculum, seed)] of hop count ``hops`` together; returns their records and
@@ -319,7 +376,8 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
     heads = (HeadRecorder(tokenizer, hops, shape, seeds_used, args.heads_probe, device, args.pair_separator)
              if args.heads_every > 0 else None)
     config = ensemble_config(args, tokenizer, shape, max(d for d, _, _ in members))
-    ens = LlamaEnsemble.from_config(config, seeds=[s for _, _, s in members], depths=[d for d, _, _ in members])
+    ens = (grown_ensemble(args.init_from, members, config) if args.init_from else
+           LlamaEnsemble.from_config(config, seeds=[s for _, _, s in members], depths=[d for d, _, _ in members]))
     ens = ens.to(device).train()
     opt = MemberAdamW(ens.parameters(), lr=args.lr, weight_decay=args.weight_decay, compile=args.compile)
     alive = list(range(len(members)))  # ensemble slot -> member index
@@ -362,6 +420,9 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
         for slot in slots:
             i = alive[slot]
             results[i] = {"exact_match": round(float(em[slot]), 4), "stop_step": step}
+            if args.save_passed and results[i]["exact_match"] >= args.target:  # as the record's "passed"
+                depth, cur, seed = members[i]
+                save_member(ens, slot, Path(args.save_passed) / f"D{hops}-{'cur' if cur else 'nocur'}-L{depth}-s{seed}")
 
     keys = [member_key(hops, cur, depth, seed, tag) for depth, cur, seed in members]
     ckpt = checkpoint_path(args, hops, tag)

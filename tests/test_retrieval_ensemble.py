@@ -196,3 +196,51 @@ def test_ensemble_step_benchmark_writes_its_table(tmp_path, capsys):
     assert result["rows"][0]["speedup_vs_first"] == 1.0 and result["members"] == 2 and result["tokens"] == 3 * 8 + 3
     assert all(len(row["all_ms_per_step"]) == 2 and row["ms_per_step"] > 0 for row in result["rows"])
     assert "graphs: skipped" in capsys.readouterr().out
+
+
+def test_init_from_grows_saved_models_function_preserving(tmp_path):
+    """grown_ensemble: each member starts from its seed's saved model grown by new top layers (grow_model), so its
+    logits equal the source model's; a member shallower than its source, or another width, is refused."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64)
+    sources = {}
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        sources[seed] = LlamaForCausalLM(config).eval()
+        sources[seed].save_pretrained(tmp_path / f"src-s{seed}")
+    deep = LlamaConfig(**{**config.to_dict(), "num_hidden_layers": 4, "max_position_embeddings": 128})
+    members = [(2, True, 0), (3, True, 1), (4, True, 0)]
+    ens = ens_sweep.grown_ensemble(str(tmp_path / "src-s{seed}"), members, deep)
+    ids = torch.randint(0, 40, (3, 2, 9))
+    with torch.no_grad():
+        logits = ens(ids)
+        for m, (_, _, seed) in enumerate(members):
+            torch.testing.assert_close(logits[m], sources[seed](ids[m]).logits, rtol=1e-5, atol=1e-5)
+    assert ens.depths == [2, 3, 4] and not hasattr(ens.config, "growth_history")  # per source, not shared
+    with pytest.raises(ValueError, match="would drop some"):
+        ens_sweep.grown_ensemble(str(tmp_path / "src-s{seed}"), [(1, True, 0)], deep)
+    wide = LlamaConfig(**{**deep.to_dict(), "hidden_size": 32})
+    with pytest.raises(ValueError, match="hidden_size is 16"):
+        ens_sweep.grown_ensemble(str(tmp_path / "src-s{seed}"), members, wide)
+
+
+def test_save_passed_then_init_from_them(tmp_path):
+    """--save-passed writes every passing member as a LlamaForCausalLM (reloadable); --init-from starts a deeper
+    sweep from them (another tag: its records never mix with from-scratch ones)."""
+    from transformers import LlamaForCausalLM
+
+    saved = tmp_path / "passed"
+    argv = [*TINY, "--hops", "1", "--depths", "1", "--seeds", "0,1", "--target", "0", "--ledger",
+            str(tmp_path / "a.jsonl"), "--out-dir", str(tmp_path / "a"), "--save-passed", str(saved)]
+    assert ens_sweep.main(argv) == 0
+    assert sorted(p.name for p in saved.iterdir()) == ["D1-cur-L1-s0", "D1-cur-L1-s1"]
+    model = LlamaForCausalLM.from_pretrained(saved / "D1-cur-L1-s0")
+    assert model.config.num_hidden_layers == 1 and model.config.hidden_size == 16
+    argv = [*TINY, "--hops", "1", "--depths", "2,3", "--seeds", "0,1", "--ledger", str(tmp_path / "b.jsonl"),
+            "--out-dir", str(tmp_path / "b"), "--init-from", str(saved / "D1-cur-L1-s{seed}")]
+    assert ens_sweep.main(argv) == 0
+    first, grown = _records(tmp_path / "a.jsonl"), _records(tmp_path / "b.jsonl")
+    assert sorted((r["layers"], r["seed"]) for r in grown) == [(2, 0), (2, 1), (3, 0), (3, 1)]
+    assert {r["tag"] for r in grown}.isdisjoint({r["tag"] for r in first})

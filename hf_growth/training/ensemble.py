@@ -73,6 +73,9 @@ class _Layer(nn.Module):
         self.down = nn.Parameter(torch.empty(members, hidden, mlp))
 
 
+_MODEL_METADATA = ("_name_or_path", "growth_history")  # per model, not part of its shape: from_models ignores them
+
+
 class LlamaEnsemble(nn.Module):
     """``M`` Llama causal LMs of one shape (``config``) as one module; member ``m`` uses ``depths[m]`` layers.
 
@@ -108,13 +111,21 @@ class LlamaEnsemble(nn.Module):
     # ------------------------------------------------------------------------------------------ conversion
     @classmethod
     def from_models(cls, models: Sequence[nn.Module], depths: Sequence[int] | None = None) -> LlamaEnsemble:
-        """Stack ``LlamaForCausalLM`` models of one config (copies; the models are untouched)."""
+        """Stack ``LlamaForCausalLM`` models of one config (copies; the models are untouched). Per-model metadata
+        (``_name_or_path``, a grown model's ``growth_history``) may differ and is not kept."""
         if not models:
             raise ValueError("from_models needs at least one model")
-        config = models[0].config
+
+        def shape_of(config) -> dict:
+            return {k: v for k, v in config.to_dict().items() if k not in _MODEL_METADATA}
+
+        config = copy.deepcopy(models[0].config)
         for i, model in enumerate(models):
-            if model.config.to_dict() != config.to_dict():
+            if shape_of(model.config) != shape_of(config):
                 raise ValueError(f"model {i} has another config than model 0: members must share one shape")
+        for key in _MODEL_METADATA:
+            if key != "_name_or_path" and hasattr(config, key):
+                delattr(config, key)
         rotary = getattr(models[0].model, "rotary_emb", None)
         if rotary is not None and float(getattr(rotary, "attention_scaling", 1.0)) != 1.0:
             raise ValueError("RoPE with attention scaling is not supported (default RoPE only)")
