@@ -328,6 +328,9 @@ def grown_ensemble(pattern: str, members: list[tuple[int, bool, int]], config):
     depth, models = config.num_hidden_layers, []
     for member_depth, _, seed in members:
         path = pattern.format(seed=seed)
+        if not (Path(path) / "config.json").is_file():
+            raise FileNotFoundError(f"--init-from: no saved model for seed {seed} at {path} (only members that pass are "
+                                    "saved; choose --seeds that have one)")
         source = LlamaForCausalLM.from_pretrained(path, dtype=torch.float32)
         src = source.config
         for field in ("vocab_size", "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads"):

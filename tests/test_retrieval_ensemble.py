@@ -221,6 +221,8 @@ def test_init_from_grows_saved_models_function_preserving(tmp_path):
     assert ens.depths == [2, 3, 4] and not hasattr(ens.config, "growth_history")  # per source, not shared
     with pytest.raises(ValueError, match="would drop some"):
         ens_sweep.grown_ensemble(str(tmp_path / "src-s{seed}"), [(1, True, 0)], deep)
+    with pytest.raises(FileNotFoundError, match="no saved model for seed 2"):
+        ens_sweep.grown_ensemble(str(tmp_path / "src-s{seed}"), [(2, True, 2)], deep)
     wide = LlamaConfig(**{**deep.to_dict(), "hidden_size": 32})
     with pytest.raises(ValueError, match="hidden_size is 16"):
         ens_sweep.grown_ensemble(str(tmp_path / "src-s{seed}"), members, wide)
