@@ -123,9 +123,8 @@ class LlamaEnsemble(nn.Module):
         for i, model in enumerate(models):
             if shape_of(model.config) != shape_of(config):
                 raise ValueError(f"model {i} has another config than model 0: members must share one shape")
-        for key in _MODEL_METADATA:
-            if key != "_name_or_path" and hasattr(config, key):
-                delattr(config, key)
+        if hasattr(config, "growth_history"):
+            del config.growth_history  # one per source model, not the ensemble's
         rotary = getattr(models[0].model, "rotary_emb", None)
         if rotary is not None and float(getattr(rotary, "attention_scaling", 1.0)) != 1.0:
             raise ValueError("RoPE with attention scaling is not supported (default RoPE only)")
