@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from retrieval_depth import markdown_table, plot, summarize, task_shape  # noqa: E402
+from retrieval_depth import Ledger, markdown_table, plot, summarize, task_shape  # noqa: E402
 
 RESULTS = Path("benchmarks/results")
 DEFAULT_LEDGERS = [  # oldest first: D = 1 (session 5), D = 2 (session 6-7), D = 4 (sessions 6-8), D = 8 (session 8)
@@ -61,12 +61,11 @@ def in_setting(record: dict[str, Any], separator: bool = True, d1_any: bool = Tr
 
 def pool(sources: list[tuple[str, list[dict[str, Any]]]], **setting) -> tuple[list[dict], list[dict]]:
     """The chosen records (the longest run per configuration, a later source on a tie) and the superseded ones,
-    each with its ``source`` added. ``sources``: (name, records) in order; a ledger's last line per key counts."""
+    each with its ``source`` added. ``sources``: (name, records) in order, one record per key (a ``Ledger``'s)."""
     chosen: dict[tuple, dict[str, Any]] = {}
     superseded = []
     for name, records in sources:
-        latest = {r["key"]: r for r in records}
-        for r in latest.values():
+        for r in records:
             if not in_setting(r, **setting):
                 continue
             r = {**r, "source": name}
@@ -80,10 +79,6 @@ def pool(sources: list[tuple[str, list[dict[str, Any]]]], **setting) -> tuple[li
             chosen[config] = r
     order = sorted(chosen)
     return [chosen[c] for c in order], superseded
-
-
-def read_ledger(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,7 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     sources = []
     for item in filter(None, (s.strip() for s in args.ledgers.split(","))):
         path = Path(item) if Path(item).is_absolute() or Path(item).exists() else results / item
-        sources.append((path.name, read_ledger(path)))
+        if not path.is_file():
+            raise SystemExit(f"no ledger at {path}")
+        sources.append((path.name, list(Ledger(path).records.values())))
     records, superseded = pool(sources, separator=args.separator, d1_any=args.d1_any)
     if not records:
         raise SystemExit("no record of the ledgers matches the setting")

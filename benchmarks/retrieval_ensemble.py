@@ -349,18 +349,10 @@ def grown_ensemble(pattern: str, members: list[tuple[int, bool, int]], config):
 
 def save_member(ens, slot: int, path: Path) -> None:
     """Ensemble member ``slot`` as a ``LlamaForCausalLM`` at ``path`` (written beside it, then renamed)."""
-    import shutil
-    import tempfile
+    from hf_growth.growth.checkpoint_io import atomic_output_dir
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    with atomic_output_dir(path, overwrite=True) as tmp:
         ens.to_models([slot])[0].save_pretrained(tmp)
-        if path.exists():
-            shutil.rmtree(path)
-        tmp.rename(path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer, tag: str, deadline: float,
@@ -575,6 +567,9 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
 
 
 # ------------------------------------------------------------------------------------------------ driver
+RULE_NAMES = {"emergence": "half-rise", "settled": "settled"}  # heads-file key -> the rule's name in the log
+
+
 def write_heads(hops: int, records: list[dict], heads: HeadRecorder, members: list[tuple[int, bool, int]],
                 args, out: Path) -> list[str]:
     """Every member's head curves and emergence order as JSON; plots for the smallest all-seeds-passing depth."""
@@ -609,11 +604,11 @@ def write_heads(hops: int, records: list[dict], heads: HeadRecorder, members: li
         title = (f"Retrieval D={hops}, {depth} layers, curriculum {'on' if cur else 'off'}, seed {seed} "
                  f"({'passed' if records[i]['passed'] else 'failed'}): attention of the last token on the chain")
         plot_head_emergence(heads.record_of(i), out / f"{args.name}.D{hops}.heads_s{seed}.png", title=title)
-        for rule, name in (("emergence", "half-rise"), ("settled", "settled")):
-            lines.append(f"D={hops} L{depth} {'cur' if cur else 'nocur'} seed {seed} ({name}): "
+        for rule in orders:
+            lines.append(f"D={hops} L{depth} {'cur' if cur else 'nocur'} seed {seed} ({RULE_NAMES[rule]}): "
                          f"{data[records[i]['key']][rule]['sentence']}")
     for rule, found in orders.items():
-        lines.append(f"D={hops} L{depth} ({'half-rise' if rule == 'emergence' else rule}): layer order per seed "
+        lines.append(f"D={hops} L{depth} ({RULE_NAMES[rule]}): layer order per seed "
                      f"{found}; same over seeds: {all(o == found[0] for o in found)}")
     return lines
 

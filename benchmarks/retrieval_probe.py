@@ -260,6 +260,7 @@ def emergence_order(scores: np.ndarray, steps: list[int], threshold: float | Non
     for item in order:
         per_layer.setdefault(item["layer"], item["step"])
     layer_order = [layer for layer, _ in sorted(per_layer.items(), key=lambda kv: (kv[1], kv[0]))]
+
     def label(o):
         falls = ", falls" if rule == "settled" and o["change"] < 0 else ""
         return f"L{o['layer']}H{o['head']} (step {o['step']}{falls})"

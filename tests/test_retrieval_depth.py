@@ -321,7 +321,8 @@ def test_depth_vs_d_pools_the_run_given_most_steps(tmp_path):
     new += [_record(4, 6, s, True, source_steps=30_000, tag="new") for s in range(3)]
     for name, recs in (("a.jsonl", old), ("b.jsonl", new)):
         (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in recs))
-    chosen, superseded = vs.pool([(n, vs.read_ledger(tmp_path / n)) for n in ("a.jsonl", "b.jsonl")])
+    ledgers = [(n, list(rd.Ledger(tmp_path / n).records.values())) for n in ("a.jsonl", "b.jsonl")]
+    chosen, superseded = vs.pool(ledgers)
     by = {(r["hops"], r["layers"], r["seed"]): r for r in chosen}
     assert sorted(by) == [(2, 3, s) for s in range(3)] + [(2, 4, s) for s in range(3)] + [(4, 6, s) for s in range(3)]
     assert all(by[(2, 3, s)]["source"] == "b.jsonl" for s in range(3))  # 60k schedule beats 10k steps
