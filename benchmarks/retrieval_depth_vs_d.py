@@ -8,7 +8,8 @@ curriculum, and ``--d1-any`` also takes D = 1 runs without ``<sep>``), and for e
 wins a tie). Shorter runs of the same configuration are
 listed in the JSON (``superseded``), never counted. Then the sweep's own table, log fit and plot
 (``retrieval_depth.summarize`` / ``plot``). A cut-off run (``timed_out``) counts as not passed; the table says how
-many there are.
+many there are. Members started from a saved model (``retrieval_ensemble.py --init-from``) are another arm:
+left out, or with ``--grown`` the only ones pooled.
 
     PYTHONPATH=.:benchmarks python benchmarks/retrieval_depth_vs_d.py   # the committed H200 ledgers
 """
@@ -46,9 +47,11 @@ def steps_of(record: dict[str, Any]) -> int:
     return made if record.get("timed_out") else int(ens.get("schedule_steps") or made)
 
 
-def in_setting(record: dict[str, Any], separator: bool = True, d1_any: bool = True) -> bool:
+def in_setting(record: dict[str, Any], separator: bool = True, d1_any: bool = True, grown: bool = False) -> bool:
     """Whether a record belongs to the pooled setting (see the module docstring)."""
     opts = record.get("task_options") or {}
+    if bool(record.get("init_from")) != grown:  # members started from a saved model are another arm
+        return False
     hops = int(record["hops"])
     if record.get("heads_probe") or opts.get("num_pairs") != task_shape(hops, pair_separator=separator)["num_pairs"]:
         return False
@@ -90,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-separator", dest="separator", action="store_false", help="pool the runs without <sep>")
     p.add_argument("--d1-any", action=argparse.BooleanOptionalAction, default=True,
                    help="D = 1 runs count with or without <sep> (it changes the question's length only)")
+    p.add_argument("--grown", action="store_true",
+                   help="pool the grown arm (members started from saved models, --init-from) instead of from scratch")
     p.add_argument("--seeds", type=int, default=3, help="seeds a configuration needs to be complete")
     p.add_argument("--target", type=float, default=0.99)
     p.add_argument("--out-dir", default=str(RESULTS))
@@ -103,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         if not path.is_file():
             raise SystemExit(f"no ledger at {path}")
         sources.append((path.name, list(Ledger(path).records.values())))
-    records, superseded = pool(sources, separator=args.separator, d1_any=args.d1_any)
+    records, superseded = pool(sources, separator=args.separator, d1_any=args.d1_any, grown=args.grown)
     if not records:
         raise SystemExit("no record of the ledgers matches the setting")
     result = summarize(records, args.seeds)
@@ -112,13 +117,15 @@ def main(argv: list[str] | None = None) -> int:
     title = (f"{args.label}: min depth for >= {args.target:.0%} test exact match, pooled ledgers "
              f"(per configuration the run given the most steps, {args.seeds} seeds)")
     png = plot(result, out / f"{args.name}.png", max_layers, title)
-    brief = ("hops", "curriculum", "layers", "seed", "exact_match", "passed", "timed_out", "source", "key")
+    brief = ("hops", "curriculum", "layers", "seed", "exact_match", "passed", "timed_out", "source", "key",
+             "init_from")
     data = {
         "benchmark": "retrieval minimum depth vs D, pooled ledgers (issue 12)", "label": args.label,
         "command": "PYTHONPATH=.:benchmarks python benchmarks/retrieval_depth_vs_d.py " + shlex.join(argv),
         "rule": "per (D, curriculum, layers, seed) the run given the most steps (schedule if finished, steps made if cut "
                 "off); a cut-off run counts as not passed",
-        "setting": {"pair_separator": args.separator, "d1_any": args.d1_any, "curriculum": "staged or none"},
+        "setting": {"pair_separator": args.separator, "d1_any": args.d1_any, "curriculum": "staged or none",
+                    "arm": "grown (--init-from)" if args.grown else "from scratch"},
         "sources": [name for name, _ in sources], "table": result["table"], "fits": result["fits"],
         "markdown": markdown_table(result), "plot": png.name,
         "runs": [{**{k: r.get(k) for k in brief}, "steps": steps_of(r), "devices": r.get("device"),

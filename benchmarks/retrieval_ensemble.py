@@ -552,6 +552,7 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
             "timed_out": timed_out and i not in reached,
             "val_history": [(s, v) for s, v, _ in history[i]], "train_loss_history": [(s, l) for s, _, l in history[i]],
             **({"curriculum_stages": stages[i]} if staged and cur else {}),
+            **({"init_from": args.init_from} if args.init_from else {}),  # the grown arm: never pooled with scratch
             "task_options": {"num_pairs": shape["num_pairs"], "hops": hops, "num_nodes": shape["num_nodes"],
                              "curriculum": cur, **({"pair_separator": True} if args.pair_separator else {}),
                              **({"curriculum_kind": "staged"} if staged and cur else {})},

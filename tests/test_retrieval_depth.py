@@ -319,6 +319,8 @@ def test_depth_vs_d_pools_the_run_given_most_steps(tmp_path):
     new = [_record(2, 3, s, True, source_steps=5_000, schedule=60_000, tag="new") for s in range(3)]  # stopped early
     new += [_record(2, 4, s, False, source_steps=20_000, schedule=60_000, timed_out=True, tag="cut") for s in range(3)]
     new += [_record(4, 6, s, True, source_steps=30_000, tag="new") for s in range(3)]
+    grown = [{**_record(4, 5, s, True, source_steps=40_000, tag="grown"), "init_from": "p/D2-s{seed}"} for s in range(3)]
+    new += grown  # another arm: left out of the pool from scratch, the only ones with --grown
     for name, recs in (("a.jsonl", old), ("b.jsonl", new)):
         (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in recs))
     ledgers = [(n, list(rd.Ledger(tmp_path / n).records.values())) for n in ("a.jsonl", "b.jsonl")]
@@ -337,3 +339,9 @@ def test_depth_vs_d_pools_the_run_given_most_steps(tmp_path):
     assert (tmp_path / "o" / "retrieval_depth_vs_D.png").stat().st_size > 10_000
     with pytest.raises(SystemExit, match="no record"):
         vs.main(["--ledgers", "a.jsonl", "--results", str(tmp_path), "--no-separator", "--out-dir", str(tmp_path)])
+    assert [(r["hops"], r["layers"]) for r in vs.pool(ledgers, grown=True)[0]] == [(4, 5)] * 3
+    assert vs.main(["--ledgers", "a.jsonl,b.jsonl", "--results", str(tmp_path), "--out-dir", str(tmp_path / "g"),
+                    "--grown"]) == 0
+    data = json.loads((tmp_path / "g" / "retrieval_depth_vs_D.json").read_text())
+    assert [(r["hops"], r["min_depth_all_seeds"]) for r in data["table"]] == [(4, 5)]
+    assert data["setting"]["arm"] == "grown (--init-from)" and data["runs"][0]["init_from"] == "p/D2-s{seed}"

@@ -246,3 +246,5 @@ def test_save_passed_then_init_from_them(tmp_path):
     first, grown = _records(tmp_path / "a.jsonl"), _records(tmp_path / "b.jsonl")
     assert sorted((r["layers"], r["seed"]) for r in grown) == [(2, 0), (2, 1), (3, 0), (3, 1)]
     assert {r["tag"] for r in grown}.isdisjoint({r["tag"] for r in first})
+    assert all(r["init_from"] == str(saved / "D1-cur-L1-s{seed}") for r in grown)  # the pooled table tells the arms
+    assert not any("init_from" in r for r in first)
