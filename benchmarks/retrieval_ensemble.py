@@ -645,6 +645,9 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     from hf_growth import tasks
 
+    if args.save_passed or args.init_from:  # what saving / growing needs fails now, not minutes into training
+        import hf_growth.growth.checkpoint_io  # noqa: F401
+        from hf_growth import grow_model  # noqa: F401
     start = time.time()
     deadline = start + args.time_budget - 20 if args.time_budget else 0.0  # 20 s for the tests and the files
     out = Path(args.out_dir)

@@ -4,6 +4,7 @@ sweep on the CPU, its files, freezing finished members, resuming from the ledger
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -226,6 +227,17 @@ def test_init_from_grows_saved_models_function_preserving(tmp_path):
     wide = LlamaConfig(**{**deep.to_dict(), "hidden_size": 32})
     with pytest.raises(ValueError, match="hidden_size is 16"):
         ens_sweep.grown_ensemble(str(tmp_path / "src-s{seed}"), members, wide)
+
+
+def test_save_passed_fails_before_training_without_its_imports(tmp_path, monkeypatch):
+    """A missing dependency of saving (e.g. pydantic on a bare GPU image) stops the call at once, not at the
+    first member that passes (which lost a whole GPU call once)."""
+    monkeypatch.setitem(sys.modules, "hf_growth.growth.checkpoint_io", None)
+    argv = [*TINY, "--hops", "1", "--depths", "1", "--seeds", "0", "--ledger", str(tmp_path / "a.jsonl"),
+            "--out-dir", str(tmp_path / "a"), "--save-passed", str(tmp_path / "passed")]
+    with pytest.raises(ImportError):
+        ens_sweep.main(argv)
+    assert not (tmp_path / "a.jsonl").exists()
 
 
 def test_save_passed_then_init_from_them(tmp_path):

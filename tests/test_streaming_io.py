@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import errno
 import json
+import os
+import stat
 import struct
 
 import pytest
@@ -243,6 +245,23 @@ def test_atomic_overwrite_replaces_only_at_the_end(tmp_path):
         (tmp / "new.txt").write_text("new")
     assert [p.name for p in out.iterdir()] == ["new.txt"]
     assert _leftovers(tmp_path) == ["out"]
+
+
+def test_atomic_output_dir_gets_the_mode_mkdir_would_give(tmp_path):
+    """mkdtemp makes 0700 directories; a written checkpoint must be readable as save_pretrained's is."""
+    old = os.umask(0o022)
+    try:
+        (tmp_path / "plain").mkdir()
+        with atomic_output_dir(tmp_path / "out") as tmp:
+            (tmp / "a.txt").write_text("a")
+        os.umask(0o077)
+        with atomic_output_dir(tmp_path / "private") as tmp:
+            pass
+    finally:
+        os.umask(old)
+    mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
+    assert mode(tmp_path / "out") == mode(tmp_path / "plain") == 0o755
+    assert mode(tmp_path / "private") == 0o700
 
 
 def test_copy_side_files(tmp_path):
