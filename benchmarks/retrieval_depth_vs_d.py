@@ -4,8 +4,8 @@ Each call of ``retrieval_ensemble.py`` writes its own table, for the D's it ran.
 ledgers of one setting: the records of ``--ledgers`` that match it (``--pair-separator``, the staged curriculum or
 none -- the uniform mixture is another arm --, the task's default number of pairs for its D; D = 1 has no
 curriculum, and ``--d1-any`` also takes D = 1 runs without ``<sep>``), and for each (D, curriculum, layers, seed)
-**the run given the most steps** (its schedule if it finished, what it made if it was cut off; a later ledger
-wins a tie). Shorter runs of the same configuration are
+**the run given the most steps** (its schedule if it finished or passed, what it made if it was cut off before
+passing; a later ledger wins a tie). Shorter runs of the same configuration are
 listed in the JSON (``superseded``), never counted. Then the sweep's own table, log fit and plot
 (``retrieval_depth.summarize`` / ``plot``). A cut-off run (``timed_out``) counts as not passed; the table says how
 many there are. Members started from a saved model (``retrieval_ensemble.py --init-from``) are another arm:
@@ -30,21 +30,23 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from retrieval_depth import Ledger, markdown_table, plot, summarize, task_shape  # noqa: E402
 
 RESULTS = Path("benchmarks/results")
-DEFAULT_LEDGERS = [  # oldest first: D = 1 (session 5), D = 2 (session 6-7), D = 4 (sessions 6-8), D = 8 (session 8)
+DEFAULT_LEDGERS = [  # oldest first: D = 1 (session 5), D = 2 (session 6-7), D = 4 (sessions 6-9), D = 8 (session 8)
     "retrieval_ensemble_h200.runs.jsonl", "retrieval_ensemble_sep_h200.runs.jsonl",
     "retrieval_ensemble_staged_h200.runs.jsonl", "retrieval_ensemble_staged_h200_D2L4.runs.jsonl",
     "retrieval_ensemble_staged_h200_D2_heads.runs.jsonl", "retrieval_ensemble_staged_h200_D4.runs.jsonl",
     "retrieval_ensemble_staged_h200_D4_long.runs.jsonl", "retrieval_ensemble_staged_h200_D4_L45.runs.jsonl",
-    "retrieval_ensemble_staged_h200_D8.runs.jsonl",
+    "retrieval_ensemble_staged_h200_D8.runs.jsonl", "retrieval_ensemble_staged_h200_D4_L6_try1.runs.jsonl",
+    "retrieval_ensemble_staged_h200_D4_L6_save.runs.jsonl",
 ]
 
 
 def steps_of(record: dict[str, Any]) -> int:
-    """The steps a run was given: its schedule's length if it finished (a member that reached the stop early was
-    given the whole schedule), the steps it made if it was cut off (a per-process run: its last step)."""
+    """The steps a run was given: its schedule's length if it finished or passed (a member that reached the stop
+    early, or passed when it was cut off, was given what it needed), the steps it made if it was cut off before
+    passing (a censored run: it says "not yet", not "no"; a per-process run: its last step)."""
     ens = record.get("ensemble") or {}
     made = int(ens.get("steps") or record.get("global_steps") or 0)
-    return made if record.get("timed_out") else int(ens.get("schedule_steps") or made)
+    return made if record.get("timed_out") and not record.get("passed") else int(ens.get("schedule_steps") or made)
 
 
 def in_setting(record: dict[str, Any], separator: bool = True, d1_any: bool = True, grown: bool = False) -> bool:
@@ -122,8 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     data = {
         "benchmark": "retrieval minimum depth vs D, pooled ledgers (issue 12)", "label": args.label,
         "command": "PYTHONPATH=.:benchmarks python benchmarks/retrieval_depth_vs_d.py " + shlex.join(argv),
-        "rule": "per (D, curriculum, layers, seed) the run given the most steps (schedule if finished, steps made if cut "
-                "off); a cut-off run counts as not passed",
+        "rule": "per (D, curriculum, layers, seed) the run given the most steps (schedule if finished or passed, steps "
+                "made if cut off before passing); a cut-off run counts as not passed",
         "setting": {"pair_separator": args.separator, "d1_any": args.d1_any, "curriculum": "staged or none",
                     "arm": "grown (--init-from)" if args.grown else "from scratch"},
         "sources": [name for name, _ in sources], "table": result["table"], "fits": result["fits"],

@@ -319,6 +319,8 @@ def test_depth_vs_d_pools_the_run_given_most_steps(tmp_path):
     new = [_record(2, 3, s, True, source_steps=5_000, schedule=60_000, tag="new") for s in range(3)]  # stopped early
     new += [_record(2, 4, s, False, source_steps=20_000, schedule=60_000, timed_out=True, tag="cut") for s in range(3)]
     new += [_record(4, 6, s, True, source_steps=30_000, tag="new") for s in range(3)]
+    old += [_record(4, 6, 1, True, source_steps=27_000, schedule=80_000, timed_out=True, tag="cut-pass")]
+    new += [_record(4, 6, 1, False, source_steps=35_000, schedule=80_000, timed_out=True, tag="cut-fail")]
     grown = [{**_record(4, 5, s, True, source_steps=40_000, tag="grown"), "init_from": "p/D2-s{seed}"} for s in range(3)]
     new += grown  # another arm: left out of the pool from scratch, the only ones with --grown
     for name, recs in (("a.jsonl", old), ("b.jsonl", new)):
@@ -329,7 +331,8 @@ def test_depth_vs_d_pools_the_run_given_most_steps(tmp_path):
     assert sorted(by) == [(2, 3, s) for s in range(3)] + [(2, 4, s) for s in range(3)] + [(4, 6, s) for s in range(3)]
     assert all(by[(2, 3, s)]["source"] == "b.jsonl" for s in range(3))  # 60k schedule beats 10k steps
     assert all(by[(2, 4, s)]["source"] == "b.jsonl" for s in range(3))  # cut at 20k beats a finished 10k
-    assert len(superseded) == 6
+    assert by[(4, 6, 1)]["tag"] == "cut-pass"  # passed when cut off: its schedule; cut off before passing: 35k
+    assert len(superseded) == 8
     assert vs.main(["--ledgers", "a.jsonl,b.jsonl", "--results", str(tmp_path), "--out-dir", str(tmp_path / "o")]) == 0
     data = json.loads((tmp_path / "o" / "retrieval_depth_vs_D.json").read_text())
     rows = {r["hops"]: r for r in data["table"]}
@@ -345,3 +348,35 @@ def test_depth_vs_d_pools_the_run_given_most_steps(tmp_path):
     data = json.loads((tmp_path / "g" / "retrieval_depth_vs_D.json").read_text())
     assert [(r["hops"], r["min_depth_all_seeds"]) for r in data["table"]] == [(4, 5)]
     assert data["setting"]["arm"] == "grown (--init-from)" and data["runs"][0]["init_from"] == "p/D2-s{seed}"
+
+
+def test_transfer_accuracy_per_pairs_and_d(tmp_path):
+    """retrieval_transfer: a saved model's exact match per (pair count, D), grouped by each question's D, and the
+    training shape with shifted position ids (a RoPE Llama answers the same: relative positions only)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from hf_growth import tasks
+    from hf_growth.tasks.retrieval import QUERY, SEPARATOR, sample_retrieval_ids
+
+    tr = _load("retrieval_transfer")
+    tokenizer = tasks.build_tokenizer(max_number=256)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+                                         max_position_embeddings=64)).eval()
+    model.save_pretrained(tmp_path / "m")
+    ids = torch.tensor(tokenizer.convert_tokens_to_ids([str(k) for k in range(16)]))
+    q, a = sample_retrieval_ids(64, 4, 2, 16, True, ids, *tokenizer.convert_tokens_to_ids([QUERY]),
+                                separator_id=tokenizer.convert_tokens_to_ids(SEPARATOR))
+    a = model(q).logits[:, -1].argmax(-1)  # answers the model gives: accuracy 1 at any shift
+    a[:16] = (a[:16] + 1) % 16  # and a quarter wrong
+    assert tr.accuracy(model, q, a) == tr.accuracy(model, q, a, shift=9) == 0.75
+    argv = [str(tmp_path / "m"), "--trained-pairs", "3", "--pairs", "3,4", "--hops", "2", "--num-nodes", "16",
+            "--n", "100", "--out-dir", str(tmp_path), "--name", "t"]
+    assert tr.main(argv) == 0
+    data = json.loads((tmp_path / "t.json").read_text())
+    rows = {r["pairs"]: r for r in data["rows"]}
+    assert rows[3]["tokens"] == 12 and rows[4]["tokens"] == 15 and "trained_shape_shifted" not in rows[3]
+    assert sum(rows[4]["n_by_D"].values()) == 100 and set(rows[4]["accuracy_by_D"]) == {"1", "2"}
+    assert rows[4]["trained_shape_shifted"]["shift"] == 3 and data["trained_pairs"] == 3
