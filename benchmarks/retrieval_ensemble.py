@@ -316,10 +316,15 @@ def ensemble_config(args, tokenizer, shape: dict[str, int], layers: int):
         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id)
 
 
-def grown_ensemble(pattern: str, members: list[tuple[int, bool, int]], config):
+TASK_FILE = "retrieval_task.json"  # beside a saved member: the input it was trained on
+TASK_FIELDS = ("num_pairs", "num_nodes", "pair_separator")  # what a grown member's input must share with its source
+
+
+def grown_ensemble(pattern: str, members: list[tuple[int, bool, int]], config, task: dict[str, Any] | None = None):
     """The members' ensemble started from saved models: ``pattern.format(seed=...)`` per member, grown by
     ``grow_model``'s ``num_layers`` expansion (``where: top``: the new blocks are identities at the start, so each
-    member computes what its source model computes) to ``config.num_hidden_layers``."""
+    member computes what its source model computes) to ``config.num_hidden_layers``. ``task``: the sweep's input
+    (``TASK_FIELDS``); a source saved with another one is refused (a model trained on 8 pairs guesses on 16)."""
     from transformers import LlamaForCausalLM
 
     from hf_growth import grow_model
@@ -331,6 +336,16 @@ def grown_ensemble(pattern: str, members: list[tuple[int, bool, int]], config):
         if not (Path(path) / "config.json").is_file():
             raise FileNotFoundError(f"--init-from: no saved model for seed {seed} at {path} (only members that pass are "
                                     "saved; choose --seeds that have one)")
+        trained = Path(path) / TASK_FILE
+        if task is not None and trained.is_file():
+            src_task = json.loads(trained.read_text())
+            for field in TASK_FIELDS:
+                if src_task.get(field) != task.get(field):
+                    raise ValueError(
+                        f"--init-from {path} was trained with {field} = {src_task.get(field)}, this sweep's questions "
+                        f"have {task.get(field)}: a model answers only the input lengths it was trained on (a D = 4 "
+                        "model of 8 pairs guesses on 16: benchmarks/retrieval_transfer.py); train the source on this "
+                        "input (--min-pairs / --min-nodes / --pair-separator)")
         source = LlamaForCausalLM.from_pretrained(path, dtype=torch.float32)
         src = source.config
         for field in ("vocab_size", "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads"):
@@ -347,12 +362,15 @@ def grown_ensemble(pattern: str, members: list[tuple[int, bool, int]], config):
     return LlamaEnsemble.from_models(models, depths=[d for d, _, _ in members])
 
 
-def save_member(ens, slot: int, path: Path) -> None:
-    """Ensemble member ``slot`` as a ``LlamaForCausalLM`` at ``path`` (written beside it, then renamed)."""
+def save_member(ens, slot: int, path: Path, task: dict[str, Any] | None = None) -> None:
+    """Ensemble member ``slot`` as a ``LlamaForCausalLM`` at ``path`` (written beside it, then renamed), with the
+    input it was trained on (``task``) in ``TASK_FILE``."""
     from hf_growth.growth.checkpoint_io import atomic_output_dir
 
     with atomic_output_dir(path, overwrite=True) as tmp:
         ens.to_models([slot])[0].save_pretrained(tmp)
+        if task is not None:
+            (tmp / TASK_FILE).write_text(json.dumps(task, indent=1) + "\n")
 
 
 def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer, tag: str, deadline: float,
@@ -371,7 +389,9 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
     heads = (HeadRecorder(tokenizer, hops, shape, seeds_used, args.heads_probe, device, args.pair_separator)
              if args.heads_every > 0 else None)
     config = ensemble_config(args, tokenizer, shape, max(d for d, _, _ in members))
-    ens = (grown_ensemble(args.init_from, members, config) if args.init_from else
+    task = {"hops": hops, "num_pairs": shape["num_pairs"], "num_nodes": shape["num_nodes"], "tokens": shape["tokens"],
+            "pair_separator": bool(args.pair_separator)}
+    ens = (grown_ensemble(args.init_from, members, config, task) if args.init_from else
            LlamaEnsemble.from_config(config, seeds=[s for _, _, s in members], depths=[d for d, _, _ in members]))
     ens = ens.to(device).train()
     opt = MemberAdamW(ens.parameters(), lr=args.lr, weight_decay=args.weight_decay, compile=args.compile)
@@ -417,7 +437,8 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
             results[i] = {"exact_match": round(float(em[slot]), 4), "stop_step": step}
             if args.save_passed and results[i]["exact_match"] >= args.target:  # as the record's "passed"
                 depth, cur, seed = members[i]
-                save_member(ens, slot, Path(args.save_passed) / f"D{hops}-{'cur' if cur else 'nocur'}-L{depth}-s{seed}")
+                save_member(ens, slot, Path(args.save_passed) / f"D{hops}-{'cur' if cur else 'nocur'}-L{depth}-s{seed}",
+                            task)
 
     keys = [member_key(hops, cur, depth, seed, tag) for depth, cur, seed in members]
     ckpt = checkpoint_path(args, hops, tag)

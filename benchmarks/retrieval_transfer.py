@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("model", help="a saved LlamaForCausalLM (retrieval_ensemble.py --save-passed)")
     p.add_argument("--pairs", type=_ints, default=[8, 16], help="pair counts to ask with, e.g. 8,12,16")
     p.add_argument("--hops", type=int, default=8, help="links per chain; D runs over 1..hops")
-    p.add_argument("--trained-pairs", type=int, required=True, help="the pair count the model was trained on")
+    p.add_argument("--trained-pairs", type=int, default=None, help="the pair count the model was trained on "
+                   "(default: from the retrieval_task.json that --save-passed writes beside it)")
     p.add_argument("--num-nodes", type=int, default=64)
     p.add_argument("--n", type=int, default=2000, help="questions per pair count (split over the D's)")
     p.add_argument("--seed", type=int, default=0)
@@ -58,7 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     from hf_growth.tasks.retrieval import QUERY, SEPARATOR, sample_retrieval_ids
 
     model = LlamaForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
-    trained = args.trained_pairs
+    task_file = Path(args.model) / "retrieval_task.json"
+    trained = args.trained_pairs or (json.loads(task_file.read_text())["num_pairs"] if task_file.is_file() else None)
+    if trained is None:
+        p.error(f"no {task_file}: pass --trained-pairs")
     tokenizer = tasks.build_tokenizer(max_number=256)
     token_ids = torch.tensor(tokenizer.convert_tokens_to_ids([str(k) for k in range(max(args.num_nodes,
                                                                                         args.hops + 1))]))

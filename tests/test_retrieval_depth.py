@@ -380,3 +380,8 @@ def test_transfer_accuracy_per_pairs_and_d(tmp_path):
     assert rows[3]["tokens"] == 12 and rows[4]["tokens"] == 15 and "trained_shape_shifted" not in rows[3]
     assert sum(rows[4]["n_by_D"].values()) == 100 and set(rows[4]["accuracy_by_D"]) == {"1", "2"}
     assert rows[4]["trained_shape_shifted"]["shift"] == 3 and data["trained_pairs"] == 3
+    with pytest.raises(SystemExit):  # the training pair count is needed: given, or beside the model
+        tr.main(argv[:1] + argv[3:])
+    (tmp_path / "m" / "retrieval_task.json").write_text(json.dumps({"num_pairs": 2}))
+    assert tr.main(argv[:1] + argv[3:]) == 0
+    assert json.loads((tmp_path / "t.json").read_text())["trained_pairs"] == 2

@@ -227,6 +227,12 @@ def test_init_from_grows_saved_models_function_preserving(tmp_path):
     wide = LlamaConfig(**{**deep.to_dict(), "hidden_size": 32})
     with pytest.raises(ValueError, match="hidden_size is 16"):
         ens_sweep.grown_ensemble(str(tmp_path / "src-s{seed}"), members, wide)
+    task = {"hops": 1, "num_pairs": 8, "num_nodes": 64, "tokens": 27, "pair_separator": True}
+    for seed in (0, 1):
+        (tmp_path / f"src-s{seed}" / ens_sweep.TASK_FILE).write_text(json.dumps(task))
+    assert ens_sweep.grown_ensemble(str(tmp_path / "src-s{seed}"), members, deep, {**task, "hops": 4}).depths == [2, 3, 4]
+    with pytest.raises(ValueError, match="trained with num_pairs = 8, this sweep's questions have 16"):
+        ens_sweep.grown_ensemble(str(tmp_path / "src-s{seed}"), members, deep, {**task, "num_pairs": 16})
 
 
 def test_save_passed_fails_before_training_without_its_imports(tmp_path, monkeypatch):
@@ -252,6 +258,8 @@ def test_save_passed_then_init_from_them(tmp_path):
     assert sorted(p.name for p in saved.iterdir()) == ["D1-cur-L1-s0", "D1-cur-L1-s1"]
     model = LlamaForCausalLM.from_pretrained(saved / "D1-cur-L1-s0")
     assert model.config.num_hidden_layers == 1 and model.config.hidden_size == 16
+    trained = json.loads((saved / "D1-cur-L1-s0" / ens_sweep.TASK_FILE).read_text())
+    assert trained["hops"] == 1 and trained["tokens"] == 2 * trained["num_pairs"] + 3  # no <sep> in TINY
     argv = [*TINY, "--hops", "1", "--depths", "2,3", "--seeds", "0,1", "--ledger", str(tmp_path / "b.jsonl"),
             "--out-dir", str(tmp_path / "b"), "--init-from", str(saved / "D1-cur-L1-s{seed}")]
     assert ens_sweep.main(argv) == 0
