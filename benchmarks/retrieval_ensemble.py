@@ -107,6 +107,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="start each member from a saved LlamaForCausalLM, PATH with {seed} (e.g. "
                         "runs/passed/D4-cur-L6-s{seed}), grown to the deepest member's depth by new function-preserving "
                         "top layers (hf_growth.grow_model); a member of depth L uses its first L layers")
+    p.add_argument("--init-from-other-input", action="store_true",
+                   help="let --init-from start from models trained on another input (pairs, nodes, <sep>), as a "
+                        "length curriculum does; refused by default")
     p.add_argument("--out-dir", default="benchmarks/results")
     p.add_argument("--name", default="retrieval_ensemble")
     p.add_argument("--label", default="")
@@ -345,7 +348,7 @@ def grown_ensemble(pattern: str, members: list[tuple[int, bool, int]], config, t
                         f"--init-from {path} was trained with {field} = {src_task.get(field)}, this sweep's questions "
                         f"have {task.get(field)}: a model answers only the input lengths it was trained on (a D = 4 "
                         "model of 8 pairs guesses on 16: benchmarks/retrieval_transfer.py); train the source on this "
-                        "input (--min-pairs / --min-nodes / --pair-separator)")
+                        "input (--min-pairs / --min-nodes / --pair-separator), or pass --init-from-other-input")
         source = LlamaForCausalLM.from_pretrained(path, dtype=torch.float32)
         src = source.config
         for field in ("vocab_size", "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads"):
@@ -391,7 +394,8 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
     config = ensemble_config(args, tokenizer, shape, max(d for d, _, _ in members))
     task = {"hops": hops, "num_pairs": shape["num_pairs"], "num_nodes": shape["num_nodes"], "tokens": shape["tokens"],
             "pair_separator": bool(args.pair_separator)}
-    ens = (grown_ensemble(args.init_from, members, config, task) if args.init_from else
+    ens = (grown_ensemble(args.init_from, members, config, None if args.init_from_other_input else task)
+           if args.init_from else
            LlamaEnsemble.from_config(config, seeds=[s for _, _, s in members], depths=[d for d, _, _ in members]))
     ens = ens.to(device).train()
     opt = MemberAdamW(ens.parameters(), lr=args.lr, weight_decay=args.weight_decay, compile=args.compile)
