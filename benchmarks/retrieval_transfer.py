@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import torch  # noqa: E402
 
 from retrieval_depth import _ints, versions  # noqa: E402
+from retrieval_ensemble import TASK_FILE  # noqa: E402
 
 
 @torch.no_grad()
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     from hf_growth.tasks.retrieval import QUERY, SEPARATOR, sample_retrieval_ids
 
     model = LlamaForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
-    task_file = Path(args.model) / "retrieval_task.json"
+    task_file = Path(args.model) / TASK_FILE
     trained = args.trained_pairs or (json.loads(task_file.read_text())["num_pairs"] if task_file.is_file() else None)
     if trained is None:
         p.error(f"no {task_file}: pass --trained-pairs")
