@@ -76,8 +76,11 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for pairs in args.pairs:
         curriculum = torch.ones(args.n, dtype=torch.bool)  # D uniform in 1..hops, then grouped by D
-        q, a = sample_retrieval_ids(args.n, pairs, args.hops, args.num_nodes, curriculum, token_ids, query_id,
-                                    generator, sep_id)
+        try:
+            q, a = sample_retrieval_ids(args.n, pairs, args.hops, args.num_nodes, curriculum, token_ids, query_id,
+                                        generator, sep_id)
+        except ValueError as error:  # e.g. more pairs than --num-nodes can make distinct
+            p.error(f"--pairs {pairs}: {error}")
         d = hops_of(q)
         by_d = {k: accuracy(model, q[d == k], a[d == k]) for k in range(1, args.hops + 1)}
         shift = 3 * (pairs - trained)

@@ -385,3 +385,5 @@ def test_transfer_accuracy_per_pairs_and_d(tmp_path):
     (tmp_path / "m" / "retrieval_task.json").write_text(json.dumps({"num_pairs": 2}))
     assert tr.main(argv[:1] + argv[3:]) == 0
     assert json.loads((tmp_path / "t.json").read_text())["trained_pairs"] == 2
+    with pytest.raises(SystemExit):  # more pairs than the nodes can make distinct: a usage error, not a traceback
+        tr.main([*argv[:1], *argv[3:], "--pairs", "12"])
