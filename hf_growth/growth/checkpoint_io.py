@@ -37,7 +37,6 @@ import os
 import re
 import shutil
 import struct
-import tempfile
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -985,13 +984,6 @@ def check_free_space(directory: str | os.PathLike, needed_bytes: int, *, margin:
         )
 
 
-def _umask() -> int:
-    """The process's umask (read by setting it and putting it back)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 @contextlib.contextmanager
 def atomic_output_dir(output_dir: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary directory next to ``output_dir``; rename it to ``output_dir`` on success.
@@ -1004,8 +996,8 @@ def atomic_output_dir(output_dir: str | os.PathLike, *, overwrite: bool = False)
     if out.exists() and not overwrite:
         raise FileExistsError(f"output directory {out} exists; pass overwrite=True (--overwrite) to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700; the output gets the mode mkdir would give it
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex}"
+    tmp.mkdir()  # not mkdtemp, which makes it 0700: the output gets the umask's mode, as save_pretrained's does
     try:
         yield tmp
         if out.exists():
