@@ -309,8 +309,9 @@ def _record(hops, layers, seed, passed, *, source_steps, schedule=None, timed_ou
 
 
 def test_depth_vs_d_pools_the_run_given_most_steps(tmp_path):
-    """retrieval_depth_vs_d: per (D, curriculum, layers, seed) the run given the most steps counts (a finished run
-    counts its whole schedule, a cut-off run the steps it made); other settings are left out; table, fit, plot."""
+    """retrieval_depth_vs_d: per (D, curriculum, layers, seed) the run given the most steps counts (a finished or
+    passed run counts its whole schedule, a run cut off before passing the steps it made); other settings and the
+    grown arm are left out; table, fit, plot."""
     vs = _load("retrieval_depth_vs_d")
     old = [_record(2, 3, s, False, source_steps=10_000, tag="old") for s in range(3)]
     old += [_record(2, 4, s, s > 0, source_steps=10_000, tag="old") for s in range(3)]
