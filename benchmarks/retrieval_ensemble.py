@@ -84,6 +84,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "by one whenever the member's mean training loss over an eval window is below "
                         "--advance-below (staged)")
     p.add_argument("--advance-below", type=float, default=0.1, help="staged curriculum: loss that raises k")
+    p.add_argument("--rollback-spikes", type=float, default=0.0, metavar="DELTA",
+                   help="a member whose mean training loss over an eval window exceeds the previous window's by more "
+                        "than DELTA (not the first window after a stage is raised) is put back to its weights and "
+                        "AdamW moments at that window's start and its learning rate is multiplied by "
+                        "--rollback-lr-factor (0 = off)")
+    p.add_argument("--rollback-lr-factor", type=float, default=0.5)
     p.add_argument("--target", type=float, default=0.99, help="a member passes at this test exact match")
     p.add_argument("--heads-every", type=int, default=0, help="head scores every N steps (0 = eval-every; -1 = off)")
     p.add_argument("--heads-probe", type=int, default=64)
@@ -128,6 +134,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--cuda-graphs needs CUDA and --compile")
     if args.heads_every == 0:
         args.heads_every = args.eval_every
+    if args.rollback_spikes < 0 or not 0 < args.rollback_lr_factor <= 1:
+        p.error("--rollback-spikes must be >= 0 and --rollback-lr-factor in (0, 1]")
     return args
 
 
@@ -141,6 +149,8 @@ def settings_of(args: argparse.Namespace) -> dict[str, Any]:
         extra.update(curriculum_kind="staged", advance_below=args.advance_below)
     if args.init_from:
         extra["init_from"] = args.init_from
+    if args.rollback_spikes:
+        extra.update(rollback_spikes=args.rollback_spikes, rollback_lr_factor=args.rollback_lr_factor)
     return {"trainer": "ensemble", **{k: getattr(args, k) for k in keys}, **extra}
 
 
@@ -447,6 +457,7 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
     keys = [member_key(hops, cur, depth, seed, tag) for depth, cur, seed in members]
     ckpt = checkpoint_path(args, hops, tag)
     loss_sum = torch.zeros(len(members), device=device)
+    rollbacks: dict[int, list[tuple[int, float, float, float]]] = {i: [] for i in range(len(members))}
     saved = load_checkpoint(ckpt, ens, opt, generator, keys) if ckpt else None
     if saved is not None:  # resume: the loop's state, per member
         step = saved["step"]
@@ -454,6 +465,7 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
             member = saved["members"][key]
             history[i] = [tuple(h) for h in member["history"]]
             loss_sum[i] = member["loss_sum"]
+            rollbacks[i] = [tuple(r) for r in member.get("rollbacks", [])]
             if staged:
                 level[i] = int(member["level"])
                 stages[i] = [tuple(x) for x in member["stages"]]
@@ -465,6 +477,11 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
     elif heads is not None:
         heads.record(ens, alive, seeds_alive(), depths_alive(), 0)
     first_step = step
+    # --rollback-spikes: each member's reference loss (its last window's; none right after a stage is raised) and
+    # every member's weights and moments at the start of the current window (or where this call resumed)
+    reference = {i: h[-1][2] if h and not (staged and stages[i][-1][0] == h[-1][0]) else None
+                 for i, h in history.items()}
+    snapshot = opt.snapshot() if args.rollback_spikes else None
     while step < horizon and alive:
         if ((deadline and time.time() > deadline) or (args.steps_per_call and step - first_step >= args.steps_per_call)
                 or (ckpt and seconds and time.perf_counter() - begin > seconds)):  # with checkpoints: this D's share
@@ -502,18 +519,33 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
             mean_loss = (loss_sum / args.eval_every).tolist()
             loss_sum.zero_()
             levels = level.tolist() if staged else None
-            done = []
+            done, spiked = [], []
             for slot, i in enumerate(alive):
                 if i in frozen:
                     continue
                 history[i].append((step, round(em[slot], 4), round(mean_loss[i], 4)))
+                if snapshot is not None and reference[i] is not None \
+                        and mean_loss[i] > reference[i] + args.rollback_spikes:
+                    spiked.append(slot)  # its reference stays: the next window is compared with the last good one
+                    continue
+                reference[i] = mean_loss[i]
                 if staged and levels[i] < hops and mean_loss[i] < args.advance_below:
                     levels[i] += 1
                     level[i] = levels[i]
                     stages[i].append((step, levels[i]))
+                    reference[i] = None  # the next window has a new D in it: its loss is not compared
                 if em[slot] >= args.stop_at:
                     reached[i] = step
                     done.append(slot)
+            if spiked:  # before any member is dropped: the slots are still those of `snapshot`
+                opt.restore_(snapshot, spiked)
+                opt.factor[spiked] *= args.rollback_lr_factor
+                factors = opt.factor.tolist()
+                for slot in spiked:
+                    i = alive[slot]
+                    rollbacks[i].append((step, round(reference[i], 4), round(mean_loss[i], 4), factors[slot]))
+                    print(f"[D={hops}] step {step}: member {keys[i]} rolled back (loss {reference[i]:.3f} -> "
+                          f"{mean_loss[i]:.3f}), learning rate x{factors[slot]:g}", flush=True)
             if done:  # freeze them now (learning rate factor 0 is exact); drop them once a quarter is frozen
                 if heads is not None and step % args.heads_every:
                     heads.record(ens, alive, seeds_alive(), depths_alive(), step, skip=frozen)
@@ -526,6 +558,8 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
                     alive_idx = torch.tensor(alive, device=device)
                     if alive:
                         opt.select_(keep, ens.select_(keep))
+            if snapshot is not None and alive:
+                snapshot = opt.snapshot()
             if step % (10 * args.eval_every) == 0:
                 rate = (step - first_step) / (time.perf_counter() - begin)  # this call's steps
                 print(f"[D={hops}] step {step}: {len(alive)} of {len(members)} members training, {rate:.1f} steps/s",
@@ -548,6 +582,7 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
             state = {"step": step, "members": {keys[i]: {
                 "history": history[i], "loss_sum": float(loss_sum[i]),
                 **({"level": levels[i], "stages": stages[i]} if staged else {}),
+                **({"rollbacks": rollbacks[i]} if args.rollback_spikes else {}),
                 **({"head_steps": heads.steps[i]} if heads is not None else {})} for i in alive}}
             extra = {}
             if heads is not None:
@@ -577,6 +612,7 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
             "timed_out": timed_out and i not in reached,
             "val_history": [(s, v) for s, v, _ in history[i]], "train_loss_history": [(s, l) for s, _, l in history[i]],
             **({"curriculum_stages": stages[i]} if staged and cur else {}),
+            **({"rollbacks": rollbacks[i]} if args.rollback_spikes else {}),
             **({"init_from": args.init_from} if args.init_from else {}),  # the grown arm: never pooled with scratch
             "task_options": {"num_pairs": shape["num_pairs"], "hops": hops, "num_nodes": shape["num_nodes"],
                              "curriculum": cur, **({"pair_separator": True} if args.pair_separator else {}),

@@ -235,3 +235,39 @@ def test_compiled_clip_and_update_match_eager():
             torch.testing.assert_close(value, a.hf_state()[name], atol=1e-6, rtol=1e-5, msg=name)
             if frozen is not None:
                 assert torch.equal(value[1], frozen[name]), name
+
+
+def test_restore_puts_chosen_members_back_and_leaves_the_others():
+    """restore_ undoes member 1's steps since the snapshot (weights, moments, step count) and nothing else; it
+    then trains on as it did from the snapshot. A snapshot from before the first step restores zero moments."""
+    cfg = config(num_hidden_layers=2)
+    ens = LlamaEnsemble.from_config(cfg, seeds=[0, 1, 2], depths=[1, 2, 2])
+    opt = MemberAdamW(ens.parameters(), lr=1e-2)
+    last = torch.tensor([7])
+    batches = [answer_batch(cfg) for _ in range(4)]
+
+    def train(steps):
+        for ids, answers in steps:
+            member_losses(ens(ids, positions=last), answers[:, :, None]).sum().backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+    empty = opt.snapshot()
+    train(batches[:1])
+    snap = opt.snapshot()
+    train(batches[1:3])
+    after = opt.snapshot()
+    opt.restore_(snap, [1])
+    for now, then, later in zip(opt.snapshot(), snap, after):
+        for key in now:
+            assert torch.equal(now[key][1], then[key][1]) and not torch.equal(now[key][1], later[key][1]), key
+            assert torch.equal(now[key][[0, 2]], later[key][[0, 2]]), key
+    train(batches[1:3])  # member 1 retakes the same two steps: it ends where it was before the restore
+    for now, later in zip(opt.snapshot(), after):
+        torch.testing.assert_close(now["param"][1], later["param"][1], atol=1e-6, rtol=0)
+    opt.restore_(empty, [0])
+    assert all(not s[k][0].any() for s in opt.state.values() for k in ("step", "exp_avg", "exp_avg_sq"))
+    assert torch.equal(next(ens.parameters())[0], empty[0]["param"][0])
+    opt.select_([0, 2], ens.select_([0, 2]))
+    with pytest.raises(ValueError, match="after select_"):
+        opt.restore_(snap, [0])

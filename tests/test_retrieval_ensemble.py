@@ -273,3 +273,51 @@ def test_save_passed_then_init_from_them(tmp_path):
     with pytest.raises(ValueError, match="pair_separator = False, this sweep's questions have True"):
         ens_sweep.main(argv)
     assert ens_sweep.main([*argv, "--init-from-other-input"]) == 0  # a length curriculum, asked for
+
+
+@pytest.mark.slow
+def test_rollback_spikes_restores_the_member_and_lowers_its_learning_rate(tmp_path, monkeypatch):
+    """--rollback-spikes: a member whose window loss jumps (here: seed 0's reported loss + 100 in steps 11-20) is
+    put back to its step-10 state with its learning rate halved; the other member is untouched; the rollback is in
+    the record and survives a checkpointed split of the call (which ends where one uninterrupted call ends)."""
+    import hf_growth.training.ensemble as ensemble
+
+    real, counter = ensemble.member_losses, {"step": 0}
+
+    def spiky(logits, labels, ignore_index=-100):
+        counter["step"] += 1
+        losses = real(logits, labels, ignore_index)
+        return losses + torch.tensor([100.0, 0.0]) if 11 <= counter["step"] <= 20 else losses
+
+    monkeypatch.setattr(ensemble, "member_losses", spiky)
+
+    def sweep(name, first_step=0, *extra):
+        counter["step"] = first_step
+        ledger = tmp_path / f"{name}.jsonl"
+        assert ens_sweep.main([*TINY, "--hops", "2", "--depths", "1", "--seeds", "0,1", "--curriculum", "off",
+                               "--stop-at", "1.01", "--heads-every", "-1", "--max-steps", "40", "--rollback-spikes",
+                               "5", "--ledger", str(ledger), "--out-dir", str(tmp_path / name), "--name", "t",
+                               *extra]) == 0
+        return {r["seed"]: r for r in _records(ledger)}
+
+    whole = sweep("whole")
+    (rollback,) = whole[0]["rollbacks"]
+    assert rollback[0] == 20 and rollback[3] == 0.5 and rollback[2] > rollback[1] + 5
+    assert whole[0]["train_loss_history"][1] == [20, rollback[2]] and whole[1]["rollbacks"] == []
+    plain = sweep("plain", 1000)  # no spike: seed 0 trains on at full rate, seed 1 exactly as with one
+    assert plain[0]["rollbacks"] == [] and plain[1]["train_loss_history"] == whole[1]["train_loss_history"]
+    assert plain[0]["train_loss_history"][0] == whole[0]["train_loss_history"][0]
+    assert plain[0]["train_loss_history"][2:] != whole[0]["train_loss_history"][2:]
+    staged = sweep("staged", 0, "--curriculum", "on", "--curriculum-kind", "staged", "--advance-below", "100")
+    assert staged[0]["rollbacks"] == []  # the window after a stage is raised is not compared
+    split = ["--checkpoint-dir", str(tmp_path / "ck"), "--steps-per-call", "25"]
+    assert all(r["timed_out"] for r in sweep("split", 0, *split).values())
+    resumed = sweep("split", 25, *split)
+    for seed in (0, 1):
+        assert resumed[seed]["rollbacks"] == whole[seed]["rollbacks"]
+        assert resumed[seed]["train_loss_history"] == whole[seed]["train_loss_history"]
+        assert resumed[seed]["exact_match"] == whole[seed]["exact_match"]
+    tags = {ens_sweep.tag_of(ens_sweep.settings_of(ens_sweep.parse_args(a))) for a in ([], ["--rollback-spikes", "1"])}
+    assert len(tags) == 2  # a sweep with rollbacks is another setting; earlier tags are unchanged
+    with pytest.raises(SystemExit):
+        ens_sweep.parse_args(["--rollback-spikes", "1", "--rollback-lr-factor", "0"])

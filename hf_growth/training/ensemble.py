@@ -404,6 +404,26 @@ class MemberAdamW(torch.optim.Optimizer):
                    float(beta1), float(beta2), float(group["eps"]), float(group["weight_decay"]))
         return loss
 
+    @torch.no_grad()
+    def snapshot(self) -> list[dict[str, torch.Tensor]]:
+        """A copy of every parameter (all members) and of its AdamW state, for :meth:`restore_`."""
+        return [{"param": p.detach().clone(), **{k: v.clone() for k, v in self.state[p].items()}}
+                for group in self.param_groups for p in group["params"]]
+
+    @torch.no_grad()
+    def restore_(self, snapshot: list[dict[str, torch.Tensor]], members: Sequence[int]) -> None:
+        """Put ``members`` (first axis) back to ``snapshot``: their weights, moments and step counts (zero where the
+        snapshot predates the first step); the other members are left as they are. E.g. undo a loss spike of one
+        member of an ensemble without touching the rest. Take a new snapshot after :meth:`select_`."""
+        params = [p for group in self.param_groups for p in group["params"]]
+        if len(params) != len(snapshot) or any(s["param"].shape != p.shape for s, p in zip(snapshot, params)):
+            raise ValueError("the snapshot was taken for other parameters or members (take one after select_)")
+        idx = torch.as_tensor(list(members), dtype=torch.long, device=params[0].device)
+        for p, saved in zip(params, snapshot):
+            p[idx] = saved["param"][idx]
+            for key, value in self.state[p].items():
+                value[idx] = saved[key][idx] if key in saved else 0
+
     def select_(self, keep: Sequence[int] | torch.Tensor, replaced: dict | None = None) -> None:
         """Keep the state of members ``keep`` only; ``replaced``: ``{old: new}`` parameters, as
         :meth:`LlamaEnsemble.select_` returns them."""
