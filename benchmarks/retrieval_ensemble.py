@@ -43,6 +43,11 @@ Growing instead of starting from scratch (another arm; its tag differs): ``--sav
 that passes as a ``LlamaForCausalLM``; ``--init-from 'DIR/D4-cur-L6-s{seed}'`` starts every member of a later
 sweep from its seed's saved model, grown to the deepest member's depth by ``grow_model``'s function-preserving
 ``num_layers`` expansion (new blocks on top; a member of depth L uses the first L layers).
+
+Loss spikes (``--rollback-spikes DELTA``): a member whose mean training loss over an eval window rises by more
+than DELTA over its last accepted window (the first window after a stage raise is not compared) is put back to its
+weights and AdamW moments at that window's start (``MemberAdamW.snapshot`` / ``restore_``) and its learning rate
+factor is multiplied by ``--rollback-lr-factor``; the others train on untouched. Records list the rollbacks.
 """
 
 from __future__ import annotations
