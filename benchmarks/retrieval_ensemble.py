@@ -462,7 +462,10 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
     keys = [member_key(hops, cur, depth, seed, tag) for depth, cur, seed in members]
     ckpt = checkpoint_path(args, hops, tag)
     loss_sum = torch.zeros(len(members), device=device)
+    # --rollback-spikes: each member's rollbacks, and the loss its next window is compared with (its last accepted
+    # window's; none at the start and right after a stage is raised)
     rollbacks: dict[int, list[tuple[int, float, float, float]]] = {i: [] for i in range(len(members))}
+    reference: dict[int, float | None] = {i: None for i in range(len(members))}
     saved = load_checkpoint(ckpt, ens, opt, generator, keys) if ckpt else None
     if saved is not None:  # resume: the loop's state, per member
         step = saved["step"]
@@ -471,6 +474,7 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
             history[i] = [tuple(h) for h in member["history"]]
             loss_sum[i] = member["loss_sum"]
             rollbacks[i] = [tuple(r) for r in member.get("rollbacks", [])]
+            reference[i] = member.get("reference")
             if staged:
                 level[i] = int(member["level"])
                 stages[i] = [tuple(x) for x in member["stages"]]
@@ -482,11 +486,15 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
     elif heads is not None:
         heads.record(ens, alive, seeds_alive(), depths_alive(), 0)
     first_step = step
-    # --rollback-spikes: each member's reference loss (its last window's; none right after a stage is raised) and
-    # every member's weights and moments at the start of the current window (or where this call resumed)
-    reference = {i: h[-1][2] if h and not (staged and stages[i][-1][0] == h[-1][0]) else None
-                 for i, h in history.items()}
-    snapshot = opt.snapshot() if args.rollback_spikes else None
+    # --rollback-spikes: every member's weights and moments at the start of the current window (a resumed call's
+    # from its checkpoint)
+    snapshot = None
+    if args.rollback_spikes:
+        snapshot = opt.snapshot()
+        if saved is not None:
+            for n, entry in enumerate(snapshot):
+                for k in entry:
+                    entry[k] = saved["tensors"][f"snapshot.{n}.{k}"].to(device)
     while step < horizon and alive:
         if ((deadline and time.time() > deadline) or (args.steps_per_call and step - first_step >= args.steps_per_call)
                 or (ckpt and seconds and time.perf_counter() - begin > seconds)):  # with checkpoints: this D's share
@@ -587,9 +595,13 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
             state = {"step": step, "members": {keys[i]: {
                 "history": history[i], "loss_sum": float(loss_sum[i]),
                 **({"level": levels[i], "stages": stages[i]} if staged else {}),
-                **({"rollbacks": rollbacks[i]} if args.rollback_spikes else {}),
+                **({"rollbacks": rollbacks[i], "reference": reference[i]} if args.rollback_spikes else {}),
                 **({"head_steps": heads.steps[i]} if heads is not None else {})} for i in alive}}
             extra = {}
+            if snapshot is not None:  # where a spike in the window this call ends in goes back to, for those saved
+                kept = torch.tensor(alive_slots, device=device)
+                extra.update({f"snapshot.{n}.{k}": v[kept] for n, entry in enumerate(snapshot)
+                              for k, v in entry.items()})
             if heads is not None:
                 for i in alive:
                     extra[f"heads.scores.{keys[i]}"] = torch.from_numpy(np.stack(heads.scores[i]))

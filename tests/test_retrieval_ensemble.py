@@ -278,8 +278,9 @@ def test_save_passed_then_init_from_them(tmp_path):
 @pytest.mark.slow
 def test_rollback_spikes_restores_the_member_and_lowers_its_learning_rate(tmp_path, monkeypatch):
     """--rollback-spikes: a member whose window loss jumps (here: seed 0's reported loss + 100 in steps 11-20) is
-    put back to its step-10 state with its learning rate halved; the other member is untouched; the rollback is in
-    the record and survives a checkpointed split of the call (which ends where one uninterrupted call ends)."""
+    put back to its step-10 state with its learning rate halved; the next window (+ 50) is compared with the last
+    good one, not with the spike; the other member is untouched; the rollbacks are in the record and survive a
+    checkpointed split of the call right after a rollback (which ends where one uninterrupted call ends)."""
     import hf_growth.training.ensemble as ensemble
 
     real, counter = ensemble.member_losses, {"step": 0}
@@ -287,7 +288,8 @@ def test_rollback_spikes_restores_the_member_and_lowers_its_learning_rate(tmp_pa
     def spiky(logits, labels, ignore_index=-100):
         counter["step"] += 1
         losses = real(logits, labels, ignore_index)
-        return losses + torch.tensor([100.0, 0.0]) if 11 <= counter["step"] <= 20 else losses
+        extra = 100.0 if 11 <= counter["step"] <= 20 else 50.0 if 21 <= counter["step"] <= 30 else 0.0
+        return losses + torch.tensor([extra, 0.0])
 
     monkeypatch.setattr(ensemble, "member_losses", spiky)
 
@@ -301,8 +303,9 @@ def test_rollback_spikes_restores_the_member_and_lowers_its_learning_rate(tmp_pa
         return {r["seed"]: r for r in _records(ledger)}
 
     whole = sweep("whole")
-    (rollback,) = whole[0]["rollbacks"]
+    rollback, second = whole[0]["rollbacks"]
     assert rollback[0] == 20 and rollback[3] == 0.5 and rollback[2] > rollback[1] + 5
+    assert second[0] == 30 and second[3] == 0.25 and second[1] == rollback[1]  # against the last good window
     assert whole[0]["train_loss_history"][1] == [20, rollback[2]] and whole[1]["rollbacks"] == []
     plain = sweep("plain", 1000)  # no spike: seed 0 trains on at full rate, seed 1 exactly as with one
     assert plain[0]["rollbacks"] == [] and plain[1]["train_loss_history"] == whole[1]["train_loss_history"]
