@@ -46,8 +46,9 @@ sweep from its seed's saved model, grown to the deepest member's depth by ``grow
 
 Loss spikes (``--rollback-spikes DELTA``): a member whose mean training loss over an eval window rises by more
 than DELTA over its last accepted window (the first window after a stage raise is not compared) is put back to its
-weights and AdamW moments at that window's start (``MemberAdamW.snapshot`` / ``restore_``) and its learning rate
-factor is multiplied by ``--rollback-lr-factor``; the others train on untouched. Records list the rollbacks.
+weights and AdamW moments at the start of the window *before* (``SpikeGuard``; a spike's onset can lift one window
+by less than DELTA) and its learning rate factor is multiplied by ``--rollback-lr-factor``; the others train on
+untouched. Records list the rollbacks (step, reference, loss, factor, step whose weights it went back to).
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rollback-spikes", type=float, default=0.0, metavar="DELTA",
                    help="a member whose mean training loss over an eval window exceeds the previous window's by more "
                         "than DELTA (not the first window after a stage is raised) is put back to its weights and "
-                        "AdamW moments at that window's start and its learning rate is multiplied by "
+                        "AdamW moments at the start of the window before and its learning rate is multiplied by "
                         "--rollback-lr-factor (0 = off)")
     p.add_argument("--rollback-lr-factor", type=float, default=0.5)
     p.add_argument("--target", type=float, default=0.99, help="a member passes at this test exact match")
@@ -155,7 +156,9 @@ def settings_of(args: argparse.Namespace) -> dict[str, Any]:
     if args.init_from:
         extra["init_from"] = args.init_from
     if args.rollback_spikes:
-        extra.update(rollback_spikes=args.rollback_spikes, rollback_lr_factor=args.rollback_lr_factor)
+        # back to the start of the window before the spike's (sessions 10-11 went back one window: other tag)
+        extra.update(rollback_spikes=args.rollback_spikes, rollback_lr_factor=args.rollback_lr_factor,
+                     rollback_to="window_before")
     return {"trainer": "ensemble", **{k: getattr(args, k) for k in keys}, **extra}
 
 
@@ -314,6 +317,81 @@ def load_checkpoint(path: Path, ens, opt, generator, keys: list[str]) -> dict[st
     return state
 
 
+class SpikeGuard:
+    """``--rollback-spikes``: per member, the window loss its next window is compared with, and the two states a
+    spike can go back to: the start of the window being trained (``current``) and of the one before (``previous``).
+
+    A spike goes back to ``previous``, not to the start of the window it shows in: its onset can lift one window's
+    mean by less than DELTA and the next one's by more (on the H200, 8 layers seed 2: 1.43 -> 2.14 -> 3.29), so that
+    window started from an already damaged state, and going back there, however low the learning rate, left two
+    members stuck on it for the rest of the schedule. After a rollback the member's next window is compared with the
+    loss the window it went back to was compared with (that window's own loss where it was not compared: the first
+    window, or the first after a stage raise), and ``previous`` is the state it went back to, so a second spike goes
+    back there again. Snapshots are ensemble-wide (one slot per member training); references are per
+    member index, as are the steps whose weights the snapshots hold (``steps[i]``: previous, current). The first
+    window after a stage raise is not compared (``reference`` None).
+    """
+
+    def __init__(self, opt, members: int, delta: float, factor: float, step: int = 0) -> None:
+        self.opt, self.delta, self.factor = opt, delta, factor
+        self.current = opt.snapshot()
+        self.previous = self.current
+        self.reference: dict[int, float | None] = {i: None for i in range(members)}
+        self.earlier: dict[int, float | None] = {i: None for i in range(members)}  # what `previous`'s window met
+        self.steps: dict[int, list[int]] = {i: [step, step] for i in range(members)}
+
+    def spiked(self, i: int, loss: float) -> bool:
+        """Whether member ``i``'s window loss is a spike; if not, it becomes the reference."""
+        if self.reference[i] is not None and loss > self.reference[i] + self.delta:
+            return True
+        self.earlier[i], self.reference[i] = self.reference[i], loss
+        return False
+
+    def roll_back(self, slots: list[int], members: list[int]) -> None:
+        """Put ensemble ``slots`` (members ``members``) back to ``previous`` and lower their learning rates."""
+        self.opt.restore_(self.previous, slots)
+        self.opt.factor[slots] *= self.factor
+        for i in members:  # compared with what the window it went back to was (or, where that was not compared,
+            if self.earlier[i] is not None:  # with that window's own loss)
+                self.reference[i] = self.earlier[i]
+            self.earlier[i] = self.reference[i]
+            self.steps[i][1] = self.steps[i][0]
+        idx = torch.as_tensor(slots, device=self.current[0]["param"].device)
+        for cur, prev in zip(self.current, self.previous):  # the state they went back to is their `previous` too
+            for k in cur:
+                cur[k][idx] = prev[k][idx]
+
+    def next_window(self, step: int, rolled_back: list[int], keep: list[int] | None = None) -> None:
+        """At a window's end (after any rollback of members ``rolled_back``): ``current`` becomes ``previous``,
+        kept to the ensemble slots ``keep`` where members were dropped, and the optimizer's state is the new
+        ``current``."""
+        self.previous = self.current if keep is None else self._select(self.current, keep)
+        self.current = self.opt.snapshot()
+        for i, (_, now) in self.steps.items():
+            self.steps[i] = [now, now if i in rolled_back else step]
+
+    @staticmethod
+    def _select(snapshot, slots):
+        idx = torch.as_tensor(slots, device=snapshot[0]["param"].device)
+        return [{k: v[idx] for k, v in entry.items()} for entry in snapshot]
+
+    def state(self, slots: list[int], members: list[int]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """For a checkpoint: the references of ``members`` (JSON) and both snapshots at ``slots`` (tensors)."""
+        tensors = {f"{name}.{n}.{k}": v
+                   for name, snapshot in (("snapshot", self.current), ("previous", self.previous))
+                   for n, entry in enumerate(self._select(snapshot, slots)) for k, v in entry.items()}
+        return {i: {"reference": self.reference[i], "earlier": self.earlier[i], "steps": self.steps[i]}
+                for i in members}, tensors
+
+    def load(self, references: dict[int, dict[str, float | None]], tensors: dict[str, torch.Tensor]) -> None:
+        """Undo :meth:`state` (in a fresh call, with the members it saved)."""
+        for i, r in references.items():
+            self.reference[i], self.earlier[i], self.steps[i] = r["reference"], r["earlier"], r["steps"]
+        template = self.current
+        self.current, self.previous = ([{k: tensors[f"{prefix}.{n}.{k}"].to(v.device) for k, v in entry.items()}
+                                        for n, entry in enumerate(template)] for prefix in ("snapshot", "previous"))
+
+
 # ------------------------------------------------------------------------------------------------ one D
 def lr_at(step: int, args, horizon: int) -> float:
     """transformers' linear schedule with warm-up (``get_linear_schedule_with_warmup``) over ``horizon`` steps, at
@@ -462,10 +540,8 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
     keys = [member_key(hops, cur, depth, seed, tag) for depth, cur, seed in members]
     ckpt = checkpoint_path(args, hops, tag)
     loss_sum = torch.zeros(len(members), device=device)
-    # --rollback-spikes: each member's rollbacks, and the loss its next window is compared with (its last accepted
-    # window's; none at the start and right after a stage is raised)
+    # --rollback-spikes: each member's rollbacks (step, reference, loss, learning rate factor)
     rollbacks: dict[int, list[tuple[int, float, float, float]]] = {i: [] for i in range(len(members))}
-    reference: dict[int, float | None] = {i: None for i in range(len(members))}
     saved = load_checkpoint(ckpt, ens, opt, generator, keys) if ckpt else None
     if saved is not None:  # resume: the loop's state, per member
         step = saved["step"]
@@ -474,7 +550,6 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
             history[i] = [tuple(h) for h in member["history"]]
             loss_sum[i] = member["loss_sum"]
             rollbacks[i] = [tuple(r) for r in member.get("rollbacks", [])]
-            reference[i] = member.get("reference")
             if staged:
                 level[i] = int(member["level"])
                 stages[i] = [tuple(x) for x in member["stages"]]
@@ -486,15 +561,10 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
     elif heads is not None:
         heads.record(ens, alive, seeds_alive(), depths_alive(), 0)
     first_step = step
-    # --rollback-spikes: every member's weights and moments at the start of the current window (a resumed call's
-    # from its checkpoint)
-    snapshot = None
-    if args.rollback_spikes:
-        snapshot = opt.snapshot()
-        if saved is not None:
-            for n, entry in enumerate(snapshot):
-                for k in entry:
-                    entry[k] = saved["tensors"][f"snapshot.{n}.{k}"].to(device)
+    guard = (SpikeGuard(opt, len(members), args.rollback_spikes, args.rollback_lr_factor, step)
+             if args.rollback_spikes else None)
+    if guard is not None and saved is not None:
+        guard.load({i: saved["members"][key]["guard"] for i, key in enumerate(keys)}, saved["tensors"])
     while step < horizon and alive:
         if ((deadline and time.time() > deadline) or (args.steps_per_call and step - first_step >= args.steps_per_call)
                 or (ckpt and seconds and time.perf_counter() - begin > seconds)):  # with checkpoints: this D's share
@@ -532,33 +602,35 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
             mean_loss = (loss_sum / args.eval_every).tolist()
             loss_sum.zero_()
             levels = level.tolist() if staged else None
-            done, spiked = [], []
+            done, spiked, rolled, kept = [], [], [], None  # kept: the slots kept where members are dropped
             for slot, i in enumerate(alive):
                 if i in frozen:
                     continue
                 history[i].append((step, round(em[slot], 4), round(mean_loss[i], 4)))
-                if snapshot is not None and reference[i] is not None \
-                        and mean_loss[i] > reference[i] + args.rollback_spikes:
-                    spiked.append(slot)  # its reference stays: the next window is compared with the last good one
+                if guard is not None and guard.spiked(i, mean_loss[i]):
+                    spiked.append(slot)
                     continue
-                reference[i] = mean_loss[i]
                 if staged and levels[i] < hops and mean_loss[i] < args.advance_below:
                     levels[i] += 1
                     level[i] = levels[i]
                     stages[i].append((step, levels[i]))
-                    reference[i] = None  # the next window has a new D in it: its loss is not compared
+                    if guard is not None:
+                        guard.reference[i] = None  # the next window has a new D in it: its loss is not compared
                 if em[slot] >= args.stop_at:
                     reached[i] = step
                     done.append(slot)
-            if spiked:  # before any member is dropped: the slots are still those of `snapshot`
-                opt.restore_(snapshot, spiked)
-                opt.factor[spiked] *= args.rollback_lr_factor
+            if spiked:  # before any member is dropped: the slots are still those of the guard's snapshots
+                met = {slot: guard.reference[alive[slot]] for slot in spiked}
+                rolled = [alive[slot] for slot in spiked]
+                guard.roll_back(spiked, rolled)
                 factors = opt.factor.tolist()
                 for slot in spiked:
                     i = alive[slot]
-                    rollbacks[i].append((step, round(reference[i], 4), round(mean_loss[i], 4), factors[slot]))
-                    print(f"[D={hops}] step {step}: member {keys[i]} rolled back (loss {reference[i]:.3f} -> "
-                          f"{mean_loss[i]:.3f}), learning rate x{factors[slot]:g}", flush=True)
+                    back_to = guard.steps[i][0]
+                    rollbacks[i].append((step, round(met[slot], 4), round(mean_loss[i], 4), factors[slot], back_to))
+                    print(f"[D={hops}] step {step}: member {keys[i]} rolled back (loss {met[slot]:.3f} -> "
+                          f"{mean_loss[i]:.3f}) to its weights of step {back_to}, learning rate "
+                          f"x{factors[slot]:g}", flush=True)
             if done:  # freeze them now (learning rate factor 0 is exact); drop them once a quarter is frozen
                 if heads is not None and step % args.heads_every:
                     heads.record(ens, alive, seeds_alive(), depths_alive(), step, skip=frozen)
@@ -567,12 +639,12 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
                 opt.factor[done] = 0.0
                 if len(frozen) >= max(1, len(alive) // 4):
                     keep = [slot for slot in range(len(alive)) if alive[slot] not in frozen]
-                    alive, frozen = [alive[slot] for slot in keep], set()
+                    alive, frozen, kept = [alive[slot] for slot in keep], set(), keep
                     alive_idx = torch.tensor(alive, device=device)
                     if alive:
                         opt.select_(keep, ens.select_(keep))
-            if snapshot is not None and alive:
-                snapshot = opt.snapshot()
+            if guard is not None and alive:
+                guard.next_window(step, rolled, kept)
             if step % (10 * args.eval_every) == 0:
                 rate = (step - first_step) / (time.perf_counter() - begin)  # this call's steps
                 print(f"[D={hops}] step {step}: {len(alive)} of {len(members)} members training, {rate:.1f} steps/s",
@@ -595,13 +667,13 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
             state = {"step": step, "members": {keys[i]: {
                 "history": history[i], "loss_sum": float(loss_sum[i]),
                 **({"level": levels[i], "stages": stages[i]} if staged else {}),
-                **({"rollbacks": rollbacks[i], "reference": reference[i]} if args.rollback_spikes else {}),
+                **({"rollbacks": rollbacks[i]} if args.rollback_spikes else {}),
                 **({"head_steps": heads.steps[i]} if heads is not None else {})} for i in alive}}
             extra = {}
-            if snapshot is not None:  # where a spike in the window this call ends in goes back to, for those saved
-                kept = torch.tensor(alive_slots, device=device)
-                extra.update({f"snapshot.{n}.{k}": v[kept] for n, entry in enumerate(snapshot)
-                              for k, v in entry.items()})
+            if guard is not None:  # where a spike in the next windows goes back to, for those saved
+                references, extra = guard.state(alive_slots, alive)
+                for i in alive:
+                    state["members"][keys[i]]["guard"] = references[i]
             if heads is not None:
                 for i in alive:
                     extra[f"heads.scores.{keys[i]}"] = torch.from_numpy(np.stack(heads.scores[i]))

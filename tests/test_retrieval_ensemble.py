@@ -275,12 +275,61 @@ def test_save_passed_then_init_from_them(tmp_path):
     assert ens_sweep.main([*argv, "--init-from-other-input"]) == 0  # a length curriculum, asked for
 
 
+def test_spike_guard_goes_back_to_the_window_before_the_spike():
+    """A spike whose onset lifts one window by less than DELTA (1.0 -> 1.6) and the next by more (3.0) goes back to
+    the weights and moments at the start of the onset window, not of the spiking one (which already carries the
+    damage: going there left two H200 members stuck); the next window is compared with the loss before the onset,
+    a second spike goes back to the same state, the other member is untouched, and the window after a stage raise
+    is not compared."""
+    from hf_growth.training.ensemble import MemberAdamW
+
+    p, q = torch.nn.Parameter(torch.zeros(2, 3)), torch.nn.Parameter(torch.zeros(2, 3))  # q: without the guard
+    opt, plain = MemberAdamW([p], lr=0.1), MemberAdamW([q], lr=0.1)
+    guard = ens_sweep.SpikeGuard(opt, 2, delta=1.0, factor=0.5)
+    weights = {}  # step -> both members' weights at that step
+
+    def window(step, losses, raise_stage=()):
+        p.grad = torch.ones_like(p) * step  # any update that differs per window
+        q.grad = p.grad.clone()
+        opt.step()
+        plain.step()
+        spiked = [i for i, loss in enumerate(losses) if guard.spiked(i, loss)]
+        for i in raise_stage:
+            guard.reference[i] = None
+        if spiked:
+            guard.roll_back(spiked, spiked)
+        guard.next_window(step, spiked)
+        weights[step] = p.detach().clone()
+        return spiked
+
+    weights[0] = p.detach().clone()
+    assert window(10, [1.0, 1.0]) == [] and window(20, [1.6, 1.0]) == []  # onset: +0.6 is no spike
+    assert window(30, [3.0, 1.2]) == [0]
+    assert torch.equal(p[0], weights[10][0]) and not torch.equal(p[0], weights[20][0])  # back to step 10, not 20
+    assert opt.factor.tolist() == [0.5, 1.0] and guard.reference[0] == 1.0 and guard.steps[0] == [10, 10]
+    assert window(40, [2.5, 1.2]) == [0]  # compared with 1.0 (before the onset), not 1.6: back to step 10 again
+    assert torch.equal(p[0], weights[10][0]) and opt.factor.tolist() == [0.25, 1.0]
+    assert window(50, [1.1, 1.2]) == [] and guard.steps[0] == [10, 50]
+    assert window(60, [0.05, 0.1], raise_stage=[0]) == [] and window(70, [1.5, 0.1]) == []  # after a raise: free
+    assert window(80, [2.8, 0.1]) == [0] and torch.equal(p[0], weights[60][0])  # back to the raise
+    assert guard.reference[0] == 1.5  # that window was not compared: its own loss is the reference
+    assert torch.equal(p[1], q[1])  # the other member trained as without the guard
+    # a checkpoint's copy of the guard, loaded into a fresh one, has the same states and references
+    references, tensors = guard.state([0, 1], [0, 1])
+    fresh = ens_sweep.SpikeGuard(opt, 2, delta=1.0, factor=0.5)
+    fresh.load({int(k): v for k, v in json.loads(json.dumps(references)).items()}, tensors)
+    assert fresh.reference == guard.reference and fresh.earlier == guard.earlier and fresh.steps == guard.steps
+    for a, b in zip(fresh.previous + fresh.current, guard.previous + guard.current):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 @pytest.mark.slow
 def test_rollback_spikes_restores_the_member_and_lowers_its_learning_rate(tmp_path, monkeypatch):
-    """--rollback-spikes: a member whose window loss jumps (here: seed 0's reported loss + 100 in steps 11-20) is
-    put back to its step-10 state with its learning rate halved; the next window (+ 50) is compared with the last
-    good one, not with the spike; the other member is untouched; the rollbacks are in the record and survive a
-    checkpointed split of the call right after a rollback (which ends where one uninterrupted call ends)."""
+    """--rollback-spikes in the sweep: seed 0's reported loss + 3 in steps 11-20 (an onset, below DELTA = 5), + 100
+    in steps 21-30 (a spike), + 50 in steps 31-40: rolled back at step 30 to its step-10 weights with its learning
+    rate halved, and at step 40 (compared with the window before the onset) to the same weights; the other member
+    is untouched; the rollbacks are in the record and survive a checkpointed split of the call in the spiking
+    window (which ends where one uninterrupted call ends); the window after a stage raise is not compared."""
     import hf_growth.training.ensemble as ensemble
 
     real, counter = ensemble.member_losses, {"step": 0}
@@ -288,7 +337,8 @@ def test_rollback_spikes_restores_the_member_and_lowers_its_learning_rate(tmp_pa
     def spiky(logits, labels, ignore_index=-100):
         counter["step"] += 1
         losses = real(logits, labels, ignore_index)
-        extra = 100.0 if 11 <= counter["step"] <= 20 else 50.0 if 21 <= counter["step"] <= 30 else 0.0
+        n = counter["step"]
+        extra = 3.0 if 11 <= n <= 20 else 100.0 if 21 <= n <= 30 else 50.0 if 31 <= n <= 40 else 0.0
         return losses + torch.tensor([extra, 0.0])
 
     monkeypatch.setattr(ensemble, "member_losses", spiky)
@@ -297,22 +347,25 @@ def test_rollback_spikes_restores_the_member_and_lowers_its_learning_rate(tmp_pa
         counter["step"] = first_step
         ledger = tmp_path / f"{name}.jsonl"
         assert ens_sweep.main([*TINY, "--hops", "2", "--depths", "1", "--seeds", "0,1", "--curriculum", "off",
-                               "--stop-at", "1.01", "--heads-every", "-1", "--max-steps", "40", "--rollback-spikes",
+                               "--stop-at", "1.01", "--heads-every", "-1", "--max-steps", "50", "--rollback-spikes",
                                "5", "--ledger", str(ledger), "--out-dir", str(tmp_path / name), "--name", "t",
                                *extra]) == 0
         return {r["seed"]: r for r in _records(ledger)}
 
     whole = sweep("whole")
-    rollback, second = whole[0]["rollbacks"]
-    assert rollback[0] == 20 and rollback[3] == 0.5 and rollback[2] > rollback[1] + 5
-    assert second[0] == 30 and second[3] == 0.25 and second[1] == rollback[1]  # against the last good window
-    assert whole[0]["train_loss_history"][1] == [20, rollback[2]] and whole[1]["rollbacks"] == []
+    history = whole[0]["train_loss_history"]
+    assert history[1][1] < history[0][1] + 5  # the onset window was accepted
+    first, second = whole[0]["rollbacks"]
+    assert first == [30, history[1][1], history[2][1], 0.5, 10]  # compared with the onset window, back to step 10
+    assert second == [40, history[0][1], history[3][1], 0.25, 10]  # with the window before the onset, same weights
+    assert whole[1]["rollbacks"] == []
     plain = sweep("plain", 1000)  # no spike: seed 0 trains on at full rate, seed 1 exactly as with one
     assert plain[0]["rollbacks"] == [] and plain[1]["train_loss_history"] == whole[1]["train_loss_history"]
     assert plain[0]["train_loss_history"][0] == whole[0]["train_loss_history"][0]
-    assert plain[0]["train_loss_history"][2:] != whole[0]["train_loss_history"][2:]
-    staged = sweep("staged", 0, "--curriculum", "on", "--curriculum-kind", "staged", "--advance-below", "100")
-    assert staged[0]["rollbacks"] == []  # the window after a stage is raised is not compared
+    assert plain[0]["train_loss_history"][3:] != whole[0]["train_loss_history"][3:]
+    staged = sweep("staged", 0, "--curriculum", "on", "--curriculum-kind", "staged", "--advance-below", "100",
+                   "--rollback-spikes", "2")  # the onset (+3) right after the stage raise at step 10: not compared
+    assert [r[0] for r in staged[0]["rollbacks"]][:1] == [30] and staged[0]["rollbacks"][0][4] == 10
     split = ["--checkpoint-dir", str(tmp_path / "ck"), "--steps-per-call", "25"]
     assert all(r["timed_out"] for r in sweep("split", 0, *split).values())
     resumed = sweep("split", 25, *split)
