@@ -115,6 +115,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="end each D after this many steps in this call, as --time-budget would (0 = no limit)")
     p.add_argument("--save-passed", default=None, metavar="DIR",
                    help="save each member that passes as a LlamaForCausalLM in DIR/D<D>-<cur|nocur>-L<layers>-s<seed>")
+    p.add_argument("--save-at-least", type=float, default=None, metavar="EM",
+                   help="with --save-passed: save every member whose test exact match is at least EM (default: "
+                        "--target), e.g. one on a plateau for a later call to start from (--init-from); members are "
+                        "tested, and so saved, at the end of every call, also one cut off by --time-budget")
     p.add_argument("--init-from", default=None, metavar="PATH",
                    help="start each member from a saved LlamaForCausalLM, PATH with {seed} (e.g. "
                         "runs/passed/D4-cur-L6-s{seed}), grown to the deepest member's depth by new function-preserving "
@@ -140,6 +144,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--cuda-graphs needs CUDA and --compile")
     if args.heads_every == 0:
         args.heads_every = args.eval_every
+    if args.save_at_least is not None and (args.save_passed is None or not 0 <= args.save_at_least <= 1):
+        p.error("--save-at-least needs --save-passed and a value in [0, 1]")
     if args.rollback_spikes < 0 or not 0 < args.rollback_lr_factor <= 1:
         p.error("--rollback-spikes must be >= 0 and --rollback-lr-factor in (0, 1]")
     return args
@@ -526,16 +532,18 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
     def depths_alive():
         return [members[i][0] for i in alive]
 
+    save_at_least = args.target if args.save_at_least is None else args.save_at_least  # default: as "passed"
+
     def finish(slots: list[int]) -> None:
-        """Test the members in ensemble ``slots`` (float32) and store their results."""
+        """Test the members in ensemble ``slots`` (float32) and store their results (and save those asked for)."""
         em = exact_match(ens, data, "test", seeds_alive(), nullcontext)
         for slot in slots:
             i = alive[slot]
             results[i] = {"exact_match": round(float(em[slot]), 4), "stop_step": step}
-            if args.save_passed and results[i]["exact_match"] >= args.target:  # as the record's "passed"
+            if args.save_passed and results[i]["exact_match"] >= save_at_least:
                 depth, cur, seed = members[i]
                 save_member(ens, slot, Path(args.save_passed) / f"D{hops}-{'cur' if cur else 'nocur'}-L{depth}-s{seed}",
-                            task)
+                            {**task, "exact_match": results[i]["exact_match"], "step": step})
 
     keys = [member_key(hops, cur, depth, seed, tag) for depth, cur, seed in members]
     ckpt = checkpoint_path(args, hops, tag)

@@ -323,6 +323,23 @@ def test_spike_guard_goes_back_to_the_window_before_the_spike():
         assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_save_at_least_keeps_members_that_did_not_pass(tmp_path):
+    """--save-at-least EM saves members below the target too (a plateau a later call can start from), with their
+    test exact match and step beside them; without it only passing members are saved; it needs --save-passed."""
+    argv = [*TINY, "--hops", "1", "--depths", "1", "--seeds", "0", "--max-steps", "10", "--save-passed"]
+    assert ens_sweep.main([*argv, str(tmp_path / "none"), "--ledger", str(tmp_path / "a.jsonl"), "--out-dir",
+                           str(tmp_path / "a")]) == 0
+    record = _records(tmp_path / "a.jsonl")[0]
+    assert not record["passed"] and not (tmp_path / "none").exists()
+    assert ens_sweep.main([*argv, str(tmp_path / "all"), "--save-at-least", "0", "--ledger", str(tmp_path / "b.jsonl"),
+                           "--out-dir", str(tmp_path / "b")]) == 0
+    saved = json.loads((tmp_path / "all" / "D1-cur-L1-s0" / ens_sweep.TASK_FILE).read_text())
+    assert saved["exact_match"] == _records(tmp_path / "b.jsonl")[0]["exact_match"] == record["exact_match"]
+    assert saved["step"] == 10 and saved["num_pairs"] == record["task_options"]["num_pairs"]
+    with pytest.raises(SystemExit):
+        ens_sweep.parse_args(["--save-at-least", "0.5"])
+
+
 @pytest.mark.slow
 def test_rollback_spikes_restores_the_member_and_lowers_its_learning_rate(tmp_path, monkeypatch):
     """--rollback-spikes in the sweep: seed 0's reported loss + 3 in steps 11-20 (an onset, below DELTA = 5), + 100
