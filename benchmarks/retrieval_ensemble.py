@@ -436,8 +436,8 @@ def grown_ensemble(pattern: str, members: list[tuple[int, bool, int]], config, t
     for member_depth, _, seed in members:
         path = pattern.format(seed=seed)
         if not (Path(path) / "config.json").is_file():
-            raise FileNotFoundError(f"--init-from: no saved model for seed {seed} at {path} (only members that pass are "
-                                    "saved; choose --seeds that have one)")
+            raise FileNotFoundError(f"--init-from: no saved model for seed {seed} at {path} (only members that pass, or "
+                                    "reach --save-at-least, are saved; choose --seeds that have one)")
         trained = Path(path) / TASK_FILE
         if task is not None and trained.is_file():
             src_task = json.loads(trained.read_text())
