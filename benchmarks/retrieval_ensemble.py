@@ -363,9 +363,11 @@ class SpikeGuard:
             self.earlier[i] = self.reference[i]
             self.steps[i][1] = self.steps[i][0]
         idx = torch.as_tensor(slots, device=self.current[0]["param"].device)
-        for cur, prev in zip(self.current, self.previous):  # the state they went back to is their `previous` too
-            for k in cur:
-                cur[k][idx] = prev[k][idx]
+        params = [p for group in self.opt.param_groups for p in group["params"]]
+        for cur, p in zip(self.current, params):  # the state they went back to is their `previous` too
+            cur["param"][idx] = p.detach()[idx]
+            for k, v in self.opt.state[p].items():
+                cur[k][idx] = v[idx]
 
     def next_window(self, step: int, rolled_back: list[int], keep: list[int] | None = None) -> None:
         """At a window's end (after any rollback of members ``rolled_back``): ``current`` becomes ``previous``,
@@ -548,7 +550,7 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
     keys = [member_key(hops, cur, depth, seed, tag) for depth, cur, seed in members]
     ckpt = checkpoint_path(args, hops, tag)
     loss_sum = torch.zeros(len(members), device=device)
-    # --rollback-spikes: each member's rollbacks (step, reference, loss, learning rate factor)
+    # --rollback-spikes: each member's rollbacks (step, reference, loss, learning rate factor, step gone back to)
     rollbacks: dict[int, list[tuple[int, float, float, float]]] = {i: [] for i in range(len(members))}
     saved = load_checkpoint(ckpt, ens, opt, generator, keys) if ckpt else None
     if saved is not None:  # resume: the loop's state, per member

@@ -314,6 +314,20 @@ def test_spike_guard_goes_back_to_the_window_before_the_spike():
     assert window(80, [2.8, 0.1]) == [0] and torch.equal(p[0], weights[60][0])  # back to the raise
     assert guard.reference[0] == 1.5  # that window was not compared: its own loss is the reference
     assert torch.equal(p[1], q[1])  # the other member trained as without the guard
+    # a spike in the second window goes back to before the first step: initial weights, zero moments
+    r = torch.nn.Parameter(torch.ones(2, 3))
+    fresh_opt = MemberAdamW([r], lr=0.1)
+    early = ens_sweep.SpikeGuard(fresh_opt, 2, delta=1.0, factor=0.5)
+    for step, losses in ((10, [1.0, 1.0]), (20, [3.0, 1.0])):
+        r.grad = torch.ones_like(r)
+        fresh_opt.step()
+        spiked = [i for i, loss in enumerate(losses) if early.spiked(i, loss)]
+        if spiked:
+            early.roll_back(spiked, spiked)
+        early.next_window(step, spiked)
+    assert spiked == [0] and torch.equal(r[0], torch.ones(3)) and not torch.equal(r[1], torch.ones(3))
+    assert all(float(v[0].abs().sum()) == 0 for v in fresh_opt.state[r].values())
+    assert all(torch.equal(early.previous[0][k][0], early.current[0][k][0]) for k in early.current[0])
     # a checkpoint's copy of the guard, loaded into a fresh one, has the same states and references
     references, tensors = guard.state([0, 1], [0, 1])
     fresh = ens_sweep.SpikeGuard(opt, 2, delta=1.0, factor=0.5)
@@ -356,7 +370,7 @@ def test_rollback_spikes_restores_the_member_and_lowers_its_learning_rate(tmp_pa
         losses = real(logits, labels, ignore_index)
         n = counter["step"]
         extra = 3.0 if 11 <= n <= 20 else 100.0 if 21 <= n <= 30 else 50.0 if 31 <= n <= 40 else 0.0
-        return losses + torch.tensor([extra, 0.0])
+        return losses + torch.tensor([extra, 0.0])[: len(losses)]  # seed 0 is slot 0, also once seed 1 has left
 
     monkeypatch.setattr(ensemble, "member_losses", spiky)
 
@@ -383,6 +397,18 @@ def test_rollback_spikes_restores_the_member_and_lowers_its_learning_rate(tmp_pa
     staged = sweep("staged", 0, "--curriculum", "on", "--curriculum-kind", "staged", "--advance-below", "100",
                    "--rollback-spikes", "2")  # the onset (+3) right after the stage raise at step 10: not compared
     assert [r[0] for r in staged[0]["rollbacks"]][:1] == [30] and staged[0]["rollbacks"][0][4] == 10
+    real_match, evals = ens_sweep.exact_match, {"n": 0}
+
+    def seed_1_done_at_20(ens, data, split, seeds, autocast, chunk=500):
+        em = real_match(ens, data, split, seeds, autocast, chunk)
+        evals["n"] += split == "validation"
+        return torch.where(torch.tensor(seeds) == 1, 1.0, em) if split == "validation" and evals["n"] >= 2 else em
+
+    monkeypatch.setattr(ens_sweep, "exact_match", seed_1_done_at_20)
+    dropped = sweep("dropped", 0, "--stop-at", "0.995")  # seed 1 leaves the ensemble at step 20: seed 0's snapshots follow it to slot 0
+    monkeypatch.setattr(ens_sweep, "exact_match", real_match)
+    assert dropped[1]["reached_step"] == 20 and [r[0] for r in dropped[0]["rollbacks"]] == [30, 40]
+    assert all(r[4] == 10 for r in dropped[0]["rollbacks"])
     split = ["--checkpoint-dir", str(tmp_path / "ck"), "--steps-per-call", "25"]
     assert all(r["timed_out"] for r in sweep("split", 0, *split).values())
     resumed = sweep("split", 25, *split)
