@@ -42,7 +42,8 @@ hash of the shared settings); a later call skips them. Members cut off by ``--ti
 Growing instead of starting from scratch (another arm; its tag differs): ``--save-passed DIR`` writes each member
 that passes as a ``LlamaForCausalLM``; ``--init-from 'DIR/D4-cur-L6-s{seed}'`` starts every member of a later
 sweep from its seed's saved model, grown to the deepest member's depth by ``grow_model``'s function-preserving
-``num_layers`` expansion (new blocks on top; a member of depth L uses the first L layers).
+``num_layers`` expansion (new blocks on top; a member of depth L uses the first L layers). ``--save-at-least EM``
+also saves members below the target (at the end of every call), e.g. a plateau a later session goes on from.
 
 Loss spikes (``--rollback-spikes DELTA``): a member whose mean training loss over an eval window rises by more
 than DELTA over its last accepted window (the first window after a stage raise is not compared) is put back to its
