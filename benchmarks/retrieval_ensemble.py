@@ -32,7 +32,8 @@ plots ``<name>.D<D>.heads_s<seed>.png`` (attention maps over training + per-head
 Curricula (``--curriculum both|on|off``; ``--curriculum-kind``): ``mixture`` draws D uniformly from 1..D from the
 first step; ``staged`` starts a curriculum member at D = 1 and raises its largest D by one whenever its mean
 training loss over an eval window falls below ``--advance-below`` (with ``<sep>`` questions, D = 2 was learned only
-this way: ``benchmarks/README.md``).
+this way: ``benchmarks/README.md``); it draws D uniformly from 1..k, or, with ``--newest-share P``, asks for k itself
+in a fraction P of the batch on top.
 
 Resumable: finished members go to ``--ledger`` (JSON lines, keyed like ``retrieval_depth.py``'s runs, tag =
 hash of the shared settings); a later call skips them. Members cut off by ``--time-budget`` are recorded with
@@ -91,6 +92,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "by one whenever the member's mean training loss over an eval window is below "
                         "--advance-below (staged)")
     p.add_argument("--advance-below", type=float, default=0.1, help="staged curriculum: loss that raises k")
+    p.add_argument("--newest-share", type=float, default=0.0, metavar="P",
+                   help="staged curriculum: this fraction of each member's batch asks for its current largest D "
+                        "(the rest stay uniform in 1..k, as with 0)")
     p.add_argument("--rollback-spikes", type=float, default=0.0, metavar="DELTA",
                    help="a member whose mean training loss over an eval window exceeds the previous window's by more "
                         "than DELTA (not the first window after a stage is raised) is put back to its weights and "
@@ -145,6 +149,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--cuda-graphs needs CUDA and --compile")
     if args.heads_every == 0:
         args.heads_every = args.eval_every
+    if args.newest_share and (args.curriculum_kind != "staged" or not 0 < args.newest_share <= 1):
+        p.error("--newest-share needs --curriculum-kind staged and a value in (0, 1]")
     if args.save_at_least is not None and (args.save_passed is None or not 0 <= args.save_at_least <= 1):
         p.error("--save-at-least needs --save-passed and a value in [0, 1]")
     if args.rollback_spikes < 0 or not 0 < args.rollback_lr_factor <= 1:
@@ -160,6 +166,8 @@ def settings_of(args: argparse.Namespace) -> dict[str, Any]:
     extra = {"pair_separator": True} if args.pair_separator else {}  # only when on: earlier tags stay valid
     if args.curriculum_kind == "staged":
         extra.update(curriculum_kind="staged", advance_below=args.advance_below)
+        if args.newest_share:  # only when on: earlier tags stay valid
+            extra["newest_share"] = args.newest_share
     if args.init_from:
         extra["init_from"] = args.init_from
     if args.rollback_spikes:
@@ -185,6 +193,7 @@ class TaskData:
         self.token_ids = torch.tensor(tokenizer.convert_tokens_to_ids(
             [str(k) for k in range(max(shape["num_nodes"], hops + 1))]), device=device)
         self.query_id = tokenizer.convert_tokens_to_ids(QUERY)
+        self.newest_share = args.newest_share
         self.splits: dict[str, dict[int, tuple[torch.Tensor, torch.Tensor]]] = {"validation": {}, "test": {}}
         for seed in seeds:
             splits = retrieval_splits(shape["num_pairs"], hops, shape["num_nodes"], curriculum=False, seed=seed,
@@ -205,7 +214,7 @@ class TaskData:
         top = None if max_hops is None else max_hops.repeat_interleave(batch)
         q, a = sample_retrieval_ids(m * batch, self.shape["num_pairs"], self.hops, self.shape["num_nodes"],
                                     curriculum.repeat_interleave(batch), self.token_ids, self.query_id, generator,
-                                    self.separator_id, top)
+                                    self.separator_id, top, self.newest_share if top is not None else 0.0)
         return q.view(m, batch, -1), a.view(m, batch)
 
 

@@ -117,6 +117,35 @@ def test_staged_curriculum_raises_each_members_largest_hop(tmp_path, monkeypatch
     assert records[True]["tag"] != mixture
 
 
+def test_newest_share_asks_for_the_current_largest_hop_more_often(tmp_path, monkeypatch):
+    """--newest-share P: that fraction of a staged member's batch asks for its current k (here at k = 3: 0.5 + 0.5 / 3
+    of the questions against 1 / 3 without); another tag; it needs a staged curriculum."""
+    shares = {}
+    real = ens_sweep.TaskData.sample
+
+    def spy(self, curriculum, batch, generator, max_hops=None):
+        q, a = real(self, curriculum, batch, generator, max_hops)
+        if max_hops is not None and int(max_hops[0]) == 3:  # member 0 (curriculum) at k = 3
+            hop_ids = q[0, :, -2]
+            shares.setdefault(self.newest_share, []).extend((hop_ids == self.token_ids[3]).tolist())
+        return q, a
+
+    monkeypatch.setattr(ens_sweep.TaskData, "sample", spy)
+    tags = set()
+    for extra in ([], ["--newest-share", "0.5"]):
+        ledger = tmp_path / f"runs{len(extra)}.jsonl"
+        assert ens_sweep.main([*TINY, "--hops", "4", "--depths", "1", "--seeds", "0", "--stop-at", "1.01",
+                               "--heads-every", "-1", "--curriculum-kind", "staged", "--advance-below", "100",
+                               "--batch-size", "64", "--ledger", str(ledger), "--out-dir", str(tmp_path / "out"),
+                               "--name", "t", *extra]) == 0
+        tags |= {r["tag"] for r in _records(ledger)}
+    plain, newest = (sum(shares[k]) / len(shares[k]) for k in (0.0, 0.5))
+    assert len(shares[0.5]) == 640 and abs(plain - 1 / 3) < 0.06 and abs(newest - 2 / 3) < 0.06  # 3 sigma: 0.056
+    assert len(tags) == 2  # a sweep with --newest-share is another setting
+    with pytest.raises(SystemExit):
+        ens_sweep.parse_args(["--newest-share", "0.5"])  # the mixture curriculum has no current k
+
+
 @pytest.mark.slow
 def test_checkpoint_resume_equals_one_uninterrupted_call(tmp_path):
     """--checkpoint-dir + a call cut short (--steps-per-call): the next call resumes weights, moments, sampler,

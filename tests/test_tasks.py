@@ -172,6 +172,27 @@ def test_sample_retrieval_ids_max_hops():
         with pytest.raises(ValueError, match="max_hops must lie in 1..hops=4"):
             sample_retrieval_ids(2, num_pairs=10, hops=4, num_nodes=40, curriculum=True, token_ids=ids, query_id=0,
                                  max_hops=bad)
+    # newest_share: that fraction of curriculum examples asks for max_hops itself, the rest stay uniform
+    n, share = 20000, 0.5
+    q, a = sample_retrieval_ids(n, num_pairs=10, hops=4, num_nodes=40, curriculum=True, token_ids=torch.arange(40),
+                                query_id=99, generator=torch.Generator().manual_seed(1), max_hops=3,
+                                newest_share=share)
+    d = torch.bincount(q[:, -2], minlength=5)[1:].double() / n
+    expected = torch.tensor([(1 - share) / 3] * 2 + [share + (1 - share) / 3, 0.0], dtype=torch.double)
+    assert (d - expected).abs().max() < 0.015 and d[3] == 0  # 3 sigma ~ 0.01 at n = 20,000
+    assert all(solve(" ".join("|" if t == 99 else str(t) for t in row)) == str(int(x))
+               for row, x in zip(q[:200].tolist(), a[:200]))
+    same = dict(num_pairs=10, hops=4, num_nodes=40, curriculum=True, token_ids=ids, query_id=0, max_hops=top)
+    assert torch.equal(sample_retrieval_ids(600, generator=torch.Generator().manual_seed(0), **same)[0],
+                       sample_retrieval_ids(600, generator=torch.Generator().manual_seed(0), newest_share=0.0,
+                                            **same)[0])  # 0: the stream of draws is unchanged
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="newest_share"):
+            sample_retrieval_ids(2, num_pairs=10, hops=4, num_nodes=40, curriculum=True, token_ids=ids, query_id=0,
+                                 max_hops=2, newest_share=bad)
+    with pytest.raises(ValueError, match="comes with max_hops"):
+        sample_retrieval_ids(2, num_pairs=10, hops=4, num_nodes=40, curriculum=True, token_ids=ids, query_id=0,
+                             newest_share=0.5)
 
 
 def test_retrieval_pair_separator():

@@ -129,6 +129,7 @@ def sample_retrieval_ids(
     generator=None,
     separator_id: int | None = None,
     max_hops=None,
+    newest_share: float = 0.0,
 ):
     """Fresh training examples as token ids, drawn on ``token_ids``' device: ``(questions (n, 2*num_pairs + 3),
     answers (n,))``, or ``3*num_pairs + 3`` tokens with ``separator_id`` (the id of ``<sep>``, written after every
@@ -142,7 +143,9 @@ def sample_retrieval_ids(
     ``hops``); ``query_id``: the id of ``|``. ``max_hops``: an int or a long tensor ``(n,)`` in ``1..hops``; a
     curriculum example then draws D uniformly from ``1..max_hops`` (a staged curriculum raises it during training;
     the chains keep ``hops`` links, so only the question gets easier). An int or a CPU tensor is range-checked; a tensor
-    already on the GPU is not (that check would make the host wait for the GPU every step).
+    already on the GPU is not (that check would make the host wait for the GPU every step). ``newest_share``: with
+    ``max_hops``, the fraction of curriculum examples that ask for ``D = max_hops`` itself (the rest stay uniform in
+    ``1..max_hops``, so D = max_hops has ``share + (1 - share) / max_hops`` of them); 0 draws nothing extra.
 
     >>> import torch
     >>> from hf_growth.tasks.retrieval import sample_retrieval_ids, solve
@@ -154,6 +157,8 @@ def sample_retrieval_ids(
     """
     import torch
 
+    if not 0.0 <= newest_share <= 1.0 or (newest_share and max_hops is None):
+        raise ValueError(f"newest_share must lie in [0, 1] and comes with max_hops, got {newest_share}")
     if token_ids.numel() < max(num_nodes, hops + 1):
         raise ValueError(f"token_ids covers {token_ids.numel()} numbers, need {max(num_nodes, hops + 1)}")
     device = token_ids.device
@@ -176,6 +181,8 @@ def sample_retrieval_ids(
             raise ValueError(f"max_hops must lie in 1..hops={hops}, got {top.tolist()}")
         top = top.to(device).expand(n)
         easy = 1 + (torch.rand(n, **rand) * top).long().clamp_max(top - 1)
+        if newest_share:
+            easy = torch.where(torch.rand(n, **rand) < newest_share, top, easy)
     d = torch.where(cur, easy, torch.full((n,), hops, device=device))
     start = (torch.rand(n, **rand) * (hops - d + 1)).long()  # chain 0 has slots 0..hops
     rows = torch.arange(n, device=device)
