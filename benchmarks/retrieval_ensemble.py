@@ -363,6 +363,10 @@ class SpikeGuard:
         self.earlier[i], self.reference[i] = self.reference[i], loss
         return False
 
+    def stage_raised(self, i: int) -> None:
+        """Member ``i``'s next window has a new D in it: its loss is not compared (it becomes the reference)."""
+        self.reference[i] = None
+
     def roll_back(self, slots: list[int], members: list[int]) -> None:
         """Put ensemble ``slots`` (members ``members``) back to ``previous`` and lower their learning rates."""
         self.opt.restore_(self.previous, slots)
@@ -561,7 +565,7 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
     ckpt = checkpoint_path(args, hops, tag)
     loss_sum = torch.zeros(len(members), device=device)
     # --rollback-spikes: each member's rollbacks (step, reference, loss, learning rate factor, step gone back to)
-    rollbacks: dict[int, list[tuple[int, float, float, float]]] = {i: [] for i in range(len(members))}
+    rollbacks: dict[int, list[tuple[int, float, float, float, int]]] = {i: [] for i in range(len(members))}
     saved = load_checkpoint(ckpt, ens, opt, generator, keys) if ckpt else None
     if saved is not None:  # resume: the loop's state, per member
         step = saved["step"]
@@ -635,7 +639,7 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
                     level[i] = levels[i]
                     stages[i].append((step, levels[i]))
                     if guard is not None:
-                        guard.reference[i] = None  # the next window has a new D in it: its loss is not compared
+                        guard.stage_raised(i)
                 if em[slot] >= args.stop_at:
                     reached[i] = step
                     done.append(slot)

@@ -304,6 +304,20 @@ def test_save_passed_then_init_from_them(tmp_path):
     assert ens_sweep.main([*argv, "--init-from-other-input"]) == 0  # a length curriculum, asked for
 
 
+def _guarded_window(guard, param, step, losses, raise_stage=()):
+    """One eval window as the sweep runs it: an update (differing per window), then the guard's check of each
+    member's window loss, the stage raises, the rollback of those that spiked and the snapshots' turn."""
+    param.grad = torch.ones_like(param) * step
+    guard.opt.step()
+    spiked = [i for i, loss in enumerate(losses) if guard.spiked(i, loss)]
+    for i in raise_stage:
+        guard.stage_raised(i)
+    if spiked:
+        guard.roll_back(spiked, spiked)
+    guard.next_window(step, spiked)
+    return spiked
+
+
 def test_spike_guard_goes_back_to_the_window_before_the_spike():
     """A spike whose onset lifts one window by less than DELTA (1.0 -> 1.6) and the next by more (3.0) goes back to
     the weights and moments at the start of the onset window, not of the spiking one (which already carries the
@@ -318,16 +332,9 @@ def test_spike_guard_goes_back_to_the_window_before_the_spike():
     weights = {}  # step -> both members' weights at that step
 
     def window(step, losses, raise_stage=()):
-        p.grad = torch.ones_like(p) * step  # any update that differs per window
-        q.grad = p.grad.clone()
-        opt.step()
+        q.grad = torch.ones_like(q) * step  # the same update without the guard
         plain.step()
-        spiked = [i for i, loss in enumerate(losses) if guard.spiked(i, loss)]
-        for i in raise_stage:
-            guard.reference[i] = None
-        if spiked:
-            guard.roll_back(spiked, spiked)
-        guard.next_window(step, spiked)
+        spiked = _guarded_window(guard, p, step, losses, raise_stage)
         weights[step] = p.detach().clone()
         return spiked
 
@@ -347,14 +354,8 @@ def test_spike_guard_goes_back_to_the_window_before_the_spike():
     r = torch.nn.Parameter(torch.ones(2, 3))
     fresh_opt = MemberAdamW([r], lr=0.1)
     early = ens_sweep.SpikeGuard(fresh_opt, 2, delta=1.0, factor=0.5)
-    for step, losses in ((10, [1.0, 1.0]), (20, [3.0, 1.0])):
-        r.grad = torch.ones_like(r)
-        fresh_opt.step()
-        spiked = [i for i, loss in enumerate(losses) if early.spiked(i, loss)]
-        if spiked:
-            early.roll_back(spiked, spiked)
-        early.next_window(step, spiked)
-    assert spiked == [0] and torch.equal(r[0], torch.ones(3)) and not torch.equal(r[1], torch.ones(3))
+    assert _guarded_window(early, r, 10, [1.0, 1.0]) == [] and _guarded_window(early, r, 20, [3.0, 1.0]) == [0]
+    assert torch.equal(r[0], torch.ones(3)) and not torch.equal(r[1], torch.ones(3))
     assert all(float(v[0].abs().sum()) == 0 for v in fresh_opt.state[r].values())
     assert all(torch.equal(early.previous[0][k][0], early.current[0][k][0]) for k in early.current[0])
     # a checkpoint's copy of the guard, loaded into a fresh one, has the same states and references
