@@ -96,7 +96,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="staged curriculum: this fraction of each member's batch asks for its current largest D "
                         "(the rest stay uniform in 1..k, as with 0)")
     p.add_argument("--rollback-spikes", type=float, default=0.0, metavar="DELTA",
-                   help="a member whose mean training loss over an eval window exceeds the previous window's by more "
+                   help="a member whose mean training loss over an eval window exceeds its last accepted window's by more "
                         "than DELTA (not the first window after a stage is raised) is put back to its weights and "
                         "AdamW moments at the start of the window before and its learning rate is multiplied by "
                         "--rollback-lr-factor (0 = off)")
