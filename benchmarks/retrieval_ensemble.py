@@ -47,10 +47,11 @@ sweep from its seed's saved model, grown to the deepest member's depth by ``grow
 also saves members below the target (at the end of every call), e.g. a plateau a later session goes on from.
 
 Loss spikes (``--rollback-spikes DELTA``): a member whose mean training loss over an eval window rises by more
-than DELTA over its last accepted window (the first window after a stage raise is not compared) is put back to its
-weights and AdamW moments at the start of the window *before* (``SpikeGuard``; a spike's onset can lift one window
-by less than DELTA) and its learning rate factor is multiplied by ``--rollback-lr-factor``; the others train on
-untouched. Records list the rollbacks (step, reference, loss, factor, step whose weights it went back to).
+than DELTA over its last accepted window is put back to its weights, AdamW moments and curriculum stage at the start
+of the window *before* (``SpikeGuard``; a spike's onset can lift one window by less than DELTA) and its learning rate
+factor is multiplied by ``--rollback-lr-factor``; the others train on untouched. The first window after a stage raise
+is compared on its questions below the new stage only (the new D's are not learned yet). Records list the rollbacks
+(step, reference, loss compared, factor, step whose weights it went back to).
 """
 
 from __future__ import annotations
@@ -97,9 +98,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(the rest stay uniform in 1..k, as with 0)")
     p.add_argument("--rollback-spikes", type=float, default=0.0, metavar="DELTA",
                    help="a member whose mean training loss over an eval window exceeds its last accepted window's by more "
-                        "than DELTA (not the first window after a stage is raised) is put back to its weights and "
-                        "AdamW moments at the start of the window before and its learning rate is multiplied by "
-                        "--rollback-lr-factor (0 = off)")
+                        "than DELTA (the first window after a stage raise: on its questions below the new stage) is "
+                        "put back to its weights, AdamW moments and stage at the start of the window before and its "
+                        "learning rate is multiplied by --rollback-lr-factor (0 = off)")
     p.add_argument("--rollback-lr-factor", type=float, default=0.5)
     p.add_argument("--target", type=float, default=0.99, help="a member passes at this test exact match")
     p.add_argument("--heads-every", type=int, default=0, help="head scores every N steps (0 = eval-every; -1 = off)")
@@ -174,6 +175,8 @@ def settings_of(args: argparse.Namespace) -> dict[str, Any]:
         # back to the start of the window before the spike's (sessions 10-11 went back one window: other tag)
         extra.update(rollback_spikes=args.rollback_spikes, rollback_lr_factor=args.rollback_lr_factor,
                      rollback_to="window_before")
+        if args.curriculum_kind == "staged":  # session 12 and before: the window after a raise was not compared
+            extra["after_raise"] = "questions_below_the_stage"
     return {"trainer": "ensemble", **{k: getattr(args, k) for k in keys}, **extra}
 
 
@@ -344,31 +347,48 @@ class SpikeGuard:
     loss the window it went back to was compared with (that window's own loss where it was not compared: the first
     window, or the first after a stage raise), and ``previous`` is the state it went back to, so a second spike goes
     back there again. Snapshots are ensemble-wide (one slot per member training); references are per
-    member index, as are the steps whose weights the snapshots hold (``steps[i]``: previous, current). The first
-    window after a stage raise is not compared (``reference`` None).
+    member index, as are the steps whose weights the snapshots hold (``steps[i]``: previous, current), the
+    curriculum stage each snapshot had (``levels[i]``) and whether it was taken at a stage raise (``fresh_at[i]``).
+
+    The first window after a stage raise has a D its weights never saw: its loss is not compared, but the loss on its
+    other questions (D below the new stage, ``old_loss``) is, with the window that raised the stage (a raise can
+    wreck what was learned: on the H200, 6 layers seed 2 went 0.09 -> 4.12 and stayed at chance, 2.73, for the
+    45,000 steps left). A rollback puts the stage back with the weights (the member raises it again once its window
+    loss is below the mark, at the lower learning rate); without ``old_loss`` that window is not compared.
     """
 
-    def __init__(self, opt, members: int, delta: float, factor: float, step: int = 0) -> None:
+    def __init__(self, opt, members: int, delta: float, factor: float, step: int = 0,
+                 levels: list[int] | None = None) -> None:
         self.opt, self.delta, self.factor = opt, delta, factor
         self.current = opt.snapshot()
         self.previous = self.current
         self.reference: dict[int, float | None] = {i: None for i in range(members)}
         self.earlier: dict[int, float | None] = {i: None for i in range(members)}  # what `previous`'s window met
         self.steps: dict[int, list[int]] = {i: [step, step] for i in range(members)}
+        self.level = {i: 1 if levels is None else levels[i] for i in range(members)}  # curriculum stage now
+        self.levels = {i: [self.level[i]] * 2 for i in range(members)}  # ... and at previous, current
+        self.fresh = {i: False for i in range(members)}  # this window is the first at a new stage
+        self.fresh_at = {i: [False, False] for i in range(members)}  # ... previous's, current's
+        self.compared: dict[int, float | None] = {i: None for i in range(members)}  # the last loss compared
 
-    def spiked(self, i: int, loss: float) -> bool:
-        """Whether member ``i``'s window loss is a spike; if not, it becomes the reference."""
-        if self.reference[i] is not None and loss > self.reference[i] + self.delta:
+    def spiked(self, i: int, loss: float, old_loss: float | None = None) -> bool:
+        """Whether member ``i``'s window loss is a spike (``old_loss``, the loss on the questions below its stage,
+        in the first window after a raise; that window is not compared without it); if not, ``loss`` becomes the
+        reference."""
+        self.compared[i] = old_loss if self.fresh[i] else loss
+        if None not in (self.reference[i], self.compared[i]) and self.compared[i] > self.reference[i] + self.delta:
             return True
+        self.fresh[i] = False
         self.earlier[i], self.reference[i] = self.reference[i], loss
         return False
 
-    def stage_raised(self, i: int) -> None:
-        """Member ``i``'s next window has a new D in it: its loss is not compared (it becomes the reference)."""
-        self.reference[i] = None
+    def stage_raised(self, i: int, level: int) -> None:
+        """Member ``i`` asks for D up to ``level`` from now: its next window is compared on the others only."""
+        self.level[i], self.fresh[i] = level, True
 
     def roll_back(self, slots: list[int], members: list[int]) -> None:
-        """Put ensemble ``slots`` (members ``members``) back to ``previous`` and lower their learning rates."""
+        """Put ensemble ``slots`` (members ``members``) back to ``previous`` (weights, moments, stage) and lower
+        their learning rates; the caller sets their curriculum to ``level``."""
         self.opt.restore_(self.previous, slots)
         self.opt.factor[slots] *= self.factor
         for i in members:  # compared with what the window it went back to was (or, where that was not compared,
@@ -376,6 +396,8 @@ class SpikeGuard:
                 self.reference[i] = self.earlier[i]
             self.earlier[i] = self.reference[i]
             self.steps[i][1] = self.steps[i][0]
+            self.levels[i][1] = self.level[i] = self.levels[i][0]
+            self.fresh_at[i][1] = self.fresh[i] = self.fresh_at[i][0]
         idx = torch.as_tensor(slots, device=self.current[0]["param"].device)
         params = [p for group in self.opt.param_groups for p in group["params"]]
         for cur, p in zip(self.current, params):  # the state they went back to is their `previous` too
@@ -391,6 +413,8 @@ class SpikeGuard:
         self.current = self.opt.snapshot()
         for i, (_, now) in self.steps.items():
             self.steps[i] = [now, now if i in rolled_back else step]
+            self.levels[i] = [self.levels[i][1], self.level[i]]
+            self.fresh_at[i] = [self.fresh_at[i][1], self.fresh[i]]
 
     @staticmethod
     def _select(snapshot, slots):
@@ -402,13 +426,16 @@ class SpikeGuard:
         tensors = {f"{name}.{n}.{k}": v
                    for name, snapshot in (("snapshot", self.current), ("previous", self.previous))
                    for n, entry in enumerate(self._select(snapshot, slots)) for k, v in entry.items()}
-        return {i: {"reference": self.reference[i], "earlier": self.earlier[i], "steps": self.steps[i]}
-                for i in members}, tensors
+        return {i: {"reference": self.reference[i], "earlier": self.earlier[i], "steps": self.steps[i],
+                    "level": self.level[i], "levels": self.levels[i], "fresh": self.fresh[i],
+                    "fresh_at": self.fresh_at[i]} for i in members}, tensors
 
-    def load(self, references: dict[int, dict[str, float | None]], tensors: dict[str, torch.Tensor]) -> None:
+    def load(self, references: dict[int, dict[str, Any]], tensors: dict[str, torch.Tensor]) -> None:
         """Undo :meth:`state` (in a fresh call, with the members it saved)."""
         for i, r in references.items():
             self.reference[i], self.earlier[i], self.steps[i] = r["reference"], r["earlier"], r["steps"]
+            self.level[i], self.levels[i], self.fresh[i], self.fresh_at[i] = (
+                r["level"], r["levels"], r["fresh"], r["fresh_at"])
         template = self.current
         self.current, self.previous = ([{k: tensors[f"{prefix}.{n}.{k}"].to(v.device) for k, v in entry.items()}
                                         for n, entry in enumerate(template)] for prefix in ("snapshot", "previous"))
@@ -528,8 +555,18 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
         if args.bf16 else nullcontext
     last = torch.tensor([shape["tokens"] - 1], device=device)
 
-    def losses_of(ids, answers):
-        return member_losses(ens(ids, positions=last), answers[:, :, None])
+    def losses_of(ids, answers, newest=None):
+        """Per member: the loss to train on and, with ``newest`` (per member, the token of its stage's D), the
+        loss on the batch's other questions (no gradient; see ``SpikeGuard``), else None."""
+        logits = ens(ids, positions=last)
+        losses = member_losses(logits, answers[:, :, None])
+        if newest is None:
+            return losses, None
+        with torch.no_grad():
+            each = torch.nn.functional.cross_entropy(logits[:, :, 0].detach().float().flatten(0, 1),
+                                                     answers.flatten(), reduction="none").view_as(answers)
+            old = (ids[:, :, -2] != newest[:, None]).float()  # the question's D is its second-to-last token
+            return losses, (each * old).sum(1) / old.sum(1).clamp_min(1)
 
     step_fn = (torch.compile(losses_of, mode="reduce-overhead" if args.cuda_graphs else None) if args.compile
                else losses_of)
@@ -564,7 +601,8 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
     keys = [member_key(hops, cur, depth, seed, tag) for depth, cur, seed in members]
     ckpt = checkpoint_path(args, hops, tag)
     loss_sum = torch.zeros(len(members), device=device)
-    # --rollback-spikes: each member's rollbacks (step, reference, loss, learning rate factor, step gone back to)
+    old_sum = torch.zeros(len(members), device=device)  # with a guard and stages: the loss below the stage's D
+    # --rollback-spikes: each member's rollbacks (step, reference, loss compared, learning rate factor, step gone back to)
     rollbacks: dict[int, list[tuple[int, float, float, float, int]]] = {i: [] for i in range(len(members))}
     saved = load_checkpoint(ckpt, ens, opt, generator, keys) if ckpt else None
     if saved is not None:  # resume: the loop's state, per member
@@ -573,6 +611,7 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
             member = saved["members"][key]
             history[i] = [tuple(h) for h in member["history"]]
             loss_sum[i] = member["loss_sum"]
+            old_sum[i] = member.get("old_loss_sum", 0.0)
             rollbacks[i] = [tuple(r) for r in member.get("rollbacks", [])]
             if staged:
                 level[i] = int(member["level"])
@@ -585,8 +624,9 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
     elif heads is not None:
         heads.record(ens, alive, seeds_alive(), depths_alive(), 0)
     first_step = step
-    guard = (SpikeGuard(opt, len(members), args.rollback_spikes, args.rollback_lr_factor, step)
-             if args.rollback_spikes else None)
+    guard = (SpikeGuard(opt, len(members), args.rollback_spikes, args.rollback_lr_factor, step,
+                        level.tolist() if staged else None) if args.rollback_spikes else None)
+    check_old = guard is not None and staged
     if guard is not None and saved is not None:
         guard.load({i: saved["members"][key]["guard"] for i, key in enumerate(keys)}, saved["tensors"])
     while step < horizon and alive:
@@ -607,7 +647,7 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
         ids, answers = data.sample(curriculum[alive_idx], args.batch_size, generator,
                                    None if level is None else level[alive_idx])
         with autocast():
-            losses = step_fn(ids, answers)
+            losses, old_losses = step_fn(ids, answers, data.token_ids[level[alive_idx]] if check_old else None)
         losses.sum().backward()
         clip_grad_norm_per_member(ens.parameters(), args.max_grad_norm, compile=args.compile)
         opt.step()
@@ -619,19 +659,23 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
                 torch.cuda.synchronize()
             steady = (step, time.perf_counter())
         loss_sum.index_add_(0, alive_idx, losses.detach().float())
+        if old_losses is not None:
+            old_sum.index_add_(0, alive_idx, old_losses)
         if heads is not None and step % args.heads_every == 0:
             heads.record(ens, alive, seeds_alive(), depths_alive(), step, skip=frozen)
         if step % args.eval_every == 0 or step == horizon:
             em = exact_match(ens, data, "validation", seeds_alive(), autocast).tolist()
             mean_loss = (loss_sum / args.eval_every).tolist()
+            old_loss = (old_sum / args.eval_every).tolist()
             loss_sum.zero_()
+            old_sum.zero_()
             levels = level.tolist() if staged else None
             done, spiked, rolled, kept = [], [], [], None  # kept: the slots kept where members are dropped
             for slot, i in enumerate(alive):
                 if i in frozen:
                     continue
                 history[i].append((step, round(em[slot], 4), round(mean_loss[i], 4)))
-                if guard is not None and guard.spiked(i, mean_loss[i]):
+                if guard is not None and guard.spiked(i, mean_loss[i], old_loss[i] if check_old else None):
                     spiked.append(slot)
                     continue
                 if staged and levels[i] < hops and mean_loss[i] < args.advance_below:
@@ -639,22 +683,27 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
                     level[i] = levels[i]
                     stages[i].append((step, levels[i]))
                     if guard is not None:
-                        guard.stage_raised(i)
+                        guard.stage_raised(i, levels[i])
                 if em[slot] >= args.stop_at:
                     reached[i] = step
                     done.append(slot)
             if spiked:  # before any member is dropped: the slots are still those of the guard's snapshots
-                met = {slot: guard.reference[alive[slot]] for slot in spiked}
+                met = {slot: (guard.reference[alive[slot]], guard.compared[alive[slot]]) for slot in spiked}
                 rolled = [alive[slot] for slot in spiked]
                 guard.roll_back(spiked, rolled)
                 factors = opt.factor.tolist()
                 for slot in spiked:
                     i = alive[slot]
-                    back_to = guard.steps[i][0]
-                    rollbacks[i].append((step, round(met[slot], 4), round(mean_loss[i], 4), factors[slot], back_to))
-                    print(f"[D={hops}] step {step}: member {keys[i]} rolled back (loss {met[slot]:.3f} -> "
-                          f"{mean_loss[i]:.3f}) to its weights of step {back_to}, learning rate "
+                    back_to, (reference, compared) = guard.steps[i][0], met[slot]
+                    rollbacks[i].append((step, round(reference, 4), round(compared, 4), factors[slot], back_to))
+                    what = "loss" if compared == mean_loss[i] else "loss below the new stage"
+                    print(f"[D={hops}] step {step}: member {keys[i]} rolled back ({what} {reference:.3f} -> "
+                          f"{compared:.3f}) to its weights of step {back_to}, learning rate "
                           f"x{factors[slot]:g}", flush=True)
+                    if staged and guard.level[i] != levels[i]:  # the stage goes back with the weights
+                        levels[i] = guard.level[i]
+                        level[i] = levels[i]
+                        stages[i].append((step, levels[i]))
             if done:  # freeze them now (learning rate factor 0 is exact); drop them once a quarter is frozen
                 if heads is not None and step % args.heads_every:
                     heads.record(ens, alive, seeds_alive(), depths_alive(), step, skip=frozen)
@@ -689,7 +738,7 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
                 alive_idx = torch.tensor(alive, device=device)
             levels = level.tolist() if staged else None
             state = {"step": step, "members": {keys[i]: {
-                "history": history[i], "loss_sum": float(loss_sum[i]),
+                "history": history[i], "loss_sum": float(loss_sum[i]), "old_loss_sum": float(old_sum[i]),
                 **({"level": levels[i], "stages": stages[i]} if staged else {}),
                 **({"rollbacks": rollbacks[i]} if args.rollback_spikes else {}),
                 **({"head_steps": heads.steps[i]} if heads is not None else {})} for i in alive}}

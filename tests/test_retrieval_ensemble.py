@@ -304,14 +304,15 @@ def test_save_passed_then_init_from_them(tmp_path):
     assert ens_sweep.main([*argv, "--init-from-other-input"]) == 0  # a length curriculum, asked for
 
 
-def _guarded_window(guard, param, step, losses, raise_stage=()):
+def _guarded_window(guard, param, step, losses, raise_stage=(), old=None):
     """One eval window as the sweep runs it: an update (differing per window), then the guard's check of each
-    member's window loss, the stage raises, the rollback of those that spiked and the snapshots' turn."""
+    member's window loss (and loss below its stage, ``old``), the stage raises, the rollback of those that spiked
+    and the snapshots' turn."""
     param.grad = torch.ones_like(param) * step
     guard.opt.step()
-    spiked = [i for i, loss in enumerate(losses) if guard.spiked(i, loss)]
+    spiked = [i for i, loss in enumerate(losses) if guard.spiked(i, loss, None if old is None else old[i])]
     for i in raise_stage:
-        guard.stage_raised(i)
+        guard.stage_raised(i, guard.level[i] + 1)
     if spiked:
         guard.roll_back(spiked, spiked)
     guard.next_window(step, spiked)
@@ -322,8 +323,9 @@ def test_spike_guard_goes_back_to_the_window_before_the_spike():
     """A spike whose onset lifts one window by less than DELTA (1.0 -> 1.6) and the next by more (3.0) goes back to
     the weights and moments at the start of the onset window, not of the spiking one (which already carries the
     damage: going there left two H200 members stuck); the next window is compared with the loss before the onset,
-    a second spike goes back to the same state, the other member is untouched, and the window after a stage raise
-    is not compared."""
+    a second spike goes back to the same state, the other member is untouched; the window after a stage raise is
+    compared on its questions below the new stage only (not at all without their loss), and a spike there goes
+    back to the stage before the raise, with the weights."""
     from hf_growth.training.ensemble import MemberAdamW
 
     p, q = torch.nn.Parameter(torch.zeros(2, 3)), torch.nn.Parameter(torch.zeros(2, 3))  # q: without the guard
@@ -331,10 +333,10 @@ def test_spike_guard_goes_back_to_the_window_before_the_spike():
     guard = ens_sweep.SpikeGuard(opt, 2, delta=1.0, factor=0.5)
     weights = {}  # step -> both members' weights at that step
 
-    def window(step, losses, raise_stage=()):
+    def window(step, losses, raise_stage=(), old=None):
         q.grad = torch.ones_like(q) * step  # the same update without the guard
         plain.step()
-        spiked = _guarded_window(guard, p, step, losses, raise_stage)
+        spiked = _guarded_window(guard, p, step, losses, raise_stage, old)
         weights[step] = p.detach().clone()
         return spiked
 
@@ -346,9 +348,16 @@ def test_spike_guard_goes_back_to_the_window_before_the_spike():
     assert window(40, [2.5, 1.2]) == [0]  # compared with 1.0 (before the onset), not 1.6: back to step 10 again
     assert torch.equal(p[0], weights[10][0]) and opt.factor.tolist() == [0.25, 1.0]
     assert window(50, [1.1, 1.2]) == [] and guard.steps[0] == [10, 50]
-    assert window(60, [0.05, 0.1], raise_stage=[0]) == [] and window(70, [1.5, 0.1]) == []  # after a raise: free
+    assert window(60, [0.05, 0.1], raise_stage=[0]) == [] and (guard.level[0], guard.fresh[0]) == (2, True)
+    assert window(70, [1.5, 0.1]) == [] and not guard.fresh[0]  # after a raise, without the loss below it: free
     assert window(80, [2.8, 0.1]) == [0] and torch.equal(p[0], weights[60][0])  # back to the raise
-    assert guard.reference[0] == 1.5  # that window was not compared: its own loss is the reference
+    # the window it went back to was the first at stage 2: the next one is again, compared as it was (with 0.05)
+    assert (guard.reference[0], guard.fresh[0], guard.level[0]) == (0.05, True, 2)
+    assert window(90, [2.9, 0.1], old=[1.0, None]) == [] and guard.reference[0] == 2.9  # 1.0 <= 0.05 + 1: kept
+    assert window(100, [0.08, 0.1], raise_stage=[0]) == [] and guard.level[0] == 3
+    assert window(110, [4.1, 0.1], old=[3.9, None]) == [0]  # the raise wrecked D <= 2: back before it, stage 2
+    assert torch.equal(p[0], weights[90][0]) and (guard.level[0], guard.fresh[0], guard.reference[0]) == (2, False, 2.9)
+    assert guard.compared[0] == 3.9 and guard.levels[0] == [2, 2] and guard.steps[0] == [90, 90]
     assert torch.equal(p[1], q[1])  # the other member trained as without the guard
     # a spike in the second window goes back to before the first step: initial weights, zero moments
     r = torch.nn.Parameter(torch.ones(2, 3))
@@ -363,8 +372,48 @@ def test_spike_guard_goes_back_to_the_window_before_the_spike():
     fresh = ens_sweep.SpikeGuard(opt, 2, delta=1.0, factor=0.5)
     fresh.load({int(k): v for k, v in json.loads(json.dumps(references)).items()}, tensors)
     assert fresh.reference == guard.reference and fresh.earlier == guard.earlier and fresh.steps == guard.steps
+    assert (fresh.level, fresh.levels, fresh.fresh, fresh.fresh_at) == (
+        guard.level, guard.levels, guard.fresh, guard.fresh_at)
     for a, b in zip(fresh.previous + fresh.current, guard.previous + guard.current):
         assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_a_raise_that_wrecks_the_questions_below_it_goes_back_with_its_stage(tmp_path, monkeypatch):
+    """--rollback-spikes with a staged curriculum: the window after a raise is compared on its questions below the
+    new stage. Every answer's loss + 10 in steps 21-30 (right after the raise to stage 3 at step 20): rolled back at
+    step 30 to the weights of step 10 and stage 2 (the state the window before had), the stage is raised again at
+    step 40; without the wreck nothing is rolled back; a checkpointed split in the window after the rollback ends
+    where one call ends."""
+    real, calls = torch.nn.functional.cross_entropy, {"n": 0}
+
+    def wrecked(logits, labels, *args, **kwargs):  # each step: the trained loss, then the loss below the stage
+        calls["n"] += 1
+        return real(logits, labels, *args, **kwargs) + (10.0 if 21 <= (calls["n"] + 1) // 2 <= 30 else 0.0)
+
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", wrecked)
+
+    def sweep(name, first_step=0, *extra):
+        calls["n"] = 2 * first_step
+        ledger = tmp_path / f"{name}.jsonl"
+        assert ens_sweep.main([*TINY, "--hops", "3", "--depths", "1", "--seeds", "0", "--curriculum", "on",
+                               "--curriculum-kind", "staged", "--advance-below", "100", "--stop-at", "1.01",
+                               "--heads-every", "-1", "--max-steps", "50", "--rollback-spikes", "2",
+                               "--ledger", str(ledger), "--out-dir", str(tmp_path / name), "--name", "t", *extra]) == 0
+        return _records(ledger)[-1]  # the last call's
+
+    whole = sweep("whole")
+    history = whole["train_loss_history"]
+    (step, reference, compared, factor, back_to), = whole["rollbacks"]
+    assert (step, reference, factor, back_to) == (30, history[1][1], 0.5, 10) and compared > reference + 2
+    assert whole["curriculum_stages"] == [[0, 1], [10, 2], [20, 3], [30, 2], [40, 3]]
+    calm = sweep("calm", 1000)  # the same sweep without the wreck
+    assert calm["rollbacks"] == [] and calm["curriculum_stages"] == [[0, 1], [10, 2], [20, 3]]
+    split = ["--checkpoint-dir", str(tmp_path / "ck"), "--steps-per-call", "35"]
+    assert sweep("split", 0, *split)["timed_out"]
+    resumed = sweep("split", 35, *split)
+    for key in ("rollbacks", "curriculum_stages", "train_loss_history", "exact_match"):
+        assert resumed[key] == whole[key]
 
 
 def test_save_at_least_keeps_members_that_did_not_pass(tmp_path):
@@ -425,7 +474,8 @@ def test_rollback_spikes_restores_the_member_and_lowers_its_learning_rate(tmp_pa
     assert plain[0]["train_loss_history"][0] == whole[0]["train_loss_history"][0]
     assert plain[0]["train_loss_history"][3:] != whole[0]["train_loss_history"][3:]
     staged = sweep("staged", 0, "--curriculum", "on", "--curriculum-kind", "staged", "--advance-below", "100",
-                   "--rollback-spikes", "2")  # the onset (+3) right after the stage raise at step 10: not compared
+                   "--rollback-spikes", "2")  # the onset (+3) right after the stage raise at step 10: only its
+    # questions below stage 2 are compared, and the onset is not in their loss
     assert [r[0] for r in staged[0]["rollbacks"]][:1] == [30] and staged[0]["rollbacks"][0][4] == 10
     real_match, evals = ens_sweep.exact_match, {"n": 0}
 
