@@ -500,3 +500,30 @@ def test_rollback_spikes_restores_the_member_and_lowers_its_learning_rate(tmp_pa
     assert len(tags) == 2  # a sweep with rollbacks is another setting; earlier tags are unchanged
     with pytest.raises(SystemExit):
         ens_sweep.parse_args(["--rollback-spikes", "1", "--rollback-lr-factor", "0"])
+
+
+def test_eval_saved_answers_the_recorded_test_split_again_and_fresh_questions(tmp_path, capsys):
+    """benchmarks/retrieval_eval_saved.py: a member saved by the sweep answers its seed's test split as the sweep
+    recorded (both float32 on the CPU), and fresh questions, with a Wilson interval around the rate; a directory
+    without the seed suffix is refused."""
+    eval_saved = _load("retrieval_eval_saved")
+    ledger = tmp_path / "a.jsonl"
+    assert ens_sweep.main([*TINY, "--hops", "2", "--depths", "1", "--seeds", "1", "--curriculum", "on",
+                           "--pair-separator", "--max-steps", "20", "--save-passed", str(tmp_path / "keep"), "--save-at-least", "0", "--ledger",
+                           str(ledger), "--out-dir", str(tmp_path / "a")]) == 0
+    record = _records(ledger)[0]
+    member = tmp_path / "keep" / "D2-cur-L1-s1"
+    out = tmp_path / "eval.json"
+    assert eval_saved.main([str(member), "--fresh", "300", "--validation-size", "16", "--test-size", "16",
+                            "--out", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["members"]
+    assert row["seed"] == 1 and row["layers"] == 1 and row["task"]["pair_separator"] is True
+    assert row["test"]["exact_match"] == record["exact_match"]
+    lo, hi = row["fresh"]["wilson95"]
+    assert row["fresh"]["n"] == 300 and lo <= row["fresh"]["exact_match"] <= hi and hi - lo < 0.1
+    assert "D2-cur-L1-s1" in capsys.readouterr().out
+    assert eval_saved.wilson(0, 10)[0] == 0.0 and eval_saved.wilson(10, 10)[1] == pytest.approx(1.0)
+    renamed = tmp_path / "member"
+    member.rename(renamed)
+    with pytest.raises(ValueError, match="the seed is its suffix"):
+        eval_saved.main([str(renamed), "--fresh", "10"])
