@@ -604,6 +604,8 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
     old_sum = torch.zeros(len(members), device=device)  # with a guard and stages: the loss below the stage's D
     # --rollback-spikes: each member's rollbacks (step, reference, loss compared, learning rate factor, step gone back to)
     rollbacks: dict[int, list[tuple[int, float, float, float, int]]] = {i: [] for i in range(len(members))}
+    # ... and every check of a window after a stage raise (step, reference, loss below the stage), kept or not
+    raise_checks: dict[int, list[tuple[int, float, float]]] = {i: [] for i in range(len(members))}
     saved = load_checkpoint(ckpt, ens, opt, generator, keys) if ckpt else None
     if saved is not None:  # resume: the loop's state, per member
         step = saved["step"]
@@ -613,6 +615,7 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
             loss_sum[i] = member["loss_sum"]
             old_sum[i] = member.get("old_loss_sum", 0.0)
             rollbacks[i] = [tuple(r) for r in member.get("rollbacks", [])]
+            raise_checks[i] = [tuple(r) for r in member.get("raise_checks", [])]
             if staged:
                 level[i] = int(member["level"])
                 stages[i] = [tuple(x) for x in member["stages"]]
@@ -675,6 +678,8 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
                 if i in frozen:
                     continue
                 history[i].append((step, round(em[slot], 4), round(mean_loss[i], 4)))
+                if check_old and guard.fresh[i] and guard.reference[i] is not None:
+                    raise_checks[i].append((step, round(guard.reference[i], 4), round(old_loss[i], 4)))
                 if guard is not None and guard.spiked(i, mean_loss[i], old_loss[i] if check_old else None):
                     spiked.append(slot)
                     continue
@@ -740,7 +745,7 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
             state = {"step": step, "members": {keys[i]: {
                 "history": history[i], "loss_sum": float(loss_sum[i]), "old_loss_sum": float(old_sum[i]),
                 **({"level": levels[i], "stages": stages[i]} if staged else {}),
-                **({"rollbacks": rollbacks[i]} if args.rollback_spikes else {}),
+                **({"rollbacks": rollbacks[i], "raise_checks": raise_checks[i]} if args.rollback_spikes else {}),
                 **({"head_steps": heads.steps[i]} if heads is not None else {})} for i in alive}}
             extra = {}
             if guard is not None:  # where a spike in the next windows goes back to, for those saved
@@ -774,7 +779,7 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
             "timed_out": timed_out and i not in reached,
             "val_history": [(s, v) for s, v, _ in history[i]], "train_loss_history": [(s, l) for s, _, l in history[i]],
             **({"curriculum_stages": stages[i]} if staged and cur else {}),
-            **({"rollbacks": rollbacks[i]} if args.rollback_spikes else {}),
+            **({"rollbacks": rollbacks[i], "raise_checks": raise_checks[i]} if args.rollback_spikes else {}),
             **({"init_from": args.init_from} if args.init_from else {}),  # the grown arm: never pooled with scratch
             "task_options": {"num_pairs": shape["num_pairs"], "hops": hops, "num_nodes": shape["num_nodes"],
                              "curriculum": cur, **({"pair_separator": True} if args.pair_separator else {}),

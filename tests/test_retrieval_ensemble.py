@@ -407,12 +407,16 @@ def test_a_raise_that_wrecks_the_questions_below_it_goes_back_with_its_stage(tmp
     (step, reference, compared, factor, back_to), = whole["rollbacks"]
     assert (step, reference, factor, back_to) == (30, history[1][1], 0.5, 10) and compared > reference + 2
     assert whole["curriculum_stages"] == [[0, 1], [10, 2], [20, 3], [30, 2], [40, 3]]
+    # every window after a raise (and after going back to one) is checked: 20, 40 and 50 kept, 30 not
+    checks = whole["raise_checks"]
+    assert [c[0] for c in checks] == [20, 30, 40, 50] and checks[1][1:] == [reference, compared]
+    assert [c[1] for c in checks] == [history[0][1], history[1][1], history[0][1], history[3][1]]
     calm = sweep("calm", 1000)  # the same sweep without the wreck
     assert calm["rollbacks"] == [] and calm["curriculum_stages"] == [[0, 1], [10, 2], [20, 3]]
     split = ["--checkpoint-dir", str(tmp_path / "ck"), "--steps-per-call", "35"]
     assert sweep("split", 0, *split)["timed_out"]
     resumed = sweep("split", 35, *split)
-    for key in ("rollbacks", "curriculum_stages", "train_loss_history", "exact_match"):
+    for key in ("rollbacks", "raise_checks", "curriculum_stages", "train_loss_history", "exact_match"):
         assert resumed[key] == whole[key]
 
 
