@@ -345,15 +345,15 @@ class SpikeGuard:
     window started from an already damaged state, and going back there, however low the learning rate, left two
     members stuck on it for the rest of the schedule. After a rollback the member's next window is compared with the
     loss the window it went back to was compared with (that window's own loss where it was not compared: the first
-    window, or the first after a stage raise), and ``previous`` is the state it went back to, so a second spike goes
+    window), and ``previous`` is the state it went back to, so a second spike goes
     back there again. Snapshots are ensemble-wide (one slot per member training); references are per
     member index, as are the steps whose weights the snapshots hold (``steps[i]``: previous, current), the
     curriculum stage each snapshot had (``levels[i]``) and whether it was taken at a stage raise (``fresh_at[i]``).
 
     The first window after a stage raise has a D its weights never saw: its loss is not compared, but the loss on its
     other questions (D below the new stage, ``old_loss``) is, with the window that raised the stage (a raise can
-    wreck what was learned: on the H200, 6 layers seed 2 went 0.09 -> 4.12 and stayed at chance, 2.73, for the
-    45,000 steps left). A rollback puts the stage back with the weights (the member raises it again once its window
+    wreck what was learned: on the H200, 6 layers seed 2 went 0.09 -> 4.41 and sat at 2.73 for the 45,000 steps
+    left). A rollback puts the stage back with the weights (the member raises it again once its window
     loss is below the mark, at the lower learning rate); without ``old_loss`` that window is not compared.
     """
 
@@ -388,7 +388,7 @@ class SpikeGuard:
 
     def roll_back(self, slots: list[int], members: list[int]) -> None:
         """Put ensemble ``slots`` (members ``members``) back to ``previous`` (weights, moments, stage) and lower
-        their learning rates; the caller sets their curriculum to ``level``."""
+        their learning rates; the caller puts their curriculum back to ``level[i]``."""
         self.opt.restore_(self.previous, slots)
         self.opt.factor[slots] *= self.factor
         for i in members:  # compared with what the window it went back to was (or, where that was not compared,
@@ -602,7 +602,7 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
     ckpt = checkpoint_path(args, hops, tag)
     loss_sum = torch.zeros(len(members), device=device)
     old_sum = torch.zeros(len(members), device=device)  # with a guard and stages: the loss below the stage's D
-    # --rollback-spikes: each member's rollbacks (step, reference, loss compared, learning rate factor, step gone back to)
+    # --rollback-spikes: each member's rollbacks (step, reference, loss compared, lr factor, step gone back to)
     rollbacks: dict[int, list[tuple[int, float, float, float, int]]] = {i: [] for i in range(len(members))}
     # ... and every check of a window after a stage raise (step, reference, loss below the stage), kept or not
     raise_checks: dict[int, list[tuple[int, float, float]]] = {i: [] for i in range(len(members))}
@@ -693,15 +693,16 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
                     reached[i] = step
                     done.append(slot)
             if spiked:  # before any member is dropped: the slots are still those of the guard's snapshots
-                met = {slot: (guard.reference[alive[slot]], guard.compared[alive[slot]]) for slot in spiked}
+                met = {slot: (guard.reference[i], guard.compared[i], guard.fresh[i])
+                       for slot, i in ((slot, alive[slot]) for slot in spiked)}
                 rolled = [alive[slot] for slot in spiked]
                 guard.roll_back(spiked, rolled)
                 factors = opt.factor.tolist()
                 for slot in spiked:
                     i = alive[slot]
-                    back_to, (reference, compared) = guard.steps[i][0], met[slot]
+                    back_to, (reference, compared, after_raise) = guard.steps[i][0], met[slot]
                     rollbacks[i].append((step, round(reference, 4), round(compared, 4), factors[slot], back_to))
-                    what = "loss" if compared == mean_loss[i] else "loss below the new stage"
+                    what = "loss below the new stage" if after_raise else "loss"
                     print(f"[D={hops}] step {step}: member {keys[i]} rolled back ({what} {reference:.3f} -> "
                           f"{compared:.3f}) to its weights of step {back_to}, learning rate "
                           f"x{factors[slot]:g}", flush=True)
