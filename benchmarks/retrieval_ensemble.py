@@ -102,6 +102,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "put back to its weights, AdamW moments and stage at the start of the window before and its "
                         "learning rate is multiplied by --rollback-lr-factor (0 = off)")
     p.add_argument("--rollback-lr-factor", type=float, default=0.5)
+    p.add_argument("--raise-delta", type=float, default=None, metavar="DELTA",
+                   help="--rollback-spikes' DELTA for the first window after a stage raise, whose loss below the new "
+                        "stage rises in a healthy raise too (CPU D = 2: by 0.4-1.2); default: --rollback-spikes'")
     p.add_argument("--target", type=float, default=0.99, help="a member passes at this test exact match")
     p.add_argument("--heads-every", type=int, default=0, help="head scores every N steps (0 = eval-every; -1 = off)")
     p.add_argument("--heads-probe", type=int, default=64)
@@ -156,6 +159,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--save-at-least needs --save-passed and a value in [0, 1]")
     if args.rollback_spikes < 0 or not 0 < args.rollback_lr_factor <= 1:
         p.error("--rollback-spikes must be >= 0 and --rollback-lr-factor in (0, 1]")
+    if args.raise_delta is not None and (args.raise_delta <= 0 or not args.rollback_spikes):
+        p.error("--raise-delta must be > 0 and comes with --rollback-spikes")
     return args
 
 
@@ -177,6 +182,8 @@ def settings_of(args: argparse.Namespace) -> dict[str, Any]:
                      rollback_to="window_before")
         if args.curriculum_kind == "staged":  # session 12 and before: the window after a raise was not compared
             extra["after_raise"] = "questions_below_the_stage"
+            if args.raise_delta is not None:
+                extra["raise_delta"] = args.raise_delta
     return {"trainer": "ensemble", **{k: getattr(args, k) for k in keys}, **extra}
 
 
@@ -351,15 +358,17 @@ class SpikeGuard:
     curriculum stage each snapshot had (``levels[i]``) and whether it was taken at a stage raise (``fresh_at[i]``).
 
     The first window after a stage raise has a D its weights never saw: its loss is not compared, but the loss on its
-    other questions (D below the new stage, ``old_loss``) is, with the window that raised the stage (a raise can
+    other questions (D below the new stage, ``old_loss``) is, with the window that raised the stage, by
+    ``raise_delta`` (default ``delta``; it rises in a healthy raise too) (a raise can
     wreck what was learned: on the H200, 6 layers seed 2 went 0.09 -> 4.41 and sat at 2.73 for the 45,000 steps
     left). A rollback puts the stage back with the weights (the member raises it again once its window
     loss is below the mark, at the lower learning rate); without ``old_loss`` that window is not compared.
     """
 
     def __init__(self, opt, members: int, delta: float, factor: float, step: int = 0,
-                 levels: list[int] | None = None) -> None:
+                 levels: list[int] | None = None, raise_delta: float | None = None) -> None:
         self.opt, self.delta, self.factor = opt, delta, factor
+        self.raise_delta = delta if raise_delta is None else raise_delta  # for the first window after a raise
         self.current = opt.snapshot()
         self.previous = self.current
         self.reference: dict[int, float | None] = {i: None for i in range(members)}
@@ -376,7 +385,8 @@ class SpikeGuard:
         in the first window after a raise; that window is not compared without it); if not, ``loss`` becomes the
         reference."""
         self.compared[i] = old_loss if self.fresh[i] else loss
-        if None not in (self.reference[i], self.compared[i]) and self.compared[i] > self.reference[i] + self.delta:
+        delta = self.raise_delta if self.fresh[i] else self.delta
+        if None not in (self.reference[i], self.compared[i]) and self.compared[i] > self.reference[i] + delta:
             return True
         self.fresh[i] = False
         self.earlier[i], self.reference[i] = self.reference[i], loss
@@ -628,7 +638,7 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
         heads.record(ens, alive, seeds_alive(), depths_alive(), 0)
     first_step = step
     guard = (SpikeGuard(opt, len(members), args.rollback_spikes, args.rollback_lr_factor, step,
-                        level.tolist() if staged else None) if args.rollback_spikes else None)
+                        level.tolist() if staged else None, args.raise_delta) if args.rollback_spikes else None)
     check_old = guard is not None and staged
     if guard is not None and saved is not None:
         guard.load({i: saved["members"][key]["guard"] for i, key in enumerate(keys)}, saved["tensors"])

@@ -358,6 +358,10 @@ def test_spike_guard_goes_back_to_the_window_before_the_spike():
     assert window(110, [4.1, 0.1], old=[3.9, None]) == [0]  # the raise wrecked D <= 2: back before it, stage 2
     assert torch.equal(p[0], weights[90][0]) and (guard.level[0], guard.fresh[0], guard.reference[0]) == (2, False, 2.9)
     assert guard.compared[0] == 3.9 and guard.levels[0] == [2, 2] and guard.steps[0] == [90, 90]
+    lenient = ens_sweep.SpikeGuard(opt, 2, delta=1.0, factor=0.5, raise_delta=4.0)  # the window after a raise only
+    lenient.reference[0] = lenient.reference[1] = 0.1
+    lenient.stage_raised(0, 2)
+    assert not lenient.spiked(0, 5.0, old_loss=3.9) and lenient.spiked(1, 1.2)
     assert torch.equal(p[1], q[1])  # the other member trained as without the guard
     # a spike in the second window goes back to before the first step: initial weights, zero moments
     r = torch.nn.Parameter(torch.ones(2, 3))
@@ -384,7 +388,7 @@ def test_a_raise_that_wrecks_the_questions_below_it_goes_back_with_its_stage(tmp
     new stage. Every answer's loss + 10 in steps 21-30 (right after the raise to stage 3 at step 20): rolled back at
     step 30 to the weights of step 10 and stage 2 (the state the window before had), the stage is raised again at
     step 40; without the wreck nothing is rolled back; a checkpointed split in the window after the rollback ends
-    where one call ends."""
+    where one call ends; with --raise-delta 20 the wreck is let through."""
     real, calls = torch.nn.functional.cross_entropy, {"n": 0}
 
     def wrecked(logits, labels, *args, **kwargs):  # each step: the trained loss, then the loss below the stage
@@ -411,6 +415,9 @@ def test_a_raise_that_wrecks_the_questions_below_it_goes_back_with_its_stage(tmp
     checks = whole["raise_checks"]
     assert [c[0] for c in checks] == [20, 30, 40, 50] and checks[1][1:] == [reference, compared]
     assert [c[1] for c in checks] == [history[0][1], history[1][1], history[0][1], history[3][1]]
+    lenient = sweep("lenient", 0, "--raise-delta", "20")  # the wreck (+10) is within what a raise may do here
+    assert lenient["rollbacks"] == [] and lenient["curriculum_stages"] == [[0, 1], [10, 2], [20, 3]]
+    assert [c[0] for c in lenient["raise_checks"]] == [20, 30] and lenient["tag"] != whole["tag"]
     calm = sweep("calm", 1000)  # the same sweep without the wreck
     assert calm["rollbacks"] == [] and calm["curriculum_stages"] == [[0, 1], [10, 2], [20, 3]]
     split = ["--checkpoint-dir", str(tmp_path / "ck"), "--steps-per-call", "35"]
@@ -504,6 +511,8 @@ def test_rollback_spikes_restores_the_member_and_lowers_its_learning_rate(tmp_pa
     assert len(tags) == 2  # a sweep with rollbacks is another setting; earlier tags are unchanged
     with pytest.raises(SystemExit):
         ens_sweep.parse_args(["--rollback-spikes", "1", "--rollback-lr-factor", "0"])
+    with pytest.raises(SystemExit):
+        ens_sweep.parse_args(["--raise-delta", "2"])  # without --rollback-spikes
 
 
 def test_eval_saved_answers_the_recorded_test_split_again_and_fresh_questions(tmp_path, capsys):
