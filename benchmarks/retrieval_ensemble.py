@@ -104,7 +104,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rollback-lr-factor", type=float, default=0.5)
     p.add_argument("--raise-delta", type=float, default=None, metavar="DELTA",
                    help="--rollback-spikes' DELTA for the first window after a stage raise, whose loss below the new "
-                        "stage rises in a healthy raise too (CPU D = 2: by 0.4-1.2); default: --rollback-spikes'")
+                        "stage rises in a healthy raise too (CPU D = 2: by 0.4-0.7); default: --rollback-spikes'")
     p.add_argument("--target", type=float, default=0.99, help="a member passes at this test exact match")
     p.add_argument("--heads-every", type=int, default=0, help="head scores every N steps (0 = eval-every; -1 = off)")
     p.add_argument("--heads-probe", type=int, default=64)
