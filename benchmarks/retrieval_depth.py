@@ -701,7 +701,9 @@ def add_task_and_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pairs-factor", type=int, default=2, help="num_pairs = max(pairs_factor * D, min_pairs)")
     p.add_argument("--min-pairs", type=int, default=8)
     p.add_argument("--min-nodes", type=int, default=64)
-    p.add_argument("--validation-size", type=int, default=500)
+    p.add_argument("--validation-size", type=int, default=2000,
+                   help="questions a run's stop (--stop-at) is judged on; with 500 (sessions 5-12) the first lucky "
+                        "draw froze members at 0.982-0.989 test (benchmarks/README.md, session 12)")
     p.add_argument("--test-size", type=int, default=1000)
     p.add_argument("--pair-separator", action="store_true",
                    help="'<sep>' after every pair of the questions (hf_growth.tasks.retrieval: disambiguates chains)")

@@ -49,7 +49,7 @@ def hits_of(model, questions: torch.Tensor, answers: torch.Tensor, chunk: int = 
     return hits
 
 
-def evaluate(path: Path, tokenizer, fresh: int, fresh_seed: int, validation_size: int, test_size: int) -> dict[str, Any]:
+def evaluate(path: Path, tokenizer, fresh: int, fresh_seed: int, test_size: int) -> dict[str, Any]:
     from transformers import LlamaForCausalLM
 
     from hf_growth.tasks.retrieval import QUERY, SEPARATOR, retrieval_splits, sample_retrieval_ids
@@ -61,8 +61,8 @@ def evaluate(path: Path, tokenizer, fresh: int, fresh_seed: int, validation_size
     seed = int(match.group(1))
     model = LlamaForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     hops, pairs, nodes, sep = task["hops"], task["num_pairs"], task["num_nodes"], bool(task["pair_separator"])
-    splits = retrieval_splits(pairs, hops, nodes, curriculum=False, seed=seed, train_size=0,
-                              validation_size=validation_size, test_size=test_size, pair_separator=sep)
+    splits = retrieval_splits(pairs, hops, nodes, curriculum=False, seed=seed, train_size=0,  # the test split is
+                              validation_size=0, test_size=test_size, pair_separator=sep)  # drawn first, on its own
     q = torch.tensor([tokenizer.convert_tokens_to_ids(t.split()) for t in splits["test"]["question"]])
     a = torch.tensor(tokenizer.convert_tokens_to_ids(splits["test"]["answer"]))
     test_hits = hits_of(model, q, a)
@@ -83,8 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("members", nargs="+", type=Path, help="saved member directories (D<D>-<cur|nocur>-L<layers>-s<seed>)")
     p.add_argument("--fresh", type=int, default=20000, help="fresh questions per member")
     p.add_argument("--fresh-seed", type=int, default=12345)
-    p.add_argument("--validation-size", type=int, default=500, help="as the sweep's (it fixes the test split)")
-    p.add_argument("--test-size", type=int, default=1000)
+    p.add_argument("--test-size", type=int, default=1000, help="as the sweep's")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", type=Path, default=None, help="JSON file to write")
     p.add_argument("--label", default="")
@@ -94,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     from hf_growth import tasks
 
     tokenizer = tasks.build_tokenizer(max_number=256)  # retrieval_ensemble.py's
-    rows = [evaluate(m, tokenizer, args.fresh, args.fresh_seed, args.validation_size, args.test_size)
+    rows = [evaluate(m, tokenizer, args.fresh, args.fresh_seed, args.test_size)
             for m in args.members]
     print("| member | step saved | recorded test | test again (fp32) | fresh questions | fresh exact match (95% CI) |")
     print("|---|---|---|---|---|---|")

@@ -527,7 +527,7 @@ def test_eval_saved_answers_the_recorded_test_split_again_and_fresh_questions(tm
     record = _records(ledger)[0]
     member = tmp_path / "keep" / "D2-cur-L1-s1"
     out = tmp_path / "eval.json"
-    assert eval_saved.main([str(member), "--fresh", "300", "--validation-size", "16", "--test-size", "16",
+    assert eval_saved.main([str(member), "--fresh", "300", "--test-size", "16",
                             "--out", str(out)]) == 0
     (row,) = json.loads(out.read_text())["members"]
     assert row["seed"] == 1 and row["layers"] == 1 and row["task"]["pair_separator"] is True
