@@ -359,10 +359,10 @@ class SpikeGuard:
 
     The first window after a stage raise has a D its weights never saw: its loss is not compared, but the loss on its
     other questions (D below the new stage, ``old_loss``) is, with the window that raised the stage, by
-    ``raise_delta`` (default ``delta``; it rises in a healthy raise too) (a raise can
-    wreck what was learned: on the H200, 6 layers seed 2 went 0.09 -> 4.41 and sat at 2.73 for the 45,000 steps
-    left). A rollback puts the stage back with the weights (the member raises it again once its window
-    loss is below the mark, at the lower learning rate); without ``old_loss`` that window is not compared.
+    ``raise_delta`` (default ``delta``; that loss rises in a healthy raise too). A raise can wreck what was learned:
+    on the H200, 6 layers seed 2 went 0.09 -> 4.41 and sat at 2.73 for the 45,000 steps left. A rollback puts the
+    stage back with the weights (the member raises it again once its window loss is below the mark, at the lower
+    learning rate); without ``old_loss`` that window is not compared.
     """
 
     def __init__(self, opt, members: int, delta: float, factor: float, step: int = 0,
@@ -703,9 +703,8 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
                     reached[i] = step
                     done.append(slot)
             if spiked:  # before any member is dropped: the slots are still those of the guard's snapshots
-                met = {slot: (guard.reference[i], guard.compared[i], guard.fresh[i])
-                       for slot, i in ((slot, alive[slot]) for slot in spiked)}
                 rolled = [alive[slot] for slot in spiked]
+                met = {slot: (guard.reference[i], guard.compared[i], guard.fresh[i]) for slot, i in zip(spiked, rolled)}
                 guard.roll_back(spiked, rolled)
                 factors = opt.factor.tolist()
                 for slot in spiked:

@@ -27,8 +27,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import torch  # noqa: E402
 
 from retrieval_depth import versions  # noqa: E402
-
-TASK_FILE = "retrieval_task.json"
+from retrieval_ensemble import TASK_FILE  # noqa: E402
 
 
 def wilson(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
