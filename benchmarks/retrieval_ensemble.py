@@ -475,11 +475,38 @@ TASK_FILE = "retrieval_task.json"  # beside a saved member: the input it was tra
 TASK_FIELDS = ("num_pairs", "num_nodes", "pair_separator")  # what a grown member's input must share with its source
 
 
+GROWN_SIZES = (  # (config field, grow_model step): a source smaller than the members grows to their shape, in this order
+    ("intermediate_size", "mlp_width"), ("num_attention_heads", "num_heads"), ("head_dim", "head_dim"),
+    ("hidden_size", "hidden_size"), ("num_hidden_layers", "num_layers"))
+
+
+def growth_plan(src, config, path: str = "the source") -> list[dict[str, Any]]:
+    """``grow_model`` steps that take a saved member's config ``src`` to the sweep's ``config`` (MLP width, heads,
+    head size, width, then new top layers; each function-preserving); a source larger in any of them, or with
+    another vocabulary or GQA, is refused."""
+    if src.vocab_size != config.vocab_size:
+        raise ValueError(f"--init-from {path}: vocab_size is {src.vocab_size}, the sweep's members have "
+                         f"{config.vocab_size} (a source trained on another task's tokenizer)")
+    if src.num_key_value_heads != src.num_attention_heads:
+        raise ValueError(f"--init-from {path}: {src.num_key_value_heads} key/value heads for {src.num_attention_heads} "
+                         "query heads; the sweep's members are multi-head attention")
+    plan = []
+    for field, step in GROWN_SIZES:
+        have, want = getattr(src, field), getattr(config, field)
+        if have > want:
+            raise ValueError(f"--init-from {path}: {field} is {have}, the sweep's members have {want}: growing "
+                             "never removes (pass --width/--heads/--mlp at least the source's)")
+        if have < want:
+            plan.append({step: {"to": want, "where": "top"}} if step == "num_layers" else {step: want})
+    return plan
+
+
 def grown_ensemble(pattern: str, members: list[tuple[int, bool, int]], config, task: dict[str, Any] | None = None):
     """The members' ensemble started from saved models: ``pattern.format(seed=...)`` per member, grown by
-    ``grow_model``'s ``num_layers`` expansion (``where: top``: the new blocks are identities at the start, so each
-    member computes what its source model computes) to ``config.num_hidden_layers``. ``task``: the sweep's input
-    (``TASK_FIELDS``); a source saved with another one is refused (a model trained on 8 pairs guesses on 16)."""
+    ``grow_model`` to ``config`` (``growth_plan``: wider MLP, more heads, larger heads, wider residual, then new
+    top blocks that are identities at the start; each step function-preserving, so each member computes what its
+    source model computes). ``task``: the sweep's input (``TASK_FIELDS``); a source saved with another one is
+    refused (a model trained on 8 pairs guesses on 16)."""
     from transformers import LlamaForCausalLM
 
     from hf_growth import grow_model
@@ -503,15 +530,11 @@ def grown_ensemble(pattern: str, members: list[tuple[int, bool, int]], config, t
                         "input (--min-pairs / --min-nodes / --pair-separator), or pass --init-from-other-input")
         source = LlamaForCausalLM.from_pretrained(path, dtype=torch.float32)
         src = source.config
-        for field in ("vocab_size", "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads"):
-            if getattr(src, field) != getattr(config, field):
-                raise ValueError(f"--init-from {path}: {field} is {getattr(src, field)}, the sweep's members have "
-                                 f"{getattr(config, field)} (pass the same --width/--heads/--mlp)")
         if member_depth < src.num_hidden_layers:
             raise ValueError(f"--init-from {path} has {src.num_hidden_layers} layers: a member of depth {member_depth} "
                              f"would drop some (use --depths >= {src.num_hidden_layers})")
-        grown = (grow_model(source, [{"num_layers": {"to": depth, "where": "top"}}], seed=seed)
-                 if src.num_hidden_layers < depth else source)
+        plan = growth_plan(src, config, path)
+        grown = grow_model(source, plan, seed=seed) if plan else source
         grown.config.max_position_embeddings = max(src.max_position_embeddings, config.max_position_embeddings)
         models.append(grown)
     return LlamaEnsemble.from_models(models, depths=[d for d, _, _ in members])

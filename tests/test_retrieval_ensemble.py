@@ -230,7 +230,8 @@ def test_ensemble_step_benchmark_writes_its_table(tmp_path, capsys):
 
 def test_init_from_grows_saved_models_function_preserving(tmp_path):
     """grown_ensemble: each member starts from its seed's saved model grown by new top layers (grow_model), so its
-    logits equal the source model's; a member shallower than its source, or another width, is refused."""
+    logits equal the source model's; a member shallower or narrower than its source, or another vocabulary, is
+    refused."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
@@ -253,15 +254,44 @@ def test_init_from_grows_saved_models_function_preserving(tmp_path):
         ens_sweep.grown_ensemble(str(tmp_path / "src-s{seed}"), [(1, True, 0)], deep)
     with pytest.raises(FileNotFoundError, match="no saved model for seed 2"):
         ens_sweep.grown_ensemble(str(tmp_path / "src-s{seed}"), [(2, True, 2)], deep)
-    wide = LlamaConfig(**{**deep.to_dict(), "hidden_size": 32})
-    with pytest.raises(ValueError, match="hidden_size is 16"):
-        ens_sweep.grown_ensemble(str(tmp_path / "src-s{seed}"), members, wide)
+    narrow = LlamaConfig(**{**deep.to_dict(), "hidden_size": 8})
+    with pytest.raises(ValueError, match="hidden_size is 16, the sweep's members have 8: growing never removes"):
+        ens_sweep.grown_ensemble(str(tmp_path / "src-s{seed}"), members, narrow)
+    other_vocab = LlamaConfig(**{**deep.to_dict(), "vocab_size": 41})
+    with pytest.raises(ValueError, match="vocab_size is 40, the sweep's members have 41"):
+        ens_sweep.grown_ensemble(str(tmp_path / "src-s{seed}"), members, other_vocab)
     task = {"hops": 1, "num_pairs": 8, "num_nodes": 64, "tokens": 27, "pair_separator": True}
     for seed in (0, 1):
         (tmp_path / f"src-s{seed}" / ens_sweep.TASK_FILE).write_text(json.dumps(task))
     assert ens_sweep.grown_ensemble(str(tmp_path / "src-s{seed}"), members, deep, {**task, "hops": 4}).depths == [2, 3, 4]
     with pytest.raises(ValueError, match="trained with num_pairs = 8, this sweep's questions have 16"):
         ens_sweep.grown_ensemble(str(tmp_path / "src-s{seed}"), members, deep, {**task, "num_pairs": 16})
+
+
+@pytest.mark.parametrize("heads", [4, 2])  # 4: more heads of the same size; 2: the same heads, each twice as large
+def test_init_from_grows_a_source_to_a_wider_member_function_preserving(tmp_path, heads):
+    """A source narrower than the sweep's members (--width / --heads / --mlp) is grown to their shape (MLP width,
+    heads or head size, residual width, then top layers) and still computes what it computed; the new weights
+    train (their gradients are not all zero)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    small = LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64)
+    torch.manual_seed(0)
+    source = LlamaForCausalLM(small).eval()
+    source.save_pretrained(tmp_path / "src-s0")
+    wide = LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                       num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=64)
+    steps = [next(iter(step)) for step in ens_sweep.growth_plan(source.config, wide)]
+    assert steps == ["mlp_width", "num_heads" if heads == 4 else "head_dim", "hidden_size", "num_layers"]
+    ens = ens_sweep.grown_ensemble(str(tmp_path / "src-s{seed}"), [(3, True, 0)], wide)
+    ids = torch.randint(0, 40, (1, 2, 9))
+    with torch.no_grad():
+        torch.testing.assert_close(ens(ids)[0], source(ids[0]).logits, rtol=1e-5, atol=1e-5)
+    ens(ids).logsumexp(-1).sum().backward()
+    still = {name for name, p in ens.named_parameters() if p.grad is None or not p.grad.abs().sum()}
+    # only the new top block's inputs wait one step (its output projections start at zero); the widened weights train
+    assert still == {"layers.2.input_norm", "layers.2.qkv", "layers.2.post_norm", "layers.2.gate_up"}
 
 
 def test_save_passed_fails_before_training_without_its_imports(tmp_path, monkeypatch):
