@@ -9,7 +9,8 @@ passing; a later ledger wins a tie). Shorter runs of the same configuration are
 listed in the JSON (``superseded``), never counted. Then the sweep's own table, log fit and plot
 (``retrieval_depth.summarize`` / ``plot``). A cut-off run (``timed_out``) counts as not passed; the table says how
 many there are. Members started from a saved model (``retrieval_ensemble.py --init-from``) are another arm:
-left out, or with ``--grown`` the only ones pooled.
+left out, or with ``--grown`` the only ones pooled. Members of one shape are pooled (``--width``, ``--heads``;
+records from before the sweep wrote ``model`` are the default 128 wide, 4 heads).
 
     PYTHONPATH=.:benchmarks python benchmarks/retrieval_depth_vs_d.py   # the committed H200 ledgers
 """
@@ -53,10 +54,17 @@ def steps_of(record: dict[str, Any]) -> int:
     return made if record.get("timed_out") and not record.get("passed") else int(ens.get("schedule_steps") or made)
 
 
-def in_setting(record: dict[str, Any], separator: bool = True, d1_any: bool = True, grown: bool = False) -> bool:
+DEFAULT_MODEL = {"width": 128, "heads": 4, "mlp": 512}  # every record written before records carried "model"
+
+
+def in_setting(record: dict[str, Any], separator: bool = True, d1_any: bool = True, grown: bool = False,
+               width: int = 128, heads: int = 4) -> bool:
     """Whether a record belongs to the pooled setting (see the module docstring)."""
     opts = record.get("task_options") or {}
     if bool(record.get("init_from")) != grown:  # members started from a saved model are another arm
+        return False
+    model = record.get("model") or DEFAULT_MODEL
+    if (model["width"], model["heads"]) != (width, heads):  # the minimum depth is per member shape
         return False
     hops = int(record["hops"])
     if record.get("heads_probe") or opts.get("num_pairs") != task_shape(hops, pair_separator=separator)["num_pairs"]:
@@ -101,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="D = 1 runs count with or without <sep> (it changes the question's length only)")
     p.add_argument("--grown", action="store_true",
                    help="pool the grown arm (members started from saved models, --init-from) instead of from scratch")
+    p.add_argument("--width", type=int, default=DEFAULT_MODEL["width"], help="pool the members of this width ...")
+    p.add_argument("--heads", type=int, default=DEFAULT_MODEL["heads"], help="... and this many heads")
     p.add_argument("--seeds", type=int, default=3, help="seeds a configuration needs to be complete")
     p.add_argument("--target", type=float, default=0.99)
     p.add_argument("--out-dir", default=str(RESULTS))
@@ -114,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         if not path.is_file():
             raise SystemExit(f"no ledger at {path}")
         sources.append((path.name, list(Ledger(path).records.values())))
-    records, superseded = pool(sources, separator=args.separator, d1_any=args.d1_any, grown=args.grown)
+    records, superseded = pool(sources, separator=args.separator, d1_any=args.d1_any, grown=args.grown,
+                               width=args.width, heads=args.heads)
     if not records:
         raise SystemExit("no record of the ledgers matches the setting")
     result = summarize(records, args.seeds)
@@ -131,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         "rule": "per (D, curriculum, layers, seed) the run given the most steps (schedule if finished or passed, steps "
                 "made if cut off before passing); a cut-off run counts as not passed",
         "setting": {"pair_separator": args.separator, "d1_any": args.d1_any, "curriculum": "staged or none",
-                    "arm": "grown (--init-from)" if args.grown else "from scratch"},
+                    "arm": "grown (--init-from)" if args.grown else "from scratch",
+                    "width": args.width, "heads": args.heads},
         "sources": [name for name, _ in sources], "table": result["table"], "fits": result["fits"],
         "markdown": markdown_table(result), "plot": png.name,
         "runs": [{**{k: r.get(k) for k in brief}, "steps": steps_of(r), "devices": r.get("device"),

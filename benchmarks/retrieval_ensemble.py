@@ -814,6 +814,8 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
             **({"curriculum_stages": stages[i]} if staged and cur else {}),
             **({"rollbacks": rollbacks[i], "raise_checks": raise_checks[i]} if args.rollback_spikes else {}),
             **({"init_from": args.init_from} if args.init_from else {}),  # the grown arm: never pooled with scratch
+            "model": {"width": config.hidden_size, "heads": config.num_attention_heads,
+                      "mlp": config.intermediate_size},  # pooled only with members of the same shape
             "task_options": {"num_pairs": shape["num_pairs"], "hops": hops, "num_nodes": shape["num_nodes"],
                              "curriculum": cur, **({"pair_separator": True} if args.pair_separator else {}),
                              **({"curriculum_kind": "staged"} if staged and cur else {})},

@@ -310,8 +310,8 @@ def _record(hops, layers, seed, passed, *, source_steps, schedule=None, timed_ou
 
 def test_depth_vs_d_pools_the_run_given_most_steps(tmp_path):
     """retrieval_depth_vs_d: per (D, curriculum, layers, seed) the run given the most steps counts (a finished or
-    passed run counts its whole schedule, a run cut off before passing the steps it made); other settings and the
-    grown arm are left out; table, fit, plot."""
+    passed run counts its whole schedule, a run cut off before passing the steps it made); other settings, other
+    member shapes and the grown arm are left out; table, fit, plot."""
     vs = _load("retrieval_depth_vs_d")
     old = [_record(2, 3, s, False, source_steps=10_000, tag="old") for s in range(3)]
     old += [_record(2, 4, s, s > 0, source_steps=10_000, tag="old") for s in range(3)]
@@ -324,6 +324,9 @@ def test_depth_vs_d_pools_the_run_given_most_steps(tmp_path):
     new += [_record(4, 6, 1, False, source_steps=35_000, schedule=80_000, timed_out=True, tag="cut-fail")]
     grown = [{**_record(4, 5, s, True, source_steps=40_000, tag="grown"), "init_from": "p/D2-s{seed}"} for s in range(3)]
     new += grown  # another arm: left out of the pool from scratch, the only ones with --grown
+    wide = {"width": 256, "heads": 8, "mlp": 1024}  # another member shape: pooled only when asked for
+    new += [{**_record(4, 6, s, False, source_steps=90_000, tag="wide"), "model": wide} for s in range(3)]
+    new[0]["model"] = {**vs.DEFAULT_MODEL}  # written by today's sweep at the default shape: pooled as before
     for name, recs in (("a.jsonl", old), ("b.jsonl", new)):
         (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in recs))
     ledgers = [(n, list(rd.Ledger(tmp_path / n).records.values())) for n in ("a.jsonl", "b.jsonl")]
@@ -344,6 +347,8 @@ def test_depth_vs_d_pools_the_run_given_most_steps(tmp_path):
     with pytest.raises(SystemExit, match="no record"):
         vs.main(["--ledgers", "a.jsonl", "--results", str(tmp_path), "--no-separator", "--out-dir", str(tmp_path)])
     assert [(r["hops"], r["layers"]) for r in vs.pool(ledgers, grown=True)[0]] == [(4, 5)] * 3
+    assert [(r["tag"], r["seed"]) for r in vs.pool(ledgers, width=256, heads=8)[0]] == [("wide", s) for s in range(3)]
+    assert vs.pool(ledgers, width=256)[0] == []  # 256 wide with 4 heads: no such members
     assert vs.main(["--ledgers", "a.jsonl,b.jsonl", "--results", str(tmp_path), "--out-dir", str(tmp_path / "g"),
                     "--grown"]) == 0
     data = json.loads((tmp_path / "g" / "retrieval_depth_vs_D.json").read_text())

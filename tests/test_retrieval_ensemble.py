@@ -327,6 +327,7 @@ def test_save_passed_then_init_from_them(tmp_path):
     assert {r["tag"] for r in grown}.isdisjoint({r["tag"] for r in first})
     assert all(r["init_from"] == str(saved / "D1-cur-L1-s{seed}") for r in grown)  # the pooled table tells the arms
     assert not any("init_from" in r for r in first)
+    assert all(r["model"] == {"width": 16, "heads": 2, "mlp": 64} for r in first + grown)  # the pool's member shape
     argv = [*argv[:-6], "--ledger", str(tmp_path / "c.jsonl"), "--out-dir", str(tmp_path / "c"), "--init-from",
             str(saved / "D1-cur-L1-s{seed}"), "--pair-separator"]  # another input than the sources'
     with pytest.raises(ValueError, match="pair_separator = False, this sweep's questions have True"):
