@@ -58,7 +58,7 @@ DEFAULT_MODEL = {"width": 128, "heads": 4, "mlp": 512}  # every record written b
 
 
 def in_setting(record: dict[str, Any], separator: bool = True, d1_any: bool = True, grown: bool = False,
-               width: int = 128, heads: int = 4) -> bool:
+               width: int = DEFAULT_MODEL["width"], heads: int = DEFAULT_MODEL["heads"]) -> bool:
     """Whether a record belongs to the pooled setting (see the module docstring)."""
     opts = record.get("task_options") or {}
     if bool(record.get("init_from")) != grown:  # members started from a saved model are another arm

@@ -271,8 +271,8 @@ def test_init_from_grows_saved_models_function_preserving(tmp_path):
 @pytest.mark.parametrize("heads", [4, 2])  # 4: more heads of the same size; 2: the same heads, each twice as large
 def test_init_from_grows_a_source_to_a_wider_member_function_preserving(tmp_path, heads):
     """A source narrower than the sweep's members (--width / --heads / --mlp) is grown to their shape (MLP width,
-    heads or head size, residual width, then top layers) and still computes what it computed; the new weights
-    train (their gradients are not all zero)."""
+    heads or head size, residual width, then top layers) and still computes what it computed; every widened weight
+    gets a gradient at once (the new top block's inputs only once its zero output projections have moved)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     small = LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
