@@ -192,6 +192,19 @@ def member_key(hops: int, curriculum: bool, layers: int, seed: int, tag: str) ->
 
 
 # ------------------------------------------------------------------------------------------------ data
+def number_ids(tokenizer, num_nodes: int, hops: int, device=None) -> torch.Tensor:
+    """``sample_retrieval_ids``' ``token_ids``: at index ``k`` the id of the word ``str(k)``, for every node and D."""
+    return torch.tensor(tokenizer.convert_tokens_to_ids([str(k) for k in range(max(num_nodes, hops + 1))]),
+                        device=device)
+
+
+def split_ids(tokenizer, split, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A ``retrieval_splits`` split (``question`` texts, ``answer`` words) as ``(questions, answers)`` token ids."""
+    q = [tokenizer.convert_tokens_to_ids(text.split()) for text in split["question"]]
+    return (torch.tensor(q, device=device),
+            torch.tensor(tokenizer.convert_tokens_to_ids(split["answer"]), device=device))
+
+
 class TaskData:
     """Token ids of one hop count's task: the number-word lookup, and each seed's validation/test questions."""
 
@@ -200,8 +213,7 @@ class TaskData:
 
         self.hops, self.shape = hops, shape
         self.separator_id = tokenizer.convert_tokens_to_ids(SEPARATOR) if args.pair_separator else None
-        self.token_ids = torch.tensor(tokenizer.convert_tokens_to_ids(
-            [str(k) for k in range(max(shape["num_nodes"], hops + 1))]), device=device)
+        self.token_ids = number_ids(tokenizer, shape["num_nodes"], hops, device)
         self.query_id = tokenizer.convert_tokens_to_ids(QUERY)
         self.newest_share = args.newest_share
         self.splits: dict[str, dict[int, tuple[torch.Tensor, torch.Tensor]]] = {"validation": {}, "test": {}}
@@ -210,9 +222,7 @@ class TaskData:
                                       train_size=0, validation_size=args.validation_size, test_size=args.test_size,
                                       pair_separator=args.pair_separator)
             for name in self.splits:
-                q = [tokenizer.convert_tokens_to_ids(text.split()) for text in splits[name]["question"]]
-                a = tokenizer.convert_tokens_to_ids(splits[name]["answer"])
-                self.splits[name][seed] = (torch.tensor(q, device=device), torch.tensor(a, device=device))
+                self.splits[name][seed] = split_ids(tokenizer, splits[name], device)
 
     def sample(self, curriculum: torch.Tensor, batch: int, generator,
                max_hops: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:

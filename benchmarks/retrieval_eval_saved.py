@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import torch  # noqa: E402
 
 from retrieval_depth import versions  # noqa: E402
-from retrieval_ensemble import TASK_FILE  # noqa: E402
+from retrieval_ensemble import TASK_FILE, number_ids, split_ids  # noqa: E402
 
 
 def wilson(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -62,10 +62,8 @@ def evaluate(path: Path, tokenizer, fresh: int, fresh_seed: int, test_size: int)
     hops, pairs, nodes, sep = task["hops"], task["num_pairs"], task["num_nodes"], bool(task["pair_separator"])
     splits = retrieval_splits(pairs, hops, nodes, curriculum=False, seed=seed, train_size=0,  # the test split is
                               validation_size=0, test_size=test_size, pair_separator=sep)  # drawn first, on its own
-    q = torch.tensor([tokenizer.convert_tokens_to_ids(t.split()) for t in splits["test"]["question"]])
-    a = torch.tensor(tokenizer.convert_tokens_to_ids(splits["test"]["answer"]))
-    test_hits = hits_of(model, q, a)
-    token_ids = torch.tensor(tokenizer.convert_tokens_to_ids([str(k) for k in range(max(nodes, hops + 1))]))
+    test_hits = hits_of(model, *split_ids(tokenizer, splits["test"]))
+    token_ids = number_ids(tokenizer, nodes, hops)
     generator = torch.Generator().manual_seed(fresh_seed)
     fq, fa = sample_retrieval_ids(fresh, pairs, hops, nodes, False, token_ids, tokenizer.convert_tokens_to_ids(QUERY),
                                   generator, tokenizer.convert_tokens_to_ids(SEPARATOR) if sep else None)

@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import torch  # noqa: E402
 
 from retrieval_depth import _ints, versions  # noqa: E402
-from retrieval_ensemble import TASK_FILE  # noqa: E402
+from retrieval_ensemble import TASK_FILE, number_ids  # noqa: E402
 
 
 @torch.no_grad()
@@ -65,8 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     if trained is None:
         p.error(f"no {task_file}: pass --trained-pairs")
     tokenizer = tasks.build_tokenizer(max_number=256)
-    token_ids = torch.tensor(tokenizer.convert_tokens_to_ids([str(k) for k in range(max(args.num_nodes,
-                                                                                        args.hops + 1))]))
+    token_ids = number_ids(tokenizer, args.num_nodes, args.hops)
     query_id, sep_id = tokenizer.convert_tokens_to_ids([QUERY, SEPARATOR])
     generator = torch.Generator().manual_seed(args.seed)
 
