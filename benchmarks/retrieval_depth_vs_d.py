@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from retrieval_depth import Ledger, markdown_table, plot, summarize, task_shape  # noqa: E402
 
 RESULTS = Path("benchmarks/results")
-DEFAULT_LEDGERS = [  # oldest first: D = 1 (session 5), D = 2 (session 6-7), D = 4 (sessions 6-9), D = 8 (sessions 8, 10-13)
+DEFAULT_LEDGERS = [  # oldest first: D = 1 (session 5), D = 2 (session 6-7), D = 4 (sessions 6-9), D = 8 (sessions 8, 10-14)
     "retrieval_ensemble_h200.runs.jsonl", "retrieval_ensemble_sep_h200.runs.jsonl",
     "retrieval_ensemble_staged_h200.runs.jsonl", "retrieval_ensemble_staged_h200_D2L4.runs.jsonl",
     "retrieval_ensemble_staged_h200_D2_heads.runs.jsonl", "retrieval_ensemble_staged_h200_D4.runs.jsonl",
@@ -42,6 +42,8 @@ DEFAULT_LEDGERS = [  # oldest first: D = 1 (session 5), D = 2 (session 6-7), D =
     "retrieval_ensemble_staged_h200_D8_grown_rollback.runs.jsonl",
     "retrieval_ensemble_staged_h200_D8_grown_newest50.runs.jsonl",
     "retrieval_ensemble_staged_h200_D8_grown_raisecheck.runs.jsonl", "retrieval_ensemble_staged_h200_D2_val2000.runs.jsonl",
+    "retrieval_ensemble_staged_h200_D1_p8_source_s14.runs.jsonl",
+    "retrieval_ensemble_staged_h200_D1_p16_from_p8_s14.runs.jsonl", "retrieval_ensemble_staged_h200_D8_grown_w256.runs.jsonl",
 ]
 
 
