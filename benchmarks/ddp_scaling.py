@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import subprocess
 import sys
@@ -156,7 +155,9 @@ def check_reload(path: Path, parameters: int) -> dict:
 def main(argv=None) -> int:
     opts = parse_args(argv)
     import torch
-    import transformers
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from _common import command_line, device_label, device_slug, versions, write_json
 
     counts = [int(x) for x in opts.procs.split(",")]
     runs = [run_one(opts, n) for n in counts]
@@ -165,7 +166,7 @@ def main(argv=None) -> int:
         r["scaling"] = r["tokens_per_s"] / base
         r["efficiency"] = r["scaling"] / (r["procs"] / runs[0]["procs"])
     cuda = torch.cuda.is_available() and not opts.cpu
-    device = torch.cuda.get_device_name(0) if cuda else f"cpu ({platform.machine()}, {os.cpu_count()} cores)"
+    device = device_label("cuda" if cuda else "cpu")
     two = next((r for r in runs if r["procs"] == 2 * runs[0]["procs"]), None)
     report = {
         "benchmark": "ddp_scaling (issue 10)",
@@ -173,9 +174,8 @@ def main(argv=None) -> int:
         "gpus": torch.cuda.device_count() if cuda else 0,
         "config": opts.config,
         "launcher": opts.launcher,
-        "command": shlex.join([sys.executable, *sys.argv]) if argv is None else shlex.join(["ddp_scaling.py", *argv]),
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                     "python": platform.python_version()},
+        "command": command_line("ddp_scaling.py", argv),
+        "versions": versions(),
         "runs": runs,
         "target": {"scaling_2x": TARGET_2, "met": (two["scaling"] >= TARGET_2) if two and cuda else None},
     }
@@ -183,14 +183,9 @@ def main(argv=None) -> int:
     for r in runs:
         print(f"{r['procs']:>5} {r['tokens_per_s']:>12,.0f} {r['scaling']:>8.3f} {r['efficiency']:>10.3f} "
               f"{r['exact_match']:>11.3f} {r['parameters']:>10,} {r['reload']['same_parameters']}")
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from train_throughput import device_slug
-
     slug = device_slug(device) if cuda else "cpu"
-    out = Path(opts.out) if opts.out else ROOT / "benchmarks" / "results" / f"ddp_scaling_{opts.config}_{slug}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_json(opts.out or ROOT / "benchmarks" / "results" / f"ddp_scaling_{opts.config}_{slug}.json", report,
+               indent=2, announce=True)
     return 0
 
 

@@ -22,9 +22,6 @@ after ``--warmup`` steps) and the ratio to the baseline. With ``--check-syncs`` 
 
 from __future__ import annotations
 
-import json
-import os
-import shlex
 import statistics
 import sys
 import time
@@ -36,7 +33,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import torch  # noqa: E402
 
-from retrieval_depth import shape_of, versions  # noqa: E402
+from _common import command_line, device_label, versions, write_json  # noqa: E402
+from retrieval_depth import shape_of  # noqa: E402
 from retrieval_ensemble import TaskData, ensemble_config, parse_args as sweep_args  # noqa: E402
 
 
@@ -165,15 +163,11 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "ensemble_step", "rows": rows, "hops": hops, "members": len(members), "depths": args.depths,
         "seeds": args.seeds, "batch_size": args.batch_size, "tokens": shape["tokens"], "width": args.width,
         "heads": args.heads, "bf16": bool(args.bf16), "compile_forward": bool(args.compile),
-        "device": torch.cuda.get_device_name() if cuda else f"cpu ({os.cpu_count()} cores)",
+        "device": device_label("cuda" if cuda else "cpu"),
         "versions": versions(),
-        "command": "PYTHONPATH=.:benchmarks python benchmarks/ensemble_step.py " + shlex.join(argv)}
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(out)
-    print(f"\nwrote {out}")
+        "command": command_line("ensemble_step.py", argv, pythonpath=".:benchmarks")}
+    print()
+    write_json(args.output, result, indent=2, announce=True)
     return 0
 
 

@@ -14,8 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import shutil
 import sys
 import tempfile
 import threading
@@ -25,6 +23,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import command_line, device_label, versions, write_json  # noqa: E402
 
 SMOL_PLAN = [{"mlp_width": 2048}, {"num_heads": {"to": 12, "num_key_value_heads": 4}}, {"hidden_size": 768},
              {"num_layers": {"to": 36, "where": "interleave"}}]
@@ -114,15 +115,13 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-big", action="store_true")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
-    import transformers
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
     device = args.device
-    info = {"device": device, "device_name": torch.cuda.get_device_name() if device == "cuda" else platform.processor()
-            or platform.machine(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
-            "command": "PYTHONPATH=. python " + " ".join([sys.argv[0], *(argv or sys.argv[1:])]), "cases": {}}
+    info = {"device": device, "device_name": device_label(device), "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), **versions(), "command": command_line("grow_memory.py", argv),
+            "cases": {}}
     try:
         from hf_growth._embedded import load_smollm2
 
@@ -143,10 +142,8 @@ def main(argv=None) -> int:
         info["cases"][f"llama_1b_random_{args.dtype}"] = {"shape": BIG_SHAPE, "plan": BIG_PLAN,
                                                           **measure(model, BIG_PLAN, device, repeats=1)}
         print(json.dumps(info["cases"][f"llama_1b_random_{args.dtype}"], indent=1), flush=True)
-    out = Path(args.out or Path(__file__).parent / "results" / f"grow_memory_{device}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(info, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_json(args.out or Path(__file__).parent / "results" / f"grow_memory_{device}.json", info, indent=2,
+               announce=True)
     return 0
 
 

@@ -37,6 +37,9 @@ HERE = Path(__file__).resolve()
 REPO = HERE.parent.parent
 if str(REPO) not in sys.path:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(HERE.parent))
+
+from _common import versions, write_json  # noqa: E402
 
 SHAPES = {
     "full": {
@@ -264,12 +267,6 @@ def compare_outputs(ours: Path, theirs: Path) -> dict:
 
 
 def machine_facts(work: Path) -> dict:
-    import safetensors
-    import torch
-    import transformers
-
-    import hf_growth
-
     cpu = platform.processor()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -292,9 +289,7 @@ def machine_facts(work: Path) -> dict:
     return {
         "platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(),
         "affinity_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "memory_bytes": mem, "filesystem": fs, "python": platform.python_version(), "torch": torch.__version__,
-        "transformers": transformers.__version__, "safetensors": safetensors.__version__,
-        "hf_growth": hf_growth.__version__, "git_commit": commit or None,
+        "memory_bytes": mem, "filesystem": fs, **versions("safetensors", "hf_growth"), "git_commit": commit or None,
     }
 
 
@@ -492,9 +487,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     json_path = args.json or (REPO / "benchmarks" / "results" / "grow_streaming.json" if args.shape == "full"
                               else cache / f"grow_streaming_{args.shape}.json")
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"\nwrote {json_path}")
+    print()
+    write_json(json_path, record, indent=2, announce=True)
     return 0
 
 

@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
-import platform
-import shlex
 import statistics
 import sys
 import time
@@ -22,6 +19,9 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _common import command_line, device_label, versions, write_json  # noqa: E402
 
 
 def _script():
@@ -106,16 +106,13 @@ def main(argv: list[str] | None = None) -> dict:
         "batch_size": args.batch_size, "bf16": args.bf16, "positions": length, "logits_kept": length - first + 1,
         "ms_per_step": {k: 1e3 * v for k, v in med.items()}, "ms_per_step_repeats": times,
         "peak_memory_bytes": memory, "speedup": ratio,
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "device": device_label(device),
         "threads": torch.get_num_threads(),
-        "versions": {"torch": torch.__version__, "transformers": __import__("transformers").__version__,
-                     "python": platform.python_version()},
-        "command": "PYTHONPATH=. python benchmarks/labelled_logits.py " + shlex.join(sys.argv[1:] if argv is None else argv),
+        "versions": versions(),
+        "command": command_line("labelled_logits.py", argv),
     }
-    out = Path(args.out or ROOT / "benchmarks" / "results" / f"labelled_logits{'_' + args.tag if args.tag else ''}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {out}")
+    write_json(args.out or ROOT / "benchmarks" / "results" / f"labelled_logits{'_' + args.tag if args.tag else ''}.json",
+               result, announce=True)
     return result
 
 

@@ -21,7 +21,6 @@ import hashlib
 import json
 import math
 import os
-import platform
 import site
 import sys
 import time
@@ -31,6 +30,9 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import command_line, device_label, device_slug, versions, write_json  # noqa: E402
 
 from hf_growth.training.callbacks import grow_in_place, midas_boundaries, midas_stage_depths  # noqa: E402
 
@@ -365,16 +367,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             train_run(f"MIDAS Prop-{args.alpha:g}", args, shape, vocab, train, val, steps, device, midas=True)]
     base, midas = runs
     match = flops_to_reach(midas["curve"], base["final_val_loss"])
-    name = "cpu_smoke" if args.cpu_smoke else ("h100" if "H100" in torch.cuda.get_device_name() else
-                                                torch.cuda.get_device_name().replace(" ", "_").lower()) \
-        if device.type == "cuda" else "cpu"
-    import transformers
-
+    name = "cpu_smoke" if args.cpu_smoke else device_slug(device_label(device)) if device.type == "cuda" else "cpu"
     result = {
         "benchmark": "midas_schedule",
-        "command": "PYTHONPATH=. python benchmarks/midas_schedule.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version()},
+        "command": command_line("midas_schedule.py", argv),
+        "device": device_label(device),
+        "versions": versions(),
         "tokenizer": tok_desc,
         "corpus": {"source": "Python sources of the installed packages, split by package",
                    "train_packages": len(corpus["packages"]["train"]),
@@ -403,8 +401,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result["title"] = (f"MIDAS Prop-{args.alpha:g} ({args.stages} stages, {midas['depths']}) vs baseline, "
                        f"{vocab}-vocab Llama {base['params_final'] / 1e6:.1f}M, {base['tokens'] / 1e6:.1f}M tokens")
     out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"midas_schedule_{name}.json").write_text(json.dumps(result, indent=1))
+    write_json(out / f"midas_schedule_{name}.json", result)
     plot(result, out / f"midas_schedule_{name}.png")
     saving = result["flops_saving_at_baseline_loss"]
     print(json.dumps({k: result[k] for k in ("tokenizer", "baseline_final_val_loss", "midas_final_val_loss",

@@ -14,15 +14,15 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
-import os
-import platform
-import shlex
 import sys
 import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import command_line, device_label, versions, write_json  # noqa: E402
 
 SHAPES = {
     # name: (layers, hidden, intermediate, heads, kv heads)
@@ -130,12 +130,9 @@ def main(argv: list[str] | None = None) -> dict:
         torch.backends.cuda.matmul.allow_tf32 = True
 
     result = dict(
-        device=torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()})",
-        versions=dict(torch=torch.__version__, transformers=transformers.__version__, python=platform.python_version()),
-        command=" ".join(
-            ([f"PYTHONPATH={os.environ['PYTHONPATH']}"] if os.environ.get("PYTHONPATH") else [])
-            + ["python", shlex.join(sys.argv)]
-        ),
+        device=device_label(device),
+        versions=versions(),
+        command=command_line("resformer_speed.py", argv),
         settings=dict(dtype=str(dtype), attn_implementation="sdpa", batch=batch, seq=seq, steps=steps, warmup=warmup,
                       vocab=vocab, decode_context=context, decode_batch=decode_batch, decode_new_tokens=new_tokens),
         training=[],
@@ -189,9 +186,7 @@ def main(argv: list[str] | None = None) -> dict:
               f"{d['decode_tokens_per_s']:>10,.1f} {d.get('decode_tokens_per_s_ratio', 1.0):6.3f}")
     print("targets:", result["targets"], f"({result['seconds']:.0f} s)")
 
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {output}")
+    write_json(output, result, indent=2, announce=True)
     return result
 
 

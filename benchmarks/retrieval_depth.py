@@ -40,7 +40,6 @@ import hashlib
 import json
 import math
 import os
-import platform
 import shlex
 import signal
 import statistics
@@ -56,6 +55,9 @@ from typing import Any, Callable
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "train_reasoning.py"
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _common import command_line, device_label, versions, write_json  # noqa: E402
 
 
 # --------------------------------------------------------------------------------------------- rules
@@ -159,16 +161,7 @@ def tag_of(settings: dict[str, Any]) -> str:
 def device_name(args: argparse.Namespace) -> str:
     import torch
 
-    if args.device != "cpu" and torch.cuda.is_available():
-        return torch.cuda.get_device_name()
-    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
-
-
-def versions() -> dict[str, str]:
-    import torch
-    import transformers
-
-    return {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version()}
+    return device_label("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
 
 
 def command_for(spec: RunSpec, args: argparse.Namespace, out_dir: Path, max_steps: int | None = None) -> list[str]:
@@ -548,7 +541,7 @@ def write_summary(args: argparse.Namespace, ledger: Ledger, argv: list[str], cou
     png = plot(summary, out / f"{args.name}.png", args.max_layers, title)
     data = {
         "benchmark": "retrieval_depth (issue 12)", "label": label,
-        "command": "PYTHONPATH=. python benchmarks/retrieval_depth.py " + shlex.join(argv),
+        "command": command_line("retrieval_depth.py", argv),
         "devices": devices, "summarised_on": device_name(args), "versions": versions(),
         "run_versions": sorted({json.dumps(r.get("versions"), sort_keys=True) for r in records}),
         "settings": settings_of(args), "tag": tag, "target": args.target,
@@ -565,7 +558,7 @@ def write_summary(args: argparse.Namespace, ledger: Ledger, argv: list[str], cou
         "gpu_seconds_of_runs": round(sum(r.get("wall_seconds") or 0 for r in records), 1),
         "runs": records,
     }
-    (out / f"{args.name}.json").write_text(json.dumps(data, indent=1) + "\n")
+    write_json(out / f"{args.name}.json", data)
     print(data["markdown"])
     print(f"fits: {json.dumps(summary['fits'])}")
     print(f"wrote {out / (args.name + '.json')} and {png}")
@@ -632,13 +625,13 @@ def emergence(args: argparse.Namespace, ledger: Ledger, argv: list[str],
     same = len(set(orders)) == 1 if orders else None
     print(f"layer order {'the same' if same else 'not the same'} across seeds: {[list(o) for o in orders]}")
     result = {"benchmark": "retrieval_depth head emergence (issue 12)", "label": args.label,
-              "command": "PYTHONPATH=. python benchmarks/retrieval_depth.py " + shlex.join(argv),
+              "command": command_line("retrieval_depth.py", argv),
               "config": {"hops": d, "layers": layers, "curriculum": cur, "steps": steps,
                          "every": args.emergence_every, "probe_size": args.emergence_probe,
                          "query": args.emergence_query, "threshold": args.emergence_threshold,
                          **shape_of(d, args)},
               "settings": settings_of(args), "versions": versions(), "same_layer_order": same, "seeds": seeds_out}
-    (out / f"{args.name}.heads.json").write_text(json.dumps(result, indent=1) + "\n")
+    write_json(out / f"{args.name}.heads.json", result)
     print(f"wrote {out / (args.name + '.heads.json')} and {len(orders)} plots")
     return result
 
@@ -655,7 +648,7 @@ def calibrate(args: argparse.Namespace, argv: list[str],
     runner = runner or subprocess_runner(args, threading.Event())
     waves = []
     result = {"benchmark": "retrieval_depth calibration (issue 12)", "device": device_name(args),
-              "versions": versions(), "command": "PYTHONPATH=. python benchmarks/retrieval_depth.py " + shlex.join(argv),
+              "versions": versions(), "command": command_line("retrieval_depth.py", argv),
               "config": {"hops": d, "layers": layers, "steps": args.calibrate_steps,
                          **shape_of(d, args)},
               "settings": settings_of(args), "waves": waves}
@@ -675,7 +668,7 @@ def calibrate(args: argparse.Namespace, argv: list[str],
                 "errors": [r.get("error") for r in recs if r and r.get("error")]}
         waves.append(wave)
         print(f"[retrieval_depth] calibration D={d} L={layers}: {wave}", flush=True)
-        path.write_text(json.dumps(result, indent=1) + "\n")  # after every wave: a command cut short keeps them
+        write_json(path, result)  # after every wave: a command cut short keeps them
     print(f"wrote {path}")
     return result
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from _common import command_line, write_json  # noqa: E402
 from retrieval_depth import Ledger, markdown_table, plot, summarize, task_shape  # noqa: E402
 
 RESULTS = Path("benchmarks/results")
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
              "init_from")
     data = {
         "benchmark": "retrieval minimum depth vs D, pooled ledgers (issue 12)", "label": args.label,
-        "command": "PYTHONPATH=.:benchmarks python benchmarks/retrieval_depth_vs_d.py " + shlex.join(argv),
+        "command": command_line("retrieval_depth_vs_d.py", argv, pythonpath=".:benchmarks"),
         "rule": "per (D, curriculum, layers, seed) the run given the most steps (schedule if finished or passed, steps "
                 "made if cut off before passing); a cut-off run counts as not passed",
         "setting": {"pair_separator": args.separator, "d1_any": args.d1_any, "curriculum": "staged or none",
@@ -152,8 +152,7 @@ def main(argv: list[str] | None = None) -> int:
                   "curriculum_stages": r.get("curriculum_stages")} for r in records],
         "superseded": [{**{k: r.get(k) for k in brief}, "steps": steps_of(r)} for r in superseded],
     }
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{args.name}.json").write_text(json.dumps(data, indent=1) + "\n")
+    write_json(out / f"{args.name}.json", data)
     print(data["markdown"])
     print(f"fits: {json.dumps(result['fits'])}")
     return 0

@@ -58,9 +58,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -72,8 +70,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import torch  # noqa: E402
 
+from _common import command_line, device_label, versions, write_json  # noqa: E402
 from retrieval_depth import (  # noqa: E402
-    Ledger, _ints, add_task_and_model_args, markdown_table, plot, shape_of, summarize, tag_of, versions)
+    Ledger, _ints, add_task_and_model_args, markdown_table, plot, shape_of, summarize, tag_of)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -522,7 +521,7 @@ def grown_ensemble(pattern: str, members: list[tuple[int, bool, int]], config, t
     from hf_growth import grow_model
     from hf_growth.training.ensemble import LlamaEnsemble
 
-    depth, models = config.num_hidden_layers, []
+    models = []
     for member_depth, _, seed in members:
         path = pattern.format(seed=seed)
         if not (Path(path) / "config.json").is_file():
@@ -810,7 +809,7 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
     steady_rate = None
     if steady is not None and step > steady[0]:
         steady_rate = round((step - steady[0]) / (time.perf_counter() - steady[1]), 2)
-    device_name = torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
+    device_name = device_label(device)
     records = []
     for i, (depth, cur, seed) in enumerate(members):
         em = results[i]["exact_match"]
@@ -858,7 +857,7 @@ def write_heads(hops: int, records: list[dict], heads: HeadRecorder, members: li
                                    "emergence": emergence_order(rec["scores"], rec["steps"]),
                                    "settled": emergence_order(rec["scores"], rec["steps"], rule="settled"),
                                    "passed": records[i]["passed"]}
-    (out / f"{args.name}.D{hops}.heads.json").write_text(json.dumps(data) + "\n")
+    write_json(out / f"{args.name}.D{hops}.heads.json", data, indent=None)
     by_config: dict[tuple[int, bool], list[int]] = {}
     for i, (depth, cur, seed) in enumerate(members):
         by_config.setdefault((depth, cur), []).append(i)
@@ -898,14 +897,14 @@ def summary(args, ledger: Ledger, tag: str, argv: list[str], out: Path, timing: 
     png = plot(result, out / f"{args.name}.png", max(args.depths), title)
     data = {
         "benchmark": "retrieval depth sweep, ensemble trainer (issue 12)", "label": args.label,
-        "command": "PYTHONPATH=. python benchmarks/retrieval_ensemble.py " + shlex.join(argv),
+        "command": command_line("retrieval_ensemble.py", argv),
         "devices": devices, "versions": versions(), "settings": settings_of(args), "tag": tag, "target": args.target,
         "depths": args.depths, "seeds": args.seeds,
         "shapes": {str(d): shape_of(d, args) for d in args.hops},
         "table": result["table"], "fits": result["fits"], "markdown": markdown_table(result), "timing": timing,
         "plot": png.name, "runs": records,
     }
-    (out / f"{args.name}.json").write_text(json.dumps(data, indent=1) + "\n")
+    write_json(out / f"{args.name}.json", data)
     print(data["markdown"])
     print(f"fits: {json.dumps(result['fits'])}")
     return data

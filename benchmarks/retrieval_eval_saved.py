@@ -15,7 +15,6 @@ import argparse
 import json
 import math
 import re
-import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import torch  # noqa: E402
 
-from retrieval_depth import versions  # noqa: E402
+from _common import command_line, versions, write_json  # noqa: E402
 from retrieval_ensemble import TASK_FILE, number_ids, split_ids  # noqa: E402
 
 
@@ -101,12 +100,9 @@ def main(argv: list[str] | None = None) -> int:
               f"({lo:.4f}-{hi:.4f}) |")
     if args.out:
         out = {"benchmark": "retrieval_eval_saved", "label": args.label, "device": "cpu",
-               "command": "PYTHONPATH=.:benchmarks python benchmarks/retrieval_eval_saved.py " + shlex.join(argv),
+               "command": command_line("retrieval_eval_saved.py", argv, pythonpath=".:benchmarks"),
                "versions": versions(), "members": rows}
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(out, indent=1) + "\n")
-        tmp.replace(args.out)
+        write_json(args.out, out)
     return 0
 
 

@@ -42,6 +42,9 @@ import torch
 from transformers import TrainerCallback
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import write_json  # noqa: E402
 
 from hf_growth.analysis.heads import HeadEmergenceCallback, first_reach, settle_steps  # noqa: E402
 from hf_growth.tasks.retrieval import QUERY, SEPARATOR, retrieval_splits  # noqa: E402
@@ -184,12 +187,10 @@ class AccuracyMonitor(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
             return
-        out = Path(args.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "monitor.json").write_text(json.dumps({
+        write_json(Path(args.output_dir) / "monitor.json", {
             "settings": self.settings, "val_size": int(self.data["input_ids"].shape[0]) if self.data else 0,
             "history": self.history, "reached_step": self.reached_step, "stop_step": int(state.global_step),
-        }) + "\n")
+        }, indent=None)
 
 
 # ----------------------------------------------------------------------------------------------- heads
@@ -304,6 +305,4 @@ class RetrievalHeads(HeadEmergenceCallback):
         data["task"] = {k: self.opts[k] for k in ("num_pairs", "hops", "num_nodes", "curriculum", "seed")}
         data["map_question"] = self.questions[self.map_example]
         data["emergence"] = emergence_order(np.stack(self.scores), self.steps, self.settings["threshold"])
-        out = Path(args.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "heads.json").write_text(json.dumps(data) + "\n")
+        write_json(Path(args.output_dir) / "heads.json", data, indent=None)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 from pathlib import Path
 
@@ -26,7 +25,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import torch  # noqa: E402
 
-from retrieval_depth import _ints, versions  # noqa: E402
+from _common import command_line, versions, write_json  # noqa: E402
+from retrieval_depth import _ints  # noqa: E402
 from retrieval_ensemble import TASK_FILE, number_ids  # noqa: E402
 
 
@@ -99,10 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     data = {"benchmark": "retrieval transfer to other sizes (issue 12)", "model": args.model,
             "trained_pairs": trained, "layers": model.config.num_hidden_layers, "hops": args.hops, "rows": rows,
             "device": "cpu", "versions": versions(),
-            "command": "PYTHONPATH=.:benchmarks python benchmarks/retrieval_transfer.py " + shlex.join(argv)}
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{args.name}.json").write_text(json.dumps(data, indent=1) + "\n")
+            "command": command_line("retrieval_transfer.py", argv, pythonpath=".:benchmarks")}
+    write_json(Path(args.out_dir) / f"{args.name}.json", data)
     return 0
 
 

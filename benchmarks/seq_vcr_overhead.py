@@ -23,9 +23,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -33,6 +30,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _common import command_line, device_label, versions, write_json  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -148,7 +148,6 @@ def main(argv=None) -> int:
         opts.batch_size, opts.seq_len, opts.warmup, opts.steps, opts.repeats = 8, 16, 2, 3, 1
         opts.projection_dim = min(opts.projection_dim, 128)
     import torch
-    import transformers
 
     cuda = torch.cuda.is_available() and not opts.cpu_smoke
     if not cuda and not opts.cpu_smoke:
@@ -183,16 +182,13 @@ def main(argv=None) -> int:
     print(f"| ratio         | {time_ratio:13.3f}x | {mem_text:>17} |")
     print("per-repeat time ratios: " + " ".join(f"{r:.3f}" for r in pair_ratios))
 
-    device = torch.cuda.get_device_name(0) if cuda else platform.processor() or "cpu"
+    device = device_label("cuda" if cuda else "cpu")
     result = {
         "benchmark": "seq_vcr_overhead",
         "device": device,
         "cpu_smoke": opts.cpu_smoke,
-        "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     "transformers": transformers.__version__,
-                     "accelerate": __import__("accelerate").__version__,
-                     "cuda": torch.version.cuda},
-        "command": "PYTHONPATH=. python benchmarks/seq_vcr_overhead.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "versions": {**versions("accelerate"), "cuda": torch.version.cuda},
+        "command": command_line("seq_vcr_overhead.py", argv),
         "settings": {"model": "gpt2-tiny" if opts.cpu_smoke else "gpt2-small shape (GPT2Config() defaults, 124M)",
                      "batch_size": opts.batch_size, "seq_len": opts.seq_len, "warmup_steps": opts.warmup,
                      "measured_steps": opts.steps, "repeats": opts.repeats, "bf16": cuda,
@@ -210,9 +206,7 @@ def main(argv=None) -> int:
     }
     out = opts.out or (None if opts.cpu_smoke else str(ROOT / "benchmarks" / "results" / "seq_vcr_overhead.json"))
     if out:
-        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-        Path(out).write_text(json.dumps(result, indent=2, default=str) + "\n")
-        print(f"wrote {out}")
+        write_json(out, result, indent=2, default=str, announce=True)
     return 0
 
 

@@ -19,12 +19,17 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import TrainerCallback
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import write_json  # noqa: E402
 
 DEFAULTS = {"start": 50, "steps": 20, "rows": 25}
 SYNC_OPS = ("aten::_local_scalar_dense", "cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")
@@ -96,8 +101,7 @@ class StepProfiler(TrainerCallback):
         self.summary["first_step"] = self.settings["start"] + 1
         if state.is_world_process_zero:
             out = Path(args.output_dir)
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "step_profile.json").write_text(json.dumps(self.summary, indent=1) + "\n")
+            write_json(out / "step_profile.json", self.summary)
             tables = [averages.table(sort_by="self_cpu_time_total", row_limit=self.settings["rows"])]
             if self.summary["top_device_ms_per_step"]:
                 tables.append(averages.table(sort_by="self_device_time_total", row_limit=self.settings["rows"]))

@@ -29,10 +29,7 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
-import platform
-import re
 import shlex
 import statistics
 import sys
@@ -44,6 +41,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _common import command_line, device_label, device_slug, versions, write_json  # noqa: E402
+
 TARGET = 0.8  # script (Seq-VCR on) / raw
 
 
@@ -89,12 +90,6 @@ def load_script():
     module = util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def device_slug(name: str) -> str:
-    """``'NVIDIA H100 80GB HBM3'`` -> ``'h100'``; ``'cpu'`` stays ``'cpu'``."""
-    match = re.search(r"\b([a-z]{1,2}\d{2,4}[a-z]?)\b", name.lower())
-    return match.group(1) if match else re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_") or "device"
 
 
 class WindowTimer:
@@ -274,7 +269,6 @@ def main(argv=None) -> int:
     if opts.warmup < 1:
         raise SystemExit("--warmup must be >= 1")
     import torch
-    import transformers
 
     opts.cuda = torch.cuda.is_available() and not (opts.cpu or opts.cpu_smoke)
     if opts.cpu_smoke:
@@ -324,17 +318,15 @@ def main(argv=None) -> int:
         if r.get("host_syncs_per_step") is not None:
             print(f"{name}: {r['host_syncs_per_step']:.2f} host syncs per step (steps {r['sync_count_steps']})")
 
-    device = torch.cuda.get_device_name(0) if opts.cuda else (platform.processor() or "cpu")
+    device = device_label("cuda" if opts.cuda else "cpu")
     result = {
         "benchmark": "train_throughput",
         "device": device,
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "cpu_smoke": opts.cpu_smoke,
-        "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     "transformers": transformers.__version__, "accelerate": __import__("accelerate").__version__,
-                     "cuda": torch.version.cuda},
-        "command": "PYTHONPATH=. python benchmarks/train_throughput.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "versions": {**versions("accelerate"), "cuda": torch.version.cuda},
+        "command": command_line("train_throughput.py", argv),
         "shape": {"model": "gpt2-small preset", "n_embd": opts.n_embd, "n_layer": opts.n_layer, "n_head": opts.n_head,
                   "vocab_size": runs["raw"]["vocab_size"], "parameters": runs["raw"]["parameters"],
                   "task": f"multiplication {opts.digits}x{opts.digits}", "pauses": opts.pauses,
@@ -359,9 +351,7 @@ def main(argv=None) -> int:
     if out is None and not opts.cpu_smoke:
         out = str(ROOT / "benchmarks" / "results" / f"train_throughput_{'cpu' if not opts.cuda else device_slug(device)}.json")
     if out:
-        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-        Path(out).write_text(json.dumps(result, indent=2, default=str) + "\n")
-        print(f"wrote {out}")
+        write_json(out, result, indent=2, default=str, announce=True)
     return 0
 
 

@@ -1,0 +1,71 @@
+"""What every benchmark records and how it writes it: the device, the versions, the exact command, and the JSON
+written atomically (a temporary file in the same folder, then a rename), so a run cut short never leaves half a
+result under ``benchmarks/results``.
+
+    >>> from _common import command_line, write_json
+    >>> command_line("grow_memory.py", ["--device", "cpu"])
+    'PYTHONPATH=. python benchmarks/grow_memory.py --device cpu'
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import platform
+import re
+import shlex
+import sys
+from pathlib import Path
+from typing import Any, Iterable
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def device_label(device: Any = None) -> str:
+    """``torch.cuda.get_device_name`` for a CUDA device (the current one when ``device`` is None and CUDA is there),
+    else the CPU with its core count."""
+    import torch
+
+    kind = getattr(torch.device(device), "type", None) if device is not None else (
+        "cuda" if torch.cuda.is_available() else "cpu")
+    if kind == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def device_slug(name: str) -> str:
+    """A device name for file names: ``'NVIDIA H100 80GB HBM3'`` -> ``'h100'``; ``'cpu'`` stays ``'cpu'``."""
+    match = re.search(r"\b([a-z]{1,2}\d{2,4}[a-z]?)\b", name.lower())
+    return match.group(1) if match else re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_") or "device"
+
+
+def versions(*extra: str) -> dict[str, str]:
+    """Python, torch and transformers versions, and those of the ``extra`` packages (import names)."""
+    names = ("torch", "transformers", *extra)
+    return {"python": platform.python_version(),
+            **{name: getattr(importlib.import_module(name), "__version__", "?") for name in names}}
+
+
+def command_line(script: str, argv: Iterable[str] | None = None, pythonpath: str = ".") -> str:
+    """The command that reruns ``benchmarks/<script>`` with ``argv`` (default: this process's arguments)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    return f"PYTHONPATH={pythonpath} python benchmarks/{script} " + shlex.join(args) if args else \
+        f"PYTHONPATH={pythonpath} python benchmarks/{script}"
+
+
+def write_json(path: str | os.PathLike, data: Any, *, indent: int | None = 1, default: Any = None,
+               announce: bool = False) -> Path:
+    """Write ``data`` as JSON to ``path`` atomically (parents made; a failed write leaves the old file as it was);
+    ``default`` as in ``json.dumps``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(data, indent=indent, default=default) + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    if announce:
+        print(f"wrote {path}")
+    return path
