@@ -434,7 +434,8 @@ def summarize(records: list[dict[str, Any]], seeds: int | None = None) -> dict[s
         timeouts[(1, False)] = timeouts[(1, True)]
     table = []
     for (d, cur), done in sorted(groups.items(), key=lambda kv: (kv[0][0], not kv[0][1])):
-        opts = next((r.get("task_options") for r in records if (r["hops"], r["curriculum"]) == (d, cur)
+        shared = d == 1 and not cur and not any(r["hops"] == 1 and not r["curriculum"] for r in records)
+        opts = next((r.get("task_options") for r in records if (r["hops"], r["curriculum"]) == (d, cur or shared)
                      and r.get("task_options")), None) or {}
         row = {"hops": d, "curriculum": cur, "num_pairs": opts.get("num_pairs"),
                "tokens": question_tokens(opts["num_pairs"], bool(opts.get("pair_separator"))) if opts.get("num_pairs") else None,
@@ -443,8 +444,7 @@ def summarize(records: list[dict[str, Any]], seeds: int | None = None) -> dict[s
                                for layers, v in sorted(ems[(d, cur)].items())}}
         if seeds is not None:
             row["complete"] = all(len(v) >= seeds for v in done.values())
-        row["runs_shared_with_curriculum"] = d == 1 and not cur and not any(
-            r["hops"] == 1 and not r["curriculum"] for r in records)
+        row["runs_shared_with_curriculum"] = shared
         table.append(row)
     fits = {}
     for cur in (True, False):

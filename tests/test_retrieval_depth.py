@@ -91,6 +91,7 @@ def test_sweep_finds_smallest_depth_and_stops_early(tmp_path):
     # D = 1 has no easier instances: one search (curriculum on) serves both rows
     assert (1, False) not in tried and rows[(1, False)]["runs_shared_with_curriculum"] is True
     assert rows[(1, False)]["min_depth_all_seeds"] == 3
+    assert rows[(1, False)]["tokens"] == rows[(1, True)]["tokens"] == 19  # the shared row's shape, not None
 
     # resume: a second sweep over the same ledger (reloaded from disk) runs nothing
     again = []
