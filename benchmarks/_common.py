@@ -2,7 +2,7 @@
 written atomically (a temporary file in the same folder, then a rename), so a run cut short never leaves half a
 result under ``benchmarks/results``.
 
-    >>> from _common import command_line, write_json
+    >>> from _common import command_line
     >>> command_line("grow_memory.py", ["--device", "cpu"])
     'PYTHONPATH=. python benchmarks/grow_memory.py --device cpu'
 """
@@ -19,16 +19,13 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable
 
-RESULTS = Path(__file__).resolve().parent / "results"
-
 
 def device_label(device: Any = None) -> str:
     """``torch.cuda.get_device_name`` for a CUDA device (the current one when ``device`` is None and CUDA is there),
     else the CPU with its core count."""
     import torch
 
-    kind = getattr(torch.device(device), "type", None) if device is not None else (
-        "cuda" if torch.cuda.is_available() else "cpu")
+    kind = torch.device(device).type if device is not None else "cuda" if torch.cuda.is_available() else "cpu"
     if kind == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
