@@ -20,13 +20,12 @@ from pathlib import Path
 from typing import Any, Iterable
 
 
-def device_label(device: Any = None) -> str:
-    """``torch.cuda.get_device_name`` for a CUDA device (the current one when ``device`` is None and CUDA is there),
-    else the CPU with its core count."""
+def device_label(device: Any) -> str:
+    """``torch.cuda.get_device_name`` for a CUDA ``device`` (a ``torch.device`` or its name), else the CPU with its
+    core count."""
     import torch
 
-    kind = torch.device(device).type if device is not None else "cuda" if torch.cuda.is_available() else "cpu"
-    if kind == "cuda":
+    if torch.device(device).type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
 

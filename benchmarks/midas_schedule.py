@@ -367,11 +367,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             train_run(f"MIDAS Prop-{args.alpha:g}", args, shape, vocab, train, val, steps, device, midas=True)]
     base, midas = runs
     match = flops_to_reach(midas["curve"], base["final_val_loss"])
-    name = "cpu_smoke" if args.cpu_smoke else device_slug(device_label(device)) if device.type == "cuda" else "cpu"
+    label = device_label(device)
+    name = "cpu_smoke" if args.cpu_smoke else device_slug(label) if device.type == "cuda" else "cpu"
     result = {
         "benchmark": "midas_schedule",
         "command": command_line("midas_schedule.py", argv),
-        "device": device_label(device),
+        "device": label,
         "versions": versions(),
         "tokenizer": tok_desc,
         "corpus": {"source": "Python sources of the installed packages, split by package",
