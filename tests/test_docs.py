@@ -11,15 +11,15 @@ import pytest
 from transformers import LlamaConfig
 
 import hf_growth
-from hf_growth.growth.adapters.llama import LlamaAdapter
 from hf_growth.growth import adapters, support
+from hf_growth.growth.adapters.llama import LlamaAdapter
 from hf_growth.growth.plan import STEP_TYPES
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def python_blocks(text: str) -> list[str]:
-    return re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    return re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
 
 
 def test_architectures_md_is_generated_from_the_adapters():
@@ -99,11 +99,14 @@ def test_readme_python_examples_import_only_public_names():
         assert name is None or name in hf_growth.__all__, f"{name} is not in hf_growth.__all__"
 
 
-@pytest.mark.parametrize("code, ok", [
-    ("from hf_growth import grow_model", True),
-    ("from hf_growth._embedded import load_smollm2", False),
-    ("import hf_growth.growth.engine", False),
-])
+@pytest.mark.parametrize(
+    "code, ok",
+    [
+        ("from hf_growth import grow_model", True),
+        ("from hf_growth._embedded import load_smollm2", False),
+        ("import hf_growth.growth.engine", False),
+    ],
+)
 def test_public_import_check_catches_private_imports(code, ok):
     module, name = public_imports(code)[0]
     assert (module == "hf_growth" and (name is None or name in hf_growth.__all__)) is ok

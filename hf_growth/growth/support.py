@@ -72,8 +72,7 @@ PROBES: dict[str, list[tuple[str, Callable[[Sizes], dict[str, Any]]]]] = {
     "stack": [
         ("x2, middle, block_size 1", lambda s: {"to": 2 * s.layers, "where": "middle", "block_size": 1}),
         ("+2, top, block_size 2", lambda s: {"to": s.layers + 2, "where": "top", "block_size": 2}),
-        ("x2, top, one block of every layer", lambda s: {"to": 2 * s.layers, "where": "top",
-                                                         "block_size": s.layers}),
+        ("x2, top, one block of every layer", lambda s: {"to": 2 * s.layers, "where": "top", "block_size": s.layers}),
     ],
 }
 
@@ -81,9 +80,16 @@ PROBES: dict[str, list[tuple[str, Callable[[Sizes], dict[str, Any]]]]] = {
 #: A variant is probed for every architecture whose config class has the key.
 CONFIG_VARIANTS: list[tuple[str, str, Callable[[Any], Any]]] = [
     ("scale_attn_by_inverse_layer_idx: true", "scale_attn_by_inverse_layer_idx", lambda config: True),
-    ("rope_parameters: yarn", "rope_parameters",
-     lambda config: {**(config.rope_parameters or {}), "rope_type": "yarn", "factor": 2.0,
-                     "original_max_position_embeddings": config.max_position_embeddings // 2}),
+    (
+        "rope_parameters: yarn",
+        "rope_parameters",
+        lambda config: {
+            **(config.rope_parameters or {}),
+            "rope_type": "yarn",
+            "factor": 2.0,
+            "original_max_position_embeddings": config.max_position_embeddings // 2,
+        },
+    ),
 ]
 
 
@@ -132,7 +138,7 @@ def _variant_config(config: Any, key: str, value: Callable[[Any], Any]) -> Any |
     data[key] = value(config)
     try:
         return type(config)(**data)
-    except Exception:  # the config class does not accept this value: nothing to probe
+    except Exception:  # noqa: BLE001 - the config class refuses this value (not always a ValueError): skip it
         return None
 
 
@@ -142,9 +148,7 @@ def _validate(config: Any, kind: str, params: dict[str, Any]) -> tuple[bool | No
     try:
         engine = GrowthEngine(config, [{kind: params}])
     except ValueError as error:
-        message = str(error)
-        prefix = f"plan step 0 ({kind}): "
-        return None, message[len(prefix):] if message.startswith(prefix) else message
+        return None, str(error).removeprefix(f"plan step 0 ({kind}): ")
     return bool(engine.history_records[0]["exact"]), None
 
 
@@ -189,8 +193,11 @@ def support_matrix(model_types: Iterable[str] | None = None) -> dict[str, dict[s
         for model_type in model_types if model_types is not None else supported_model_types():
             adapter = get_adapter(model_type)
             config = tiny_config(adapter)
-            variants = [(label, cfg) for label, key, value in CONFIG_VARIANTS
-                        if (cfg := _variant_config(config, key, value)) is not None]
+            variants = [
+                (label, cfg)
+                for label, key, value in CONFIG_VARIANTS
+                if (cfg := _variant_config(config, key, value)) is not None
+            ]
             matrix[model_type] = {kind: probe_axis(config, kind, variants) for kind in STEP_TYPES}
     finally:
         logging.set_verbosity(verbosity)
@@ -268,12 +275,18 @@ def _adapter_summary(adapter: Adapter) -> list[str]:
     lines = [
         f"- config class `{adapter.config_class().__name__}`; sizes read from "
         + ", ".join(f"`{key}` ({role})" for role, key in adapter.keys.items()),
-        f"- norm: {'RMSNorm' if adapter.norm == 'rms' else 'LayerNorm'}; "
-        f"positions: {'RoPE' if adapter.rope else 'learned'}; "
-        f"separate q/k and v head sizes: {'yes' if adapter.separate_qk_v else 'no'}",
-        "- tensors (inside layer `i`, under `" + adapter.layer_prefix + "i.`): "
-        + ", ".join(f"`{suffix}` {role}{' (transposed)' if t else ''}{f' if `{flag}`' if flag else ''}"
-                    for suffix, (role, t, flag) in adapter.layer_tensors.items()),
+        (
+            f"- norm: {'RMSNorm' if adapter.norm == 'rms' else 'LayerNorm'}; "
+            f"positions: {'RoPE' if adapter.rope else 'learned'}; "
+            f"separate q/k and v head sizes: {'yes' if adapter.separate_qk_v else 'no'}"
+        ),
+        "- tensors (inside layer `i`, under `"
+        + adapter.layer_prefix
+        + "i.`): "
+        + ", ".join(
+            f"`{suffix}` {role}{' (transposed)' if t else ''}{f' if `{flag}`' if flag else ''}"
+            for suffix, (role, t, flag) in adapter.layer_tensors.items()
+        ),
         "- tensors outside the layers: "
         + ", ".join(f"`{name}` {role}" for name, (role, _, _) in adapter.global_tensors.items())
         + f", `{adapter.lm_head}` lm_head (absent when tied)",
@@ -290,8 +303,7 @@ def render_markdown(matrix: dict[str, dict[str, AxisSupport]] | None = None) -> 
     out.append("| architecture | " + " | ".join(f"`{k}`" for k in kinds) + " |")
     out.append("|---|" + "---|" * len(kinds))
     for model_type, axes in matrix.items():
-        out.append(f"| [{model_type}](#{_anchor(model_type)}) | "
-                   + " | ".join(axes[k].status for k in kinds) + " |")
+        out.append(f"| [{model_type}](#{_anchor(model_type)}) | " + " | ".join(axes[k].status for k in kinds) + " |")
     out += ["", "Probes per step (sizes from the tiny config above):", ""]
     for kind in kinds:
         out.append(f"- `{kind}`: " + "; ".join(label for label, _ in PROBES[kind]))
@@ -315,11 +327,16 @@ def render_markdown(matrix: dict[str, dict[str, AxisSupport]] | None = None) -> 
                     which = "every probe"
                 else:
                     which = ", ".join(f"{p.label} ({_step_yaml(kind, p.step)})" for p in probes)
-                approx = ("accepted" if approximate_error is None
-                          else "refused too" if approximate_error == error
-                          else f"refused: {_sentence(approximate_error)}")
-                notes.append(f"- `{kind}`{where}, refused for {which}: {_sentence(error)} "
-                             f"With `approximate: true`: {approx}.")
+                approx = (
+                    "accepted"
+                    if approximate_error is None
+                    else "refused too"
+                    if approximate_error == error
+                    else f"refused: {_sentence(approximate_error)}"
+                )
+                notes.append(
+                    f"- `{kind}`{where}, refused for {which}: {_sentence(error)} With `approximate: true`: {approx}."
+                )
         out += notes or ["Every probe was accepted and exact."]
         out.append("")
     out.append(_HOW_TO_ADD)
