@@ -1,7 +1,8 @@
 """hf-growth: grow pretrained transformers function-preservingly and train them to reason.
 
 >>> import hf_growth                      # registers model_type "resformer" with the Auto classes
->>> from hf_growth import grow_model      # doctest: +SKIP
+>>> from hf_growth import grow_model, load_model
+>>> model, tokenizer = load_model("smollm2")  # doctest: +SKIP
 
 Importing the package is cheap: the public names below are resolved on first use.
 """
@@ -22,6 +23,8 @@ _LAZY: dict[str, str] = {
     "ResFormerPreTrainedModel": "hf_growth.resformer.modeling_resformer",
     "convert_llama_to_resformer": "hf_growth.resformer.convert",
     "grow_model": "hf_growth.growth",
+    "load_model": "hf_growth.growth.sources",
+    "load_smollm2": "hf_growth._embedded",
     "GrowthPlan": "hf_growth.growth.plan",
     "max_logit_diff": "hf_growth.growth.verify",
     "freeze_original": "hf_growth.growth.freeze",
@@ -37,9 +40,11 @@ __all__ = sorted([*_LAZY, *_SUBMODULES])
 
 if TYPE_CHECKING:  # pragma: no cover
     from . import analysis, growth, hub, resformer, tasks, training
+    from ._embedded import load_smollm2
     from .growth import grow_model
     from .growth.freeze import freeze_original
     from .growth.plan import GrowthPlan
+    from .growth.sources import load_model
     from .growth.verify import max_logit_diff
     from .resformer.configuration_resformer import ResFormerConfig
     from .resformer.convert import convert_llama_to_resformer

@@ -8,7 +8,6 @@ import machinery instead of importing the package.
 from __future__ import annotations
 
 import importlib.util
-import os
 from pathlib import Path
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -31,31 +30,13 @@ def smollm2_gguf_path() -> Path:
 def load_smollm2(dtype: "str | None" = "float32"):
     """Load the embedded SmolLM2-135M as ``(LlamaForCausalLM, tokenizer)``, de-quantised, on the CPU.
 
-    The GGUF ``quantization_config`` is dropped from the config: the weights are de-quantised floats, and
-    a grown or converted model must not claim to be quantised.
+    Public as ``hf_growth.load_smollm2``; ``hf_growth.load_model("smollm2")`` does the same. The GGUF
+    ``quantization_config`` is dropped from the config: the weights are de-quantised floats, and a grown or
+    converted model must not claim to be quantised. To keep it as a checkpoint directory:
+    ``hf-growth export smollm2 DIR`` (or ``model.save_pretrained(DIR)`` and ``tokenizer.save_pretrained(DIR)``).
 
     >>> model, tokenizer = load_smollm2()  # doctest: +SKIP
     """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from hf_growth.growth.sources import load_gguf
 
-    path = smollm2_gguf_path()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
-    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch_dtype)
-    # The weights are plain de-quantised floats now: forget the GGUF quantizer so the model saves, grows and
-    # trains like any other (save_pretrained refuses "gguf-quantized" models; the Trainer refuses models whose
-    # `is_quantized` flag the quantizer set while loading).
-    quantizer = getattr(model, "hf_quantizer", None)
-    if quantizer is not None:
-        quantizer.remove_quantization_config(model)
-    if getattr(model.config, "quantization_config", None) is not None:
-        del model.config.quantization_config
-    model.hf_quantizer = None
-    model.is_quantized = False
-    for module in model.modules():
-        if getattr(getattr(module, "config", None), "_is_quantized", False):
-            module.config._is_quantized = False
-    model.eval()
-    return model, tokenizer
+    return load_gguf(smollm2_gguf_path(), dtype)

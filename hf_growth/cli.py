@@ -11,7 +11,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-COMMANDS = ("demo", "grow", "verify", "push", "data", "analyze")
+COMMANDS = ("demo", "grow", "verify", "push", "data", "analyze", "export")
 
 
 def build_parser() -> argparse.ArgumentParser:

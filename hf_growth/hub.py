@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +35,7 @@ _TECHNIQUES: dict[str, tuple[list[str], list[str]]] = {
     "hidden_size": (["function-preserving-growth", "hidden-size-growth"], ["gesmundo2023"]),
     "num_layers": (["function-preserving-growth", "depth-growth"], ["gesmundo2023"]),
     "stack": (["midas", "gradual-stacking"], ["saunshi2024"]),
+    "convert_to_resformer": (["resformer", "value-residual"], ["zhou2024resformer"]),
 }
 
 CITATIONS: dict[str, str] = {
@@ -158,11 +160,50 @@ def _logit_diff_of(entry: Mapping[str, Any]) -> Any:
     return f"{value:.3g}" if isinstance(value, (int, float)) else ("" if value is None else str(value))
 
 
+def measured_by(verification: Mapping[str, Any] | None) -> str:
+    """What measured a verification figure, as the card credits it: ``"measured by `hf-growth demo`"`` when the
+    result says (``verification["measured_by"]``), else plain ``"measured"``: a figure is never credited to a
+    tool that did not produce it.
+
+    >>> measured_by({"max_logit_diff": 0.0, "measured_by": "hf-growth grow --verify"})
+    'measured by `hf-growth grow --verify`'
+    >>> measured_by({"max_logit_diff": 0.0})
+    'measured'
+    """
+    tool = (verification or {}).get("measured_by")
+    return f"measured by `{tool}`" if tool else "measured"
+
+
+def _last_run_steps(history: Sequence[Any]) -> int:
+    """How many records at the end of ``history`` belong to its last growth run."""
+    runs = [(e if isinstance(e, Mapping) else vars(e)).get("run") for e in history]
+    if not runs or runs[-1] is None:
+        return 1
+    count = 0
+    for run in reversed(runs):
+        if run != runs[-1]:
+            break
+        count += 1
+    return count
+
+
 def lineage_table(history: Sequence[Mapping[str, Any]], verification: Mapping[str, Any] | None = None,
                   param_counts: Sequence[tuple[int, int]] | None = None) -> str:
     """A markdown table, one row per growth step: step, parameters, old → new sizes, parameter
-    count before/after and the measured max |Δlogits| (when known). ``param_counts`` gives
-    ``(before, after)`` for the last ``len(param_counts)`` steps when the history lacks them."""
+    count before/after and the max |Δlogits| measured for that step. ``param_counts`` gives
+    ``(before, after)`` for the last ``len(param_counts)`` steps when the history lacks them.
+
+    A step's figure is the one its history record carries (an approximate step's, or one measured while
+    growing); a whole-plan ``verification`` also fills the last step when the last run had that one step
+    (then it measured exactly that step), and adds an ``all`` row that says what measured it
+    (:func:`measured_by`). Unmeasured exact steps show ``–``.
+
+    >>> rows = lineage_table([{"step": {"mlp_width": {"to": 8}}, "run": 0, "before": {"mlp": 4},
+    ...                        "after": {"mlp": 8}, "exact": True}],
+    ...                      {"max_logit_diff": 1e-7, "measured_by": "hf-growth grow --verify"}).splitlines()
+    >>> rows[2].split(" | ")[-1], rows[3].split(" | ")[-1]
+    ('1e-07 |', '1e-07 (whole plan, measured by `hf-growth grow --verify`) |')
+    """
     if not history:
         return "_No growth history recorded in the config._"
     rows = [
@@ -171,6 +212,9 @@ def lineage_table(history: Sequence[Mapping[str, Any]], verification: Mapping[st
     ]
     counts = list(param_counts or [])
     offset = len(history) - len(counts)
+    whole = verification.get("max_logit_diff") if verification else None
+    single_step_run = _last_run_steps(history) == 1
+    first_before = last_after = None
     for i, entry in enumerate(history, start=1):
         entry = entry if isinstance(entry, Mapping) else vars(entry)
         if i - 1 >= offset and counts:
@@ -179,20 +223,27 @@ def lineage_table(history: Sequence[Mapping[str, Any]], verification: Mapping[st
         diff = _logit_diff_of(entry)
         if not diff and step_kind(entry) == "stack":
             diff = "changes the function (by design)"
+        elif not diff and whole is not None and i == len(history) and single_step_run:
+            diff = f"{float(whole):.3g}"
+        elif not diff:
+            diff = "–"
+        n_before = _get(entry, "num_params_before", "params_before", "parameters_before")
+        n_after = _get(entry, "num_params_after", "params_after", "parameters_after")
+        first_before = first_before if first_before is not None else n_before
+        last_after = n_after if n_after is not None else last_after
         cells = [
             str(i),
             f"`{step_kind(entry)}`",
             _fmt_params(_step_params(entry)),
             _size_changes(entry),
-            _fmt_count(_get(entry, "num_params_before", "params_before", "parameters_before")),
-            _fmt_count(_get(entry, "num_params_after", "params_after", "parameters_after")),
+            _fmt_count(n_before),
+            _fmt_count(n_after),
             diff,
         ]
         rows.append("| " + " | ".join(c.replace("|", "\\|") if c and "\\|" not in c else c for c in cells) + " |")
-    if verification and verification.get("max_logit_diff") is not None:
-        rows.append(
-            f"| all | whole plan | | | | | {float(verification['max_logit_diff']):.3g} (measured, `hf-growth verify`) |"
-        )
+    if whole is not None:
+        rows.append(f"| all | whole plan | | | {_fmt_count(first_before)} | {_fmt_count(last_after)} | "
+                    f"{float(whole):.3g} (whole plan, {measured_by(verification)}) |")
     return "\n".join(rows)
 
 
@@ -259,7 +310,8 @@ def build_model_card(
     """Build the model card of a grown model from its (grown) config (:func:`model_card_text` as a
     ``huggingface_hub.ModelCard``).
 
-    ``verification`` may hold ``max_logit_diff`` and ``greedy_match`` (from ``hf-growth verify``);
+    ``verification`` may hold ``max_logit_diff``, ``greedy_match``, ``prompt`` and ``measured_by`` (what measured
+    them, e.g. ``"hf-growth verify"``, ``"hf-growth grow --verify"``, ``"hf-growth demo"``: the card credits it);
     ``num_params`` is the grown model's parameter count when known; ``param_counts`` the
     ``(before, after)`` parameter counts of the plan's steps (see :func:`lineage_table`).
 
@@ -327,7 +379,8 @@ def model_card_text(
             parts.append("greedy text " + ("**matches**" if verification["greedy_match"] else "**differs**"))
         if verification.get("prompt"):
             parts.append(f"prompt: `{verification['prompt']}`")
-        verify_text = "Verified with `hf-growth verify`: " + "; ".join(parts) + "."
+        tool = verification.get("measured_by")
+        verify_text = (f"Verified with `{tool}`: " if tool else "Measured: ") + "; ".join(parts) + "."
     version = _version()
     citations = "\n\n".join(f"```bibtex\n{CITATIONS[k]}\n```" for k in cite_keys) or "_No papers used._"
     values = {
@@ -402,6 +455,22 @@ def _check_pushable(path: Path, files: Iterable[str]) -> None:
         raise FileNotFoundError(f"{path}: no .safetensors weights to upload")
 
 
+@dataclass
+class PushResult:
+    """What :func:`push_grown` did: the commit, whether it created the repository, and whether the repository is
+    private (``None`` when the Hub did not say)."""
+
+    repo_id: str
+    commit_url: str | None
+    created: bool
+    private: bool | None
+
+    def visibility(self) -> str:
+        """One line for people: ``"created private repository me/x"``, ``"me/x exists (public)"``, ..."""
+        kind = {True: "private", False: "public", None: "visibility unknown"}[self.private]
+        return f"created {kind} repository {self.repo_id}" if self.created else f"{self.repo_id} exists ({kind})"
+
+
 def push_grown(
     path: str | os.PathLike,
     repo_id: str,
@@ -411,13 +480,16 @@ def push_grown(
     revision: str | None = None,
     commit_message: str | None = None,
     write_card: bool = True,
-) -> Any:
+) -> PushResult:
     """Upload a saved grown model directory to the Hub (``create_repo(exist_ok=True)`` then
     ``upload_folder``); writes its model card first when ``README.md`` is missing.
 
-    Works with huggingface_hub 1.x and 2.x. Returns the ``upload_folder`` result (its commit info).
+    ``private`` applies when the repository is created (``None``: the account's default); an existing
+    repository keeps its visibility. Returns a :class:`PushResult` saying whether the repository was created and
+    whether it is private. Works with huggingface_hub 1.x and 2.x.
 
-    >>> push_grown("grown-model", "me/grown-smollm2", private=True)  # doctest: +SKIP
+    >>> push_grown("grown-model", "me/grown-smollm2", private=True).visibility()  # doctest: +SKIP
+    'created private repository me/grown-smollm2'
     """
     from huggingface_hub import HfApi
 
@@ -427,13 +499,15 @@ def push_grown(
     if write_card and "README.md" not in files:
         write_model_card(root, repo_id=repo_id)
     api = HfApi(token=token)
+    existed = bool(api.repo_exists(repo_id, repo_type="model"))
     create_kwargs: dict[str, Any] = {"repo_type": "model", "exist_ok": True}
     if private is not None:
         create_kwargs["private"] = private
     api.create_repo(repo_id, **create_kwargs)
+    is_private = getattr(api.repo_info(repo_id, repo_type="model"), "private", None)
     if revision is not None:
         api.create_branch(repo_id, branch=revision, repo_type="model", exist_ok=True)
-    return api.upload_folder(
+    info = api.upload_folder(
         repo_id=repo_id,
         folder_path=str(root),
         repo_type="model",
@@ -441,3 +515,6 @@ def push_grown(
         commit_message=commit_message or "Upload model grown with hf-growth",
         ignore_patterns=list(IGNORED_FOR_UPLOAD),
     )
+    url = getattr(info, "commit_url", None) or getattr(info, "repo_url", None)
+    return PushResult(repo_id, str(url) if url is not None else None, created=not existed,
+                      private=is_private if isinstance(is_private, bool) else None)

@@ -171,7 +171,8 @@ def test_callback_records_steps_and_shapes(tmp_path):
     assert saved["steps"] == [0, 3, 4, 6] and len(saved["maps"]) == 4
     assert len(callback.emergence_steps(0.0)) == 2
     image = plot_head_emergence(saved, tmp_path / "heads.png")
-    assert image.stat().st_size > 10_000
+    pixels = _pixels(image)
+    assert pixels.ndim == 3 and pixels.shape[0] > 100 and pixels[..., :3].std() > 0.01  # a picture, not a blank
 
 
 def test_callback_score_is_mass_on_important_keys():
@@ -195,19 +196,43 @@ def _pixels(path):
     return matplotlib.image.imread(str(path))
 
 
-def test_plots_written_nonempty_and_input_dependent(tmp_path):
+@pytest.fixture
+def figures(monkeypatch):
+    """The matplotlib figures the plot functions save (closed after saving, still readable)."""
+    from hf_growth.analysis import plots
+
+    saved = []
+    real = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path, **kw: saved.append(fig) or real(fig, path, **kw))
+    return saved
+
+
+def _lines(ax):
+    return {line.get_label(): line.get_ydata().tolist() for line in ax.get_lines()}
+
+
+def test_plots_draw_the_numbers_they_are_given(tmp_path, figures):
     a, b = tiny_llama(0), tiny_gpt2(1)
     ids = torch.randint(0, VOCAB, (2, 10))
     entropies = {"llama": layer_entropy(a, ids), "gpt2": layer_entropy(b, ids)}
-    p1 = plot_layer_entropy(entropies, tmp_path / "e1.png")
-    p2 = plot_layer_entropy({"llama": layer_entropy(a, ids)}, tmp_path / "e2.png")
-    p3 = plot_value_statistics({"llama": value_statistics(a, ids)}, tmp_path / "v1.png")
-    p4 = plot_value_statistics(value_statistics(b, ids), tmp_path / "v2.png")
-    for path in (p1, p2, p3, p4):
-        assert path.stat().st_size > 10_000
-    assert _pixels(p1).shape != _pixels(p2).shape or not np.array_equal(_pixels(p1), _pixels(p2))
-    assert _pixels(p3).shape != _pixels(p4).shape or not np.array_equal(_pixels(p3), _pixels(p4))
-    assert _pixels(p1).std() > 0.01  # not a blank canvas
+    path = plot_layer_entropy(entropies, tmp_path / "e1.png", title="entropy of two")
+    normalised, raw = figures[-1].axes
+    assert _lines(normalised) == {k: pytest.approx(list(v)) for k, v in entropies.items()}
+    assert _lines(raw) == {k: pytest.approx(v.raw) for k, v in entropies.items()}
+    assert normalised.get_xlabel() == "layer (0 = embedding output)" and figures[-1]._suptitle.get_text() == "entropy of two"
+    pixels = _pixels(path)
+    assert pixels[..., :3].std() > 0.01 and pixels.shape[1] > pixels.shape[0]  # drawn, two panels side by side
+
+    stats = value_statistics(b, ids)
+    plot_value_statistics(stats, tmp_path / "v.png")
+    axes = figures[-1].axes
+    assert [ax.get_title() for ax in axes][:2] == ["Cosine similarity of values to layer 0",
+                                                  "Attention concentration (lower = concentrated)"]
+    assert _lines(axes[0]) == {"model": pytest.approx(stats["value_cos_to_first"])}
+    assert _lines(axes[3]) == {"model: first token": pytest.approx(stats["first_token_value_norm"]),
+                               "model: other tokens": pytest.approx(stats["value_norm_rest"])}
+    assert axes[4].get_yscale() == "log"
+    assert axes[5].texts[0].get_text().startswith("no value-residual λ")  # a Llama has no λ
 
 
 # --- CLI -----------------------------------------------------------------------------------------------------------
@@ -224,12 +249,25 @@ def test_cli_analyze_on_saved_models(tmp_path, capsys):
     assert "llama norm" in printed and "gpt2 raw" in printed
     data = json.loads((out / "entropy.json").read_text())
     assert set(data) == {"llama", "gpt2"} and len(data["llama"]["normalized"]) == 4
-    assert (out / "entropy.png").stat().st_size > 10_000 and (out / "entropy.csv").read_text().startswith("layer,")
+    assert _pixels(out / "entropy.png")[..., :3].std() > 0.01
+    csv_rows = (out / "entropy.csv").read_text().splitlines()
+    assert csv_rows[0] == "layer,llama norm,gpt2 norm,llama raw,gpt2 raw" and len(csv_rows) == 1 + 4
+    assert float(csv_rows[1].split(",")[1]) == pytest.approx(data["llama"]["normalized"][0], rel=1e-5)
 
     assert main(["analyze", "values", str(gpt2_dir), "--task", "retrieval", "--num-pairs", "4", "--out", str(out),
                  "--num-examples", "4"]) == 0
-    assert "value_cos_to_first" in capsys.readouterr().out
-    assert json.loads((out / "values.json").read_text())["gpt2"]["value_cos_to_first"][0] == pytest.approx(1.0)
+    printed = capsys.readouterr().out
+    values = json.loads((out / "values.json").read_text())
+    assert values["gpt2"]["value_cos_to_first"][0] == pytest.approx(1.0)
+    lines = printed.splitlines()
+    assert lines[0] == "gpt2 (4 sequences)" and lines[1].split()[:3] == ["layer", "cos", "V0"]
+    assert [float(line.split()[1]) for line in lines[2:5]] == pytest.approx(values["gpt2"]["value_cos_to_first"],
+                                                                             rel=1e-3)
+    assert lines[-1].startswith("wrote ") and max(map(len, lines[:-1])) <= 100  # a table, not a JSON line
+    assert "{" not in printed
+    assert main(["analyze", "values", str(gpt2_dir), "--task", "retrieval", "--num-pairs", "4", "--out", str(out),
+                 "--num-examples", "4", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == values  # --json: the numbers, as written to the file
 
     run_dir = tmp_path / "run"  # a training output directory: checkpoints become steps
     tiny_llama(0).save_pretrained(run_dir / "checkpoint-10")
@@ -239,13 +277,13 @@ def test_cli_analyze_on_saved_models(tmp_path, capsys):
     assert "H3" in capsys.readouterr().out
     heads = json.loads((out / "heads.json").read_text())
     assert heads["steps"] == [10, 20] and heads["map_layers"] == [0, 2]
-    assert (out / "heads.png").stat().st_size > 10_000
+    assert _pixels(out / "heads.png")[..., :3].std() > 0.01
     assert main(["analyze", "heads", str(llama_dir), "--task", "text", "--out", str(out)]) == 2  # needs positions
 
 
 # --- ResFormer (written in parallel: skipped when it is not importable) -------------------------------------------
 @pytest.mark.parametrize("variant", ["learnable", "svformer"])
-def test_value_statistics_on_resformer(variant, tmp_path):
+def test_value_statistics_on_resformer(variant, tmp_path, figures):
     resformer = pytest.importorskip("hf_growth.resformer.modeling_resformer")
     from hf_growth.resformer.configuration_resformer import ResFormerConfig
 
@@ -265,7 +303,15 @@ def test_value_statistics_on_resformer(variant, tmp_path):
     if variant == "learnable":
         assert stats["lambdas"]["model.layers.1.self_attn.lambda_first"] == [1.0]
     assert not any("mix_values" in vars(m) for m in model.modules())  # the instance patch is undone
-    assert plot_value_statistics({"resformer": stats}, tmp_path / "values.png").stat().st_size > 10_000
+    plot_value_statistics({"resformer": stats}, tmp_path / "values.png")
+    lambda_panel = figures[-1].axes[5]
+    if variant == "learnable":  # the λ panel draws the learned λ per layer
+        lines = {line.get_label(): (line.get_xdata().tolist(), line.get_ydata().tolist())
+                 for line in lambda_panel.get_lines()}
+        assert lines["resformer: lambda_first"] == ([1, 2], [1.0, 1.0])
+        assert lines["resformer: lambda_own"] == ([1, 2], [0.0, 0.0])
+    else:
+        assert lambda_panel.texts[0].get_text().startswith("no value-residual λ")
 
 
 def test_cli_analyze_with_a_task_and_tokenizer(tmp_path, capsys):

@@ -143,7 +143,7 @@ def test_verify_after_growing_writes_the_figure_into_the_card(tmp_path, capsys):
     out = grow_checkpoint(src, [{"mlp_width": 96}, {"num_layers": {"to": 5}}], tmp_path / "out", verify=True)
     assert "verify: max |Δlogits|" in capsys.readouterr().out
     card = (out / "README.md").read_text()
-    assert "Verified with `hf-growth verify`: max |Δlogits| against the source: **" in card
+    assert "Measured: max |Δlogits| against the source: **" in card
     assert "greedy text **matches**" in card
     assert "| 2 | `num_layers` |" in card and "K (" in card.split("| 2 | `num_layers` |")[1].split("\n")[0]
 

@@ -1,7 +1,8 @@
 """``hf-growth analyze entropy|values|heads MODEL ... --task TASK --out DIR``: the papers' measurements on a model.
 
-MODEL is a local causal-LM directory (``save_pretrained`` output) or the word ``smollm2`` for the embedded
-SmolLM2-135M. Prints a table, writes a PNG and the raw numbers (JSON + CSV) into DIR.
+MODEL is anything the other commands take: a checkpoint directory (``save_pretrained`` output), a ``.gguf`` file,
+``smollm2`` for the embedded SmolLM2-135M, or a Hub repository id (from the local cache when HF_HUB_OFFLINE=1).
+Prints a table (``--json``: the numbers as JSON instead), writes a PNG and the raw numbers (JSON + CSV) into DIR.
 """
 
 from __future__ import annotations
@@ -45,8 +46,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     parser.add_argument("kind", choices=("entropy", "values", "heads"), help="which measurement")
     parser.add_argument("models", nargs="+", metavar="MODEL",
-                        help="local causal-LM directory or 'smollm2' (entropy/values: several are compared; heads: "
-                             "a directory with checkpoint-N sub-directories is read as a training run)")
+                        help="checkpoint directory, .gguf file, 'smollm2' or Hub id (entropy/values: several are "
+                             "compared; heads: a directory with checkpoint-N sub-directories is read as a training run)")
     parser.add_argument("--task", default="text", help=TASKS_HELP + " (default: text)")
     parser.add_argument("--out", required=True, help="output directory for the PNG, JSON and CSV")
     parser.add_argument("--num-examples", type=int, default=16, help="sequences to analyse (default 16)")
@@ -71,6 +72,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--heads", help="heads: comma-separated heads whose maps are drawn (default all)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", action="store_true",
+                        help="print the numbers as one JSON document instead of the table (they are always written "
+                             "to DIR/KIND.json too)")
     return parser
 
 
@@ -116,13 +120,81 @@ def run(args: argparse.Namespace) -> int:
                 columns[f"{name} {key}" if len(results) > 1 else key] = stats[key]
         image = plots.plot_value_statistics(results, out / "values.png",
                                             title=f"Value residual statistics per layer (task: {args.task})")
-        for name, stats in results.items():
-            if stats["lambdas"]:
-                print(f"{name}: learned value-residual λ: " + json.dumps(stats["lambdas"]))
     (out / f"{args.kind}.json").write_text(json.dumps(data, indent=1))
-    _write_table(columns, out / f"{args.kind}.csv")
+    _write_table(columns, out / f"{args.kind}.csv", show=not args.json and args.kind == "entropy")
+    if args.json:
+        print(json.dumps(data))
+        return 0
+    if args.kind == "values":
+        print(values_report(results))
     print(f"wrote {image}, {out / f'{args.kind}.json'}, {out / f'{args.kind}.csv'}")
     return 0
+
+
+#: (statistic, column header) of the values table; the full names are the CSV's and JSON's
+VALUE_COLUMNS = (
+    ("value_cos_to_first", "cos V0"),
+    ("attention_entropy", "attn H"),
+    ("first_token_attention", "sink attn"),
+    ("first_token_value_norm", "|v| first"),
+    ("value_norm_rest", "|v| rest"),
+    ("first_token_hidden_norm", "|h| first"),
+    ("hidden_norm_rest", "|h| rest"),
+)
+
+
+def values_report(results: dict) -> str:
+    """``analyze values``' printed report: per model a table of the statistics by layer (short headers, a
+    legend), then its learned value-residual λ by layer when it has any. Lines stay under 90 characters.
+
+    >>> stats = {"layers": [0, 1], "value_cos_to_first": [1.0, 0.5], "attention_entropy": [1.2, 0.9],
+    ...          "first_token_attention": [0.1, 0.8], "first_token_value_norm": [3.0, 2.0],
+    ...          "value_norm_rest": [1.0, 1.0], "first_token_hidden_norm": [50.0, 900.0],
+    ...          "hidden_norm_rest": [5.0, 6.0], "num_sequences": 4,
+    ...          "lambdas": {"model.layers.1.self_attn.lambda_first": [0.25], "model.layers.1.self_attn.lambda_own": [1.0]}}
+    >>> print(values_report({"tiny": stats}))  # doctest: +NORMALIZE_WHITESPACE
+    tiny (4 sequences)
+    layer     cos V0     attn H  sink attn  |v| first   |v| rest  |h| first   |h| rest
+        0          1        1.2        0.1          3          1         50          5
+        1        0.5        0.9        0.8          2          1        900          6
+    tiny: learned value-residual λ
+    layer  lambda_first  lambda_own
+        1          0.25           1
+    columns: cos V0 = value_cos_to_first, attn H = attention_entropy, sink attn = first_token_attention,
+      |v| first = first_token_value_norm, |v| rest = value_norm_rest, |h| first = first_token_hidden_norm,
+      |h| rest = hidden_norm_rest (full names in values.csv and values.json)
+    """
+    import re
+
+    lines = []
+    for name, stats in results.items():
+        lines.append(f"{name} ({stats.get('num_sequences', '?')} sequences)")
+        lines.append("layer  " + " ".join(f"{header:>10}" for _, header in VALUE_COLUMNS))
+        for row, layer in enumerate(stats["layers"]):
+            lines.append(f"{layer:>5}  " + " ".join(f"{stats[key][row]:>10.4g}" for key, _ in VALUE_COLUMNS))
+        by_layer: dict[str, dict[str, str]] = {}
+        for param, values in (stats.get("lambdas") or {}).items():
+            match = re.search(r"(?:layers|h)\.(\d+)\.", param)
+            values = list(values)
+            text = f"{values[0]:.4g}" if len(values) == 1 else f"{sum(values) / len(values):.4g} (mean of {len(values)})"
+            by_layer.setdefault(match.group(1) if match else "-", {})[param.rsplit(".", 1)[-1]] = text
+        if by_layer:
+            kinds = list(dict.fromkeys(kind for row in by_layer.values() for kind in row))
+            widths = [max(12, len(kind), *(len(row.get(kind, "")) for row in by_layer.values())) for kind in kinds]
+            lines.append(f"{name}: learned value-residual λ")
+            lines.append("layer  " + "  ".join(f"{kind:>{w}}" for kind, w in zip(kinds, widths)))
+            for layer, row in by_layer.items():
+                lines.append(f"{layer:>5}  " + "  ".join(f"{row.get(kind, ''):>{w}}" for kind, w in zip(kinds, widths)))
+    legend = [f"{header} = {key}" for key, header in VALUE_COLUMNS]
+    text, line = [], "columns:"
+    for i, item in enumerate(legend):
+        piece = item + ("," if i < len(legend) - 1 else " (full names in values.csv and values.json)")
+        if len(line) + 1 + len(piece) > 100:
+            text.append(line)
+            line = " "
+        line += " " + piece
+    text.append(line)
+    return "\n".join(lines + text)
 
 
 # --- heads -----------------------------------------------------------------------------------------
@@ -314,30 +386,10 @@ def _split(inputs, batch_size):
 
 
 def _load(spec, device):
-    from pathlib import Path
+    """Any model source (:func:`hf_growth.load_model`), in float32 on ``device``."""
+    from hf_growth.growth.sources import load_model
 
-    import hf_growth  # noqa: F401  (registers the ResFormer Auto classes)
-
-    if spec == "smollm2":
-        from hf_growth._embedded import load_smollm2
-
-        model, tokenizer = load_smollm2()
-        return model.to(device), tokenizer
-    if not Path(spec).is_dir():
-        raise FileNotFoundError(f"{spec} is not a model directory (or the word 'smollm2')")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(spec, dtype="float32").to(device).eval()
-    tokenizer = None
-    files = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
-    if any((Path(spec) / name).is_file() for name in files):  # transformers 5 builds empty ones otherwise
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(spec)
-        except (OSError, ValueError, TypeError):
-            tokenizer = None
-        if tokenizer is not None and len(tokenizer) < 2:
-            tokenizer = None
-    return model, tokenizer
+    return load_model(spec, dtype="float32", device=device)
 
 
 def _labels(specs, given=None):
@@ -366,7 +418,7 @@ def _ints(text):
     return None if not text else [int(x) for x in text.split(",") if x.strip()]
 
 
-def _write_table(columns, path) -> None:
+def _write_table(columns, path, show: bool = True) -> None:
     import csv
 
     names = list(columns)
@@ -376,6 +428,8 @@ def _write_table(columns, path) -> None:
         writer.writerow(["layer", *names])
         for layer in range(rows):
             writer.writerow([layer, *(f"{columns[n][layer]:.6g}" if layer < len(columns[n]) else "" for n in names)])
+    if not show:
+        return
     widths = [max(12, len(n)) for n in names]
     print("layer  " + "  ".join(n.rjust(w) for n, w in zip(names, widths)))
     for layer in range(rows):

@@ -37,30 +37,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def load_source(src: str, dtype: str | None):
-    """Load a model directory or a GGUF file as a causal LM (GGUF: de-quantised, no quantization_config)."""
-    import os
-    from pathlib import Path
+    """Load any model source (directory, ``.gguf`` file, ``smollm2``, Hub id: :func:`hf_growth.load_model`) as a
+    causal LM; a GGUF file is de-quantised (float32 unless ``dtype``), without a quantization_config."""
+    from hf_growth.growth.sources import load_model
 
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    import hf_growth  # noqa: F401  (registers ResFormer)
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    path = Path(src)
-    torch_dtype = getattr(torch, dtype) if dtype else None
-    if path.suffix == ".gguf":
-        if not path.is_file():
-            raise FileNotFoundError(f"GGUF file {path} does not exist")
-        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
-                                                     dtype=torch_dtype or torch.float32)
-        if getattr(model.config, "quantization_config", None) is not None:
-            del model.config.quantization_config
-    else:
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"{path} is not a model directory (no config.json)")
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype or "auto")
-    return model.eval()
+    return load_model(src, dtype=dtype)[0]
 
 
 def shape_table(before: dict[str, tuple[int, ...]], after: dict[str, tuple[int, ...]],

@@ -13,6 +13,13 @@ training (the gradient of ``lambda_first`` is ``<dL/dV', V_0>``, not zero).
 >>> ids = torch.tensor([[1, 2, 3]])
 >>> float((resformer(ids).logits - llama(ids).logits).abs().max())
 0.0
+
+The conversion is a step of the model's lineage: ``config.growth_history`` keeps the Llama's records (a grown
+Llama stays grown) and gains a ``convert_to_resformer`` record whose ``new_slices`` are the value-residual
+lambdas, so the model card shows it and ``freeze_original`` trains only the lambdas.
+
+>>> resformer.config.growth_history[-1]["step"]
+{'convert_to_resformer': {'value_residual': 'learnable'}}
 """
 
 from __future__ import annotations
@@ -124,5 +131,28 @@ def convert_llama_to_resformer(
     if config.tie_word_embeddings:
         resformer.tie_weights()
     resformer.generation_config = model.generation_config.__class__.from_dict(model.generation_config.to_dict())
+    resformer.config.growth_history = conversion_history(model, resformer, value_residual)
     resformer.train(model.training)
     return resformer
+
+
+def conversion_history(llama: torch.nn.Module, resformer: torch.nn.Module, value_residual: str) -> list[dict[str, Any]]:
+    """``llama``'s ``growth_history`` (copied) followed by the conversion's record: a run of its own, sizes
+    before/after, parameter counts, and the new parameters (the lambdas) as ``new_slices``."""
+    import copy
+
+    history = copy.deepcopy(list(getattr(llama.config, "growth_history", None) or []))
+    run = 1 + max((r.get("run", -1) for r in history if isinstance(r, dict)), default=-1)
+    old = {name for name, _ in llama.named_parameters()}
+    new = [name for name, _ in resformer.named_parameters() if name not in old]
+    history.append({
+        "step": {"convert_to_resformer": {"value_residual": value_residual}},
+        "run": run,
+        "before": {"model_type": getattr(llama.config, "model_type", "llama"), "value_residual": "none"},
+        "after": {"model_type": "resformer", "value_residual": value_residual},
+        "exact": True,
+        "num_params_before": llama.num_parameters(),
+        "num_params_after": resformer.num_parameters(),
+        "new_slices": {name: "all" for name in new},
+    })
+    return history
