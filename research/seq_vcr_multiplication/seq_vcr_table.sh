@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
-# Issue 11: rows of the Seq-VCR multiplication table, run side by side on one GPU with the same wall-clock budget
-# each (scripts/train_reasoning.py --time-budget: the cosine schedule ends where the budget does).
+# Rows of the Seq-VCR multiplication table, run side by side on one GPU with the same wall-clock budget each
+# (scripts/train_reasoning.py --time-budget: the cosine schedule ends where the budget does). Run from the
+# repository root:
 #
-#   benchmarks/seq_vcr_table.sh MODEL DIGITS BUDGET_S ROW...
+#   research/seq_vcr_multiplication/seq_vcr_table.sh MODEL DIGITS BUDGET_S ROW...
 #   rows: plain pause seqvcr seqvcr_pause seqvcr_pause_emb seqvcr_pause_bl
-#   env: OUT (default benchmarks/results), BATCH (256 for smollm2, else 1024), LR (5e-4), EXTRA (more flags)
+#   env: RESULTS_DIR (default research/seq_vcr_multiplication/results), BATCH (256 for smollm2, else 1024),
+#        LR (5e-4), EXTRA (more flags, e.g. --save-final)
 #
-# Writes OUT/train_reasoning_multD_MODEL_ROW.json (the run's results.json: exact match on the 1000 test questions,
-# epochs, tokens seen, tokens/s, seed, versions, the command) and OUT/multD_MODEL_ROW.log.
+# Writes RESULTS_DIR/train_reasoning_multD_MODEL_ROW.json (the run's results.json: exact match on the 1000 test questions,
+# epochs, tokens seen, tokens/s, seed, versions, the command) and RESULTS_DIR/multD_MODEL_ROW.log.
 set -u
 model=$1 digits=$2 budget=$3
 shift 3
-out=${OUT:-benchmarks/results}
+out=${RESULTS_DIR:-research/seq_vcr_multiplication/results}
 mkdir -p "$out"
 case $model in smollm2) batch=${BATCH:-256} ;; *) batch=${BATCH:-1024} ;; esac
 common="--task multiplication --digits $digits --model $model --data-on-device --torch-compile --bf16

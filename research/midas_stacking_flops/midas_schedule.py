@@ -10,8 +10,8 @@ split with ``tokenizers`` (the JSON says which). MIDAS grows with exactly the ca
 Training FLOPs per token: ``6 * (non-embedding matmul params + lm_head) + 12 * layers * seq_len * hidden``
 (Kaplan et al.; the embedding lookup is free). Written: ``<out>/midas_schedule_<device>.json`` and ``.png``.
 
-    PYTHONPATH=. python benchmarks/midas_schedule.py --out-dir $OUT  # one GPU, ~20 min with data preparation
-    PYTHONPATH=. python benchmarks/midas_schedule.py --cpu-smoke    # < 60 s on CPU, tiny shapes
+    PYTHONPATH=. python research/midas_stacking_flops/midas_schedule.py              # one GPU, ~20 min with data preparation
+    PYTHONPATH=. python research/midas_stacking_flops/midas_schedule.py --cpu-smoke  # < 60 s on CPU, tiny shapes
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 from _common import command_line, device_label, device_slug, versions, write_json  # noqa: E402
 
@@ -371,7 +371,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     name = "cpu_smoke" if args.cpu_smoke else device_slug(label) if device.type == "cuda" else "cpu"
     result = {
         "benchmark": "midas_schedule",
-        "command": command_line("midas_schedule.py", argv),
+        "command": command_line("research/midas_stacking_flops/midas_schedule.py", argv),
         "device": label,
         "versions": versions(),
         "tokenizer": tok_desc,
