@@ -1,6 +1,6 @@
 """Train many small Llama models of one shape at once: one module whose weights carry a leading *member* axis.
 
-Sweeps of tiny models (issue 12: depth x hop count x curriculum x seed) are bound by kernel launches and the
+Sweeps of tiny models (the retrieval sweep: depth x hop count x curriculum x seed) are bound by kernel launches and the
 Trainer's per-step host work, not by arithmetic: a width-128 Llama step is a few milliseconds of GPU work and
 ~30 ms of everything else. :class:`LlamaEnsemble` stacks ``M`` models into batched matrix products, so one step
 trains all of them for the launch cost of one. Members may have different depths (``depths``): a member of depth

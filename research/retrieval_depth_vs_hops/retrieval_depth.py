@@ -1,5 +1,5 @@
-"""Issue 12: the smallest depth that solves the retrieval problem, vs the hop count D, with and without the
-implicit curriculum (papers.md §3: the paper states depth >= log3(2D)), and the order in which heads emerge.
+"""The smallest depth that solves the retrieval problem, vs the hop count D, with and without the implicit
+curriculum (Mușat, arXiv 2411.12118, states depth >= log3(2D)), and the order in which heads emerge.
 
 Every run is one ``scripts/train_reasoning.py --task retrieval`` subprocess (a Llama of ``--width``/``--heads``
 and L layers from scratch, no pauses, no Seq-VCR) with the ``retrieval_probe:AccuracyMonitor`` callback, which

@@ -1,4 +1,4 @@
-"""Issue 12 in one GPU window: the retrieval depth sweep with every run of a hop count trained at once.
+"""The retrieval depth sweep with every run of a hop count trained at once, as one ensemble.
 
 ``retrieval_depth.py`` runs one ``train_reasoning.py`` process per (D, depth, curriculum, seed); on the GPU those
 steps cost ~30 ms each whatever the model (launch- and host-bound), so the sweep did not fit. Here all runs of
