@@ -11,13 +11,13 @@ past ``x_D``, so the model must count hops, and the other chains are distractors
 
 The query node comes last, right where the answer is predicted: with ``| x0 D`` (this module's format until
 2026-11) a 2-layer model stayed on the 1/num_pairs plateau for 6000 steps at D = 1 in all seeds tried, and
-escaped it within 1400-4000 steps in 3 of 4 seeds with ``| D x0`` (CPU calibration, ``research/retrieval_depth_vs_hops``).
+escaped it within 1400-4000 steps in 3 of 4 seeds with ``| D x0`` (a CPU calibration).
 
 ``pair_separator=True`` writes ``<sep>`` after every pair (``"4 9 <sep> 7 1 <sep> ... | 2 4"``). Without it a
 chain's middle nodes appear twice in a row of tokens (as one link's target and the next link's source), so "the
 token after x" is ambiguous unless the model knows each position's parity; with one-link chains (D = 1) no node
 repeats. In a CPU probe (D = 2, 4 pairs, 3 layers, one seed) the training loss fell to 0.33 with the separator
-against 0.88 without (``research/retrieval_depth_vs_hops``).
+against 0.88 without.
 
 ``curriculum=True`` (the implicit curriculum) draws D uniformly from ``1..hops`` for every training example;
 validation and test always use ``D = hops`` (the difficulty being measured). ``curriculum=False`` trains at
