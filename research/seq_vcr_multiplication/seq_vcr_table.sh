@@ -13,8 +13,8 @@
 set -u
 model=$1 digits=$2 budget=$3
 shift 3
-out=${RESULTS_DIR:-research/seq_vcr_multiplication/results}
-mkdir -p "$out"
+dest=${RESULTS_DIR:-research/seq_vcr_multiplication/results}
+mkdir -p "$dest"
 case $model in smollm2) batch=${BATCH:-256} ;; *) batch=${BATCH:-1024} ;; esac
 common="--task multiplication --digits $digits --model $model --data-on-device --torch-compile --bf16
  --batch-size $batch --lr ${LR:-5e-4} --warmup-steps 300 --scheduler cosine --epochs 40 --time-budget $budget
@@ -34,16 +34,16 @@ for row in "$@"; do
   names+=("$name")
   # each row copies its results as soon as it ends: a row that overruns the command loses only itself
   # shellcheck disable=SC2086
-  (python3 scripts/train_reasoning.py $common $flags --output-dir "/tmp/$name" >"$out/$name.log" 2>&1 &&
-    cp "/tmp/$name/results.json" "$out/train_reasoning_${name}.json") &
+  (python3 scripts/train_reasoning.py $common $flags --output-dir "/tmp/$name" >"$dest/$name.log" 2>&1 &&
+    cp "/tmp/$name/results.json" "$dest/train_reasoning_${name}.json") &
 done
 wait
 status=0
 for name in "${names[@]}"; do
-  if [ -f "$out/train_reasoning_${name}.json" ]; then
-    python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(sys.argv[2], 'EM', r['exact_match'], 'epochs', round(r['epochs'],2), 'tok/s', round(r['train_tokens_per_s']), r['seconds'], r['last_log'])" "$out/train_reasoning_${name}.json" "$name"
+  if [ -f "$dest/train_reasoning_${name}.json" ]; then
+    python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(sys.argv[2], 'EM', r['exact_match'], 'epochs', round(r['epochs'],2), 'tok/s', round(r['train_tokens_per_s']), r['seconds'], r['last_log'])" "$dest/train_reasoning_${name}.json" "$name"
   else
-    echo "$name FAILED"; tail -15 "$out/$name.log"; status=1
+    echo "$name FAILED"; tail -15 "$dest/$name.log"; status=1
   fi
 done
 exit $status
