@@ -1,10 +1,12 @@
-"""What every benchmark records and how it writes it: the device, the versions, the exact command, and the JSON
-written atomically (a temporary file in the same folder, then a rename), so a run cut short never leaves half a
-result under ``benchmarks/results``.
+"""What every benchmark (and every script under ``research/``) records and how it writes it: the device, the
+versions, the exact command, and the JSON written atomically (a temporary file in the same folder, then a rename),
+so a run cut short never leaves half a result behind.
 
     >>> from _common import command_line
     >>> command_line("grow_memory.py", ["--device", "cpu"])
     'PYTHONPATH=. python benchmarks/grow_memory.py --device cpu'
+    >>> command_line("research/midas_stacking_flops/midas_schedule.py", ["--cpu-smoke"])
+    'PYTHONPATH=. python research/midas_stacking_flops/midas_schedule.py --cpu-smoke'
 """
 
 from __future__ import annotations
@@ -44,10 +46,12 @@ def versions(*extra: str) -> dict[str, str]:
 
 
 def command_line(script: str, argv: Iterable[str] | None = None, pythonpath: str = ".") -> str:
-    """The command that reruns ``benchmarks/<script>`` with ``argv`` (default: this process's arguments)."""
+    """The command that reruns ``script`` with ``argv`` (default: this process's arguments): a bare file name is
+    under ``benchmarks/``; a path (``research/<question>/<script>``) is taken from the repository root as given."""
     args = list(sys.argv[1:] if argv is None else argv)
-    return f"PYTHONPATH={pythonpath} python benchmarks/{script} " + shlex.join(args) if args else \
-        f"PYTHONPATH={pythonpath} python benchmarks/{script}"
+    path = script if "/" in script else f"benchmarks/{script}"
+    return f"PYTHONPATH={pythonpath} python {path} " + shlex.join(args) if args else \
+        f"PYTHONPATH={pythonpath} python {path}"
 
 
 def write_json(path: str | os.PathLike, data: Any, *, indent: int | None = 1, default: Any = None,

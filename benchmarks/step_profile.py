@@ -8,8 +8,8 @@ per step (``.item()``-style reads and explicit synchronises), and the operators 
 device time. A step whose device time is far below its wall time is bound by the host (Python, kernel launches,
 synchronisations), not by the GPU.
 
-Written for issue 12: a retrieval run of a tiny model made 23-37 steps/s on an H100 whether eager, compiled or
-with CUDA graphs, so the time goes somewhere other than the model's kernels::
+For example, a run of a tiny model whose steps/s do not change between eager, compiled and CUDA graphs spends its
+time somewhere other than the model's kernels::
 
     STEP_PROFILE='{"start": 200, "steps": 20}' PYTHONPATH=benchmarks:. python scripts/train_reasoning.py \\
         --task retrieval ... --callback step_profile:StepProfiler --output-dir /tmp/prof

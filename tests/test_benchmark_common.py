@@ -1,4 +1,4 @@
-"""benchmarks/_common.py: what every benchmark records (device, versions, command) and the atomic JSON write."""
+"""benchmarks/_common.py: what every benchmark and research script records (device, versions, command) and the atomic JSON write."""
 
 from __future__ import annotations
 
@@ -34,6 +34,8 @@ def test_command_line_quotes_arguments():
     assert common.command_line("x.py", ["--label", "H200, <sep>", "--n", "3"]) == \
         "PYTHONPATH=. python benchmarks/x.py --label 'H200, <sep>' --n 3"
     assert common.command_line("x.py", [], pythonpath=".:benchmarks") == "PYTHONPATH=.:benchmarks python benchmarks/x.py"
+    # a script outside benchmarks/ is named by its path from the repository root
+    assert common.command_line("research/q/x.py", ["--n", "3"]) == "PYTHONPATH=. python research/q/x.py --n 3"
 
 
 def test_device_label_versions_and_slug():

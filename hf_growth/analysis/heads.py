@@ -189,43 +189,6 @@ def first_reach(scores: np.ndarray, steps: list[int], threshold: float | None) -
     return out
 
 
-def settle_steps(scores: np.ndarray, steps: list[int], window: int = 5,
-                 min_change: float = 0.1) -> list[list[int | None]]:
-    """For ``scores`` ``(S, L, H)`` recorded at ``steps``: per layer and head, the first step from which the
-    head's moving average (``window`` records, edges repeated) stays past the midpoint between its first score and
-    its final one (the mean of the last ``window``), rising or falling; ``None`` for heads whose final score moved
-    less than ``min_change`` from the first.
-
-    Unlike :func:`first_reach`'s half-rise, an early spike or a head that rises and falls back does not count: the
-    step is where the head settled into its trained role (a fall counts too: a head leaving the positions).
-
-    >>> import numpy as np
-    >>> curve = np.array([0.4, 0.9, 0.4, 0.4, 0.4, 0.8, 0.8, 0.8, 0.8, 0.8, 0.8, 0.8])  # a spike, then a rise
-    >>> settle_steps(curve[:, None, None], list(range(0, 120, 10)), window=1)
-    [[50]]
-    """
-    scores = np.asarray(scores, dtype=np.float64)
-    window = max(1, min(int(window), scores.shape[0]))
-    padded = np.pad(scores, ((window // 2, window - 1 - window // 2), (0, 0), (0, 0)), mode="edge")
-    smooth = np.stack([padded[i:i + scores.shape[0]] for i in range(window)]).mean(0)
-    first, final = scores[0], scores[-window:].mean(0)
-    out: list[list[int | None]] = []
-    for layer in range(scores.shape[1]):
-        row: list[int | None] = []
-        for head in range(scores.shape[2]):
-            change = final[layer, head] - first[layer, head]
-            if abs(change) < min_change:
-                row.append(None)
-                continue
-            past = np.sign(change) * (smooth[:, layer, head] - (first[layer, head] + change / 2)) >= 0
-            # the first record after which every record is past the midpoint (the last one always is)
-            before = np.nonzero(~past)[0]
-            index = int(before[-1]) + 1 if before.size else 0
-            row.append(int(steps[index]) if index < len(steps) else None)
-        out.append(row)
-    return out
-
-
 def as_record(source: HeadEmergenceCallback | Mapping[str, Any]) -> dict[str, Any]:
     """A callback or its ``to_dict()`` (e.g. loaded from JSON) as a dict with numpy arrays."""
     if isinstance(source, HeadEmergenceCallback):

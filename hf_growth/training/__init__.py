@@ -1,5 +1,4 @@
-"""Reasoning training: the Seq-VCR regulariser, pause tokens, ``SeqVCRTrainer``, tensor datasets, and
-``LlamaEnsemble`` (many small Llama models of one shape trained as one batched module, for sweeps).
+"""Reasoning training: the Seq-VCR regulariser, pause tokens, ``SeqVCRTrainer`` and tensor datasets.
 
 Importing this package needs only torch (the trainer and pause helpers import transformers when used),
 and never ``datasets``.
@@ -29,8 +28,6 @@ __all__ = [
     "pause_tokens_of",
     "TensorDataset",
     "collate_tensors",
-    "LlamaEnsemble",
-    "MemberAdamW",
 ]
 
 _LAZY = {
@@ -44,8 +41,6 @@ _LAZY = {
     "pause_tokens_of": ".pause",
     "TensorDataset": ".data",
     "collate_tensors": ".data",
-    "LlamaEnsemble": ".ensemble",
-    "MemberAdamW": ".ensemble",
 }
 
 
