@@ -2,7 +2,7 @@
 
 Every variant is a :class:`hf_growth.ResFormerForCausalLM`; ``value_residual="none"`` is a plain Llama (the same
 code path with the value residual off), so the only difference between the runs is the value residual. The
-corpus is the one of ``research/midas_stacking``: the Python sources of the installed packages, split by package,
+corpus is the one of ``research/midas_stacking_flops``: the Python sources of the installed packages, split by package,
 tokenized with a byte-level BPE trained on the training split. Each run sees the same sequences in the same order.
 
     # one GPU: the paper's 82M shape (8 layers, hidden 512, MLP 1792, 8 heads), 4 variants, seed 0
@@ -41,7 +41,7 @@ SHAPE_82M = dict(num_hidden_layers=8, hidden_size=512, intermediate_size=1792, n
 
 def _corpus_module() -> Any:
     """The MIDAS experiment's corpus helpers (read_corpus, load_tokenizer, to_sequences)."""
-    path = ROOT / "research" / "midas_stacking" / "midas_schedule.py"
+    path = ROOT / "research" / "midas_stacking_flops" / "midas_schedule.py"
     if not path.is_file():
         path = ROOT / "benchmarks" / "midas_schedule.py"
     spec = importlib.util.spec_from_file_location("midas_schedule", path)
