@@ -422,19 +422,3 @@ def test_cli_analyze_labels_and_skip_tokens(tmp_path):
     expected = layer_entropy(model, _split(_inputs(args, model, tokenizer), args.batch_size), skip_tokens=1)
     assert skipped["raw"] == pytest.approx(expected.raw, rel=1e-6)
 
-
-def test_settle_steps_ignores_spikes_and_counts_falls():
-    from hf_growth.analysis.heads import first_reach, settle_steps
-
-    steps = list(range(0, 120, 10))
-    curves = np.full((12, 1, 4), 0.4)
-    curves[1, 0, 0] = 0.9             # head 0: an early spike, then a real rise at step 50
-    curves[5:, 0, 0] = 0.8
-    curves[3:, 0, 1] = 0.0            # head 1: falls at step 30 (leaves the positions)
-    curves[6:, 0, 2] = 0.45           # head 2: moves by 0.05 < min_change
-    curves[2:7, 0, 3] = 0.9           # head 3: rises and falls back
-    assert settle_steps(curves, steps, window=1) == [[50, 30, None, None]]
-    assert first_reach(curves, steps, None)[0][0] == 10  # the half-rise rule takes the spike
-    # smoothing moves the step by less than the window, and the edges do not invent a change
-    smooth = settle_steps(curves, steps, window=3)
-    assert abs(smooth[0][0] - 50) <= 10 and abs(smooth[0][1] - 30) <= 10 and smooth[0][2:] == [None, None]
