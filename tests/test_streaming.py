@@ -11,9 +11,9 @@ import json
 import pytest
 import torch
 
-from hf_growth.growth import checkpoint_io as cio
-from hf_growth.growth.checkpoint_io import CheckpointError, DiskFullError, SafetensorsSource
-
+from hf_growth.growth.io import CheckpointError, DiskFullError, SafetensorsSource
+from hf_growth.growth.io import output_dir as output_dir_module
+from hf_growth.growth.io import writer as cio
 
 
 def _adapter_available(model_type: str) -> bool:
@@ -295,7 +295,7 @@ def test_not_enough_disk_refused_before_writing(tmp_path, monkeypatch):
     from hf_growth.growth.streaming import grow_checkpoint
 
     src = save(make_model("llama"), tmp_path / "src")
-    monkeypatch.setattr(cio.shutil, "disk_usage", lambda p: type("U", (), {"free": 1000})())
+    monkeypatch.setattr(output_dir_module.shutil, "disk_usage", lambda p: type("U", (), {"free": 1000})())
     with pytest.raises(DiskFullError, match="not enough free disk for the output.*nothing was written"):
         grow_checkpoint(src, [{"mlp_width": 96}], tmp_path / "out", quiet=True)
     assert _only(tmp_path, "src")

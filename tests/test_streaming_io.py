@@ -12,8 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from hf_growth.growth import checkpoint_io as cio
-from hf_growth.growth.checkpoint_io import (
+from hf_growth.growth.io import (
     CheckpointError,
     DiskFullError,
     SafetensorsSource,
@@ -24,6 +23,8 @@ from hf_growth.growth.checkpoint_io import (
     copy_side_files,
     parse_size,
 )
+from hf_growth.growth.io import output_dir as output_dir_module
+from hf_growth.growth.io import writer as cio
 
 
 def tiny_llama(tmp_path, *, max_shard_size="20KB", dtype=torch.float32, name="src"):
@@ -190,7 +191,7 @@ def test_check_output_dir(tmp_path):
 
 def test_check_free_space(tmp_path, monkeypatch):
     check_free_space(tmp_path / "a" / "b", 1000)
-    monkeypatch.setattr(cio.shutil, "disk_usage", lambda p: type("U", (), {"free": 10**6})())
+    monkeypatch.setattr(output_dir_module.shutil, "disk_usage", lambda p: type("U", (), {"free": 10**6})())
     with pytest.raises(DiskFullError, match=r"not enough free disk for the output: .* GB needed"):
         check_free_space(tmp_path, 10**9)
 
@@ -373,7 +374,7 @@ def test_checkpoint_io_imports_no_torch_until_a_tensor_is_decoded(tmp_path):
     from safetensors.torch import save_file
 
     save_file({"w": torch.eye(3)}, tmp_path / "model.safetensors")
-    code = ("import sys; from hf_growth.growth.checkpoint_io import SafetensorsSource, ShardWriter\n"
+    code = ("import sys; from hf_growth.growth.io import SafetensorsSource, ShardWriter\n"
             "s = SafetensorsSource(sys.argv[1]); assert s.shape('w') == (3, 3) and s.info('w').dtype == 'F32'\n"
             "w = ShardWriter(sys.argv[2], quiet=True, planned=[('w', 'F32', (3, 3))]); w.add_raw('w', s.info('w'))\n"
             "w.close(); print('torch' in sys.modules)\n"

@@ -111,7 +111,7 @@ def shape_table(before: dict[str, tuple[int, ...]], after: dict[str, tuple[int, 
 def _streaming(args: argparse.Namespace, plan) -> int:
     from pathlib import Path
 
-    from hf_growth.growth.checkpoint_io import SafetensorsSource
+    from hf_growth.growth.io import SafetensorsSource
     from hf_growth.growth.streaming import grow_checkpoint, verify_and_update_card
 
     if args.dtype:
@@ -134,7 +134,7 @@ def _in_memory(args: argparse.Namespace, plan) -> int:
     from pathlib import Path
 
     from hf_growth.growth import grow_model
-    from hf_growth.growth.checkpoint_io import check_output_dir
+    from hf_growth.growth.io import check_output_dir
     from hf_growth.growth.memory import save_grown
     from hf_growth.growth.verify import max_logit_diff
 

@@ -81,7 +81,7 @@ def save_grown(grown: torch.nn.Module, output_dir: Any, *, source: torch.nn.Modu
     """
     from hf_growth.hub import guess_base_model, write_model_card
 
-    from .checkpoint_io import atomic_output_dir
+    from .io import atomic_output_dir
 
     if base_model is None:
         src_config = getattr(source, "config", None)

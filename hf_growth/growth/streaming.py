@@ -28,7 +28,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
-from .checkpoint_io import (
+from .io import (
     DTYPE_INFO,
     FLOAT_DTYPES,
     ITEMSIZES,
