@@ -313,9 +313,15 @@ def test_output_exists_inside_source_and_overwrite(tmp_path):
     with pytest.raises(ValueError, match="is inside the source checkpoint"):
         grow_checkpoint(src, [{"mlp_width": 96}], src / "grown", quiet=True)
     assert not (src / "grown").exists()
-    grow_checkpoint(src, [{"mlp_width": 96}], tmp_path / "out", quiet=True, overwrite=True)
-    assert not (tmp_path / "out" / "keep.txt").exists() and (tmp_path / "out" / "config.json").exists()
-    assert _only(tmp_path, "src", "out")
+    # overwrite replaces only a model checkpoint: a directory of notes is refused, saying why, and kept
+    with pytest.raises(FileExistsError, match=r"exists and is not a model checkpoint \(it holds keep.txt and no "
+                                              r"config.json\); overwrite replaces only a model checkpoint"):
+        grow_checkpoint(src, [{"mlp_width": 96}], tmp_path / "out", quiet=True, overwrite=True)
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["keep.txt"]
+    grow_checkpoint(src, [{"mlp_width": 96}], tmp_path / "grown", quiet=True)
+    grow_checkpoint(src, [{"mlp_width": 128}], tmp_path / "grown", quiet=True, overwrite=True)  # an earlier output
+    assert json.loads((tmp_path / "grown" / "config.json").read_text())["intermediate_size"] == 128
+    assert _only(tmp_path, "src", "out", "grown")
 
 
 def test_bad_inputs_name_the_file(tmp_path):

@@ -186,7 +186,10 @@ def test_check_output_dir(tmp_path):
     (tmp_path / "exists").mkdir()
     with pytest.raises(FileExistsError, match="exists; pass overwrite=True"):
         check_output_dir(tmp_path / "exists", src)
-    assert check_output_dir(tmp_path / "exists", src, overwrite=True) == (tmp_path / "exists").resolve()
+    assert check_output_dir(tmp_path / "exists", src, overwrite=True) == (tmp_path / "exists").resolve()  # empty
+    (tmp_path / "exists" / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match=r"is not a model checkpoint \(it holds notes.txt and no config.json\)"):
+        check_output_dir(tmp_path / "exists", src, overwrite=True)
 
 
 def test_check_free_space(tmp_path, monkeypatch):
@@ -230,10 +233,15 @@ def test_atomic_dir_cleans_up_mid_shard(tmp_path, monkeypatch, failure):
     assert _leftovers(tmp_path) == []
 
 
+def _fake_checkpoint(directory):
+    directory.mkdir()
+    (directory / "config.json").write_text('{"model_type": "llama"}')
+    save_file({"w": torch.ones(2)}, directory / "model.safetensors")
+
+
 def test_atomic_overwrite_replaces_only_at_the_end(tmp_path):
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "old.txt").write_text("old")
+    _fake_checkpoint(out)
     with pytest.raises(FileExistsError):
         with atomic_output_dir(out):
             pass
@@ -241,7 +249,7 @@ def test_atomic_overwrite_replaces_only_at_the_end(tmp_path):
         with atomic_output_dir(out, overwrite=True) as tmp:
             (tmp / "new.txt").write_text("new")
             raise RuntimeError("fail")
-    assert [p.name for p in out.iterdir()] == ["old.txt"]
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
     with atomic_output_dir(out, overwrite=True) as tmp:
         (tmp / "new.txt").write_text("new")
     assert [p.name for p in out.iterdir()] == ["new.txt"]

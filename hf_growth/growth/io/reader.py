@@ -138,7 +138,8 @@ def read_safetensors_header(path: str | os.PathLike) -> tuple[dict[str, TensorIn
         with open(path, "rb") as f:
             prefix = f.read(8)
             if len(prefix) < 8:
-                raise CheckpointError(f"{path}: not a safetensors file ({file_size} bytes, shorter than the 8-byte header length)")
+                raise CheckpointError(f"{path}: not a safetensors file ({file_size} bytes, shorter than the 8-byte "
+                                      "header length)")
             (header_len,) = struct.unpack("<Q", prefix)
             if header_len > MAX_HEADER_BYTES or 8 + header_len > file_size:
                 raise CheckpointError(
@@ -278,7 +279,8 @@ class SafetensorsSource(Mapping[str, "torch.Tensor"]):
         pickles = [p for pattern in PICKLE_WEIGHT_PATTERNS for p in directory.glob(pattern)]
         if pickles:
             raise CheckpointError(_bin_only_message(directory, pickles))
-        raise CheckpointError(f"{directory}: no {SAFE_WEIGHTS_NAME}, {SAFE_WEIGHTS_INDEX_NAME} or other .safetensors file")
+        raise CheckpointError(f"{directory}: no {SAFE_WEIGHTS_NAME}, {SAFE_WEIGHTS_INDEX_NAME} or other .safetensors "
+                              "file")
 
     def _check_dtypes(self, headers: dict[Path, dict[str, TensorInfo]]) -> None:
         per_file: dict[Path, set[str]] = {}
@@ -347,7 +349,8 @@ class SafetensorsSource(Mapping[str, "torch.Tensor"]):
         return self._read_range(name, info, start * row_bytes, (stop - start) * row_bytes,
                                 (stop - start, *info.shape[1:]))
 
-    def _read_range(self, name: str, info: TensorInfo, offset: int, nbytes: int, shape: tuple[int, ...]) -> torch.Tensor:
+    def _read_range(self, name: str, info: TensorInfo, offset: int, nbytes: int,
+                    shape: tuple[int, ...]) -> torch.Tensor:
         import torch
 
         if nbytes == 0:

@@ -246,7 +246,8 @@ class ShardWriter:
     own, as in ``save_pretrained``). Decoded tensors go to disk at once (memory: one tensor);
     :meth:`add_raw` tensors are copied byte for byte from their source file when the shard is
     written (``durable=True`` also fsyncs each shard). :meth:`close` names the shards
-    ``model-0000i-of-0000N.safetensors`` and writes the index, or writes a single ``model.safetensors`` when everything fits in one shard.
+    ``model-0000i-of-0000N.safetensors`` and writes the index, or writes a single ``model.safetensors`` when
+    everything fits in one shard.
 
     With ``planned`` (every tensor's name, dtype and shape, in order, and for copies their source offset) each
     tensor goes straight into its shard, on a thread of its own (``background=True``: the caller computes the
