@@ -116,11 +116,29 @@ def test_mixed_dtypes_across_shards(tmp_path):
         SafetensorsSource(path)
 
 
-def test_bin_only_refused_with_conversion_hint(tmp_path):
-    (tmp_path / "pytorch_model.bin").write_bytes(b"not read")
-    (tmp_path / "config.json").write_text("{}")
-    with pytest.raises(CheckpointError, match=r"pytorch_model.bin.*never unpickles.*save_pretrained\(dst, safe_serialization=True\)"):
-        SafetensorsSource(tmp_path)
+def test_bin_only_refused_with_a_conversion_command_that_works(tmp_path):
+    """The error names a command that converts the .bin checkpoint (run here as the message gives it)."""
+    import re
+    import subprocess
+    import sys
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False))
+    src = tmp_path / "old model"
+    model.config.save_pretrained(src)
+    torch.save(model.state_dict(), src / "pytorch_model.bin")
+    with pytest.raises(CheckpointError, match=r"only pickle weights \(pytorch_model.bin\), no safetensors; streaming "
+                                              r"growth reads safetensors only and never unpickles") as info:
+        SafetensorsSource(src)
+    assert "transformers.commands" not in str(info.value) and "\n" not in str(info.value)
+    command = re.search(r"`(python -c .*?)`", str(info.value)).group(1)
+    subprocess.run(sys.executable + command[len("python"):], shell=True, check=True, capture_output=True,
+                   env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    converted = SafetensorsSource(tmp_path / "old model-safetensors")
+    state = model.state_dict()
+    assert set(converted) == set(state) and all(torch.equal(converted[n], state[n]) for n in state)
     with pytest.raises(FileNotFoundError, match="no such checkpoint"):
         SafetensorsSource(tmp_path / "nope")
 

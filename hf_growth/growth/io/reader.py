@@ -183,12 +183,30 @@ def read_safetensors_header(path: str | os.PathLike) -> tuple[dict[str, TensorIn
     return tensors, metadata
 
 
+def conversion_command(directory: str | os.PathLike, destination: str | os.PathLike | None = None) -> str:
+    """A shell command that re-saves the pickle (``.bin``) checkpoint in ``directory`` as safetensors (into
+    ``<directory>-safetensors`` by default), with transformers, in the checkpoint's own dtype.
+
+    >>> conversion_command("/models/old", "/models/new")
+    'python -c \'from transformers import AutoModelForCausalLM as M; M.from_pretrained("/models/old", dtype="auto").save_pretrained("/models/new")\''
+    """
+    import shlex
+
+    source = Path(directory)
+    if destination is None:
+        destination = source.resolve().with_name(source.resolve().name + "-safetensors")
+    code = (f"from transformers import AutoModelForCausalLM as M; M.from_pretrained({json.dumps(str(source))}, "
+            f'dtype="auto").save_pretrained({json.dumps(str(destination))})')
+    return f"python -c {shlex.quote(code)}"
+
+
 def _bin_only_message(directory: Path, files: list[Path]) -> str:
-    names = ", ".join(sorted(p.name for p in files)[:4])
+    names = ", ".join(sorted({p.name for p in files})[:4])
     return (
-        f"{directory}: only pickle weights ({names}) and no safetensors; hf-growth never unpickles. Convert once in a "
-        "trusted environment: `AutoModelForCausalLM.from_pretrained(src).save_pretrained(dst, safe_serialization=True)` "
-        "(or `transformers`' `python -m transformers.commands.convert`), then grow `dst`."
+        f"{directory}: only pickle weights ({names}), no safetensors; streaming growth reads safetensors only and "
+        f"never unpickles. Convert once, in an environment you trust with this file (transformers loads .bin with "
+        f"torch.load(weights_only=True)): `{conversion_command(directory)}`, copy the tokenizer files along and "
+        "grow the new directory; or grow in memory (`hf-growth grow --in-memory`), which loads it the same way."
     )
 
 
