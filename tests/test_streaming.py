@@ -353,7 +353,7 @@ def test_bad_inputs_name_the_file(tmp_path):
     src3.mkdir()
     (src3 / "config.json").write_text((src2 / "config.json").read_text())
     (src3 / "pytorch_model.bin").write_bytes(b"\x80\x04not unpickled")
-    with pytest.raises(CheckpointError, match="never unpickles.*safe_serialization=True"):
+    with pytest.raises(CheckpointError, match=r"never unpickles.*`python -c .*save_pretrained"):
         grow_checkpoint(src3, plan, tmp_path / "out", quiet=True)
     # bad plan: fails before anything is read or written
     with pytest.raises(ValueError, match="plan step 0"):
