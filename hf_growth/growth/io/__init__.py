@@ -3,8 +3,9 @@
 * :mod:`.reader`: :class:`SafetensorsSource` (a lazy tensor source over a checkpoint), header validation,
   the safetensors dtype tables;
 * :mod:`.writer`: :class:`ShardWriter` (shards + index, raw byte-range copies, a background writer thread);
-* :mod:`.output_dir`: :func:`atomic_output_dir` (temporary directory renamed at the end, removed on any
-  failure or termination signal), the overwrite policy, the free-space check and the side files.
+* :mod:`.output_dir`: :func:`atomic_output_dir` (a marked temporary directory renamed at the end, removed on
+  any failure; a killed run's leftover is removed by the next run), the overwrite policy
+  (:func:`why_not_replaceable`), the free-space check and the side files.
 
 >>> import torch, tempfile, pathlib
 >>> d = pathlib.Path(tempfile.mkdtemp())
@@ -27,8 +28,10 @@ from .output_dir import (
     atomic_output_dir,
     check_free_space,
     check_output_dir,
+    clean_leftovers,
     copy_side_files,
     side_files,
+    why_not_replaceable,
 )
 from .reader import (
     DTYPE_INFO,
@@ -39,6 +42,7 @@ from .reader import (
     CheckpointError,
     SafetensorsSource,
     TensorInfo,
+    conversion_command,
     dtype_name,
     read_safetensors_header,
     torch_dtype_of,
@@ -69,6 +73,8 @@ __all__ = [
     "atomic_output_dir",
     "check_free_space",
     "check_output_dir",
+    "clean_leftovers",
+    "conversion_command",
     "copy_byte_range",
     "copy_side_files",
     "dtype_name",
@@ -76,4 +82,5 @@ __all__ = [
     "read_safetensors_header",
     "side_files",
     "torch_dtype_of",
+    "why_not_replaceable",
 ]
