@@ -143,7 +143,8 @@ def test_grow_verify_on_bad_input_leaves_nothing(tiny_pair, tmp_path, capsys):
     (src / "config.json").write_text(json.dumps({**config, "hidden_act": "no_such_activation"}))
     (tmp_path / "plan.yaml").write_text("- mlp_width: 96\n")
     assert main(["grow", str(src), str(tmp_path / "plan.yaml"), str(tmp_path / "out"), "--verify", "--quiet"]) == 2
-    _one_error_line(capsys, f"hf-growth grow: error: {src}: cannot load the model (KeyError: 'no_such_activation')")
+    _one_error_line(capsys, f"hf-growth grow: error: {src}: cannot load the model (KeyError: 'no_such_activation') "
+                            "(verification could not run; nothing was written)")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plan.yaml", "src"]
 
 

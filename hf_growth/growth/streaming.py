@@ -218,7 +218,11 @@ def grow_checkpoint(
         if verify:  # before the rename: an output that cannot be verified (bad input) is not left behind
             from .verify import verify_checkpoints
 
-            result = verify_checkpoints(src_dir, tmp, **(verify_options or {}))
+            try:
+                result = verify_checkpoints(src_dir, tmp, **(verify_options or {}))
+            except ValueError as error:  # name the output, not its temporary directory
+                raise CheckpointError(f"{str(error).replace(str(tmp), str(out))} (verification could not run; "
+                                      "nothing was written)") from error
             _write_card(tmp, new_config, src_dir, config, base_model, sum(_numel(p.shape) for p in planned), result)
             if on_verified is not None:
                 on_verified(result)
