@@ -161,3 +161,17 @@ def test_grow_overwrite_refuses_a_directory_of_notes(tmp_path, src, capsys):
                    "model checkpoint (it holds notes.txt and no config.json); overwrite replaces only a model "
                    "checkpoint or an earlier hf-growth output: choose another output directory or remove it\n")
     assert os.listdir(tmp_path / "out") == ["notes.txt"] and _partials(tmp_path) == []
+
+
+def test_in_memory_save_overwrite_refuses_a_directory_of_notes(tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from hf_growth.growth import grow_model
+
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2))
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match=r"not a model checkpoint \(it holds notes.txt and no config.json\)"):
+        grow_model(model, [{"mlp_width": 96}], output_dir=tmp_path / "out", overwrite=True)
+    assert os.listdir(tmp_path / "out") == ["notes.txt"] and _partials(tmp_path) == []
