@@ -50,7 +50,8 @@ def test_grow_command_streams_a_checkpoint_directory(tmp_path, capsys, monkeypat
     n = grown.num_parameters()
     assert f"{n:,}" in card and f"{src.num_parameters():,}" in card
     record = grown.config.growth_history[-1]
-    assert record["num_params_after"] == n and grown.config.growth_history[0]["num_params_before"] == src.num_parameters()
+    assert record["num_params_after"] == n
+    assert grown.config.growth_history[0]["num_params_before"] == src.num_parameters()
 
     # the output exists: refused (exit 2, nothing touched) unless --overwrite; --quiet prints nothing
     before = (out / "config.json").read_text()

@@ -95,12 +95,14 @@ def test_index_naming_missing_file_or_tensor(tmp_path):
     bad = json.loads(json.dumps(index))
     bad["weight_map"]["model.norm.weight"] = "model-00099-of-00099.safetensors"
     index_path.write_text(json.dumps(bad))
-    with pytest.raises(CheckpointError, match=r"model.safetensors.index.json: names shard 'model-00099-of-00099.safetensors'.* does not exist"):
+    with pytest.raises(CheckpointError, match=r"model.safetensors.index.json: names shard "
+                                              r"'model-00099-of-00099.safetensors'.* does not exist"):
         SafetensorsSource(path)
     bad = json.loads(json.dumps(index))
     bad["weight_map"]["model.layers.7.ghost.weight"] = index["weight_map"]["model.norm.weight"]
     index_path.write_text(json.dumps(bad))
-    with pytest.raises(CheckpointError, match=r"names tensor 'model.layers.7.ghost.weight' in model-0000\d-of-0000\d.safetensors, but"):
+    with pytest.raises(CheckpointError, match=r"names tensor 'model.layers.7.ghost.weight' in "
+                                              r"model-0000\d-of-0000\d.safetensors, but"):
         SafetensorsSource(path)
     index_path.write_text("{not json")
     with pytest.raises(CheckpointError, match=r"model.safetensors.index.json: corrupt safetensors index"):
