@@ -50,7 +50,8 @@ def test_grow_command_streams_a_checkpoint_directory(tmp_path, capsys, monkeypat
     n = grown.num_parameters()
     assert f"{n:,}" in card and f"{src.num_parameters():,}" in card
     record = grown.config.growth_history[-1]
-    assert record["num_params_after"] == n and grown.config.growth_history[0]["num_params_before"] == src.num_parameters()
+    assert record["num_params_after"] == n
+    assert grown.config.growth_history[0]["num_params_before"] == src.num_parameters()
 
     # the output exists: refused (exit 2, nothing touched) unless --overwrite; --quiet prints nothing
     before = (out / "config.json").read_text()
@@ -92,7 +93,7 @@ def test_grow_command_in_memory(tmp_path, capsys, monkeypatch, src):
 
 def test_streaming_and_in_memory_cli_agree(tmp_path, src):
     from hf_growth.cli import main
-    from hf_growth.growth.checkpoint_io import SafetensorsSource
+    from hf_growth.growth.io import SafetensorsSource
 
     for name, extra in (("a", []), ("b", ["--in-memory", "--no-verify"])):
         assert main(["grow", str(tmp_path / "src"), str(tmp_path / "plan.yaml"), str(tmp_path / name), "--quiet",
@@ -129,7 +130,7 @@ def test_help_and_a_streamed_stack_import_neither_torch_nor_transformers(tmp_pat
     import sys
 
     from hf_growth.growth import grow_model
-    from hf_growth.growth.checkpoint_io import SafetensorsSource
+    from hf_growth.growth.io import SafetensorsSource
 
     run = lambda *args: subprocess.run([sys.executable, "-X", "importtime", "-m", "hf_growth.cli", *args],  # noqa: E731
                                        capture_output=True, text=True)

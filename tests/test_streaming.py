@@ -11,9 +11,9 @@ import json
 import pytest
 import torch
 
-from hf_growth.growth import checkpoint_io as cio
-from hf_growth.growth.checkpoint_io import CheckpointError, DiskFullError, SafetensorsSource
-
+from hf_growth.growth.io import CheckpointError, DiskFullError, SafetensorsSource
+from hf_growth.growth.io import output_dir as output_dir_module
+from hf_growth.growth.io import writer as cio
 
 
 def _adapter_available(model_type: str) -> bool:
@@ -295,7 +295,7 @@ def test_not_enough_disk_refused_before_writing(tmp_path, monkeypatch):
     from hf_growth.growth.streaming import grow_checkpoint
 
     src = save(make_model("llama"), tmp_path / "src")
-    monkeypatch.setattr(cio.shutil, "disk_usage", lambda p: type("U", (), {"free": 1000})())
+    monkeypatch.setattr(output_dir_module.shutil, "disk_usage", lambda p: type("U", (), {"free": 1000})())
     with pytest.raises(DiskFullError, match="not enough free disk for the output.*nothing was written"):
         grow_checkpoint(src, [{"mlp_width": 96}], tmp_path / "out", quiet=True)
     assert _only(tmp_path, "src")
@@ -313,9 +313,15 @@ def test_output_exists_inside_source_and_overwrite(tmp_path):
     with pytest.raises(ValueError, match="is inside the source checkpoint"):
         grow_checkpoint(src, [{"mlp_width": 96}], src / "grown", quiet=True)
     assert not (src / "grown").exists()
-    grow_checkpoint(src, [{"mlp_width": 96}], tmp_path / "out", quiet=True, overwrite=True)
-    assert not (tmp_path / "out" / "keep.txt").exists() and (tmp_path / "out" / "config.json").exists()
-    assert _only(tmp_path, "src", "out")
+    # overwrite replaces only a model checkpoint: a directory of notes is refused, saying why, and kept
+    with pytest.raises(FileExistsError, match=r"exists and is not a model checkpoint \(it holds keep.txt and no "
+                                              r"config.json\); overwrite replaces only a model checkpoint"):
+        grow_checkpoint(src, [{"mlp_width": 96}], tmp_path / "out", quiet=True, overwrite=True)
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["keep.txt"]
+    grow_checkpoint(src, [{"mlp_width": 96}], tmp_path / "grown", quiet=True)
+    grow_checkpoint(src, [{"mlp_width": 128}], tmp_path / "grown", quiet=True, overwrite=True)  # an earlier output
+    assert json.loads((tmp_path / "grown" / "config.json").read_text())["intermediate_size"] == 128
+    assert _only(tmp_path, "src", "out", "grown")
 
 
 def test_bad_inputs_name_the_file(tmp_path):
@@ -347,7 +353,7 @@ def test_bad_inputs_name_the_file(tmp_path):
     src3.mkdir()
     (src3 / "config.json").write_text((src2 / "config.json").read_text())
     (src3 / "pytorch_model.bin").write_bytes(b"\x80\x04not unpickled")
-    with pytest.raises(CheckpointError, match="never unpickles.*safe_serialization=True"):
+    with pytest.raises(CheckpointError, match=r"never unpickles.*`python -c .*save_pretrained"):
         grow_checkpoint(src3, plan, tmp_path / "out", quiet=True)
     # bad plan: fails before anything is read or written
     with pytest.raises(ValueError, match="plan step 0"):

@@ -12,8 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from hf_growth.growth import checkpoint_io as cio
-from hf_growth.growth.checkpoint_io import (
+from hf_growth.growth.io import (
     CheckpointError,
     DiskFullError,
     SafetensorsSource,
@@ -24,6 +23,8 @@ from hf_growth.growth.checkpoint_io import (
     copy_side_files,
     parse_size,
 )
+from hf_growth.growth.io import output_dir as output_dir_module
+from hf_growth.growth.io import writer as cio
 
 
 def tiny_llama(tmp_path, *, max_shard_size="20KB", dtype=torch.float32, name="src"):
@@ -94,12 +95,14 @@ def test_index_naming_missing_file_or_tensor(tmp_path):
     bad = json.loads(json.dumps(index))
     bad["weight_map"]["model.norm.weight"] = "model-00099-of-00099.safetensors"
     index_path.write_text(json.dumps(bad))
-    with pytest.raises(CheckpointError, match=r"model.safetensors.index.json: names shard 'model-00099-of-00099.safetensors'.* does not exist"):
+    with pytest.raises(CheckpointError, match=r"model.safetensors.index.json: names shard "
+                                              r"'model-00099-of-00099.safetensors'.* does not exist"):
         SafetensorsSource(path)
     bad = json.loads(json.dumps(index))
     bad["weight_map"]["model.layers.7.ghost.weight"] = index["weight_map"]["model.norm.weight"]
     index_path.write_text(json.dumps(bad))
-    with pytest.raises(CheckpointError, match=r"names tensor 'model.layers.7.ghost.weight' in model-0000\d-of-0000\d.safetensors, but"):
+    with pytest.raises(CheckpointError, match=r"names tensor 'model.layers.7.ghost.weight' in "
+                                              r"model-0000\d-of-0000\d.safetensors, but"):
         SafetensorsSource(path)
     index_path.write_text("{not json")
     with pytest.raises(CheckpointError, match=r"model.safetensors.index.json: corrupt safetensors index"):
@@ -115,11 +118,29 @@ def test_mixed_dtypes_across_shards(tmp_path):
         SafetensorsSource(path)
 
 
-def test_bin_only_refused_with_conversion_hint(tmp_path):
-    (tmp_path / "pytorch_model.bin").write_bytes(b"not read")
-    (tmp_path / "config.json").write_text("{}")
-    with pytest.raises(CheckpointError, match=r"pytorch_model.bin.*never unpickles.*save_pretrained\(dst, safe_serialization=True\)"):
-        SafetensorsSource(tmp_path)
+def test_bin_only_refused_with_a_conversion_command_that_works(tmp_path):
+    """The error names a command that converts the .bin checkpoint (run here as the message gives it)."""
+    import re
+    import subprocess
+    import sys
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False))
+    src = tmp_path / "old model"
+    model.config.save_pretrained(src)
+    torch.save(model.state_dict(), src / "pytorch_model.bin")
+    with pytest.raises(CheckpointError, match=r"only pickle weights \(pytorch_model.bin\), no safetensors; streaming "
+                                              r"growth reads safetensors only and never unpickles") as info:
+        SafetensorsSource(src)
+    assert "transformers.commands" not in str(info.value) and "\n" not in str(info.value)
+    command = re.search(r"`(python -c .*?)`", str(info.value)).group(1)
+    subprocess.run(sys.executable + command[len("python"):], shell=True, check=True, capture_output=True,
+                   env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    converted = SafetensorsSource(tmp_path / "old model-safetensors")
+    state = model.state_dict()
+    assert set(converted) == set(state) and all(torch.equal(converted[n], state[n]) for n in state)
     with pytest.raises(FileNotFoundError, match="no such checkpoint"):
         SafetensorsSource(tmp_path / "nope")
 
@@ -185,12 +206,15 @@ def test_check_output_dir(tmp_path):
     (tmp_path / "exists").mkdir()
     with pytest.raises(FileExistsError, match="exists; pass overwrite=True"):
         check_output_dir(tmp_path / "exists", src)
-    assert check_output_dir(tmp_path / "exists", src, overwrite=True) == (tmp_path / "exists").resolve()
+    assert check_output_dir(tmp_path / "exists", src, overwrite=True) == (tmp_path / "exists").resolve()  # empty
+    (tmp_path / "exists" / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match=r"is not a model checkpoint \(it holds notes.txt and no config.json\)"):
+        check_output_dir(tmp_path / "exists", src, overwrite=True)
 
 
 def test_check_free_space(tmp_path, monkeypatch):
     check_free_space(tmp_path / "a" / "b", 1000)
-    monkeypatch.setattr(cio.shutil, "disk_usage", lambda p: type("U", (), {"free": 10**6})())
+    monkeypatch.setattr(output_dir_module.shutil, "disk_usage", lambda p: type("U", (), {"free": 10**6})())
     with pytest.raises(DiskFullError, match=r"not enough free disk for the output: .* GB needed"):
         check_free_space(tmp_path, 10**9)
 
@@ -229,10 +253,15 @@ def test_atomic_dir_cleans_up_mid_shard(tmp_path, monkeypatch, failure):
     assert _leftovers(tmp_path) == []
 
 
+def _fake_checkpoint(directory):
+    directory.mkdir()
+    (directory / "config.json").write_text('{"model_type": "llama"}')
+    save_file({"w": torch.ones(2)}, directory / "model.safetensors")
+
+
 def test_atomic_overwrite_replaces_only_at_the_end(tmp_path):
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "old.txt").write_text("old")
+    _fake_checkpoint(out)
     with pytest.raises(FileExistsError):
         with atomic_output_dir(out):
             pass
@@ -240,7 +269,7 @@ def test_atomic_overwrite_replaces_only_at_the_end(tmp_path):
         with atomic_output_dir(out, overwrite=True) as tmp:
             (tmp / "new.txt").write_text("new")
             raise RuntimeError("fail")
-    assert [p.name for p in out.iterdir()] == ["old.txt"]
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
     with atomic_output_dir(out, overwrite=True) as tmp:
         (tmp / "new.txt").write_text("new")
     assert [p.name for p in out.iterdir()] == ["new.txt"]
@@ -373,7 +402,7 @@ def test_checkpoint_io_imports_no_torch_until_a_tensor_is_decoded(tmp_path):
     from safetensors.torch import save_file
 
     save_file({"w": torch.eye(3)}, tmp_path / "model.safetensors")
-    code = ("import sys; from hf_growth.growth.checkpoint_io import SafetensorsSource, ShardWriter\n"
+    code = ("import sys; from hf_growth.growth.io import SafetensorsSource, ShardWriter\n"
             "s = SafetensorsSource(sys.argv[1]); assert s.shape('w') == (3, 3) and s.info('w').dtype == 'F32'\n"
             "w = ShardWriter(sys.argv[2], quiet=True, planned=[('w', 'F32', (3, 3))]); w.add_raw('w', s.info('w'))\n"
             "w.close(); print('torch' in sys.modules)\n"

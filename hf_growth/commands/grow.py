@@ -6,6 +6,11 @@ memory stays at about one tensor, whatever the model's size). A ``.gguf`` file, 
 before/after table (parameters, changed shapes), writes ``README.md`` (the model card with the growth
 lineage) and, with ``--verify`` (default for the in-memory path), the measured max |Δlogits| against the
 source, also written into the card.
+
+``--overwrite`` replaces OUT only if it is a model checkpoint or an earlier output of hf-growth. Exit
+status: 0 done, 1 ``--verify`` measured a difference a function-preserving plan must not have (the
+output is kept), 2 bad input (one line on stderr; nothing is written), 130 / 143 stopped by SIGINT /
+SIGTERM (the partial output is removed).
 """
 
 from __future__ import annotations
@@ -22,7 +27,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--seed", type=int, default=0, help="seed of the free (random) new weights")
     parser.add_argument("--max-shard-size", default="5GB",
                         help="largest output shard, e.g. 500MB, 2GiB or bytes (default: %(default)s)")
-    parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (only once growth succeeded)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace OUT if it exists and is a model checkpoint or an earlier output (only once "
+                             "growth succeeded)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar and no table (for scripts)")
     parser.add_argument("--in-memory", action="store_true",
                         help="load the whole model and grow it in memory (default only for .gguf sources)")
@@ -31,7 +38,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     verify = parser.add_mutually_exclusive_group()
     verify.add_argument("--verify", action="store_true", default=None,
                         help="after growing, load both models, measure max |Δlogits| and greedy text and write the "
-                             "figure into the model card (default for the in-memory path)")
+                             "figure into the model card (default for the in-memory path); exit 1 if a plan meant "
+                             "to preserve the function does not (tolerance 1e-4); on bad input nothing is left")
     verify.add_argument("--no-verify", dest="verify", action="store_false", help="skip the measurement")
     return parser
 
@@ -89,35 +97,58 @@ def shape_table(before: dict[str, tuple[int, ...]], after: dict[str, tuple[int, 
     return "\n".join(lines)
 
 
-def _streaming(args: argparse.Namespace, plan) -> int:
+def _report_verification(result: dict, out, history: list | None) -> int:
+    """Print a ``--verify`` result; 1 when a plan meant to preserve the function does not (the output is kept)."""
     from pathlib import Path
 
-    from hf_growth.growth.checkpoint_io import SafetensorsSource
-    from hf_growth.growth.streaming import grow_checkpoint, verify_and_update_card
+    from hf_growth.growth.verify import DEFAULT_TOLERANCE, changes_function_by_design, verification_passed
+
+    random_ids = "" if result.get("tokenizer", True) else "; no tokenizer: greedy text on seeded random token ids"
+    print(f"max |Δlogits| = {result['max_logit_diff']:.3g} (greedy text "
+          f"{'matches' if result['greedy_match'] else 'DIFFERS'}{random_ids}; "
+          f"written into {Path(out) / 'README.md'})")
+    if verification_passed(result, DEFAULT_TOLERANCE):
+        return 0
+    if changes_function_by_design(history):
+        print("note: the plan has a `stack` or approximate step, which changes the function by design")
+        return 0
+    print(f"verify: MISMATCH: max |Δlogits| {result['max_logit_diff']:.3g} (tolerance {DEFAULT_TOLERANCE:g}), "
+          f"greedy text {'matches' if result['greedy_match'] else 'differs'}; the output is kept in {out}")
+    return 1
+
+
+def _streaming(args: argparse.Namespace, plan) -> int:
+    import json
+    from pathlib import Path
+
+    from hf_growth.growth.io import SafetensorsSource
+    from hf_growth.growth.streaming import grow_checkpoint
 
     if args.dtype:
         raise ValueError("--dtype needs --in-memory: streaming growth keeps the checkpoint's dtype")
+    results: list[dict] = []
     out = grow_checkpoint(args.src, plan, args.out, seed=args.seed, max_shard_size=args.max_shard_size,
-                          overwrite=args.overwrite, quiet=args.quiet)
+                          overwrite=args.overwrite, quiet=args.quiet, verify=bool(args.verify),
+                          on_verified=results.append)
     if not args.quiet:
         src, grown = SafetensorsSource(args.src), SafetensorsSource(out)
         print(shape_table({n: src.shape(n) for n in src}, {n: grown.shape(n) for n in grown}))
-    if args.verify:
-        result = verify_and_update_card(args.src, out, quiet=True)
-        print(f"max |Δlogits| = {result['max_logit_diff']:.3g} (greedy text "
-              f"{'matches' if result['greedy_match'] else 'DIFFERS'}; written into {Path(out) / 'README.md'})")
+    status = 0
+    if results:
+        history = json.loads((Path(out) / "config.json").read_text()).get("growth_history")
+        status = _report_verification(results[0], out, history)
     if not args.quiet:
         print(f"saved to {out}")
-    return 0
+    return status
 
 
 def _in_memory(args: argparse.Namespace, plan) -> int:
     from pathlib import Path
 
     from hf_growth.growth import grow_model
-    from hf_growth.growth.checkpoint_io import check_output_dir
+    from hf_growth.growth.io import check_output_dir
     from hf_growth.growth.memory import save_grown
-    from hf_growth.growth.verify import max_logit_diff
+    from hf_growth.growth.verify import DEFAULT_TOLERANCE, changes_function_by_design, max_logit_diff
 
     src_path = Path(args.src)
     out = check_output_dir(args.out, src_path if src_path.is_dir() else None, overwrite=args.overwrite)
@@ -128,16 +159,21 @@ def _in_memory(args: argparse.Namespace, plan) -> int:
                           {n: tuple(p.shape) for n, p in grown.named_parameters()},
                           model.num_parameters(), grown.num_parameters()))
     verification = None
+    status = 0
     if args.verify is None or args.verify:
         diff = max_logit_diff(model, grown)
         grown.config.growth_history[-1].setdefault("max_logit_diff", diff)
         verification = {"max_logit_diff": diff}
         print(f"max |Δlogits| = {diff:.3g}")
+        if args.verify and diff > DEFAULT_TOLERANCE and not changes_function_by_design(grown.config.growth_history):
+            print(f"verify: MISMATCH: max |Δlogits| {diff:.3g} (tolerance {DEFAULT_TOLERANCE:g}); the output is "
+                  f"kept in {out}")
+            status = 1
     save_grown(grown, out, source=model, max_shard_size=args.max_shard_size, overwrite=args.overwrite,
                verification=verification)
     if not args.quiet:
         print(f"saved to {out}")
-    return 0
+    return status
 
 
 def run(args: argparse.Namespace) -> int:

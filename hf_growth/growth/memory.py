@@ -75,13 +75,15 @@ def save_grown(grown: torch.nn.Module, output_dir: Any, *, source: torch.nn.Modu
                base_model: str | None = None, max_shard_size: int | str = "5GB", overwrite: bool = False,
                verification: dict | None = None, tokenizer: Any = None) -> Any:
     """Save a grown model with ``save_pretrained`` *and* its model card (``README.md``), atomically: into a
-    temporary directory next to ``output_dir``, renamed at the end (an existing output is replaced only with
-    ``overwrite=True``). ``base_model`` defaults to the source's Hub id when it can be known; a ``tokenizer`` is
-    saved alongside. Returns the path.
+    temporary directory next to ``output_dir``, renamed at the end, removed on any failure or interrupt
+    (:func:`~hf_growth.growth.io.atomic_output_dir`). An existing output is replaced only with ``overwrite=True``
+    and only if it is a model checkpoint or an earlier hf-growth output; anything else is refused with a
+    ``FileExistsError`` saying why. ``base_model`` defaults to the source's Hub id when it can be known; a
+    ``tokenizer`` is saved alongside. Returns the path.
     """
     from hf_growth.hub import guess_base_model, write_model_card
 
-    from .checkpoint_io import atomic_output_dir
+    from .io import atomic_output_dir
 
     if base_model is None:
         src_config = getattr(source, "config", None)

@@ -22,13 +22,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
-from .checkpoint_io import (
+from .io import (
     DTYPE_INFO,
     FLOAT_DTYPES,
     ITEMSIZES,
@@ -166,6 +166,8 @@ def grow_checkpoint(
     quiet: bool = False,
     verify: bool = False,
     base_model: str | None = None,
+    verify_options: dict[str, Any] | None = None,
+    on_verified: Callable[[dict[str, Any]], None] | None = None,
 ) -> Path:
     """Grow the safetensors checkpoint in ``src_dir`` by ``plan`` into ``output_dir``, shard by shard.
 
@@ -175,8 +177,12 @@ def grow_checkpoint(
     (exception, Ctrl-C, disk full) the temporary directory is removed and the error re-raised.
     Tokenizer files, generation config, chat template and ``*.py`` code files are copied along; the
     grown ``config.json`` records ``growth_history`` and ``README.md`` is the model card.
-    ``verify=True`` then loads both models, measures max |Δlogits| and greedy text, and writes the
-    figure into the card (the models must fit in memory).
+    ``verify=True`` then loads both models, measures max |Δlogits| and greedy text
+    (:func:`~hf_growth.growth.verify.verify_checkpoints`, with ``verify_options``) and writes the figures into
+    the card (the models must fit in memory), all before the rename: if the output cannot be verified (an
+    error), nothing is left behind. The result goes to ``on_verified``, or is printed unless ``quiet``.
+    An existing ``output_dir`` is replaced only with ``overwrite=True`` and only if it is recognisably a
+    model checkpoint (:func:`~hf_growth.growth.io.check_output_dir`).
 
     The bytes are written by a thread of their own (:class:`ShardWriter`), so the next tensor is
     computed, and the small files are written, while the previous one goes to disk. Neither torch nor
@@ -204,36 +210,60 @@ def grow_checkpoint(
     extra = sum(p.stat().st_size for p in side_files(src_dir)) + (1 << 20)
     check_free_space(out.parent, total + extra)
 
-    with atomic_output_dir(out, overwrite=overwrite) as tmp, _intra_op_threads(planned):
-        view = engine.view(source)
-        with ShardWriter(tmp, max_shard_size=max_shard_size, quiet=quiet, total_bytes=total,
-                         description=f"growing into {out.name}",
-                         planned=[(p.name, p.dtype, p.shape, source.info(p.copy_of).start if p.copy_of else None)
-                                  for p in planned]) as writer:
-            for p in planned:
-                if p.copy_of is not None:
-                    writer.add_raw(p.name, source.info(p.copy_of))
-                elif p.nbytes > CHUNK_BYTES and len(p.shape) > 1 and view.row_local(p.name):
-                    # a large embedding / lm_head: computed and written a block of rows at a time
-                    rows = max(1, CHUNK_BYTES // max(1, p.nbytes // p.shape[0]))
-                    writer.add_tensor_chunks(p.name, p.shape, p.dtype, (
-                        view.get_rows(p.name, a, min(a + rows, p.shape[0]), p.shape[0])
-                        for a in range(0, p.shape[0], rows)))
-                else:
-                    tensor = view.get(p.name)
-                    if tuple(tensor.shape) != p.shape or dtype_name(tensor.dtype) != p.dtype:  # pragma: no cover
-                        raise RuntimeError(f"engine produced {p.name} as {tuple(tensor.shape)} {tensor.dtype}, "
-                                           f"planned {p.shape} {p.dtype}")
-                    writer.add_tensor(p.name, tensor)
-                    del tensor
-            # while the writer thread still writes (all of it, for a copy-only plan), the small files
-            copy_side_files(src_dir, tmp)
-            write_config(tmp, new_config)
-            _write_card(tmp, new_config, src_dir, config, base_model, sum(_numel(p.shape) for p in planned))
+    with atomic_output_dir(out, overwrite=overwrite) as tmp:
+        with _intra_op_threads(planned):
+            _write_tensors(engine, source, planned, tmp, max_shard_size=max_shard_size, quiet=quiet, total=total,
+                           description=f"growing into {out.name}", src_dir=src_dir, new_config=new_config,
+                           src_config=config, base_model=base_model)
+        if verify:  # before the rename: an output that cannot be verified (bad input) is not left behind
+            from .verify import verify_checkpoints
 
-    if verify:
-        verify_and_update_card(src_dir, out, base_model=base_model, quiet=quiet)
+            try:
+                result = verify_checkpoints(src_dir, tmp, **(verify_options or {}))
+            except ValueError as error:  # name the output, not its temporary directory
+                raise CheckpointError(f"{str(error).replace(str(tmp), str(out))} (verification could not run; "
+                                      "nothing was written)") from error
+            _write_card(tmp, new_config, src_dir, config, base_model, sum(_numel(p.shape) for p in planned), result)
+            if on_verified is not None:
+                on_verified(result)
+            elif not quiet:
+                _print_verification(result)
     return out
+
+
+def _write_tensors(engine: Any, source: SafetensorsSource, planned: list[PlannedTensor], tmp: Path, *,
+                   max_shard_size: int | str, quiet: bool, total: int, description: str, src_dir: Path,
+                   new_config: dict[str, Any], src_config: dict[str, Any], base_model: str | None) -> None:
+    view = engine.view(source)
+    with ShardWriter(tmp, max_shard_size=max_shard_size, quiet=quiet, total_bytes=total, description=description,
+                     planned=[(p.name, p.dtype, p.shape, source.info(p.copy_of).start if p.copy_of else None)
+                              for p in planned]) as writer:
+        for p in planned:
+            if p.copy_of is not None:
+                writer.add_raw(p.name, source.info(p.copy_of))
+            elif p.nbytes > CHUNK_BYTES and len(p.shape) > 1 and view.row_local(p.name):
+                # a large embedding / lm_head: computed and written a block of rows at a time
+                rows = max(1, CHUNK_BYTES // max(1, p.nbytes // p.shape[0]))
+                writer.add_tensor_chunks(p.name, p.shape, p.dtype, (
+                    view.get_rows(p.name, a, min(a + rows, p.shape[0]), p.shape[0])
+                    for a in range(0, p.shape[0], rows)))
+            else:
+                tensor = view.get(p.name)
+                if tuple(tensor.shape) != p.shape or dtype_name(tensor.dtype) != p.dtype:  # pragma: no cover
+                    raise RuntimeError(f"engine produced {p.name} as {tuple(tensor.shape)} {tensor.dtype}, "
+                                       f"planned {p.shape} {p.dtype}")
+                writer.add_tensor(p.name, tensor)
+                del tensor
+        # while the writer thread still writes (all of it, for a copy-only plan), the small files
+        copy_side_files(src_dir, tmp)
+        write_config(tmp, new_config)
+        _write_card(tmp, new_config, src_dir, src_config, base_model, sum(_numel(p.shape) for p in planned))
+
+
+def _print_verification(result: dict[str, Any]) -> None:
+    print(f"verify: max |Δlogits| {result['max_logit_diff']:.3g}, greedy text "
+          f"{'matches' if result['greedy_match'] else 'DIFFERS'}"
+          + ("" if result.get("tokenizer", True) else " (no tokenizer: on seeded random token ids)"))
 
 
 @contextlib.contextmanager
@@ -283,10 +313,11 @@ def _write_card(directory: Path, config: Any, src_dir: Path, src_config: Any, ba
 
 def verify_and_update_card(src_dir: str | os.PathLike, out_dir: str | os.PathLike, *, base_model: str | None = None,
                            quiet: bool = False, **kwargs: Any) -> dict[str, Any]:
-    """Run ``hf-growth verify`` on ``src_dir`` vs ``out_dir`` and write the figure into the model card."""
-    from hf_growth.commands.verify import verify_checkpoints
+    """Compare ``src_dir`` with the grown ``out_dir`` (:func:`~hf_growth.growth.verify.verify_checkpoints`) and
+    write the figures into ``out_dir``'s model card."""
+    from .verify import verify_checkpoints
 
-    result = verify_checkpoints(str(src_dir), str(out_dir), **kwargs)
+    result = verify_checkpoints(src_dir, out_dir, **kwargs)
     out_dir = Path(out_dir)
     config = load_source_config(out_dir)
     grown = SafetensorsSource(out_dir)
@@ -294,6 +325,5 @@ def verify_and_update_card(src_dir: str | os.PathLike, out_dir: str | os.PathLik
     src_config = load_source_config(src_dir)
     _write_card(out_dir, config, Path(src_dir), src_config, base_model, num_params, result)
     if not quiet:
-        print(f"verify: max |Δlogits| {result['max_logit_diff']:.3g}, greedy text "
-              f"{'matches' if result['greedy_match'] else 'DIFFERS'}")
+        _print_verification(result)
     return result
