@@ -130,7 +130,7 @@ def generate_checkpoint(cache_dir: Path, shape_name: str, shard_size: str) -> Pa
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from hf_growth.growth.checkpoint_io import ShardWriter, atomic_output_dir
+    from hf_growth.growth.io import ShardWriter, atomic_output_dir
 
     print(f"generating the {shape_name} checkpoint into {path} ...", flush=True)
     config = LlamaConfig(**shape, dtype="bfloat16")
@@ -253,7 +253,7 @@ def mergekit_cmd(python: Path, config: Path, out: Path, shard_bytes: int) -> lis
 def compare_outputs(ours: Path, theirs: Path) -> dict:
     import torch
 
-    from hf_growth.growth.checkpoint_io import SafetensorsSource
+    from hf_growth.growth.io import SafetensorsSource
 
     a, b = SafetensorsSource(ours), SafetensorsSource(theirs)
     only_ours, only_theirs = sorted(set(a) - set(b)), sorted(set(b) - set(a))
@@ -331,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     work = (args.work_dir or cache / "runs").resolve()
     cache.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
-    from hf_growth.growth.checkpoint_io import SafetensorsSource, parse_size
+    from hf_growth.growth.io import SafetensorsSource, parse_size
 
     shard_bytes = parse_size(shard_size)
     src = generate_checkpoint(cache, args.shape, shard_size)

@@ -46,7 +46,7 @@ def test_grow_command_streams_a_checkpoint_directory(tmp_path, capsys, monkeypat
     assert grown.config.num_hidden_layers == 3 and max_logit_diff(src, grown) <= 1e-5
     assert len(json.loads((out / "model.safetensors.index.json").read_text())["weight_map"]) > 0
     card = _card(out)
-    assert "`mlp_width`" in card and "Measured: max |Δlogits| against the source" in card  # no tool credited
+    assert "`mlp_width`" in card and "Verified with `hf-growth grow --verify`" in card
     n = grown.num_parameters()
     assert f"{n:,}" in card and f"{src.num_parameters():,}" in card
     record = grown.config.growth_history[-1]

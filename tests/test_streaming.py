@@ -131,7 +131,7 @@ def test_llama_streamed_loads_and_preserves_function(tmp_path):
     assert "`mlp_width`" in card and "`hidden_size`" in card and "library_name: transformers" in card
     # parameter counts before/after each step, from shapes: the last one is the loaded model's
     n = loaded.num_parameters()
-    assert f"| {n / 1e3:.2f}K ({n:,}) |  |" in card
+    assert f"| {n / 1e3:.2f}K ({n:,}) | – |" in card  # not measured: the Δlogits column says so
     assert f"| {model.num_parameters() / 1e3:.2f}K ({model.num_parameters():,}) |" in card
 
 
@@ -143,7 +143,7 @@ def test_verify_after_growing_writes_the_figure_into_the_card(tmp_path, capsys):
     out = grow_checkpoint(src, [{"mlp_width": 96}, {"num_layers": {"to": 5}}], tmp_path / "out", verify=True)
     assert "verify: max |Δlogits|" in capsys.readouterr().out
     card = (out / "README.md").read_text()
-    assert "Measured: max |Δlogits| against the source: **" in card
+    assert "Verified with `hf-growth grow --verify`: max |Δlogits| against the source: **" in card
     assert "greedy text **matches**" in card
     assert "| 2 | `num_layers` |" in card and "K (" in card.split("| 2 | `num_layers` |")[1].split("\n")[0]
 

@@ -45,11 +45,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def load_source(src: str, dtype: str | None):
-    """Load any model source (directory, ``.gguf`` file, ``smollm2``, Hub id: :func:`hf_growth.load_model`) as a
-    causal LM; a GGUF file is de-quantised (float32 unless ``dtype``), without a quantization_config."""
+    """Load any model source (directory, ``.gguf`` file, ``smollm2``, Hub id: :func:`hf_growth.load_model`) as
+    ``(causal LM, tokenizer or None)``; a GGUF file is de-quantised (float32 unless ``dtype``), without a
+    quantization_config."""
     from hf_growth.growth.sources import load_model
 
-    return load_model(src, dtype=dtype)[0]
+    return load_model(src, dtype=dtype)
 
 
 def shape_table(before: dict[str, tuple[int, ...]], after: dict[str, tuple[int, ...]],
@@ -152,7 +153,7 @@ def _in_memory(args: argparse.Namespace, plan) -> int:
 
     src_path = Path(args.src)
     out = check_output_dir(args.out, src_path if src_path.is_dir() else None, overwrite=args.overwrite)
-    model = load_source(args.src, args.dtype)
+    model, tokenizer = load_source(args.src, args.dtype)
     grown = grow_model(model, plan, seed=args.seed)
     if not args.quiet:
         print(shape_table({n: tuple(p.shape) for n, p in model.named_parameters()},
@@ -162,15 +163,14 @@ def _in_memory(args: argparse.Namespace, plan) -> int:
     status = 0
     if args.verify is None or args.verify:
         diff = max_logit_diff(model, grown)
-        grown.config.growth_history[-1].setdefault("max_logit_diff", diff)
-        verification = {"max_logit_diff": diff}
+        verification = {"max_logit_diff": diff, "measured_by": "hf-growth grow --verify"}
         print(f"max |Δlogits| = {diff:.3g}")
         if args.verify and diff > DEFAULT_TOLERANCE and not changes_function_by_design(grown.config.growth_history):
             print(f"verify: MISMATCH: max |Δlogits| {diff:.3g} (tolerance {DEFAULT_TOLERANCE:g}); the output is "
                   f"kept in {out}")
             status = 1
     save_grown(grown, out, source=model, max_shard_size=args.max_shard_size, overwrite=args.overwrite,
-               verification=verification)
+               verification=verification, tokenizer=tokenizer)
     if not args.quiet:
         print(f"saved to {out}")
     return status

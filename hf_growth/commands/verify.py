@@ -67,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
         from hf_growth.hub import guess_base_model, write_model_card
 
         config = AutoConfig.from_pretrained(args.out)
+        result["measured_by"] = "hf-growth verify"
         path = write_model_card(args.out, config, base_model=guess_base_model(args.src, config), verification=result)
         print(f"model card:    {Path(path)}")
     if not verification_passed(result, args.tolerance):

@@ -55,7 +55,7 @@ def grow_model(model: Any, plan: Any, *, seed: int = 0, output_dir: str | os.Pat
         if source.directory is not None:  # a Hub repository's snapshot
             kwargs.setdefault("base_model", source.name)
             return grow_checkpoint(source.directory, plan, output_dir, seed=seed, **kwargs)
-        from .checkpoint_io import check_output_dir
+        from .io import check_output_dir
         from .memory import grow_in_memory, save_grown
 
         kwargs.pop("quiet", None)

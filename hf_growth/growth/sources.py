@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .checkpoint_io import SafetensorsSource, atomic_output_dir, check_output_dir
+from .io import SafetensorsSource, atomic_output_dir, check_output_dir
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch

@@ -223,6 +223,7 @@ def grow_checkpoint(
             except ValueError as error:  # name the output, not its temporary directory
                 raise CheckpointError(f"{str(error).replace(str(tmp), str(out))} (verification could not run; "
                                       "nothing was written)") from error
+            result["measured_by"] = "hf-growth grow --verify"
             _write_card(tmp, new_config, src_dir, config, base_model, sum(_numel(p.shape) for p in planned), result)
             if on_verified is not None:
                 on_verified(result)
@@ -312,12 +313,14 @@ def _write_card(directory: Path, config: Any, src_dir: Path, src_config: Any, ba
 
 
 def verify_and_update_card(src_dir: str | os.PathLike, out_dir: str | os.PathLike, *, base_model: str | None = None,
-                           quiet: bool = False, **kwargs: Any) -> dict[str, Any]:
+                           quiet: bool = False, measured_by: str = "hf-growth grow --verify",
+                           **kwargs: Any) -> dict[str, Any]:
     """Compare ``src_dir`` with the grown ``out_dir`` (:func:`~hf_growth.growth.verify.verify_checkpoints`) and
-    write the figures into ``out_dir``'s model card."""
+    write the figures into ``out_dir``'s model card, credited to ``measured_by``."""
     from .verify import verify_checkpoints
 
     result = verify_checkpoints(src_dir, out_dir, **kwargs)
+    result["measured_by"] = measured_by
     out_dir = Path(out_dir)
     config = load_source_config(out_dir)
     grown = SafetensorsSource(out_dir)

@@ -551,7 +551,7 @@ def grown_ensemble(pattern: str, members: list[tuple[int, bool, int]], config, t
 def save_member(ens, slot: int, path: Path, task: dict[str, Any] | None = None) -> None:
     """Ensemble member ``slot`` as a ``LlamaForCausalLM`` at ``path`` (written beside it, then renamed), with the
     input it was trained on (``task``) in ``TASK_FILE``."""
-    from hf_growth.growth.checkpoint_io import atomic_output_dir
+    from hf_growth.growth.io import atomic_output_dir
 
     with atomic_output_dir(path, overwrite=True) as tmp:
         ens.to_models([slot])[0].save_pretrained(tmp)
@@ -917,7 +917,7 @@ def main(argv: list[str] | None = None) -> int:
     from hf_growth import tasks
 
     if args.save_passed or args.init_from:  # what saving / growing needs fails now, not minutes into training
-        import hf_growth.growth.checkpoint_io  # noqa: F401
+        import hf_growth.growth.io  # noqa: F401
         from hf_growth import grow_model  # noqa: F401
     start = time.time()
     deadline = start + args.time_budget - 20 if args.time_budget else 0.0  # 20 s for the tests and the files

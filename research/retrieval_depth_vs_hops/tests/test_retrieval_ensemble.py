@@ -297,7 +297,7 @@ def test_init_from_grows_a_source_to_a_wider_member_function_preserving(tmp_path
 def test_save_passed_fails_before_training_without_its_imports(tmp_path, monkeypatch):
     """A missing dependency of saving (e.g. pydantic on a bare GPU image) stops the call at once, not at the
     first member that passes (which lost a whole GPU call once)."""
-    monkeypatch.setitem(sys.modules, "hf_growth.growth.checkpoint_io", None)
+    monkeypatch.setitem(sys.modules, "hf_growth.growth.io", None)
     argv = [*TINY, "--hops", "1", "--depths", "1", "--seeds", "0", "--ledger", str(tmp_path / "a.jsonl"),
             "--out-dir", str(tmp_path / "a"), "--save-passed", str(tmp_path / "passed")]
     with pytest.raises(ImportError):
