@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from .._lazy import lazy_module
 from . import ops
 from .adapters import Adapter, Sizes, get_adapter
 from .plan import GrowthPlan
@@ -36,7 +37,7 @@ from .stacking import stack_layer_sources
 if TYPE_CHECKING:
     import torch
 else:  # imported on first use: validating a plan, counting parameters and planning copies need no torch
-    torch = ops.LazyModule("torch").bind(globals())
+    torch = lazy_module("torch", globals())
 
 #: config keys never carried into a grown config
 DROPPED_CONFIG_KEYS = ("quantization_config", "_pre_quantization_dtype")
