@@ -63,7 +63,7 @@ class LazyModule:
         self._name = name
         self._namespaces: list[dict[str, Any]] = []
 
-    def bind(self, namespace: dict[str, Any]) -> "LazyModule":
+    def bind(self, namespace: dict[str, Any]) -> LazyModule:
         """Replace this stand-in in ``namespace`` (a module's ``globals()``) once the module is imported."""
         self._namespaces.append(namespace)
         return self

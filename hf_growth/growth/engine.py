@@ -34,7 +34,7 @@ from .._lazy import lazy_module
 from .adapters import Adapter, get_adapter
 from .new_slices import Spec, compose_spec, fold_layers, spec_mask, spec_to_json  # noqa: F401  (re-exported)
 from .plan import GrowthPlan
-from .steps import Stage  # noqa: F401  (re-exported)
+from .steps import Stage
 from .views import BLOCK_OUTPUT_ROLES, LayerView, SourceView, View, WidthView  # noqa: F401  (re-exported)
 
 # the views' names before they had a module of their own (hf_growth.training.callbacks imports them from here)

@@ -106,14 +106,14 @@ def fold_layers(specs: dict[str, Any], adapter: Adapter, names: list[str]) -> di
         pattern = pattern_of(name)
         groups.setdefault((pattern, json.dumps(spec, sort_keys=True)), []).append(name)
     counts: dict[str, int] = {}
-    for (pattern, _), names in groups.items():
+    for pattern, _ in groups:
         counts[pattern] = counts.get(pattern, 0) + 1
     out: dict[str, Any] = {}
     folded = set()
-    for (pattern, spec), names in groups.items():
-        if counts[pattern] == 1 and len(names) == total[pattern]:
+    for (pattern, spec), members in groups.items():
+        if counts[pattern] == 1 and len(members) == total[pattern]:
             out[pattern] = json.loads(spec)
-            folded.update(names)
+            folded.update(members)
     for name, spec in specs.items():
         if name not in folded:
             out[name] = spec

@@ -46,7 +46,7 @@ BLOCK_OUTPUT_ROLES = ("o.w", "o.b", "mlp_out.w", "mlp_out.b")
 
 def _fused_qkv(fn, role: str, t: torch.Tensor, c: RoleContext):
     """Apply a q/k/v transform to a tensor that holds q, k and v stacked along dim 0 (GPT-2 c_attn)."""
-    b, a = c.before, c.after
+    b = c.before
     sizes = [b.heads * b.qk_dim, b.kv_heads * b.qk_dim, b.kv_heads * b.v_dim]
     parts, rows, offset = [], [], 0
     cols = None
@@ -283,7 +283,7 @@ class LayerView(View):
     def shape(self, name: str) -> tuple[int, ...]:
         if self.adapter.layer_of(name) is None:
             return self.prev.shape(name)
-        origin, mode = self._origin[name]
+        origin, _ = self._origin[name]
         if origin is not None:  # keep, copy, new_copy: the shape of the layer it comes from
             return self.prev.shape(origin)
         info = self.adapter.role(name)  # a new layer's tensor has the grown model's shape

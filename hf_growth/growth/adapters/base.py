@@ -30,7 +30,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from ..steps import Stage
 
 
 @dataclass(frozen=True)
@@ -97,7 +100,7 @@ class Adapter:
         """Return a new config dict with ``after``'s sizes (the hidden step also rescales epsilon)."""
         raise NotImplementedError  # pragma: no cover
 
-    def check(self, stage: Any) -> None:
+    def check(self, stage: Stage) -> None:
         """Raise ValueError when this architecture cannot do a step exactly (unless ``stage.step.approximate``):
         calls the method named after the step, ``check_<kind>(stage)``, when the adapter has one. ``stage``
         (:class:`hf_growth.growth.steps.Stage`) holds the step, the config and sizes before it, the sizes after

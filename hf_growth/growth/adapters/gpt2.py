@@ -10,9 +10,12 @@ TensorRole(role='qkv.w', layer=0, transposed=True)
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .base import Adapter, Sizes
+
+if TYPE_CHECKING:
+    from ..steps import Stage
 
 
 class GPT2Adapter(Adapter):
@@ -70,7 +73,7 @@ class GPT2Adapter(Adapter):
         return cfg
 
     # ---------------------------------------------------------------- refusals, per step (Adapter.check)
-    def check_num_heads(self, stage: Any) -> None:
+    def check_num_heads(self, stage: Stage) -> None:
         raise ValueError(
             "GPT-2's head size is n_embd / n_head, so heads and head size cannot grow on their own: grow "
             "`hidden_size` by an integer factor instead (cloning multiplies n_head by the same factor)"
@@ -78,13 +81,13 @@ class GPT2Adapter(Adapter):
 
     check_head_dim = check_qk_dim = check_value_dim = check_num_heads
 
-    def check_hidden_size(self, stage: Any) -> None:
+    def check_hidden_size(self, stage: Stage) -> None:
         step, before = stage.step, stage.before
         if step.approximate and step.to % before.hidden and step.to % before.heads:
             raise ValueError(f"approximate hidden growth keeps {before.heads} heads, so {step.to} must be "
                              f"divisible by {before.heads}")
 
-    def check_num_layers(self, stage: Any) -> None:
+    def check_num_layers(self, stage: Stage) -> None:
         if not stage.cfg_before.get("scale_attn_by_inverse_layer_idx"):
             return
         first_new = next((i for i, (_, mode) in enumerate(stage.layers) if mode.startswith("new")), None)

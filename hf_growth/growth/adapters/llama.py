@@ -7,9 +7,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .base import Adapter, Sizes
+
+if TYPE_CHECKING:
+    from ..steps import Stage
 
 EXACT_ROPE_TYPES = ("default", "linear", "llama3")
 
@@ -92,17 +95,17 @@ class LlamaAdapter(Adapter):
         return rope
 
     # ---------------------------------------------------------------- refusals, per step (Adapter.check)
-    def check_head_dim(self, stage: Any) -> None:
+    def check_head_dim(self, stage: Stage) -> None:
         self._check_rope(stage)
 
-    def check_qk_dim(self, stage: Any) -> None:
+    def check_qk_dim(self, stage: Stage) -> None:
         self._check_separate_qk_v(stage)
         self._check_rope(stage)
 
-    def check_value_dim(self, stage: Any) -> None:
+    def check_value_dim(self, stage: Stage) -> None:
         self._check_separate_qk_v(stage)
 
-    def _check_separate_qk_v(self, stage: Any) -> None:
+    def _check_separate_qk_v(self, stage: Stage) -> None:
         if not self.separate_qk_v:
             raise ValueError(
                 f"stock {self.name} has one head_dim for q, k and v, so {stage.step.kind} cannot grow alone: use "
@@ -110,7 +113,7 @@ class LlamaAdapter(Adapter):
                 "which has separate qk_head_dim / v_head_dim"
             )
 
-    def _check_rope(self, stage: Any) -> None:
+    def _check_rope(self, stage: Stage) -> None:
         if self.rope and stage.after.qk_dim != stage.before.qk_dim:
             self.check_rope_growth(stage.step, stage.cfg_before, stage.before.qk_dim, stage.after.qk_dim)
 

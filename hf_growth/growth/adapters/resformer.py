@@ -21,6 +21,8 @@ from .llama import LlamaAdapter
 if TYPE_CHECKING:
     import torch
 
+    from ..steps import Stage
+
 _LAMBDA = ("self_attn.lambda_first", "self_attn.lambda_own", "self_attn.lambda_logit")
 
 
@@ -111,13 +113,13 @@ class ResFormerAdapter(LlamaAdapter):
         return torch.zeros(1)  # lambda_logit (never reached: new learnable_plus layers do not mix)
 
     # ---------------------------------------------------------------- refusals, per step (Adapter.check)
-    def check_stack(self, stage: Any) -> None:
+    def check_stack(self, stage: Stage) -> None:
         if stage.cfg_before.get("value_residual", "identity") != "none" and \
                 any(0 in copy["layers"] for copy in stage.record["copied_blocks"]):
             raise ValueError("stacking would copy layer 0, the value source of the value residual; use a "
                              "smaller block_size or where: middle")
 
-    def check_num_layers(self, stage: Any) -> None:
+    def check_num_layers(self, stage: Stage) -> None:
         if stage.layers and stage.layers[0][1].startswith("new"):
             raise ValueError("a new layer cannot go before layer 0: layer 0 is the source of the values every "
                              "other layer mixes in; start `where` at 1")

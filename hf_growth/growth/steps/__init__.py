@@ -30,4 +30,4 @@ for _step in (MlpWidthStep, NumHeadsStep, HeadDimStep, QkDimStep, ValueDimStep, 
 del _step
 
 __all__ = ["STEP_TYPES", "DepthStep", "GrowthStep", "HeadDimStep", "HiddenSizeStep", "MlpWidthStep", "NumHeadsStep",
-           "NumLayersStep", "QkDimStep", "Stage", "StackStep", "ValueDimStep", "register_step", "step_type"]
+           "NumLayersStep", "QkDimStep", "StackStep", "Stage", "ValueDimStep", "register_step", "step_type"]

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from ..free_values import RoleContext
     from ..views import View
 
-__all__ = ["DepthStep", "GrowthStep", "STEP_TYPES", "Stage", "register_step", "step_type"]
+__all__ = ["STEP_TYPES", "DepthStep", "GrowthStep", "Stage", "register_step", "step_type"]
 
 #: step kind -> step class, in registration order (the order ``known steps`` lists them in)
 STEP_TYPES: dict[str, type[GrowthStep]] = {}

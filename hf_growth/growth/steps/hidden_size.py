@@ -101,7 +101,7 @@ def _hidden_clone(role: str, t: torch.Tensor, c: RoleContext):
     std = c.step.noise
     noise = (lambda out_copies, in_copies, shape: None if in_copies < 2 or std == 0 else
              c.free((out_copies, in_copies - 1, *shape), tag=f"noise{out_copies}", std=std, dtype=torch.float32))
-    lead = lambda n: ops.leading(n)  # noqa: E731
+    lead = ops.leading
     if role in ("embed", "pos"):
         return ops.repeat_along(t, m, dim=1), [None, lead(h)]
     if role == "lm_head":

@@ -12,7 +12,7 @@ free values, ``init: copy`` copies its neighbour below (LLaMA-Pro). ``where``: `
 
 from __future__ import annotations
 
-from typing import Literal, Union
+from typing import Literal
 
 from pydantic import field_validator
 
@@ -23,7 +23,7 @@ class NumLayersStep(DepthStep):
     """``num_layers``: new function-preserving blocks (``interleave`` | ``top`` | list of new positions)."""
 
     kind: Literal["num_layers"] = "num_layers"
-    where: Union[Literal["interleave", "top"], list[int]] = "interleave"
+    where: Literal["interleave", "top"] | list[int] = "interleave"
     init: Literal["random", "copy"] = "random"
 
     @field_validator("where")
