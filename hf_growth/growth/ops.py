@@ -13,44 +13,16 @@ of a tensor are new.
 
 from __future__ import annotations
 
-import importlib
 import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-
-class LazyModule:
-    """A stand-in for a module that imports it on first attribute access and then puts the module itself in
-    the globals it was bound into. The growth code uses it for ``torch``: planning a copy-only plan (``stack``)
-    on disk, validating a plan or counting parameters never imports torch (about a second of start-up).
-
-    >>> lazy = LazyModule("json").bind({})
-    >>> lazy.dumps([1])
-    '[1]'
-    """
-
-    def __init__(self, name: str) -> None:
-        self._name = name
-        self._namespaces: list[dict[str, Any]] = []
-
-    def bind(self, namespace: dict[str, Any]) -> "LazyModule":
-        self._namespaces.append(namespace)
-        return self
-
-    def __getattr__(self, attr: str) -> Any:
-        if attr.startswith("__") and attr.endswith("__"):
-            raise AttributeError(attr)
-        module = importlib.import_module(self._name)
-        for namespace in self._namespaces:
-            if namespace.get(self._name) is self:
-                namespace[self._name] = module
-        return getattr(module, attr)
-
+from .._lazy import lazy_module
 
 if TYPE_CHECKING:
     import torch
-else:
-    torch = LazyModule("torch").bind(globals())
+else:  # imported on first use: planning a copy-only growth, validating a plan or counting parameters need no torch
+    torch = lazy_module("torch", globals())
 
 Placement = "torch.Tensor | None"
 

@@ -9,103 +9,34 @@ A plan is a :class:`GrowthPlan`, a list of one-key mappings, or a YAML file (or 
 >>> plan.steps[0].to
 2048
 
-Every error is a ``ValueError`` naming the step (``plan step 2 (num_heads): ...``). Validation against a
-model's config (shrinking, divisibility, what an architecture cannot do exactly) happens in
-:class:`hf_growth.growth.engine.GrowthEngine`, still before any tensor is read.
+Every error is a ``ValueError`` naming the step (``plan step 2 (num_heads): ...``). The step types are the
+registry of :mod:`hf_growth.growth.steps` (one module per step). Validation against a model's config (shrinking,
+divisibility, what an architecture cannot do exactly) happens in :class:`hf_growth.growth.engine.GrowthEngine`
+(each step's ``resize`` and the adapter's ``check_<kind>``), still before any tensor is read.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator
 
+from .steps import (  # noqa: F401  (the step classes, defined in steps/, importable from here as before)
+    STEP_TYPES,
+    GrowthStep,
+    HeadDimStep,
+    HiddenSizeStep,
+    MlpWidthStep,
+    NumHeadsStep,
+    NumLayersStep,
+    QkDimStep,
+    StackStep,
+    ValueDimStep,
+)
 
-class _Step(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    kind: str = ""
-    to: int = Field(gt=0)
-    approximate: bool = False
-
-    def params(self) -> dict[str, Any]:
-        """The step as a plain dict (for ``growth_history``)."""
-        return {self.kind: self.model_dump(exclude={"kind"}, exclude_defaults=True) | {"to": self.to}}
-
-
-class MlpWidthStep(_Step):
-    """``mlp_width``: the MLP intermediate size."""
-
-    kind: Literal["mlp_width"] = "mlp_width"
-
-
-class NumHeadsStep(_Step):
-    """``num_heads``: query heads; ``num_key_value_heads`` for GQA (default: kept for GQA, = ``to`` for MHA)."""
-
-    kind: Literal["num_heads"] = "num_heads"
-    num_key_value_heads: int | None = Field(default=None, gt=0)
-
-
-class HeadDimStep(_Step):
-    """``head_dim``: the per-head size of q, k and v together (stock Llama)."""
-
-    kind: Literal["head_dim"] = "head_dim"
-
-
-class QkDimStep(_Step):
-    """``qk_dim``: the per-head query/key size alone (architectures with separate sizes)."""
-
-    kind: Literal["qk_dim"] = "qk_dim"
-
-
-class ValueDimStep(_Step):
-    """``value_dim``: the per-head value/output size alone (architectures with separate sizes)."""
-
-    kind: Literal["value_dim"] = "value_dim"
-
-
-class HiddenSizeStep(_Step):
-    """``hidden_size``: the residual width. ``noise``: std of the symmetry-breaking noise of integer cloning
-    (LayerNorm models; default ``initializer_range``, 0 disables)."""
-
-    kind: Literal["hidden_size"] = "hidden_size"
-    noise: float | None = Field(default=None, ge=0)
-
-
-class NumLayersStep(_Step):
-    """``num_layers``: new function-preserving blocks (``interleave`` | ``top`` | list of new positions)."""
-
-    kind: Literal["num_layers"] = "num_layers"
-    where: Union[Literal["interleave", "top"], list[int]] = "interleave"
-    init: Literal["random", "copy"] = "random"
-
-    @field_validator("where")
-    @classmethod
-    def _distinct(cls, value):
-        if isinstance(value, list):
-            if len(set(value)) != len(value):
-                raise ValueError(f"`where` positions must be distinct, got {value}")
-            if any(v < 0 for v in value):
-                raise ValueError(f"`where` positions must be >= 0, got {value}")
-            return sorted(value)
-        return value
-
-
-class StackStep(_Step):
-    """``stack``: MIDAS (``middle``) or gradual (``top``) stacking of ``block_size``-layer blocks. Changes the
-    function by design."""
-
-    kind: Literal["stack"] = "stack"
-    block_size: int = Field(default=1, gt=0)
-    where: Literal["middle", "top"] = "middle"
-
-
-STEP_TYPES: dict[str, type[_Step]] = {
-    cls.model_fields["kind"].default: cls
-    for cls in (MlpWidthStep, NumHeadsStep, HeadDimStep, QkDimStep, ValueDimStep, HiddenSizeStep, NumLayersStep,
-                StackStep)
-}
-Step = Union[MlpWidthStep, NumHeadsStep, HeadDimStep, QkDimStep, ValueDimStep, HiddenSizeStep, NumLayersStep, StackStep]
+#: any step (the base class of every registered step type)
+Step = GrowthStep
 
 
 def _format_validation_error(error: ValidationError) -> str:
@@ -117,10 +48,10 @@ def _format_validation_error(error: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def parse_step(item: Any, index: int) -> Step:
+def parse_step(item: Any, index: int) -> GrowthStep:
     """Parse one plan item (``{"mlp_width": 2048}`` or ``{"mlp_width": {"to": 2048}}`` or a step object)."""
-    if isinstance(item, _Step):
-        return item  # type: ignore[return-value]
+    if isinstance(item, GrowthStep):
+        return item
     if not isinstance(item, dict) or len(item) != 1:
         raise ValueError(
             f"plan step {index}: each step must be a one-key mapping like {{mlp_width: 2048}}, got {item!r}"
@@ -133,7 +64,7 @@ def parse_step(item: Any, index: int) -> Step:
         raise ValueError(f"plan step {index} ({kind}): expected an integer or a mapping with `to`, got {value!r}")
     data = {"to": value} if isinstance(value, int) else dict(value)
     try:
-        return cls(**data)  # type: ignore[return-value]
+        return cls(**data)
     except ValidationError as error:
         raise ValueError(f"plan step {index} ({kind}): {_format_validation_error(error)}") from None
 
@@ -146,7 +77,20 @@ class GrowthPlan(BaseModel):
     """
 
     model_config = ConfigDict(frozen=True)
-    steps: list[Step] = Field(default_factory=list)
+    steps: list[SerializeAsAny[GrowthStep]] = Field(default_factory=list)
+
+    @field_validator("steps", mode="before")
+    @classmethod
+    def _parse_steps(cls, value: Any) -> Any:
+        """Steps given as one-key mappings, ``{"kind": ..., ...}`` dicts or step objects become step objects."""
+        if not isinstance(value, (list, tuple)):
+            return value
+        out = []
+        for i, item in enumerate(value):
+            if isinstance(item, dict) and "kind" in item and item["kind"] in STEP_TYPES:
+                item = {item["kind"]: {k: v for k, v in item.items() if k != "kind"}}
+            out.append(parse_step(item, i))
+        return out
 
     @classmethod
     def parse(cls, plan: "GrowthPlan | list | dict | str | Path") -> "GrowthPlan":

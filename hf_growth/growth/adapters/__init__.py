@@ -7,9 +7,9 @@
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
+from ..._lazy import import_object
 from .base import Adapter, Sizes, TensorRole
 
 # model_type -> "module:Class" (imported on first use)
@@ -48,8 +48,7 @@ def get_adapter(config: Any) -> Adapter:
         raise ValueError(
             f"hf-growth cannot grow model_type {model_type!r}{why}; supported: {', '.join(supported_model_types())}"
         )
-    module, _, cls = _REGISTRY[model_type].partition(":")
-    return getattr(importlib.import_module(module), cls)()
+    return import_object(_REGISTRY[model_type])()
 
 
 __all__ = ["Adapter", "Sizes", "TensorRole", "get_adapter", "register_adapter", "supported_model_types"]

@@ -1,6 +1,7 @@
 """The adapter protocol: one subclass per architecture maps tensor names <-> roles and layouts, reads and
 writes sizes in the config, and says what it cannot do exactly. The math lives in ``ops.py`` and the step
-logic in ``engine.py``; an adapter holds no tensor code.
+logic in ``steps/``; an adapter holds no tensor code. What an architecture refuses is a method per step,
+``check_<kind>(stage)`` (:meth:`Adapter.check`).
 
 Roles (canonical layout ``(out, in)``; ``transposed=True`` marks GPT-2 Conv1D storage ``(in, out)``):
 
@@ -29,7 +30,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from ..steps import Stage
 
 
 @dataclass(frozen=True)
@@ -96,8 +100,14 @@ class Adapter:
         """Return a new config dict with ``after``'s sizes (the hidden step also rescales epsilon)."""
         raise NotImplementedError  # pragma: no cover
 
-    def check_step(self, step: Any, cfg: dict[str, Any], before: Sizes, after: Sizes) -> None:
-        """Raise ValueError when the step cannot be done exactly (unless ``step.approximate``)."""
+    def check(self, stage: Stage) -> None:
+        """Raise ValueError when this architecture cannot do a step exactly (unless ``stage.step.approximate``):
+        calls the method named after the step, ``check_<kind>(stage)``, when the adapter has one. ``stage``
+        (:class:`hf_growth.growth.steps.Stage`) holds the step, the config and sizes before it, the sizes after
+        it and, for depth steps, where each layer comes from."""
+        hook = getattr(self, f"check_{stage.step.kind}", None)
+        if hook is not None:
+            hook(stage)
 
     #: the config class's defaults of the keys this adapter reads (``complete_config`` fills them in)
     config_defaults: ClassVar[dict[str, Any]] = {}
@@ -233,7 +243,3 @@ class Adapter:
             if isinstance(value, list) and len(value) == self.sizes(cfg).layers:
                 cfg[key] = [value[j] for j in sources]
         return cfg
-
-    def check_layer_positions(self, step: Any, sources: list[tuple[int, str]], before: Sizes,
-                              cfg: dict[str, Any]) -> None:
-        """Raise when new layers at these positions would not be exact (GPT-2 inverse-layer scaling...)."""

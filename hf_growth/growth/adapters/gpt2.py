@@ -10,9 +10,12 @@ TensorRole(role='qkv.w', layer=0, transposed=True)
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .base import Adapter, Sizes
+
+if TYPE_CHECKING:
+    from ..steps import Stage
 
 
 class GPT2Adapter(Adapter):
@@ -69,25 +72,27 @@ class GPT2Adapter(Adapter):
         cfg.update(n_embd=after.hidden, n_inner=after.mlp, n_head=after.heads, n_layer=after.layers)
         return cfg
 
-    def check_step(self, step: Any, cfg: dict[str, Any], before: Sizes, after: Sizes) -> None:
-        if step.kind in ("num_heads", "head_dim", "qk_dim", "value_dim"):
-            raise ValueError(
-                "GPT-2's head size is n_embd / n_head, so heads and head size cannot grow on their own: grow "
-                "`hidden_size` by an integer factor instead (cloning multiplies n_head by the same factor)"
-            )
-        if step.kind == "hidden_size" and step.approximate and step.to % before.hidden:
-            if step.to % before.heads:
-                raise ValueError(f"approximate hidden growth keeps {before.heads} heads, so {step.to} must be "
-                                 f"divisible by {before.heads}")
+    # ---------------------------------------------------------------- refusals, per step (Adapter.check)
+    def check_num_heads(self, stage: Stage) -> None:
+        raise ValueError(
+            "GPT-2's head size is n_embd / n_head, so heads and head size cannot grow on their own: grow "
+            "`hidden_size` by an integer factor instead (cloning multiplies n_head by the same factor)"
+        )
 
-    def check_layer_positions(self, step: Any, sources: list[tuple[int, str]], before: Sizes,
-                              cfg: dict[str, Any]) -> None:
-        if not cfg.get("scale_attn_by_inverse_layer_idx"):
+    check_head_dim = check_qk_dim = check_value_dim = check_num_heads
+
+    def check_hidden_size(self, stage: Stage) -> None:
+        step, before = stage.step, stage.before
+        if step.approximate and step.to % before.hidden and step.to % before.heads:
+            raise ValueError(f"approximate hidden growth keeps {before.heads} heads, so {step.to} must be "
+                             f"divisible by {before.heads}")
+
+    def check_num_layers(self, stage: Stage) -> None:
+        if not stage.cfg_before.get("scale_attn_by_inverse_layer_idx"):
             return
-        first_new = next((i for i, (_, mode) in enumerate(sources) if mode == "new"), None)
-        if first_new is not None and first_new < before.layers:
+        first_new = next((i for i, (_, mode) in enumerate(stage.layers) if mode.startswith("new")), None)
+        if first_new is not None and first_new < stage.before.layers:
             raise ValueError(
                 "scale_attn_by_inverse_layer_idx divides layer i's attention scores by i + 1, so inserting "
                 "layers below existing ones changes their scale; use `where: top`"
             )
-

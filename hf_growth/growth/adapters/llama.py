@@ -7,9 +7,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .base import Adapter, Sizes
+
+if TYPE_CHECKING:
+    from ..steps import Stage
 
 EXACT_ROPE_TYPES = ("default", "linear", "llama3")
 
@@ -91,15 +94,28 @@ class LlamaAdapter(Adapter):
             rope = dict(cfg["rope_scaling"])
         return rope
 
-    def check_step(self, step: Any, cfg: dict[str, Any], before: Sizes, after: Sizes) -> None:
-        if step.kind in ("qk_dim", "value_dim") and not self.separate_qk_v:
+    # ---------------------------------------------------------------- refusals, per step (Adapter.check)
+    def check_head_dim(self, stage: Stage) -> None:
+        self._check_rope(stage)
+
+    def check_qk_dim(self, stage: Stage) -> None:
+        self._check_separate_qk_v(stage)
+        self._check_rope(stage)
+
+    def check_value_dim(self, stage: Stage) -> None:
+        self._check_separate_qk_v(stage)
+
+    def _check_separate_qk_v(self, stage: Stage) -> None:
+        if not self.separate_qk_v:
             raise ValueError(
-                f"stock {self.name} has one head_dim for q, k and v, so {step.kind} cannot grow alone: use "
+                f"stock {self.name} has one head_dim for q, k and v, so {stage.step.kind} cannot grow alone: use "
                 "`head_dim` (both together), or convert to ResFormer (hf_growth.convert_llama_to_resformer), "
                 "which has separate qk_head_dim / v_head_dim"
             )
-        if step.kind in ("head_dim", "qk_dim") and self.rope and after.qk_dim != before.qk_dim:
-            self.check_rope_growth(step, cfg, before.qk_dim, after.qk_dim)
+
+    def _check_rope(self, stage: Stage) -> None:
+        if self.rope and stage.after.qk_dim != stage.before.qk_dim:
+            self.check_rope_growth(stage.step, stage.cfg_before, stage.before.qk_dim, stage.after.qk_dim)
 
     def check_rope_growth(self, step: Any, cfg: dict[str, Any], old: int, new: int) -> None:
         rope = self.rope_parameters(cfg)

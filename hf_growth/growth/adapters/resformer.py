@@ -21,6 +21,8 @@ from .llama import LlamaAdapter
 if TYPE_CHECKING:
     import torch
 
+    from ..steps import Stage
+
 _LAMBDA = ("self_attn.lambda_first", "self_attn.lambda_own", "self_attn.lambda_logit")
 
 
@@ -110,19 +112,15 @@ class ResFormerAdapter(LlamaAdapter):
             return torch.full((1,), float(own))
         return torch.zeros(1)  # lambda_logit (never reached: new learnable_plus layers do not mix)
 
-    def check_step(self, step: Any, cfg: dict[str, Any], before: Sizes, after: Sizes) -> None:
-        super().check_step(step, cfg, before, after)
-        if step.kind == "stack" and cfg.get("value_residual", "identity") != "none":
-            from ..stacking import stack_layer_sources
+    # ---------------------------------------------------------------- refusals, per step (Adapter.check)
+    def check_stack(self, stage: Stage) -> None:
+        if stage.cfg_before.get("value_residual", "identity") != "none" and \
+                any(0 in copy["layers"] for copy in stage.record["copied_blocks"]):
+            raise ValueError("stacking would copy layer 0, the value source of the value residual; use a "
+                             "smaller block_size or where: middle")
 
-            _, copies = stack_layer_sources(before.layers, step.to, step.block_size, step.where)
-            if any(0 in c["layers"] for c in copies):
-                raise ValueError("stacking would copy layer 0, the value source of the value residual; use a "
-                                 "smaller block_size or where: middle")
-
-    def check_layer_positions(self, step: Any, sources: list[tuple[int, str]], before: Sizes,
-                              cfg: dict[str, Any]) -> None:
-        if sources and sources[0][1] == "new":
+    def check_num_layers(self, stage: Stage) -> None:
+        if stage.layers and stage.layers[0][1].startswith("new"):
             raise ValueError("a new layer cannot go before layer 0: layer 0 is the source of the values every "
                              "other layer mixes in; start `where` at 1")
 

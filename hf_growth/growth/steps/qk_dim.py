@@ -1,0 +1,58 @@
+"""``qk_dim``: the per-head query/key size alone (architectures with separate sizes, ResFormer). Under RoPE the
+old dimensions move to the places that keep their frequencies (an integer factor; ``approximate`` keeps old pairs
+in place); keys are scaled by ``sqrt(new / old)`` for the attention's ``1 / sqrt(d)``, their new entries are zero.
+
+>>> QkDimStep(to=96).params()
+{'qk_dim': {'to': 96}}
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any, Literal
+
+from ..._lazy import lazy_module
+from .. import ops
+from .base import GrowthStep, Stage
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..free_values import RoleContext
+else:
+    torch = lazy_module("torch", globals())
+
+
+class QkDimStep(GrowthStep):
+    """``qk_dim``: the per-head query/key size alone (architectures with separate sizes)."""
+
+    kind: Literal["qk_dim"] = "qk_dim"
+
+    def resize(self, stage: Stage) -> None:
+        self.no_shrink(stage.before.qk_dim, self.to, "qk dim")
+        stage.after = stage.before.with_(qk_dim=self.to)
+
+    def transform(self, role: str, t: torch.Tensor, c: RoleContext) -> tuple[torch.Tensor, Any] | None:
+        return grow_qk(role, t, c)
+
+
+def grow_qk(role: str, t: torch.Tensor, c: RoleContext) -> tuple[torch.Tensor, Any] | None:
+    """Queries and keys (weights and biases) from ``c.before.qk_dim`` to ``c.after.qk_dim`` per head."""
+    b, a = c.before, c.after
+    if a.qk_dim == b.qk_dim or role not in ("q.w", "q.b", "k.w", "k.b"):
+        return None
+    if c.stage.adapter.rope:
+        within = ops.rope_placement(b.qk_dim, a.qk_dim, exact=not (c.step.approximate and a.qk_dim % b.qk_dim))
+    else:
+        within = ops.leading(b.qk_dim)
+    heads = b.heads if role[0] == "q" else b.kv_heads
+    rows = ops.per_head_placement(torch.arange(heads), a.qk_dim, within=within)
+    shape = (heads * a.qk_dim, *t.shape[1:])
+    rest = [None] * (t.dim() - 1)
+    if role == "q.w":
+        return c.free_rows(ops.place(t, c.empty(shape), [rows] + rest), rows), [rows] + rest
+    if role == "q.b":
+        return c.placed(t, shape, [rows] + rest), [rows] + rest
+    # keys: scaled by sqrt(new/old) for the 1/sqrt(d) change (in float32); their new entries are zero
+    scaled = t.float() if c.meta else t.float() * math.sqrt(a.qk_dim / b.qk_dim)
+    return c.placed(scaled, shape, [rows] + rest), [rows] + rest
