@@ -372,7 +372,7 @@ def test_bad_inputs_name_the_file(tmp_path):
 def test_row_chunks_of_large_tensors_are_bit_identical(tmp_path, monkeypatch, plan):
     """Embeddings and lm_head are streamed in row chunks (and their free values drawn in row blocks): every
     chunking gives the in-memory tensors, and a chunk alone equals the rows of the whole tensor."""
-    from hf_growth.growth import engine as engine_module
+    from hf_growth.growth import free_values as engine_module
     from hf_growth.growth import streaming
     from hf_growth.growth.engine import GrowthEngine, StateDictSource
 
@@ -497,7 +497,7 @@ def test_streaming_imports_only_what_it_needs(tmp_path, plan, allowed):
 def test_free_values_do_not_depend_on_the_number_of_threads(tmp_path, monkeypatch):
     """The free blocks of a tensor are drawn on several threads; each block has its own generator, so the tensors
     are the same with one thread (and bit-identical to the in-memory path)."""
-    from hf_growth.growth import engine as engine_module
+    from hf_growth.growth import free_values as engine_module
 
     monkeypatch.setattr(engine_module, "FREE_BLOCK_ELEMENTS", 5 * 32)  # many blocks per tensor
     model = make_model("llama", torch.bfloat16)

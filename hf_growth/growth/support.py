@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from .adapters import Adapter, Sizes, get_adapter, supported_model_types
-from .plan import STEP_TYPES
+from .steps import STEP_TYPES
 
 EXACT = "exact"
 CONDITIONS = "exact with conditions"
@@ -246,9 +246,9 @@ no tensor code (the math is shared by every architecture and by the in-memory an
    the config's names; `sizes()` / `write_sizes()` read and write them; `config_defaults` holds the config
    class's defaults of the keys it reads (a `config.json` may leave them out); `norm` is `"rms"`
    (zero-padded hidden growth with gain and epsilon rescaled) or `"layer"` (integer cloning only).
-3. **Refusals.** Override `check_step` (and `check_layer_positions` for depth) to raise a `ValueError`
-   saying why a step cannot be exact and what can do it instead (an integer factor, another step,
-   `approximate: true`).
+3. **Refusals.** Define `check_<step>(stage)` (e.g. `check_head_dim`, `check_num_layers`) to raise a
+   `ValueError` saying why a step cannot be exact and what can do it instead (an integer factor, another step,
+   `approximate: true`); `stage` holds the step, the config and sizes before it and the sizes after it.
 4. **Register** it in `_REGISTRY` in `hf_growth/growth/adapters/__init__.py` (or at run time with
    `register_adapter(model_type, "package.module:Class")`), regenerate this file, and test every step on a
    tiny random model (`max_logit_diff` against the source) and streaming against in-memory growth.
