@@ -155,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     corpus = corpus_lib.read_corpus(int((corpus_mb or max(50.0, args.tokens * 3.5 / 1e6 * 1.1)) * 1e6))
     encode, tok_desc, vocab, eos = corpus_lib.load_tokenizer("bpe", corpus["texts"]["train"], args.vocab_size)
     train = corpus_lib.to_sequences(encode, corpus["texts"]["train"], eos, args.seq_len, int(args.tokens * 1.02))
+    train = train[: int(args.tokens) // args.seq_len]  # to_sequences stops at a chunk boundary past max_tokens
     val = corpus_lib.to_sequences(encode, corpus["texts"]["validation"], eos, args.seq_len,
                                   args.val_sequences * (args.seq_len + 1))[: args.val_sequences]
     print(f"data: {len(train)} train / {len(val)} validation sequences of {args.seq_len + 1} tokens, {tok_desc} "
