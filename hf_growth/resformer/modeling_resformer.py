@@ -191,8 +191,9 @@ class ValueResidualProjection(torch.autograd.Function):
 
     ``V_own = x @ W.T + b`` is never materialised: ``lambda_own`` is folded into the weight (one weight-sized
     multiply) and the product is accumulated onto ``lambda_first * V_0`` by one in-place ``addmm``. The backward
-    needs no per-layer activation beyond what the plain formula's neighbours keep alive anyway: ``x`` (saved by
-    ``q_proj`` / ``k_proj`` too) and ``V_0`` (shared by every layer). Its gradients, with ``g = dL/dV'``:
+    needs no per-layer activation beyond what its neighbours keep alive anyway: ``x`` (saved by ``q_proj`` /
+    ``k_proj`` too) and, for a learnable ``lambda_first`` only, ``V_0`` (one tensor shared by every layer). Its
+    gradients, with ``g = dL/dV'``:
 
     - ``dL/dx = g @ (lambda_own * W)`` and ``dL/dW = lambda_own * (g.T @ x)``: the two matmuls of a plain ``Linear``;
     - ``dL/dlambda_own = sum(g * V_own) = sum(W * (g.T @ x)) + sum(b * g.sum(tokens))``: a weight-sized sum over
@@ -217,8 +218,10 @@ class ValueResidualProjection(torch.autograd.Function):
         if b is not None:
             mixed.add_(_scale(b, own))
         mixed.view(-1, w.shape[0]).addmm_(x, _scale(w, own).t())
+        # V_0 only for lambda_first's gradient: fixed weights keep nothing of V_0 alive
         ctx.save_for_backward(
-            x, w, b, v0, *(t if isinstance(t, torch.Tensor) else None for t in (first, own))
+            x, w, b, v0 if ctx.needs_input_grad[4] else None,
+            *(t if isinstance(t, torch.Tensor) else None for t in (first, own)),
         )
         ctx.lambdas = tuple(None if isinstance(t, torch.Tensor) else t for t in (first, own))
         ctx.dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype, v_first.dtype)
@@ -247,9 +250,10 @@ class ValueResidualProjection(torch.autograd.Function):
             if need_b:
                 grad_b = _scale(grad_b_unscaled, own).to(bias_dtype)
         if need_own:
-            total = (grad_w_unscaled.float() * w.float()).sum()
+            acc = torch.promote_types(w.dtype, torch.float32)  # a weight-sized sum: accumulate in float32 at least
+            total = (grad_w_unscaled.to(acc) * w.to(acc)).sum()
             if b is not None:
-                total = total + (grad_b_unscaled.float() * b.float()).sum()
+                total = total + (grad_b_unscaled.to(acc) * b.to(acc)).sum()
             grad_own = total.reshape(own_t.shape).to(ctx.lambda_dtypes[1])
         if need_v0:
             grad_v0 = (g3 * first).to(v_first_dtype)
