@@ -472,6 +472,7 @@ class ResFormerPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flex_attn = True
     _supports_attention_backend = True
+    _can_compile_fullgraph = True
     _can_record_outputs = {
         "hidden_states": ResFormerDecoderLayer,
         "attentions": ResFormerAttention,
