@@ -269,6 +269,8 @@ class ResFormerAttention(nn.Module):
     ``lambda_first * V_0 + lambda_own * V_n``; an SVFormer mixing layer has no ``v_proj`` and attends to V_0.
     Learnable variants hold ``lambda_first`` / ``lambda_own`` (``learnable``) or ``lambda_logit`` / ``lambda_own``
     (``learnable_plus``; lambda_first comes from the model) as 1-element ``nn.Parameter``s.
+    A mixing layer computes ``v_proj`` and the mixing as one :class:`ValueResidualProjection` (see
+    :meth:`fuses_value_projection`; ``fused_value_residual = False`` selects the plain formula, :meth:`mix_values`).
     """
 
     def __init__(self, config: ResFormerConfig, layer_idx: int) -> None:
