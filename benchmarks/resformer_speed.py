@@ -127,7 +127,8 @@ def decode_speed(model, batch: int, context: int, new_tokens: int, vocab: int, d
         token = out.logits[:, -1:].argmax(-1)
     sync(device)
     seconds = time.perf_counter() - start
-    return dict(kv_cache_bytes=cache_bytes, decode_tokens_per_s=batch * new_tokens / seconds, context=context, batch=batch)
+    return dict(kv_cache_bytes=cache_bytes, decode_tokens_per_s=batch * new_tokens / seconds, context=context,
+                batch=batch)
 
 
 def free(device: torch.device) -> None:
@@ -217,7 +218,8 @@ def main(argv: list[str] | None = None) -> dict:
     for row in result["training"]:
         ref = base[row["shape"]]
         row["tokens_per_s_ratio"] = row["tokens_per_s"] / ref["tokens_per_s"]
-        row["peak_memory_ratio"] = (row["peak_memory_bytes"] / ref["peak_memory_bytes"]) if ref["peak_memory_bytes"] else None
+        peak, ref_peak = row["peak_memory_bytes"], ref["peak_memory_bytes"]
+        row["peak_memory_ratio"] = peak / ref_peak if ref_peak else None
         row["saved_activation_ratio"] = row["saved_activation_bytes"] / ref["saved_activation_bytes"]
     if {"llama", "svformer"} <= set(result["decode"]):
         sv, ll = result["decode"]["svformer"], result["decode"]["llama"]
