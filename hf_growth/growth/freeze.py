@@ -2,8 +2,15 @@
 
 ``freeze_original(model)`` reads ``model.config.growth_history`` (the ``new_slices`` of the last growth run):
 whole new tensors stay trainable, untouched tensors get ``requires_grad=False``, and tensors with new slices
-stay trainable with a gradient hook that zeroes the gradient of their old entries. Works on a peft model too
-(apply it before or after ``get_peft_model``; LoRA parameters are left as peft set them).
+stay trainable with a gradient hook that zeroes the gradient of their old entries.
+
+With peft, call it **after** ``get_peft_model``: peft freezes every base parameter, so a ``freeze_original`` made
+before is undone and only the adapters train. After it, the adapters (``lora_*``, ``modules_to_save``) are left as
+peft set them, and the new entries of the base model train with them. peft's ``print_trainable_parameters`` and
+``get_nb_trainable_parameters`` then count every tensor with ``requires_grad`` in full, including those of which
+only the new slices change: after a ``hidden_size`` step every tensor has new slices and peft reports 100%.
+The effective count is ``freeze_original``'s ``"effective_trainable"`` (new entries + adapter entries), or
+:func:`effective_trainable_parameters` at any later time.
 
 Use an optimizer without decoupled weight decay on the masked tensors (``weight_decay=0``): a zero gradient
 does not stop AdamW's decay.
@@ -16,6 +23,10 @@ does not stop AdamW's decay.
 >>> summary = freeze_original(grown)
 >>> summary["whole"], summary["masked"]
 (9, 0)
+>>> wider = grow_model(model, [{"mlp_width": {"to": 96}}])
+>>> summary = freeze_original(wider)
+>>> summary["masked"], summary["effective_trainable"], effective_trainable_parameters(wider)
+(6, 6144, (6144, 28832))
 """
 
 from __future__ import annotations
@@ -63,15 +74,21 @@ def new_parameter_masks(model: torch.nn.Module) -> dict[str, Any]:
 
 
 def freeze_original(model: torch.nn.Module) -> dict[str, int]:
-    """Make only the parameters (and slices) added by the last growth run trainable; returns counts
-    ``{"whole": tensors fully new, "masked": tensors with new slices, "frozen": old tensors,
-    "trainable_elements": new entries}``."""
+    """Make only the parameters (and slices) added by the last growth run trainable.
+
+    Returns counts: ``"whole"`` tensors fully new, ``"masked"`` tensors with new slices, ``"frozen"`` old tensors,
+    ``"trainable_elements"`` new entries, ``"adapter_elements"`` entries of trainable parameters this function
+    leaves alone (peft's ``lora_*`` / ``modules_to_save``), ``"effective_trainable"`` the entries training can
+    change (the last two summed) and ``"total_elements"`` every parameter entry. See the module docstring for peft.
+    """
     for handle in getattr(model, "_hf_growth_freeze_hooks", []):
         handle.remove()
     handles = []
+    masks: dict[str, torch.Tensor] = {}
     counts = {"whole": 0, "masked": 0, "frozen": 0, "trainable_elements": 0}
     params = dict(model.named_parameters())
-    for name, spec in new_parameter_masks(model).items():
+    specs = new_parameter_masks(model)
+    for name, spec in specs.items():
         param = params[name]
         if spec is None:
             param.requires_grad_(False)
@@ -84,7 +101,24 @@ def freeze_original(model: torch.nn.Module) -> dict[str, int]:
             param.requires_grad_(True)
             mask = spec.to(device=param.device, dtype=param.dtype)
             handles.append(param.register_hook(lambda grad, mask=mask: grad * mask))
+            masks[name] = spec
             counts["masked"] += 1
             counts["trainable_elements"] += int(spec.sum())
     model._hf_growth_freeze_hooks = handles
+    model._hf_growth_freeze_masks = masks
+    counts["adapter_elements"] = sum(p.numel() for n, p in params.items() if n not in specs and p.requires_grad)
+    counts["effective_trainable"] = counts["trainable_elements"] + counts["adapter_elements"]
+    counts["total_elements"] = sum(p.numel() for p in params.values())
     return counts
+
+
+def effective_trainable_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    """``(entries training can change, all parameter entries)``: like peft's ``get_nb_trainable_parameters``, but a
+    tensor masked by :func:`freeze_original` counts only its new entries."""
+    masks = getattr(model, "_hf_growth_freeze_masks", {})
+    trainable = total = 0
+    for name, param in model.named_parameters():
+        total += param.numel()
+        if param.requires_grad:
+            trainable += int(masks[name].sum()) if name in masks else param.numel()
+    return trainable, total

@@ -174,6 +174,94 @@ def eager_attention_forward(
     return attn_output, attn_weights
 
 
+def _autocast_dtype(tensor: torch.Tensor) -> torch.dtype:
+    """The dtype a matmul on ``tensor`` computes in: the autocast dtype where autocast is on, else its own."""
+    device_type = tensor.device.type
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return tensor.dtype
+
+
+def _scale(tensor: torch.Tensor, factor: torch.Tensor | float) -> torch.Tensor:
+    return tensor if isinstance(factor, float) and factor == 1.0 else tensor * factor
+
+
+class ValueResidualProjection(torch.autograd.Function):
+    """``lambda_first * V_0 + lambda_own * (x @ W.T + b)``: the value projection and the value residual in one step.
+
+    ``V_own = x @ W.T + b`` is never materialised: ``lambda_own`` is folded into the weight (one weight-sized
+    multiply) and the product is accumulated onto ``lambda_first * V_0`` by one in-place ``addmm``. The backward
+    needs no per-layer activation beyond what its neighbours keep alive anyway: ``x`` (saved by ``q_proj`` /
+    ``k_proj`` too) and, for a learnable ``lambda_first`` only, ``V_0`` (one tensor shared by every layer). Its
+    gradients, with ``g = dL/dV'``:
+
+    - ``dL/dx = g @ (lambda_own * W)`` and ``dL/dW = lambda_own * (g.T @ x)``: the two matmuls of a plain ``Linear``;
+    - ``dL/dlambda_own = sum(g * V_own) = sum(W * (g.T @ x)) + sum(b * g.sum(tokens))``: a weight-sized sum over
+      the matmul the weight gradient computes anyway, so ``V_own`` is not kept alive;
+    - ``dL/dV_0 = lambda_first * g`` and ``dL/dlambda_first = <g, V_0>``.
+
+    Mathematically equal to the plain formula; numerically equal to float32 round-off (the matmul sees
+    ``lambda_own * W`` rather than scaling its result). The lambdas are 1-element tensors (learnable) or floats.
+    Inputs: ``hidden`` (..., in), ``v_first`` (..., out) with the same leading shape; returns (..., out).
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, v_first, lambda_first, lambda_own):
+        dtype = _autocast_dtype(hidden)
+        x = hidden.to(dtype).reshape(-1, hidden.shape[-1])
+        w = weight.to(dtype)
+        b = bias.to(dtype) if bias is not None else None
+        first = lambda_first.to(dtype) if isinstance(lambda_first, torch.Tensor) else lambda_first
+        own = lambda_own.to(dtype) if isinstance(lambda_own, torch.Tensor) else lambda_own
+        v0 = v_first.to(dtype)
+        mixed = (v0 * first).contiguous()
+        if b is not None:
+            mixed.add_(_scale(b, own))
+        mixed.view(-1, w.shape[0]).addmm_(x, _scale(w, own).t())
+        # V_0 only for lambda_first's gradient: fixed weights keep nothing of V_0 alive
+        ctx.save_for_backward(
+            x, w, b, v0 if ctx.needs_input_grad[4] else None,
+            *(t if isinstance(t, torch.Tensor) else None for t in (first, own)),
+        )
+        ctx.lambdas = tuple(None if isinstance(t, torch.Tensor) else t for t in (first, own))
+        ctx.dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype, v_first.dtype)
+        ctx.lambda_dtypes = tuple(t.dtype if isinstance(t, torch.Tensor) else None for t in (lambda_first, lambda_own))
+        ctx.hidden_shape = hidden.shape
+        return mixed
+
+    @staticmethod
+    def backward(ctx, grad_mixed):
+        x, w, b, v0, first_t, own_t = ctx.saved_tensors
+        first = first_t if first_t is not None else ctx.lambdas[0]
+        own = own_t if own_t is not None else ctx.lambdas[1]
+        hidden_dtype, weight_dtype, bias_dtype, v_first_dtype = ctx.dtypes
+        need_x, need_w, need_b, need_v0, need_first, need_own = ctx.needs_input_grad
+        g3 = grad_mixed.to(x.dtype)
+        g = g3.reshape(-1, w.shape[0])
+        grad_x = grad_w = grad_b = grad_v0 = grad_first = grad_own = None
+        if need_x:
+            grad_x = (g @ _scale(w, own)).view(ctx.hidden_shape).to(hidden_dtype)
+        if need_w or need_own:
+            grad_w_unscaled = g.t() @ x
+            if need_w:
+                grad_w = _scale(grad_w_unscaled, own).to(weight_dtype)
+        if b is not None and (need_b or need_own):
+            grad_b_unscaled = g.sum(0)
+            if need_b:
+                grad_b = _scale(grad_b_unscaled, own).to(bias_dtype)
+        if need_own:
+            acc = torch.promote_types(w.dtype, torch.float32)  # a weight-sized sum: accumulate in float32 at least
+            total = (grad_w_unscaled.to(acc) * w.to(acc)).sum()
+            if b is not None:
+                total = total + (grad_b_unscaled.to(acc) * b.to(acc)).sum()
+            grad_own = total.reshape(own_t.shape).to(ctx.lambda_dtypes[1])
+        if need_v0:
+            grad_v0 = (g3 * first).to(v_first_dtype)
+        if need_first:
+            grad_first = torch.dot(g3.reshape(-1), v0.reshape(-1)).reshape(first_t.shape).to(ctx.lambda_dtypes[0])
+        return grad_x, grad_w, grad_b, grad_v0, grad_first, grad_own
+
+
 class ResFormerAttention(nn.Module):
     """Grouped-query attention whose values may mix in layer 0's values (value residual learning).
 
@@ -181,6 +269,8 @@ class ResFormerAttention(nn.Module):
     ``lambda_first * V_0 + lambda_own * V_n``; an SVFormer mixing layer has no ``v_proj`` and attends to V_0.
     Learnable variants hold ``lambda_first`` / ``lambda_own`` (``learnable``) or ``lambda_logit`` / ``lambda_own``
     (``learnable_plus``; lambda_first comes from the model) as 1-element ``nn.Parameter``s.
+    A mixing layer computes ``v_proj`` and the mixing as one :class:`ValueResidualProjection` (see
+    :meth:`fuses_value_projection`; ``fused_value_residual = False`` selects the plain formula, :meth:`mix_values`).
     """
 
     def __init__(self, config: ResFormerConfig, layer_idx: int) -> None:
@@ -207,6 +297,8 @@ class ResFormerAttention(nn.Module):
         self.o_proj = nn.Linear(config.num_attention_heads * self.v_head_dim, config.hidden_size, bias=bias)
 
         self.lambda_init = config.resolved_value_residual_lambda()
+        # False: v_proj as a module, then mix_values (the plain formula); see fuses_value_projection
+        self.fused_value_residual = True
         if self.mixes and not self.shares_value:
             first, own = self.lambda_init
             if config.value_residual == "learnable":
@@ -216,18 +308,42 @@ class ResFormerAttention(nn.Module):
                 self.lambda_logit = nn.Parameter(torch.zeros(1))
                 self.lambda_own = nn.Parameter(torch.full((1,), own))
 
+    def value_residual_lambdas(
+        self, lambda_first: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor | float, torch.Tensor | float]:
+        """``(lambda_first, lambda_own)`` of this mixing layer: parameters (learnable variants) or floats."""
+        if self.value_residual == "learnable":
+            return self.lambda_first, self.lambda_own
+        if self.value_residual == "learnable_plus":
+            if lambda_first is None:
+                raise ValueError("learnable_plus layers need lambda_first from ResFormerModel.")
+            return lambda_first, self.lambda_own
+        return self.lambda_init
+
+    def fuses_value_projection(self) -> bool:
+        """Whether this mixing layer runs ``v_proj`` and the mixing as one :class:`ValueResidualProjection`.
+
+        Only for a plain ``nn.Linear`` with no hooks and no replaced ``forward``: a LoRA / quantised / hooked
+        ``v_proj`` (peft, bitsandbytes, accelerate offloading, DeepSpeed ZeRO-3) is called as a module and its
+        output mixed by :meth:`mix_values`, which keeps each layer's own values alive for the lambda gradients.
+        """
+        if not (self.fused_value_residual and self.mixes and not self.shares_value):
+            return False
+        v_proj = self.v_proj
+        return (
+            type(v_proj) is nn.Linear
+            and not (v_proj._forward_hooks or v_proj._forward_pre_hooks)
+            and not (v_proj._backward_hooks or v_proj._backward_pre_hooks)
+            and "forward" not in v_proj.__dict__
+            and not (nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks)
+            and not nn.modules.module._global_backward_hooks
+        )
+
     def mix_values(
         self, value_states: torch.Tensor, v_first: torch.Tensor, lambda_first: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """``lambda_first * v_first + lambda_own * value_states`` for this layer's variant."""
-        if self.value_residual == "learnable":
-            first, own = self.lambda_first, self.lambda_own
-        elif self.value_residual == "learnable_plus":
-            if lambda_first is None:
-                raise ValueError("learnable_plus layers need lambda_first from ResFormerModel.")
-            first, own = lambda_first, self.lambda_own
-        else:
-            first, own = self.lambda_init
+        """``lambda_first * v_first + lambda_own * value_states`` for this layer's variant (the plain formula)."""
+        first, own = self.value_residual_lambdas(lambda_first)
         if isinstance(first, torch.Tensor) or isinstance(own, torch.Tensor):
             first = first.to(value_states.dtype) if isinstance(first, torch.Tensor) else first
             own = own.to(value_states.dtype) if isinstance(own, torch.Tensor) else own
@@ -264,6 +380,17 @@ class ResFormerAttention(nn.Module):
                 no_values = key_states.new_empty((*key_states.shape[:-1], 0))
                 key_states, _ = cache.update(key_states, no_values, self.layer_idx)
             value_states = v_first  # V_0 over the whole attended length (see the source layer below)
+        elif self.fuses_value_projection():
+            if v_first is None:
+                raise ValueError("Mixing layers need layer 0's values (v_first).")
+            first, own = self.value_residual_lambdas(lambda_first)
+            v_first_flat = v_first.transpose(1, 2).reshape(*input_shape, -1)
+            value_states = ValueResidualProjection.apply(
+                hidden_states, self.v_proj.weight, self.v_proj.bias, v_first_flat, first, own
+            )
+            value_states = value_states.view(*input_shape, -1, self.v_head_dim).transpose(1, 2)
+            if cache is not None:
+                key_states, value_states = cache.update(key_states, value_states, self.layer_idx)
         else:
             value_states = self.v_proj(hidden_states).view(*input_shape, -1, self.v_head_dim).transpose(1, 2)
             if self.mixes:
@@ -347,6 +474,7 @@ class ResFormerPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flex_attn = True
     _supports_attention_backend = True
+    _can_compile_fullgraph = True
     _can_record_outputs = {
         "hidden_states": ResFormerDecoderLayer,
         "attentions": ResFormerAttention,
