@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from .engine import spec_mask
+from .new_slices import spec_mask
 
 _LAYER = re.compile(r"\.(\d+)\.")
 

@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     for seed in [int(s) for s in args.seeds.split(",")]:
         runs = [train_one(v, seed, train, val, vocab, args, device) for v in args.variants.split(",")]
         record = {"benchmark": "resformer_vs_llama", "device": device_label(device), "versions": versions(),
-                  "command": command_line(), "shape": args.shape, "seq_len": args.seq_len, "batch": args.batch,
+                  "command": command_line("research/resformer_vs_llama/train.py", argv), "shape": args.shape, "seq_len": args.seq_len, "batch": args.batch,
                   "lr": args.lr, "warmup": args.warmup, "weight_decay": args.weight_decay,
                   "tokenizer": tok_desc, "vocab": vocab,
                   "corpus": {"train_packages": len(corpus["packages"]["train"]),
