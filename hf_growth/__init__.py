@@ -25,6 +25,7 @@ _LAZY: dict[str, str] = {
     "GrowthPlan": "hf_growth.growth.plan",
     "max_logit_diff": "hf_growth.growth.verify",
     "freeze_original": "hf_growth.growth.freeze",
+    "grow_in_place": "hf_growth.growth.in_place",
     "SeqVCRConfig": "hf_growth.training.trainer",
     "SeqVCRTrainer": "hf_growth.training.trainer",
     "add_pause_tokens": "hf_growth.training.pause",
