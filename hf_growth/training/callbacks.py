@@ -151,8 +151,12 @@ class _Bindable(TrainerCallback):
         # model_wrapped: the outermost wrapper (DDP), rebuilt in place around the grown model
         model = kwargs.get("model") if self.trainer is None else self.trainer.model_wrapped
         optimizer = kwargs.get("optimizer") if self.trainer is None else self.trainer.optimizer
-        return grow_in_place(model, plan, optimizer=optimizer, seed=seed, copied_state=self.copied_state,
+        info = grow_in_place(model, plan, optimizer=optimizer, seed=seed, copied_state=self.copied_state,
                              record=record)
+        follow = getattr(self.trainer, "follow_model_growth", None)  # SeqVCRTrainer: its projection head
+        if follow is not None:
+            follow()
+        return info
 
 
 # ------------------------------------------------------------------------------------------ callbacks
