@@ -184,6 +184,7 @@ class SeqVCRTrainer(Trainer):
         self._vcr_steps = 0
         self._vcr_fn = None  # _project_and_measure, compiled with `torch_compile`; built at the first training step
         self.seq_vcr_projection = nn.ModuleDict()
+        self._vcr_growth_seen = len(self._growth_history())  # growth_history records the heads have followed
         if not self._vcr_enabled:
             return
         blocks = find_decoder_layers(self.model)
@@ -203,7 +204,6 @@ class SeqVCRTrainer(Trainer):
         for name in self._vcr_names:
             self.seq_vcr_projection[name] = nn.Identity() if dim is None else nn.Linear(hidden, int(dim))
         self.seq_vcr_projection.to(self.args.device)
-        self._vcr_growth_seen = len(self._growth_history())
         self.add_callback(_SeqVCRCallback(self))
 
     # ---- hidden-state capture -------------------------------------------------------------------------
