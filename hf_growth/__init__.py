@@ -28,8 +28,9 @@ _LAZY: dict[str, str] = {
     "GrowthPlan": "hf_growth.growth.plan",
     "max_logit_diff": "hf_growth.growth.verify",
     "freeze_original": "hf_growth.growth.freeze",
-    "SeqVCRConfig": "hf_growth.training.trainer",
-    "SeqVCRTrainer": "hf_growth.training.trainer",
+    "grow_in_place": "hf_growth.growth.in_place",
+    "SeqVCRConfig": "hf_growth.training.seq_vcr_config",
+    "SeqVCRTrainer": "hf_growth.training.seq_vcr_trainer",
     "add_pause_tokens": "hf_growth.training.pause",
     "MidasStackingCallback": "hf_growth.training.callbacks",
     "GrowthCallback": "hf_growth.training.callbacks",
@@ -51,7 +52,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from .resformer.modeling_resformer import ResFormerForCausalLM, ResFormerModel, ResFormerPreTrainedModel
     from .training.callbacks import GrowthCallback, MidasStackingCallback
     from .training.pause import add_pause_tokens
-    from .training.trainer import SeqVCRConfig, SeqVCRTrainer
+    from .training.seq_vcr_config import SeqVCRConfig
+    from .training.seq_vcr_trainer import SeqVCRTrainer
 
 
 __getattr__ = lazy_getattr(__name__, _LAZY, globals(), _SUBMODULES)

@@ -59,7 +59,8 @@ def test_growth_under_ddp_keeps_ranks_in_sync(tmp_path, growth):
         grow = ["--midas-stages", "2", "--midas-block-size", "1", "--config-overrides", "num_hidden_layers=3"]
     else:
         plan = tmp_path / "plan.yaml"
-        plan.write_text("- mlp_width: 192\n- num_layers: {to: 3, where: top}\n")
+        # hidden_size too: the Seq-VCR projection head (on, 64 wide) must widen on both ranks
+        plan.write_text("- mlp_width: 192\n- hidden_size: 128\n- num_layers: {to: 3, where: top}\n")
         grow = ["--grow-at", f"2={plan}"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", _free_port(),
            str(SCRIPT), "--task", "multiplication", "--digits", "2", "--train-size", "256", "--validation-size",

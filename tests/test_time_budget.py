@@ -121,7 +121,7 @@ def test_script_time_budget_ddp_ranks_agree(tmp_path):
     assert budget["measurements"] >= 1
 
 
-def test_script_stop_after_then_resume_matches_one_run(tmp_path):
+def test_script_stop_after_then_resume_matches_one_run(tmp_path, capsys):
     """--stop-after pauses a run for a later window: it stops at its first measurement (a budget of 1 us) with a
     checkpoint and the schedule untouched, and resuming from that checkpoint ends with the same weights as the
     run done in one go (Seq-VCR, pauses and --data-on-device on)."""
@@ -148,5 +148,7 @@ def test_script_stop_after_then_resume_matches_one_run(tmp_path):
     assert whole.keys() == resumed.keys()
     for name in whole:
         torch.testing.assert_close(resumed[name], whole[name], rtol=0, atol=0, msg=name)
-    with pytest.raises(SystemExit, match="pick one"):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
         module.main([*flags, "--stop-after", "5", "--time-budget", "5", "--output-dir", str(tmp_path / "both")])
+    assert exc.value.code == 2 and "--stop-after pauses it for a resume: pick one" in capsys.readouterr().err

@@ -16,7 +16,7 @@ from hf_growth import tasks
 from hf_growth.training import SeqVCRConfig, SeqVCRTrainer, seq_vcr_terms
 from hf_growth.training.data import TensorDataset, collate_tensors, encode_split
 from hf_growth.training.pause import add_pause_tokens, pause_tokens_of
-from hf_growth.training.trainer import PROJECTION_FILE, find_decoder_layers
+from hf_growth.training.seq_vcr_trainer import PROJECTION_FILE, find_decoder_layers
 
 TOK = tasks.build_tokenizer(max_number=100)
 

@@ -31,8 +31,8 @@ __all__ = [
 ]
 
 _LAZY = {
-    "SeqVCRConfig": ".trainer",
-    "SeqVCRTrainer": ".trainer",
+    "SeqVCRConfig": ".seq_vcr_config",
+    "SeqVCRTrainer": ".seq_vcr_trainer",
     "PauseTokens": ".pause",
     "PauseCollator": ".pause",
     "add_pause_tokens": ".pause",

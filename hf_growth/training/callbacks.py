@@ -1,49 +1,34 @@
 """Growth during training: MIDAS gradual stacking and function-preserving growth, keeping the optimizer state.
 
-:func:`grow_in_place` grows a model **in place** (the same Python object: the Trainer's ``model``,
-``model_wrapped``, the accelerator and the callback handler all keep seeing it; a ``DistributedDataParallel``
-wrapper is rebuilt in place around the grown module, FSDP is refused) with the growth engine
-(:func:`hf_growth.grow_model`), and re-keys the optimizer (the same optimizer object, so the LR scheduler keeps
-working): surviving parameters keep their Adam state (``exp_avg``, ``exp_avg_sq``, ``step``) moved with the
-weights, the old slices of widened tensors keep their moments and the new slices start at zero, copied blocks
-take a copy of their source's state (or a fresh one, ``copied_state="fresh"``), wholly new tensors start fresh.
-
-:class:`MidasStackingCallback` calls it at the stage boundaries of the Prop-alpha schedule with the engine's
-``stack`` step; :class:`GrowthCallback` calls it with any plan at chosen steps. The growth is recorded in
+Both callbacks grow the Trainer's model in place with :func:`hf_growth.growth.in_place.grow_in_place` (the same
+model object; a DDP wrapper is rebuilt around it, FSDP is refused; the optimizer's Adam state is re-keyed: old
+slices keep their moments, new slices start at zero, copied blocks take a copy of their source's state).
+:class:`MidasStackingCallback` grows at the stage boundaries of the Prop-alpha schedule with the engine's ``stack``
+step; :class:`GrowthCallback` grows with any plan at chosen steps. The growth is recorded in
 ``config.growth_history`` (MIDAS steps carry ``"midas_stage"``), which is all the state there is: a checkpoint's
 ``config.json`` says how far the schedule went, and ``callback.bind(trainer)`` grows a fresh model to the
-checkpoint's size before ``trainer.train(resume_from_checkpoint=...)`` loads its weights.
+checkpoint's size before ``trainer.train(resume_from_checkpoint=...)`` loads its weights. A
+:class:`~hf_growth.SeqVCRTrainer`'s projection head follows every growth step (see its docs).
 
->>> import torch
->>> from transformers import LlamaConfig, LlamaForCausalLM
->>> model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
-...                          num_hidden_layers=6, num_attention_heads=4, num_key_value_heads=2))
->>> opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
->>> model(torch.tensor([[1, 2, 3]]), labels=torch.tensor([[1, 2, 3]])).loss.backward(); opt.step()
->>> same = model
->>> info = grow_in_place(model, [{"stack": {"to": 8, "block_size": 2}}], optimizer=opt)
->>> model is same, model.config.num_hidden_layers, info["params_after"] > info["params_before"]
-(True, 8, True)
->>> {id(p) for g in opt.param_groups for p in g["params"]} == {id(p) for p in model.parameters()}
-True
 >>> midas_boundaries(100, stages=4, alpha=1.0)
 [10, 30, 60]
+>>> GrowthCallback({20: [{"mlp_width": 128}]}).plan_at_step
+{20: [{'mlp_width': 128}]}
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import os
-import re
-from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import nn
 from transformers import TrainerCallback
+
+from ..growth.in_place import grow_in_place, unwrap_growable
 
 __all__ = [
     "GrowthCallback",
@@ -56,18 +41,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_HOOK_DICTS = (
-    "_forward_hooks",
-    "_forward_hooks_with_kwargs",
-    "_forward_hooks_always_called",
-    "_forward_pre_hooks",
-    "_forward_pre_hooks_with_kwargs",
-    "_backward_hooks",
-    "_backward_pre_hooks",
-)
 #: keys the callbacks add to growth_history records (replayed on resume)
 _RECORD_KEYS = ("midas_stage", "growth_callback_step")
-_LAYER_INDEX = re.compile(r"\.(\d+)\.")
 
 
 # ------------------------------------------------------------------------------------------ schedule
@@ -98,293 +73,12 @@ def midas_stage_depths(initial_layers: int, stages: int, layers_per_stage: int) 
 
 
 # ------------------------------------------------------------------------------------------ helpers
-def _wrapper_chain(model: nn.Module) -> list[nn.Module]:
-    """``model`` and the modules it wraps (torch.compile's ``_orig_mod``, DDP/DataParallel's ``module``),
-    outermost first; FSDP is refused."""
-    chain = [model]
-    while True:
-        inner = chain[-1]
-        kind = type(inner).__name__
-        if kind == "FullyShardedDataParallel" or kind.startswith("FSDP"):
-            raise NotImplementedError(
-                f"in-place growth of an FSDP-sharded model ({kind}) is not supported: its flat parameters and "
-                "sharded optimizer state would have to be gathered, grown and re-sharded; grow under DDP or on one "
-                "device, save, and start the FSDP run from the grown checkpoint"
-            )
-        if kind == "OptimizedModule":  # torch.compile: grow the original module
-            chain.append(inner._orig_mod)
-        elif hasattr(inner, "module") and isinstance(inner.module, nn.Module):  # DDP / DataParallel
-            chain.append(inner.module)
-        else:
-            return chain
-
-
-def _unwrap_model(model: nn.Module) -> nn.Module:
-    """The model to grow inside DDP / DataParallel / torch.compile wrappers; FSDP is refused."""
-    return _wrapper_chain(model)[-1]
-
-
-def _rewrap_ddp(ddp: nn.Module) -> None:
-    """Rebuild a ``DistributedDataParallel`` wrapper **in place** around its (grown) module.
-
-    DDP registers its gradient all-reduce on the parameters it saw at construction; after growth those are gone,
-    and the new ones would silently train apart on every rank. The wrapper object must stay the same (the
-    Trainer's training loop holds it in a local variable), so it is re-initialised with its own settings:
-    a fresh reducer over the new parameters, the module's state broadcast from rank 0, comm hooks re-registered.
-    """
-    import inspect
-
-    accepted = inspect.signature(type(ddp).__init__).parameters
-    kwargs: dict[str, Any] = dict(
-        device_ids=ddp.device_ids, output_device=ddp.output_device, dim=ddp.dim, process_group=ddp.process_group,
-        bucket_cap_mb=ddp.bucket_bytes_cap / float(1024 * 1024), find_unused_parameters=ddp.find_unused_parameters,
-        gradient_as_bucket_view=ddp.gradient_as_bucket_view, static_graph=bool(getattr(ddp, "static_graph", False)),
-        mixed_precision=getattr(ddp, "mixed_precision", None),
-    )
-    if "forward_sync_buffers" in accepted and hasattr(ddp, "forward_sync_buffers"):
-        kwargs["forward_sync_buffers"] = ddp.forward_sync_buffers
-    else:
-        kwargs["broadcast_buffers"] = ddp.broadcast_buffers
-    kwargs = {k: v for k, v in kwargs.items() if k in accepted}
-    comm_hooks = list(getattr(ddp, "_comm_hooks", []))
-    module = ddp.module
-    type(ddp).__init__(ddp, module, **kwargs)
-    for hook, state in comm_hooks:
-        ddp.register_comm_hook(state, hook)
-
-
-def _unwrap_optimizer(optimizer: Any) -> torch.optim.Optimizer:
-    while hasattr(optimizer, "optimizer") and not isinstance(optimizer, torch.optim.Optimizer):
-        optimizer = optimizer.optimizer  # accelerate's AcceleratedOptimizer
-    return optimizer
-
-
 def _num_layers(config: Any) -> int:
     for key in ("num_hidden_layers", "n_layer", "num_layers"):
         value = getattr(config, key, None)
         if isinstance(value, int):
             return value
     raise ValueError(f"cannot read the number of layers from {type(config).__name__}")
-
-
-def _pattern(name: str) -> str:
-    return _LAYER_INDEX.sub(".*.", name, count=1)
-
-
-def _lookup(new_slices: Mapping[str, Any], name: str) -> Any:
-    if name in new_slices:
-        return new_slices[name]
-    return new_slices.get(_pattern(name))
-
-
-def _tensor_origins(engine: Any) -> dict[str, tuple[str | None, str]]:
-    """For every output tensor of ``engine``: ``(source tensor name, "keep" | "copy")``, or ``(None, "new")``
-    for a tensor with no source (new random/copied-with-zeroed-outputs layers count as new)."""
-    from hf_growth.growth.engine import MetaSource, _LayerView, _SourceView
-
-    view = engine.view(MetaSource(engine.source_shapes()), meta=True)
-    out: dict[str, tuple[str | None, str]] = {}
-    for top_name in view.keys():
-        name, mode, v = top_name, "keep", view
-        while not isinstance(v, _SourceView):
-            if isinstance(v, _LayerView) and v.adapter.layer_of(name) is not None:
-                origin, m = v._origin[name]
-                if origin is None or m not in ("keep", "copy"):
-                    name = None
-                    break
-                if m == "copy":
-                    mode = "copy"
-                name = origin
-            v = v.prev
-        out[top_name] = (name, mode) if name is not None else (None, "new")
-    return out
-
-
-def _layer_keep_map(engine: Any) -> dict[int, int]:
-    """old layer -> new layer for the layers an engine run keeps (composed over its depth steps)."""
-    mapping = {j: j for j in range(engine.stages[0].before.layers)}
-    for stage in engine.stages:
-        if stage.layers is None:
-            continue
-        kept = {j: i for i, (j, mode) in enumerate(stage.layers) if mode == "keep"}
-        mapping = {old: kept[cur] for old, cur in mapping.items() if cur in kept}
-    return mapping
-
-
-def _module_prefix(adapter: Any) -> str:
-    return adapter.layer_prefix  # e.g. "model.layers." (tensor and module names share it)
-
-
-def _move_hooks(old_modules: dict[str, nn.Module], model: nn.Module, keep: dict[int, int], prefix: str) -> int:
-    """Carry forward/backward hooks of the old modules to the modules now at their place (the hook dicts
-    themselves move, so ``RemovableHandle.remove()`` keeps working). Returns the number of modules moved."""
-    new_modules = dict(model.named_modules())
-    moved = 0
-    layer_re = re.compile("^" + re.escape(prefix) + r"(\d+)(.*)$")
-    for name, module in old_modules.items():
-        if module is model or not any(getattr(module, d, None) for d in _HOOK_DICTS):
-            continue
-        match = layer_re.match(name)
-        if match:
-            j = int(match.group(1))
-            if j not in keep:
-                continue
-            name = f"{prefix}{keep[j]}{match.group(2)}"
-        target = new_modules.get(name)
-        if target is None or target is module:
-            continue
-        for d in _HOOK_DICTS:
-            hooks = getattr(module, d, None)
-            if hooks:
-                existing = getattr(target, d)
-                hooks.update({k: v for k, v in existing.items() if k not in hooks})
-                setattr(target, d, hooks)
-        moved += 1
-    return moved
-
-
-def _new_indices(spec: Any, shape: tuple[int, ...]) -> list[set[int]] | str | None:
-    """Per-dimension sets of new indices from a ``new_slices`` JSON spec."""
-    if spec is None or spec == "all":
-        return spec
-    out = [set() for _ in shape]
-    for d, ranges in spec.items():
-        for start, stop in ranges:
-            out[int(d)].update(range(start, stop))
-    return out
-
-
-def _carry_tensor(old: torch.Tensor, new_shape: tuple[int, ...], spec: Any) -> torch.Tensor | None:
-    """A moment tensor of ``new_shape``: the old entries at the kept positions, zeros at the new ones."""
-    if tuple(old.shape) == tuple(new_shape) and spec is None:
-        return old
-    new = _new_indices(spec, new_shape)
-    if new == "all" or old.dim() != len(new_shape):
-        return None
-    new = new or [set() for _ in new_shape]
-    keep = [sorted(set(range(n)) - s) for n, s in zip(new_shape, new)]
-    if any(len(k) != o for k, o in zip(keep, old.shape)):
-        return None
-    out = torch.zeros(new_shape, dtype=old.dtype, device=old.device)
-    index = torch.meshgrid(*[torch.tensor(k, dtype=torch.long, device=old.device) for k in keep], indexing="ij")
-    out[index] = old
-    return out
-
-
-# ------------------------------------------------------------------------------------------ growth
-def grow_in_place(model: nn.Module, plan: Any, *, optimizer: Any = None, seed: int = 0,
-                  copied_state: str = "copy", record: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Grow ``model`` by ``plan`` in place (same object) and re-key ``optimizer``'s state.
-
-    ``copied_state``: ``"copy"`` (copied blocks get a copy of their source's optimizer state) or ``"fresh"``.
-    ``record``: extra keys for the run's ``growth_history`` records (e.g. ``{"midas_stage": 2}``).
-    Returns ``{"params_before", "params_after", "carried", "copied", "fresh", "hooks_moved"}``.
-
-    >>> from transformers import GPT2Config, GPT2LMHeadModel
-    >>> m = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=2))
-    >>> grow_in_place(m, [{"mlp_width": 192}])["params_after"] - sum(p.numel() for p in m.parameters())
-    0
-    """
-    from hf_growth.growth import grow_model
-    from hf_growth.growth.engine import GrowthEngine
-
-    if copied_state not in ("copy", "fresh"):
-        raise ValueError(f"copied_state must be 'copy' or 'fresh', got {copied_state!r}")
-    from torch.nn.parallel import DistributedDataParallel
-
-    chain = _wrapper_chain(model)
-    target = chain[-1]
-    ddp_wrappers = [m for m in chain if isinstance(m, DistributedDataParallel)]
-    engine = GrowthEngine(target.config, plan, seed=seed)  # validates before anything changes
-    origins = _tensor_origins(engine)
-    keep_layers = _layer_keep_map(engine)
-    old_params = dict(target.named_parameters())
-    old_modules = dict(target.named_modules())
-    params_before = sum(p.numel() for p in old_params.values())
-
-    with torch.no_grad():
-        grown = grow_model(target, engine.plan, seed=seed)
-    if record:
-        run = grown.config.growth_history[-1].get("run")
-        for rec in grown.config.growth_history:
-            if rec.get("run") == run:
-                rec.update(copy.deepcopy(dict(record)))
-    new_slices = grown.config.growth_history[-1].get("new_slices", {})
-
-    # transplant: the same top-level object gets the grown children and config
-    for name, child in list(grown.named_children()):
-        setattr(target, name, child)
-    target.config = grown.config
-    for module in target.modules():
-        if module is not target and hasattr(module, "config") and isinstance(module.config, type(grown.config)):
-            module.config = grown.config
-    if getattr(target.config, "tie_word_embeddings", False) and hasattr(target, "tie_weights"):
-        target.tie_weights()
-    for name, param in target.named_parameters():  # keep what was frozen frozen
-        origin, _ = origins.get(name, (None, "new"))
-        if origin in old_params and not old_params[origin].requires_grad:
-            param.requires_grad_(False)
-    hooks_moved = _move_hooks(old_modules, target, keep_layers, _module_prefix(engine.adapter))
-    for ddp in reversed(ddp_wrappers):  # innermost first
-        _rewrap_ddp(ddp)
-
-    counts = {"carried": 0, "copied": 0, "fresh": 0}
-    if optimizer is not None:
-        _rekey_optimizer(_unwrap_optimizer(optimizer), target, old_params, origins, new_slices, copied_state, counts)
-    params_after = sum(p.numel() for p in target.parameters())
-    return {"params_before": params_before, "params_after": params_after, "hooks_moved": hooks_moved, **counts}
-
-
-def _rekey_optimizer(opt: torch.optim.Optimizer, model: nn.Module, old_params: dict[str, nn.Parameter],
-                     origins: dict[str, tuple[str | None, str]], new_slices: Mapping[str, Any],
-                     copied_state: str, counts: dict[str, int]) -> None:
-    old_ids = {id(p): n for n, p in old_params.items()}
-    group_of: dict[str, int] = {}  # old param name -> group index
-    for g, group in enumerate(opt.param_groups):
-        for p in group["params"]:
-            if id(p) in old_ids:
-                group_of[old_ids[id(p)]] = g
-    pattern_group = {_pattern(n): g for n, g in group_of.items()}
-    new_state: dict[Any, dict[str, Any]] = defaultdict(dict)
-    assigned: dict[int, list[nn.Parameter]] = defaultdict(list)
-    for name, param in model.named_parameters():
-        origin, mode = origins.get(name, (None, "new"))
-        if origin is not None and origin not in group_of:
-            continue  # its source was not being optimized (frozen)
-        if not param.requires_grad:
-            continue
-        g = group_of.get(origin) if origin is not None else pattern_group.get(_pattern(name), 0)
-        assigned[g if g is not None else 0].append(param)
-        state = opt.state.get(old_params[origin]) if origin is not None else None
-        if not state:
-            counts["fresh"] += 1
-            continue
-        if mode == "copy" and copied_state == "fresh":
-            counts["fresh"] += 1
-            continue
-        spec = None if mode == "copy" else _lookup(new_slices, name)
-        moved: dict[str, Any] = {}
-        for key, value in state.items():
-            if isinstance(value, torch.Tensor) and value.dim() > 0:
-                carried = _carry_tensor(value, tuple(param.shape), spec)
-                if carried is None:
-                    moved = {}
-                    break
-                moved[key] = carried.clone() if (mode == "copy" or carried is value) else carried
-            else:
-                moved[key] = value.clone() if isinstance(value, torch.Tensor) else copy.deepcopy(value)
-        if moved:
-            new_state[param] = moved
-            counts["copied" if mode == "copy" else "carried"] += 1
-        else:
-            counts["fresh"] += 1
-    for g, group in enumerate(opt.param_groups):
-        others = [p for p in group["params"] if id(p) not in old_ids]  # e.g. a Seq-VCR projection head
-        group["params"] = assigned.get(g, []) + others
-        for p in others:
-            if p in opt.state:
-                new_state[p] = opt.state[p]
-    opt.state = new_state
 
 
 # ------------------------------------------------------------------------------------------ resume
@@ -410,7 +104,7 @@ def grow_to_checkpoint(model: nn.Module, checkpoint: "str | os.PathLike") -> int
         return 0
     with open(path) as f:
         saved = json.load(f).get("growth_history") or []
-    target = _unwrap_model(model)
+    target = unwrap_growable(model)
     current = getattr(target.config, "growth_history", None) or []
     if [r.get("step") for r in saved[: len(current)]] != [r.get("step") for r in current] or len(saved) < len(current):
         raise ValueError(f"the model's growth_history is not a prefix of {path}'s: cannot grow it to the checkpoint")
@@ -445,7 +139,7 @@ class _Bindable(TrainerCallback):
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         # fail before the first step, not at the first growth, when the run's wrapper cannot be grown (FSDP)
-        _unwrap_model(self.trainer.model_wrapped if self.trainer is not None else model)
+        unwrap_growable(self.trainer.model_wrapped if self.trainer is not None else model)
 
     def _grow(self, plan: Any, kwargs: dict[str, Any], seed: int, record: dict[str, Any] | None) -> dict[str, Any]:
         if self.trainer is None and torch.distributed.is_available() and torch.distributed.is_initialized() \
@@ -457,8 +151,12 @@ class _Bindable(TrainerCallback):
         # model_wrapped: the outermost wrapper (DDP), rebuilt in place around the grown model
         model = kwargs.get("model") if self.trainer is None else self.trainer.model_wrapped
         optimizer = kwargs.get("optimizer") if self.trainer is None else self.trainer.optimizer
-        return grow_in_place(model, plan, optimizer=optimizer, seed=seed, copied_state=self.copied_state,
+        info = grow_in_place(model, plan, optimizer=optimizer, seed=seed, copied_state=self.copied_state,
                              record=record)
+        follow = getattr(self.trainer, "follow_model_growth", None)  # SeqVCRTrainer: its projection head
+        if follow is not None:
+            follow()
+        return info
 
 
 # ------------------------------------------------------------------------------------------ callbacks
@@ -505,7 +203,7 @@ class MidasStackingCallback(_Bindable):
 
     def schedule(self, max_steps: int, model: nn.Module) -> tuple[list[int], list[int]]:
         """(boundaries, depths) for a run of ``max_steps`` on ``model`` (at any stage of the schedule)."""
-        config = _unwrap_model(model).config
+        config = unwrap_growable(model).config
         _, added = self._done(config)
         initial = _num_layers(config) - added
         per = self.layers_per_stage
@@ -525,7 +223,7 @@ class MidasStackingCallback(_Bindable):
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         target = self.trainer.model if self.trainer is not None else model
-        done, _ = self._done(_unwrap_model(target).config)
+        done, _ = self._done(unwrap_growable(target).config)
         if done >= self.stages or state.global_step < self.boundaries[done - 1]:
             return
         stage = done + 1
@@ -574,7 +272,7 @@ class GrowthCallback(_Bindable):
         step = state.global_step
         if step not in self.plan_at_step:
             return
-        target = _unwrap_model(self.trainer.model if self.trainer is not None else model)
+        target = unwrap_growable(self.trainer.model if self.trainer is not None else model)
         if self._applied(target.config, step):  # resumed from a checkpoint saved after this growth
             return
         before = self._loss(target, self.check_batch) if self.check_batch is not None else None

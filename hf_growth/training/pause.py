@@ -167,8 +167,10 @@ def encode_examples(
     >>> from hf_growth.tasks import build_tokenizer
     >>> tok = build_tokenizer()
     >>> out = encode_examples(tok, ["1 * 2", "3"], ["2", "4 5"])
-    >>> out["input_ids"].shape, int((out["labels"] != -100).sum())
-    (torch.Size([2, 4]), 5)
+    >>> out["input_ids"].shape  # the longer row: 3 question tokens, 1 answer token, <eos>
+    torch.Size([2, 5])
+    >>> out["labels"][1].tolist() == [-100, *tok.convert_tokens_to_ids(["4", "5", "<eos>"]), -100]
+    True
     """
     if padding_side not in ("right", "left"):
         raise ValueError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
@@ -226,8 +228,9 @@ class PauseCollator:
     >>> from hf_growth.tasks import build_tokenizer
     >>> tok = build_tokenizer()
     >>> collate = PauseCollator(tok, pause_tokens_of(tok, num=1), padding_side="left")
-    >>> collate([{"question": "1", "answer": "2"}, {"question": "1 2", "answer": "3"}])["attention_mask"][0].tolist()
-    [0, 1, 1, 1, 1, 1]
+    >>> batch = collate([{"question": "1", "answer": "2"}, {"question": "1 2", "answer": "3"}])
+    >>> batch["attention_mask"][0].tolist()  # left padding: 1 + 3 (pause block) + 1 + <eos> = 6 of 7
+    [0, 1, 1, 1, 1, 1, 1]
     """
 
     def __init__(

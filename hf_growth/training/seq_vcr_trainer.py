@@ -1,4 +1,4 @@
-"""``SeqVCRConfig`` and ``SeqVCRTrainer``: a ``Trainer`` that adds the Seq-VCR regulariser to the LM loss.
+"""``SeqVCRTrainer``: a ``Trainer`` that adds the Seq-VCR regulariser to the LM loss.
 
 The hidden states of the chosen blocks are captured with forward hooks (nothing else is materialised),
 projected by a linear head per layer (``seq_vcr_projection_dim``, 2048 in the paper; ``None`` = no head)
@@ -35,82 +35,21 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainerCallback
 
+from ..growth.in_place import resize_parameter
 from .seq_vcr import _seq_vcr_parts
+from .seq_vcr_config import SeqVCRConfig, _parse_layers
 
-__all__ = ["SeqVCRConfig", "SeqVCRTrainer", "PROJECTION_FILE", "find_decoder_layers"]
+__all__ = ["SeqVCRTrainer", "PROJECTION_FILE", "find_decoder_layers"]
 
 logger = logging.getLogger(__name__)
 
 PROJECTION_FILE = "seq_vcr_projection.safetensors"
-_STATISTICS = ("batch", "batch_length")
-
-
-@dataclass
-class SeqVCRConfig(TrainingArguments):
-    """``TrainingArguments`` plus the Seq-VCR settings; defaults are the paper's multiplication setting
-    (lambda1 = 1.0, lambda2 = 0.004, eta = 1e-3, last block, 2048-dim projection, per-position statistics,
-    2 pause tokens, batch 32, learning rate 5e-4). Arithmetic/LIS: weights 0.1 / 0.5, batch 128, lr 1e-4.
-
-    ``seq_vcr_layers``: ``"last"``, ``"embeddings"`` (the input of the first block), a block index, or a list
-    of block indices (``"0,5"`` from the command line); with several layers the terms are averaged.
-
-    >>> args = SeqVCRConfig(output_dir="/tmp/out", report_to=[], use_cpu=True)
-    >>> args.seq_vcr_covariance_weight, args.seq_vcr_projection_dim, args.per_device_train_batch_size
-    (0.004, 2048, 32)
-    """
-
-    use_seq_vcr: bool = field(default=True, metadata={"help": "Add the Seq-VCR regulariser to the loss."})
-    seq_vcr_variance_weight: float = field(default=1.0, metadata={"help": "lambda1 (variance hinge)."})
-    seq_vcr_covariance_weight: float = field(default=0.004, metadata={"help": "lambda2 (off-diagonal covariance)."})
-    seq_vcr_eps: float = field(default=1e-3, metadata={"help": "eta inside sqrt(var + eta)."})
-    seq_vcr_layers: str = field(
-        default="last", metadata={"help": "'last', 'embeddings', a block index or comma-separated indices."}
-    )
-    seq_vcr_projection_dim: int | None = field(
-        default=2048, metadata={"help": "Width of the projection head trained only by Seq-VCR; None = no head."}
-    )
-    seq_vcr_statistics: str = field(
-        default="batch", metadata={"help": "'batch' (per position across the batch) or 'batch_length'."}
-    )
-    seq_vcr_compile: bool | None = field(
-        default=None, metadata={"help": "torch.compile the head + statistics; None = when torch_compile is on."}
-    )
-    num_pause_tokens: int = field(default=2, metadata={"help": "Pause tokens between question and answer."})
-    learning_rate: float = field(default=5e-4, metadata={"help": "AdamW learning rate (paper: 5e-4)."})
-    per_device_train_batch_size: int = field(default=32, metadata={"help": "Batch size per device (paper: 32)."})
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self.seq_vcr_layers = _parse_layers(self.seq_vcr_layers)
-        if self.seq_vcr_statistics not in _STATISTICS:
-            raise ValueError(f"seq_vcr_statistics must be one of {_STATISTICS}, got {self.seq_vcr_statistics!r}")
-        if self.seq_vcr_projection_dim is not None and int(self.seq_vcr_projection_dim) < 1:
-            raise ValueError(f"seq_vcr_projection_dim must be >= 1 or None, got {self.seq_vcr_projection_dim}")
-        if self.num_pause_tokens < 0:
-            raise ValueError(f"num_pause_tokens must be >= 0, got {self.num_pause_tokens}")
-
-
-def _parse_layers(layers: Any) -> str | list[int]:
-    if isinstance(layers, str):
-        text = layers.strip()
-        if text in ("last", "embeddings"):
-            return text
-        try:
-            return [int(part) for part in text.replace("[", "").replace("]", "").split(",") if part.strip()]
-        except ValueError:
-            raise ValueError(
-                f"seq_vcr_layers must be 'last', 'embeddings' or block indices, got {layers!r}"
-            ) from None
-    if isinstance(layers, int):
-        return [layers]
-    return [int(i) for i in layers]
 
 
 def find_decoder_layers(model: nn.Module) -> nn.ModuleList:
@@ -125,6 +64,22 @@ def find_decoder_layers(model: nn.Module) -> nn.ModuleList:
     pool = exact or candidates
     pool.sort(key=lambda item: (not item[0].endswith(("layers", ".h", "h", "blocks")), -len(item[1])))
     return pool[0][1]
+
+
+def _block_index(spec: str | int, num_blocks: int, current: int | None = None) -> int:
+    """The block a capture spec hooks now: ``"embeddings"`` the first (its input), ``"last"`` and negative indices
+    counted from the end, a block index where its block is (``current``, after growth) or the index itself."""
+    if spec == "embeddings":
+        return 0
+    if spec == "last":
+        return num_blocks - 1
+    if spec < 0:
+        return num_blocks + spec
+    return spec if current is None else current
+
+
+def _capture_name(spec: str | int, index: int) -> str:
+    return "embeddings" if spec == "embeddings" else f"layer_{index}"
 
 
 def _hidden_size(model: nn.Module) -> int:
@@ -229,28 +184,24 @@ class SeqVCRTrainer(Trainer):
         self._vcr_steps = 0
         self._vcr_fn = None  # _project_and_measure, compiled with `torch_compile`; built at the first training step
         self.seq_vcr_projection = nn.ModuleDict()
+        self._vcr_growth_seen = len(self._growth_history())  # growth_history records the heads have followed
         if not self._vcr_enabled:
             return
         blocks = find_decoder_layers(self.model)
         layers = s["seq_vcr_layers"]
+        self._vcr_specs: list[str | int] = []  # "embeddings" | "last" | a block index, one per captured layer
+        self._vcr_names: list[str] = []
+        for spec in [layers] if layers in ("embeddings", "last") else list(layers):
+            if isinstance(spec, int) and not -len(blocks) <= spec < len(blocks):
+                raise ValueError(f"seq_vcr_layers index {spec} out of range for {len(blocks)} blocks")
+            name = _capture_name(spec, _block_index(spec, len(blocks)))
+            if name not in self._vcr_names:
+                self._vcr_specs.append(spec)
+                self._vcr_names.append(name)
+        self._attach_hooks(blocks, [_block_index(spec, len(blocks)) for spec in self._vcr_specs])
         hidden = _hidden_size(self.model)
-        names = []
-        if layers == "embeddings":
-            names.append("embeddings")
-            self._hooks.append(blocks[0].register_forward_pre_hook(self._pre_hook("embeddings"), with_kwargs=True))
-        else:
-            indices = [len(blocks) - 1] if layers == "last" else list(layers)
-            for index in indices:
-                if not -len(blocks) <= index < len(blocks):
-                    raise ValueError(f"seq_vcr_layers index {index} out of range for {len(blocks)} blocks")
-                name = f"layer_{index % len(blocks)}"
-                if name in names:
-                    continue
-                names.append(name)
-                self._hooks.append(blocks[index].register_forward_hook(self._post_hook(name)))
-        self._vcr_names = names
         dim = s["seq_vcr_projection_dim"]
-        for name in names:
+        for name in self._vcr_names:
             self.seq_vcr_projection[name] = nn.Identity() if dim is None else nn.Linear(hidden, int(dim))
         self.seq_vcr_projection.to(self.args.device)
         self.add_callback(_SeqVCRCallback(self))
@@ -276,6 +227,110 @@ class SeqVCRTrainer(Trainer):
             handle.remove()
         self._hooks.clear()
 
+    def _attach_hooks(self, blocks: nn.ModuleList, indices: list[int]) -> None:
+        self.remove_seq_vcr_hooks()
+        for name, index in zip(self._vcr_names, indices):
+            if name == "embeddings":
+                self._hooks.append(blocks[index].register_forward_pre_hook(self._pre_hook(name), with_kwargs=True))
+            else:
+                self._hooks.append(blocks[index].register_forward_hook(self._post_hook(name)))
+
+    # ---- growth during training -----------------------------------------------------------------------
+    def _growth_history(self) -> list[dict[str, Any]]:
+        return getattr(getattr(self.model, "config", None), "growth_history", None) or []
+
+    def follow_model_growth(self) -> bool:
+        """Bring the Seq-VCR hooks and projection heads in line with the growth the model went through since the
+        last call (its ``config.growth_history``); ``True`` if it grew. Called before every training step, checkpoint
+        save and head load, and by the growth callbacks right after they grow the model, so there is rarely a need
+        to call it.
+
+        - Width (``hidden_size``): each head's weight gets the model's new width in place (the same ``Parameter``,
+          so the optimizer keeps it); the old input columns keep their values and Adam moments, the new columns
+          start at zero. The new coordinates of a function-preserving hidden growth are zero (RMSNorm models) or
+          copies of old ones whose first copy sits at the old place (LayerNorm cloning), so on the grown model the
+          head's output, and with it the Seq-VCR terms, are exactly what they were. Without a head
+          (``seq_vcr_projection_dim=None``) the terms are taken over the model's width and change with it.
+        - Depth (``num_layers``, ``stack``): ``"last"`` (and negative indices) move to the new last block,
+          ``"embeddings"`` to the new first block's input, a block index follows its block to its new position;
+          the heads keep their weights and state and are renamed ``layer_<new index>``.
+        """
+        history = self._growth_history()
+        if len(history) == self._vcr_growth_seen:
+            return False
+        new, self._vcr_growth_seen = history[self._vcr_growth_seen:], len(history)
+        if not self._vcr_enabled:
+            return True
+        if self._hooks:  # (none after remove_seq_vcr_hooks)
+            self._retarget_hooks()
+        self._widen_heads(new)
+        self._vcr_fn = None  # compiled for the old shapes
+        return True
+
+    def _retarget_hooks(self) -> None:
+        blocks = find_decoder_layers(self.model)
+        indices = []
+        for spec, handle in zip(self._vcr_specs, self._hooks):
+            held = handle.hooks_dict_ref()  # grow_in_place moved the hook with its block
+            current = next((i for i, block in enumerate(blocks) if held is not None and block._forward_hooks is held),
+                           None)
+            indices.append(_block_index(spec, len(blocks), current))
+        names = [_capture_name(spec, index) for spec, index in zip(self._vcr_specs, indices)]
+        heads = dict(self.seq_vcr_projection.items())
+        self.seq_vcr_projection = nn.ModuleDict({new_name: heads[old] for old, new_name in zip(self._vcr_names, names)})
+        self._vcr_names = names
+        self._attach_hooks(blocks, indices)
+
+    def _widen_heads(self, records: list[dict[str, Any]]) -> None:
+        linears = [head for head in self.seq_vcr_projection.values() if isinstance(head, nn.Linear)]
+        if not linears:
+            return
+        embeddings = self.model.get_input_embeddings().weight
+        embed_name = next((n for n, p in self.model.named_parameters() if p is embeddings), None)
+        runs: list[list[dict[str, Any]]] = []
+        for record in records:
+            if runs and record.get("run") == runs[-1][0].get("run"):
+                runs[-1].append(record)
+            else:
+                runs.append([record])
+        for run in runs:
+            width = (run[-1].get("after") or {}).get("hidden")
+            slices = next((r["new_slices"] for r in reversed(run) if "new_slices" in r), {})
+            columns = (slices.get(embed_name) or {}).get("1")
+            for head in linears:
+                if width and width != head.in_features:
+                    resize_parameter(head.weight, (head.out_features, width), {1: columns} if columns else None,
+                                     optimizer=self.optimizer)
+                    head.in_features = width
+        width = _hidden_size(self.model)
+        for head in linears:  # records without sizes: the new columns after the old ones
+            if head.in_features != width:
+                resize_parameter(head.weight, (head.out_features, width), optimizer=self.optimizer)
+                head.in_features = width
+
+    @torch.no_grad()
+    def measure_seq_vcr(self, inputs: dict[str, torch.Tensor]) -> dict[str, float]:
+        """The weighted Seq-VCR terms of one batch in eval mode, without gradients:
+        ``{"seq_vcr_variance": ..., "seq_vcr_covariance": ...}`` (e.g. to watch them across a growth step)."""
+        if not self._vcr_enabled:
+            raise ValueError("Seq-VCR is off (use_seq_vcr=False or both weights 0): there is nothing to measure")
+        self.follow_model_growth()
+        model = self.model
+        was = model.training
+        device = next(model.parameters()).device
+        inputs = {k: v.to(device) for k, v in inputs.items() if k != "labels"}
+        self._captured.clear()
+        self._capturing = True
+        model.eval()
+        try:
+            model(**inputs)
+        finally:
+            self._capturing = False
+            model.train(was)
+        hiddens = [self._captured.pop(name) for name in self._vcr_names]
+        variance, covariance = self._project_and_measure(hiddens, inputs.get("attention_mask")).tolist()
+        return {"seq_vcr_variance": variance, "seq_vcr_covariance": covariance}
+
     # ---- loss -----------------------------------------------------------------------------------------
     def _ce_is_scaled_for_ga(self, num_items_in_batch) -> bool:
         scaled = getattr(self, "loss_is_scaled_for_ga", None)
@@ -287,6 +342,8 @@ class SeqVCRTrainer(Trainer):
         )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self._vcr_enabled and len(self._growth_history()) != self._vcr_growth_seen:
+            self.follow_model_growth()  # grown since the last step (the callbacks usually did this already)
         if not (self._vcr_enabled and model.training and self._hooks):
             return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
         mask = inputs.get("attention_mask")
@@ -422,11 +479,14 @@ class SeqVCRTrainer(Trainer):
             return False
         from safetensors.torch import load_file
 
+        self.follow_model_growth()  # a resumed model was grown to the checkpoint's size: so is the head
+
         state = load_file(path, device="cpu")
         self.seq_vcr_projection.load_state_dict(state)
         return True
 
     def _save_checkpoint(self, model, trial, *args: Any, **kwargs: Any) -> None:
+        self.follow_model_growth()  # the optimizer state and the head saved at the model's size
         super()._save_checkpoint(model, trial, *args, **kwargs)
         if self._vcr_enabled and len(self.seq_vcr_projection) and self.args.should_save:
             from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
