@@ -40,7 +40,8 @@ def test_missing_arguments_exit_2_naming_them(command, capsys):
     assert exit_info.value.code == 2
     captured = capsys.readouterr()
     assert captured.out == ""
-    assert captured.err.splitlines()[-1].startswith(f"hf-growth {command}: error: the following arguments are required:")
+    error = captured.err.splitlines()[-1]
+    assert error.startswith(f"hf-growth {command}: error: the following arguments are required:")
 
 
 def test_unknown_or_missing_command_exits_2(capsys):

@@ -33,8 +33,15 @@ def tiny_demo(monkeypatch):
     tokenizer = build_tokenizer(max_number=16)
     tokenizer.chat_template = "{% for message in messages %}{{ message['content'] }}{% endfor %}"
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, initializer_range=0.2)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        initializer_range=0.2,
+    )
     model = LlamaForCausalLM(config).eval()
     loads = []
 
@@ -84,7 +91,7 @@ def test_demo_writes_a_summary_and_replaces_its_own_earlier_output(tiny_demo, tm
 
 
 def test_demo_without_save_writes_nothing(tiny_demo, tmp_path):
-    assert main(["demo", "--out", str(tmp_path / "out"), "--no-save", "--prompt", "1 + 2 =", "--max-new-tokens", "2"]) == 0
+    assert run_demo_cli(tmp_path / "out", "--no-save") == 0
     assert list(tmp_path.iterdir()) == []
 
 
