@@ -27,3 +27,10 @@ def smollm2():
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     return model, tokenizer
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test that uses the ``smollm2`` fixture (it loads the 135M model) ``smollm2``: test-fast skips it."""
+    for item in items:
+        if "smollm2" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.smollm2)

