@@ -178,7 +178,7 @@ def run_script(script, opts, seq_vcr: bool, train_size: int) -> dict:
     out_dir = tempfile.mkdtemp(prefix="train_throughput_")
     argv = script_argv(opts, seq_vcr, out_dir, train_size)
     args = script.parse_args(argv)
-    torch.manual_seed(args.seed)
+    torch.manual_seed(args.training.seed)
     _, model, tokenizer, _, train, valid = script.prepare(args)
     timer = WindowTimer(opts.warmup, opts.steps, opts.sync_steps, opts.cuda)
     trainer = script.build_trainer(args, model, tokenizer, train, valid, callbacks=[timer.callback])
@@ -210,13 +210,13 @@ def run_raw(script, opts, train_size: int) -> dict:
     import torch
 
     args = script.parse_args(script_argv(opts, False, tempfile.gettempdir(), train_size))
-    torch.manual_seed(args.seed)
+    torch.manual_seed(args.training.seed)
     _, model, _, _, train, _ = script.prepare(args)
     device = torch.device("cuda" if opts.cuda else "cpu")
     model.to(device).train()
     data = {k: v.to(device) for k, v in train.tensors.items()}
     n, seq_len = data["input_ids"].shape
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay, fused=True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.training.learning_rate, weight_decay=args.training.weight_decay, fused=True)
     forward = torch.compile(model, mode=opts.compile_mode) if opts.compile else model
     perm = torch.randperm(n, device=device)
     batches = n // opts.batch_size

@@ -176,3 +176,26 @@ def test_cli_data(tmp_path, capsys):
                  "--train-size", "20", "--validation-size", "4", "--test-size", "4"]) == 0
     assert load_from_disk(str(tmp_path / "rs"))["train"][0]["question"].split()[2] == "<sep>"
     assert main(["data", "lis", str(tmp_path / "ls"), "--pair-separator"]) == 2  # not an option of lis
+
+
+def test_cli_data_overwrite_replaces_only_a_dataset(tmp_path, capsys):
+    """``--overwrite`` replaces an earlier dataset; a directory holding anything else is refused and kept."""
+    from datasets import load_from_disk
+
+    from hf_growth.cli import main
+
+    small = ["--digits", "2", "--train-size", "6", "--validation-size", "2", "--test-size", "2"]
+    out = tmp_path / "mult"
+    assert main(["data", "multiplication", str(out), *small]) == 0
+    assert main(["data", "multiplication", str(out), *small[:2], "--train-size", "8", "--validation-size", "2",
+                 "--test-size", "2", "--overwrite"]) == 0
+    assert load_from_disk(str(out))["train"].num_rows == 8
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "notes.txt").write_text("mine")
+    capsys.readouterr()
+    assert main(["data", "multiplication", str(notes), *small, "--overwrite"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is not a dataset written by save_to_disk" in err and "notes.txt" in err
+    assert sorted(p.name for p in notes.iterdir()) == ["notes.txt"]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary directory left

@@ -43,22 +43,24 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="retrieval: train at the full hop count only")
     parser.add_argument("--pair-separator", dest="pair_separator", action="store_true", default=None,
                         help="retrieval: '<sep>' after every pair of a question")
-    parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace OUT if it is a dataset written by save_to_disk (anything else is refused)")
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
     import inspect
-    import os
-    import shutil
     import time
+    from pathlib import Path
 
     from hf_growth import tasks
+    from hf_growth.growth.io.output_dir import atomic_output_dir, check_replaceable, why_not_replaceable_dataset
 
-    if os.path.exists(args.out):
+    out = Path(args.out)
+    if out.exists() or out.is_symlink():  # refuse before building anything
         if not args.overwrite:
             raise FileExistsError(f"{args.out} exists: pass --overwrite to replace it")
-        shutil.rmtree(args.out)
+        check_replaceable(out, why_not_replaceable_dataset, "a dataset written by save_to_disk")
     builder = tasks.TASKS[args.name][0]
     accepted = set(inspect.signature(builder).parameters)
     given = {k: getattr(args, k) for k in [*_OPTIONS, "curriculum", "pair_separator"] if getattr(args, k, None) is not None}
@@ -67,7 +69,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"task {args.name!r} does not take {', '.join('--' + w.replace('_', '-') for w in wrong)}")
     start = time.perf_counter()
     ds = builder(**given)
-    ds.save_to_disk(args.out)
+    with atomic_output_dir(out, overwrite=args.overwrite, replaceable=why_not_replaceable_dataset,
+                           what="a dataset written by save_to_disk") as tmp:
+        ds.save_to_disk(str(tmp))
     sizes = ", ".join(f"{k} {len(v)}" for k, v in ds.items())
     print(f"wrote {args.name} ({sizes}) to {args.out} in {time.perf_counter() - start:.1f}s")
     print(f"example: {ds['train'][0]}")

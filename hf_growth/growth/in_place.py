@@ -38,8 +38,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .engine import _LayerView as LayerView, _SourceView as SourceView
 from .engine import GrowthEngine, MetaSource
+from .views import LayerView, SourceView
 
 __all__ = ["grow_in_place", "resize_parameter", "unwrap_growable"]
 
@@ -141,7 +141,7 @@ def _tensor_origins(engine: Any) -> dict[str, tuple[str | None, str]]:
         name, mode, v = top_name, "keep", view
         while not isinstance(v, SourceView):
             if isinstance(v, LayerView) and v.adapter.layer_of(name) is not None:
-                origin, m = v._origin[name]
+                origin, m = v.origin(name)
                 if origin is None or m not in ("keep", "copy"):
                     name = None
                     break

@@ -193,8 +193,3 @@ def repeat_along(tensor: torch.Tensor, copies: int, dim: int = 0) -> torch.Tenso
         shape[dim] *= copies
         return torch.empty(shape, dtype=tensor.dtype, device="meta")
     return torch.cat([tensor] * copies, dim=dim)
-
-
-def clone_placement(n_old: int) -> torch.Tensor:
-    """Under cloning the first copy counts as the old entries, the others as new."""
-    return torch.arange(n_old)

@@ -34,7 +34,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 from _common import command_line, device_label, device_slug, versions, write_json  # noqa: E402
 
-from hf_growth.training.callbacks import grow_in_place, midas_boundaries, midas_stage_depths  # noqa: E402
+from hf_growth.growth.in_place import grow_in_place  # noqa: E402
+from hf_growth.training.callbacks import midas_boundaries, midas_stage_depths  # noqa: E402
 
 
 # --------------------------------------------------------------------------------------------- corpus

@@ -24,7 +24,7 @@ import shutil
 import socket
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .reader import SAFE_WEIGHTS_INDEX_NAME
@@ -88,13 +88,35 @@ def why_not_replaceable(directory: str | os.PathLike) -> str | None:
     return None
 
 
-def check_replaceable(directory: str | os.PathLike) -> None:
-    """Raise ``FileExistsError`` (one line, saying why) if ``overwrite=True`` must not replace ``directory``."""
-    reason = why_not_replaceable(directory)
+def why_not_replaceable_dataset(directory: str | os.PathLike) -> str | None:
+    """Why ``overwrite=True`` must not replace ``directory`` with a dataset, or None when it is empty or a dataset
+    that ``save_to_disk`` wrote (``dataset_dict.json``, or ``state.json`` + ``dataset_info.json``).
+
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp()); _ = (d / "notes.txt").write_text("mine")
+    >>> why_not_replaceable_dataset(d)
+    'it holds notes.txt and no dataset_dict.json'
+    """
+    directory = Path(directory)
+    if directory.is_symlink() or not directory.is_dir():
+        return "it is not a directory"
+    if not any(directory.iterdir()):
+        return None
+    if (directory / "dataset_dict.json").is_file() or \
+            ((directory / "state.json").is_file() and (directory / "dataset_info.json").is_file()):
+        return None
+    return f"it holds {_names(directory)} and no dataset_dict.json"
+
+
+def check_replaceable(directory: str | os.PathLike, why_not: Callable[[Path], str | None] = why_not_replaceable,
+                      what: str = "a model checkpoint or an earlier hf-growth output") -> None:
+    """Raise ``FileExistsError`` (one line, saying why) if ``overwrite=True`` must not replace ``directory``
+    (``why_not``: :func:`why_not_replaceable` for checkpoints, :func:`why_not_replaceable_dataset` for datasets)."""
+    reason = why_not(Path(directory))
     if reason is not None:
         raise FileExistsError(
-            f"output directory {directory} exists and is not a model checkpoint ({reason}); overwrite replaces "
-            "only a model checkpoint or an earlier hf-growth output: choose another output directory or remove it"
+            f"output directory {directory} exists and is not {what.split(' or ')[0]} ({reason}); overwrite replaces "
+            f"only {what}: choose another output directory or remove it"
         )
 
 
@@ -236,13 +258,16 @@ def clean_leftovers(output_dir: str | os.PathLike) -> list[str]:
 
 
 @contextlib.contextmanager
-def atomic_output_dir(output_dir: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
+def atomic_output_dir(output_dir: str | os.PathLike, *, overwrite: bool = False,
+                      replaceable: Callable[[Path], str | None] = why_not_replaceable,
+                      what: str = "a model checkpoint or an earlier hf-growth output") -> Iterator[Path]:
     """Yield a temporary directory next to ``output_dir``; rename it to ``output_dir`` on success.
 
     On any exception (including ``KeyboardInterrupt``, or what a signal handler raises) the temporary directory
     is removed and the error re-raised; a full disk (``ENOSPC``) becomes a :class:`DiskFullError` saying so.
     An existing ``output_dir`` is replaced only with ``overwrite=True``, only if it is a model checkpoint or an
-    earlier output (:func:`why_not_replaceable`), and only at the end. The temporary directory is marked as
+    earlier output (``replaceable``: :func:`why_not_replaceable`; a dataset: :func:`why_not_replaceable_dataset`),
+    and only at the end. The temporary directory is marked as
     hf-growth's (:data:`MARKER_NAME`), so that when a run is killed outright (SIGKILL, power loss) the next run
     into the same place removes it (:func:`clean_leftovers`).
     """
@@ -250,7 +275,7 @@ def atomic_output_dir(output_dir: str | os.PathLike, *, overwrite: bool = False)
     if out.exists() or out.is_symlink():
         if not overwrite:
             raise FileExistsError(f"output directory {out} exists; pass overwrite=True (--overwrite) to replace it")
-        check_replaceable(out)
+        check_replaceable(out, replaceable, what)
     out.parent.mkdir(parents=True, exist_ok=True)
     clean_leftovers(out)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex}"
