@@ -99,6 +99,7 @@ def test_script_time_budget(tmp_path):
     assert result["global_steps"] == budget["end_step"] < 200 * 32 and result["epochs"] < 200
 
 
+@pytest.mark.slow
 def test_script_time_budget_ddp_ranks_agree(tmp_path):
     """Under torchrun the ranks stop at the same step (they agree on the smallest end): a rank stopping alone
     would leave the other waiting in DDP's gradient all-reduce forever."""

@@ -189,6 +189,7 @@ def test_script_data_on_device(tmp_path):
     assert not config.dataloader_pin_memory and not config.logging_nan_inf_filter and not config.dataloader_drop_last
 
 
+@pytest.mark.slow
 def test_script_torch_compile_with_seq_vcr(tmp_path):
     """--torch-compile compiles the model (its Seq-VCR hooks inside) and the head + statistics; the logged terms
     match the eager run's, and the last partial batch of an epoch is dropped (no second compiled shape)."""

@@ -204,6 +204,7 @@ def test_bad_inputs_are_refused():
         ens.hf_state(grad=True)
 
 
+@pytest.mark.slow
 def test_compiled_clip_and_update_match_eager():
     """compile=True (the GPU sweep's path) takes the same steps as the eager loops, to float32 round-off: with a
     frozen member (unchanged bit for bit) and across a select_ that changes the members' count."""

@@ -198,6 +198,7 @@ def test_probe_batch_masks_and_emergence_order():
         probe.emergence_order(scores, [0, 10, 20, 30], rule="max")
 
 
+@pytest.mark.slow
 def test_tiny_real_sweep_and_emergence(tmp_path):
     """One real 4-step run through scripts/train_reasoning.py, then the head-emergence mode (one seed)."""
     common = ["--hops", "1", "--min-layers", "1", "--max-layers", "1", "--seeds", "0", "--curriculum", "on",
@@ -274,6 +275,7 @@ def test_pair_separator_option_reaches_the_runs_and_keeps_old_tags(tmp_path):
     assert opts["pair_separator"] and all("<sep>" in q for q in probe._split(opts, "validation")["question"])
 
 
+@pytest.mark.slow
 def test_tiny_real_run_with_pair_separator(tmp_path):
     """The flag travels through scripts/train_reasoning.py: its results record it and the question length."""
     assert rd.main(["--hops", "2", "--min-layers", "1", "--max-layers", "1", "--seeds", "0", "--curriculum", "on",

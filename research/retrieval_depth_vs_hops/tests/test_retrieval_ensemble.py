@@ -305,6 +305,7 @@ def test_save_passed_fails_before_training_without_its_imports(tmp_path, monkeyp
     assert not (tmp_path / "a.jsonl").exists()
 
 
+@pytest.mark.slow
 def test_save_passed_then_init_from_them(tmp_path):
     """--save-passed writes every passing member as a LlamaForCausalLM (reloadable); --init-from starts a deeper
     sweep from them (another tag: its records never mix with from-scratch ones)."""
