@@ -22,8 +22,15 @@ from collections.abc import Iterator, Sequence
 COMMANDS = ("demo", "grow", "verify", "push", "data", "analyze", "export")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one line for a usage error (no usage block): ``hf-growth grow: error: ...``, exit 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="hf-growth",
         description="Grow pretrained transformers function-preservingly and train them to reason.",
     )

@@ -40,7 +40,7 @@ def test_missing_arguments_exit_2_naming_them(command, capsys):
     assert exit_info.value.code == 2
     captured = capsys.readouterr()
     assert captured.out == ""
-    error = captured.err.splitlines()[-1]
+    (error,) = captured.err.splitlines()  # one line, no usage block
     assert error.startswith(f"hf-growth {command}: error: the following arguments are required:")
 
 
@@ -48,7 +48,7 @@ def test_unknown_or_missing_command_exits_2(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["no-such-command"])
     assert exit_info.value.code == 2
-    error = capsys.readouterr().err.splitlines()[-1]
+    (error,) = capsys.readouterr().err.splitlines()
     assert error.startswith("hf-growth: error:") and "'no-such-command'" in error
     for command in DOCUMENTED:
         assert f"'{command}'" in error  # the valid choices are listed
