@@ -77,6 +77,27 @@ def _loss(model: torch.nn.Module, rows: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), rows[:, 1:].flatten())
 
 
+def step_seconds(train: torch.Tensor, vocab: int, args: Any, device: torch.device, steps: int = 8) -> float:
+    """Seconds per training step of the baseline (``value_residual="none"``), after two warm-up steps."""
+    config = ResFormerConfig(vocab_size=vocab, max_position_embeddings=args.seq_len, value_residual="none",
+                             tie_word_embeddings=False, **args.shape)
+    model = ResFormerForCausalLM(config).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, fused=device.type == "cuda")
+    rows = train[: args.batch].to(device, torch.long)
+    for i in range(steps + 2):
+        if i == 2:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            _loss(model, rows).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / steps
+
+
 def train_one(variant: str, seed: int, train: torch.Tensor, val: torch.Tensor, vocab: int, args: Any,
               device: torch.device) -> dict[str, Any]:
     torch.manual_seed(seed)
@@ -140,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vocab-size", type=int, default=16384)
     p.add_argument("--val-sequences", type=int, default=256)
     p.add_argument("--eval-every", type=int, default=50)
+    p.add_argument("--time-budget-s", type=float, default=None,
+                   help="fit every run into this many seconds in all: the same step count for each, from the "
+                        "baseline's measured step time (fewer tokens than --tokens if need be)")
     p.add_argument("--cpu-smoke", action="store_true", help="tiny shapes and data on the CPU")
     p.add_argument("--out-dir", default=str(Path(__file__).resolve().parent / "results"))
     args = p.parse_args(argv)
@@ -160,12 +184,19 @@ def main(argv: list[str] | None = None) -> int:
                                   args.val_sequences * (args.seq_len + 1))[: args.val_sequences]
     print(f"data: {len(train)} train / {len(val)} validation sequences of {args.seq_len + 1} tokens, {tok_desc} "
           f"({time.perf_counter() - t0:.0f} s)", flush=True)
+    seeds, variants = [int(s) for s in args.seeds.split(",")], args.variants.split(",")
+    if args.time_budget_s:  # the same steps for every run, as many as the budget allows at the baseline's speed
+        step_s = step_seconds(train, vocab, args, device)
+        steps = int(args.time_budget_s / (len(seeds) * len(variants)) / (step_s * 1.2))
+        train = train[: max(1, min(len(train) // args.batch, steps)) * args.batch]
+        print(f"budget {args.time_budget_s:.0f} s: {step_s * 1e3:.0f} ms a step -> {len(train) // args.batch} steps "
+              f"({len(train) * args.seq_len / 1e6:.1f}M tokens) per run", flush=True)
     out_dir = Path(args.out_dir)
-    for seed in [int(s) for s in args.seeds.split(",")]:
-        runs = [train_one(v, seed, train, val, vocab, args, device) for v in args.variants.split(",")]
+    for seed in seeds:
+        runs = [train_one(v, seed, train, val, vocab, args, device) for v in variants]
         record = {"benchmark": "resformer_vs_llama", "device": device_label(device), "versions": versions(),
                   "command": command_line("research/resformer_vs_llama/train.py", argv), "shape": args.shape, "seq_len": args.seq_len, "batch": args.batch,
-                  "lr": args.lr, "warmup": args.warmup, "weight_decay": args.weight_decay,
+                  "tokens_per_run": len(train) * args.seq_len, "lr": args.lr, "warmup": args.warmup, "weight_decay": args.weight_decay,
                   "tokenizer": tok_desc, "vocab": vocab,
                   "corpus": {"train_packages": len(corpus["packages"]["train"]),
                              "validation_packages": len(corpus["packages"]["validation"])},
