@@ -8,7 +8,13 @@ import json
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, Gemma2Config, Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3TextConfig
+from transformers import (
+    AutoModelForCausalLM,
+    Gemma2Config,
+    Gemma2ForCausalLM,
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
+)
 
 from hf_growth.growth import grow_model
 from hf_growth.growth.freeze import freeze_original, new_parameter_masks
@@ -167,16 +173,19 @@ def test_head_dim_keeps_query_pre_attn_scalar_and_the_keys():
                                         r"\(q_norm / k_norm over head_dim\).*saddle.*grow num_heads instead"),
     ("gemma3_text", [{"head_dim": {"to": 24, "approximate": True}}], r"gemma3_text normalizes queries and keys"),
     ("gemma2", [{"head_dim": 18}], r"plan step 0 \(head_dim\): RoPE frequencies .* integer factor \(e\.g\. 24\)"),
-    ("gemma2", [{"qk_dim": 24}], r"plan step 0 \(qk_dim\): stock gemma2 has one head_dim for q, k and v"),
-    ("gemma3_text", [{"value_dim": 24}], r"plan step 0 \(value_dim\): stock gemma3_text has one head_dim"),
+    ("gemma2", [{"qk_dim": 24}], r"plan step 0 \(qk_dim\): gemma2 has one head_dim for q, k and v, so qk_dim cannot "
+                                   r"grow alone: use `head_dim` \(both together, exact by an integer factor\)$"),
+    ("gemma3_text", [{"value_dim": 24}],
+     r"plan step 0 \(value_dim\): gemma3_text has one head_dim .*grow num_heads instead"),
     ("gemma2", [{"hidden_size": 50}], r"plan step 0 \(hidden_size\): the grown config is not a valid Gemma2Config: .*"
                                       r"The hidden size \(50\) is not a multiple of the number of attention heads"),
     ("gemma3_text", [{"num_heads": {"to": 9, "num_key_value_heads": 3}}],
-     r"not a valid Gemma3TextConfig: .*The hidden size \(48\) is not a multiple of the number of attention heads \(9\)"),
+     r"not a valid Gemma3TextConfig: .*The hidden size \(48\) is not a multiple of the number of attention "
+     r"heads \(9\)"),
 ])
 def test_refusals(version, plan, match):
     src = tiny_gemma(version)
-    src.state_dict = lambda *a, **k: pytest.fail("a tensor was read")  # noqa: E731
+    src.state_dict = lambda *a, **k: pytest.fail("a tensor was read")
     with pytest.raises(ValueError, match=match):
         grow_model(src, plan)
 

@@ -76,6 +76,13 @@ class Gemma2Adapter(LlamaAdapter):
                                   for i in range(cfg[self.keys["layers"]])]
         return cfg
 
+    def _check_separate_qk_v(self, stage: Stage) -> None:
+        raise ValueError(f"{self.name} has one head_dim for q, k and v, so {stage.step.kind} cannot grow alone: "
+                         f"{self.head_dim_advice}")
+
+    #: what a qk_dim / value_dim refusal suggests instead
+    head_dim_advice: ClassVar[str] = "use `head_dim` (both together, exact by an integer factor)"
+
     def new_layer_init(self, role: str) -> str:
         """Gemma's norms multiply by ``(1 + w)``: a new layer's norms start at ``w = 0`` (gain 1)."""
         if role in ("norm.w", "q_norm.w", "k_norm.w"):
@@ -95,6 +102,7 @@ class Gemma3TextAdapter(Gemma2Adapter):
     qk_norm = True
     config_defaults = {**Gemma2Adapter.config_defaults, "vocab_size": 262208}
     sliding_window_pattern = 6
+    head_dim_advice = "grow num_heads instead (head_dim is refused too: q_norm / k_norm are over head_dim)"
 
     def config_class(self):
         from transformers import Gemma3TextConfig
