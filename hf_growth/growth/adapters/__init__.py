@@ -18,11 +18,12 @@ _REGISTRY: dict[str, str] = {
     "qwen2": "hf_growth.growth.adapters.qwen2:Qwen2Adapter",
     "gpt2": "hf_growth.growth.adapters.gpt2:GPT2Adapter",
     "resformer": "hf_growth.growth.adapters.resformer:ResFormerAdapter",
+    "gemma2": "hf_growth.growth.adapters.gemma:Gemma2Adapter",
+    "gemma3_text": "hf_growth.growth.adapters.gemma:Gemma3TextAdapter",
 }
 
 _WHY_NOT = {
     "qwen3": "its q/k RMSNorms over head_dim cannot be kept exact under head growth",
-    "gemma": "scaled embeddings and (1 + w) norms need their own adapter",
 }
 
 

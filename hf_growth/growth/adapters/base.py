@@ -19,6 +19,8 @@ o.w / o.b      (hidden, heads*v) / (hidden,)
 mlp_in.w / .b  (mlp, hidden) / (mlp,)     gate and up projections, c_fc
 mlp_out.w / .b (hidden, mlp) / (hidden,)  down projection, c_proj
 lambda         any                        per-layer scalars (ResFormer value residual)
+q_norm.w       (qk,)                      per-head RMSNorm gain on queries (Gemma 3)
+k_norm.w       (qk,)                      per-head RMSNorm gain on keys
 =============  =========================  ============================================
 
 >>> from hf_growth.growth.adapters import get_adapter
@@ -85,6 +87,16 @@ class Adapter:
     eps_key: ClassVar[str | None] = None
     #: per-layer lists in the config that follow the layers (rebuilt by num_layers / stack)
     layer_list_keys: ClassVar[tuple[str, ...]] = ("layer_types",)
+    #: RMSNorm multiplies by ``norm_weight_offset + w``: 0 (Llama), 1 for Gemma's ``(1 + w)`` gains
+    norm_weight_offset: ClassVar[float] = 0.0
+    #: the embedding output is multiplied by sqrt(hidden_size) (Gemma): hidden growth rescales the embedding
+    embed_scaled_by_sqrt_hidden: ClassVar[bool] = False
+    #: the attention scale is 1/sqrt(head size); False when a config key fixes it (Gemma's query_pre_attn_scalar):
+    #: then head-size growth leaves the keys as they are
+    attention_scale_follows_head_dim: ClassVar[bool] = True
+    #: queries and keys pass per-head RMSNorms with the config's epsilon (``q_norm.w`` / ``k_norm.w``): hidden
+    #: growth, which rescales that epsilon, scales q/k by the same factor to keep those norms exact
+    qk_norm: ClassVar[bool] = False
 
     _layer_re: ClassVar[re.Pattern] = re.compile(r"^$")
 
@@ -213,7 +225,7 @@ class Adapter:
             "q.b": (q,), "k.b": (k,), "v.b": (v,), "o.b": (s.hidden,),
             "qkv.w": (q + k + v, s.hidden), "qkv.b": (q + k + v,),
             "mlp_in.w": (s.mlp, s.hidden), "mlp_in.b": (s.mlp,), "mlp_out.w": (s.hidden, s.mlp),
-            "mlp_out.b": (s.hidden,),
+            "mlp_out.b": (s.hidden,), "q_norm.w": (s.qk_dim,), "k_norm.w": (s.qk_dim,),
         }
         if role not in shapes:
             raise ValueError(f"{self.name} adapter: no canonical shape for role {role!r}")

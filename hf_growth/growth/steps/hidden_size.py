@@ -13,6 +13,7 @@ zero-pads a LayerNorm model anyway (the error is measured).
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -77,22 +78,41 @@ _HIDDEN_VEC = ("o.b", "mlp_out.b", "norm.w", "norm.b", "final_norm.w", "final_no
 
 def _hidden_zero_pad(role: str, t: torch.Tensor, c: RoleContext):
     h, new = c.before.hidden, c.after.hidden
+    adapter = c.stage.adapter
     lead = ops.leading(h)
     if role in ("embed", "pos"):
+        if role == "embed" and adapter.embed_scaled_by_sqrt_hidden:
+            # the model multiplies the embedding by sqrt(hidden): by sqrt(h/h') here, the first state is unchanged
+            t = t.float() if c.meta else t.float() * math.sqrt(h / new)
         return c.placed(t, (t.shape[0], new), [None, lead]), [None, lead]
     if role in _HIDDEN_IN:  # only the new columns are drawn, straight into the output
+        t = _qk_norm_compensated(role, t, c)
         out = c.empty((t.shape[0], new))
         c.free((t.shape[0], new - h), out=out[:, h:], alongside=lambda: out[:, :h].copy_(t))
         return out, [None, lead]
+    if role in ("q.b", "k.b") and adapter.qk_norm:
+        return _qk_norm_compensated(role, t, c), None
     if role in _HIDDEN_OUT_W:
         return c.placed(t, (new, t.shape[1]), [lead, None]), [lead, None]
     if role in ("norm.w", "final_norm.w"):
-        if c.stage.adapter.norm == "rms":
-            return ops.rms_gain_rescale(t, h, new), [lead]
+        if adapter.norm == "rms":
+            # a tied unembedding is the embedding, scaled by sqrt(h/h') above: the last norm keeps its gains
+            # (its output grows by sqrt(h'/h) in the old entries, which makes up for it)
+            keep = role == "final_norm.w" and c.before.tied and adapter.embed_scaled_by_sqrt_hidden
+            return ops.rms_gain_rescale(t, h, new, offset=adapter.norm_weight_offset, scale=1.0 if keep else None), \
+                [lead]
         return c.placed(t, (new,), [lead], 1.0), [lead]  # LayerNorm, approximate
     if role in _HIDDEN_VEC:
         return c.placed(t, (new,), [lead]), [lead]
     return None
+
+
+def _qk_norm_compensated(role: str, t: torch.Tensor, c: RoleContext) -> torch.Tensor:
+    """Queries and keys under per-head RMSNorms that share the rescaled epsilon (``adapter.qk_norm``): scaled by
+    sqrt(h/h'), since RMSNorm(a q; a^2 eps) = RMSNorm(q; eps) and eps' = eps h/h'. Other roles as they are."""
+    if not c.stage.adapter.qk_norm or role not in ("q.w", "k.w", "q.b", "k.b"):
+        return t
+    return t.float() if c.meta else t.float() * math.sqrt(c.before.hidden / c.after.hidden)
 
 
 def _hidden_clone(role: str, t: torch.Tensor, c: RoleContext):

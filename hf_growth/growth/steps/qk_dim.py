@@ -53,6 +53,10 @@ def grow_qk(role: str, t: torch.Tensor, c: RoleContext) -> tuple[torch.Tensor, A
         return c.free_rows(ops.place(t, c.empty(shape), [rows] + rest), rows), [rows] + rest
     if role == "q.b":
         return c.placed(t, shape, [rows] + rest), [rows] + rest
-    # keys: scaled by sqrt(new/old) for the 1/sqrt(d) change (in float32); their new entries are zero
-    scaled = t.float() if c.meta else t.float() * math.sqrt(a.qk_dim / b.qk_dim)
+    # keys: scaled by sqrt(new/old) for the 1/sqrt(d) change (in float32), unless the adapter's attention scale
+    # does not follow the head size (Gemma's query_pre_attn_scalar); their new entries are zero
+    if not c.stage.adapter.attention_scale_follows_head_dim:
+        scaled = t
+    else:
+        scaled = t.float() if c.meta else t.float() * math.sqrt(a.qk_dim / b.qk_dim)
     return c.placed(scaled, shape, [rows] + rest), [rows] + rest
