@@ -18,9 +18,10 @@ qkv.w / .b     q, k, v fused along dim 0 (GPT-2 c_attn)
 o.w / o.b      (hidden, heads*v) / (hidden,)
 mlp_in.w / .b  (mlp, hidden) / (mlp,)     gate and up projections, c_fc
 mlp_out.w / .b (hidden, mlp) / (hidden,)  down projection, c_proj
+gate_up.w/.b   (2*mlp, hidden) / (2*mlp,) gate and up fused along dim 0 (Phi-3 gate_up_proj)
+q_norm.w       (qk,)                      per-head RMSNorm gain of the queries, shared by the heads (Qwen3, Gemma 3)
+k_norm.w       (qk,)                      the same for the keys
 lambda         any                        per-layer scalars (ResFormer value residual)
-q_norm.w       (qk,)                      per-head RMSNorm gain on queries (Gemma 3)
-k_norm.w       (qk,)                      per-head RMSNorm gain on keys
 =============  =========================  ============================================
 
 >>> from hf_growth.growth.adapters import get_adapter
@@ -82,6 +83,13 @@ class Adapter:
     lm_head: ClassVar[str] = "lm_head.weight"
     separate_qk_v: ClassVar[bool] = False  # qk_dim and value_dim may grow separately
     rope: ClassVar[bool] = True  # queries/keys carry RoPE (head-size growth needs a placement that keeps it)
+    #: queries and keys pass a per-head RMSNorm over the head size with the config's epsilon (roles ``q_norm.w`` /
+    #: ``k_norm.w``: Qwen3, Gemma 3): hidden growth, which rescales that epsilon, scales q/k by the same factor
+    #: (steps/hidden_size.py); head-size growth copies dimensions (steps/qk_dim.py)
+    qk_norm: ClassVar[bool] = False
+    #: fused q/k/v or gate/up tensors draw each part's free values from its own seed (GPT-2's ``c_attn``, older
+    #: than this option, draws them all from the tensor's name)
+    fused_part_seeds: ClassVar[bool] = False
     #: config keys
     keys: ClassVar[dict[str, str]] = {}
     eps_key: ClassVar[str | None] = None
@@ -94,9 +102,6 @@ class Adapter:
     #: the attention scale is 1/sqrt(head size); False when a config key fixes it (Gemma's query_pre_attn_scalar):
     #: then head-size growth leaves the keys as they are
     attention_scale_follows_head_dim: ClassVar[bool] = True
-    #: queries and keys pass per-head RMSNorms with the config's epsilon (``q_norm.w`` / ``k_norm.w``): hidden
-    #: growth, which rescales that epsilon, scales q/k by the same factor to keep those norms exact
-    qk_norm: ClassVar[bool] = False
 
     _layer_re: ClassVar[re.Pattern] = re.compile(r"^$")
 
@@ -225,7 +230,8 @@ class Adapter:
             "q.b": (q,), "k.b": (k,), "v.b": (v,), "o.b": (s.hidden,),
             "qkv.w": (q + k + v, s.hidden), "qkv.b": (q + k + v,),
             "mlp_in.w": (s.mlp, s.hidden), "mlp_in.b": (s.mlp,), "mlp_out.w": (s.hidden, s.mlp),
-            "mlp_out.b": (s.hidden,), "q_norm.w": (s.qk_dim,), "k_norm.w": (s.qk_dim,),
+            "mlp_out.b": (s.hidden,), "gate_up.w": (2 * s.mlp, s.hidden), "gate_up.b": (2 * s.mlp,),
+            "q_norm.w": (s.qk_dim,), "k_norm.w": (s.qk_dim,),
         }
         if role not in shapes:
             raise ValueError(f"{self.name} adapter: no canonical shape for role {role!r}")
@@ -237,7 +243,7 @@ class Adapter:
             return "zero"  # the block's outputs: the new block is the identity
         if role.endswith(".b"):
             return "zero"
-        if role == "norm.w":
+        if role in ("norm.w", "q_norm.w", "k_norm.w"):
             return "ones"
         return "free"
 
