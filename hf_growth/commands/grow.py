@@ -21,10 +21,12 @@ import argparse
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("grow", help="grow a model by a plan (function-preserving)", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("src", help="model directory (config.json + safetensors) or a .gguf file")
+    parser.add_argument("src", help="model directory (config.json + safetensors), .gguf file, 'smollm2' or a Hub "
+                                    "repository id (org/name: only the files growth needs are fetched)")
     parser.add_argument("plan", help="growth plan: a YAML file with a list of one-key steps")
     parser.add_argument("out", help="output directory")
     parser.add_argument("--seed", type=int, default=0, help="seed of the free (random) new weights")
+    parser.add_argument("--revision", default=None, help="a Hub id's branch, tag or commit (default: main)")
     parser.add_argument("--max-shard-size", default="5GB",
                         help="largest output shard, e.g. 500MB, 2GiB or bytes (default: %(default)s)")
     parser.add_argument("--overwrite", action="store_true",
@@ -44,13 +46,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return parser
 
 
-def load_source(src: str, dtype: str | None):
+def load_source(src: str, dtype: str | None, revision: str | None = None):
     """Load any model source (directory, ``.gguf`` file, ``smollm2``, Hub id: :func:`hf_growth.load_model`) as
     ``(causal LM, tokenizer or None)``; a GGUF file is de-quantised (float32 unless ``dtype``), without a
     quantization_config."""
     from hf_growth.growth.sources import load_model
 
-    return load_model(src, dtype=dtype)
+    return load_model(src, dtype=dtype, revision=revision)
 
 
 def shape_table(before: dict[str, tuple[int, ...]], after: dict[str, tuple[int, ...]],
@@ -130,7 +132,7 @@ def _streaming(args: argparse.Namespace, plan) -> int:
     results: list[dict] = []
     out = grow_checkpoint(args.src, plan, args.out, seed=args.seed, max_shard_size=args.max_shard_size,
                           overwrite=args.overwrite, quiet=args.quiet, verify=bool(args.verify),
-                          on_verified=results.append)
+                          on_verified=results.append, base_model=getattr(args, "base_model", None))
     if not args.quiet:
         src, grown = SafetensorsSource(args.src), SafetensorsSource(out)
         print(shape_table({n: src.shape(n) for n in src}, {n: grown.shape(n) for n in grown}))
@@ -153,7 +155,7 @@ def _in_memory(args: argparse.Namespace, plan) -> int:
 
     src_path = Path(args.src)
     out = check_output_dir(args.out, src_path if src_path.is_dir() else None, overwrite=args.overwrite)
-    model, tokenizer = load_source(args.src, args.dtype)
+    model, tokenizer = load_source(args.src, args.dtype, getattr(args, "revision", None))
     grown = grow_model(model, plan, seed=args.seed)
     if not args.quiet:
         print(shape_table({n: tuple(p.shape) for n, p in model.named_parameters()},
@@ -181,8 +183,12 @@ def run(args: argparse.Namespace) -> int:
 
     from hf_growth.growth.plan import GrowthPlan
 
+    from hf_growth.growth.sources import resolve_source
+
     plan = GrowthPlan.parse(Path(args.plan))
-    src = Path(args.src)
-    if args.in_memory or src.suffix == ".gguf" or not src.is_dir():
+    source = resolve_source(args.src, revision=args.revision)
+    if args.in_memory or source.directory is None:
         return _in_memory(args, plan)
+    if source.kind == "hub":  # stream straight from the cached snapshot; the card names the repository
+        args.src, args.base_model = str(source.directory), source.name
     return _streaming(args, plan)

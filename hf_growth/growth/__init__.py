@@ -27,11 +27,11 @@ def grow_model(model: torch.nn.Module, plan: Any, *, seed: int = 0, output_dir: 
 
 @overload
 def grow_model(model: str | os.PathLike, plan: Any, *, seed: int = 0, output_dir: str | os.PathLike,
-               **kwargs: Any) -> Path: ...
+               revision: str | None = None, token: str | bool | None = None, **kwargs: Any) -> Path: ...
 
 
 def grow_model(model: Any, plan: Any, *, seed: int = 0, output_dir: str | os.PathLike | None = None,
-               **kwargs: Any) -> Any:
+               revision: str | None = None, token: str | bool | None = None, **kwargs: Any) -> Any:
     """Grow a model by a plan (:class:`GrowthPlan`, list of one-key steps, or YAML file).
 
     A model in, a model out: returns a new model; the source is untouched; with ``output_dir`` it is also saved
@@ -40,7 +40,7 @@ def grow_model(model: Any, plan: Any, *, seed: int = 0, output_dir: str | os.Pat
     A source name in, the output path out (``output_dir`` is required): a checkpoint directory (or a Hub
     repository id, fetched by :func:`~hf_growth.growth.sources.resolve_source`) is streamed shard by shard; a
     ``.gguf`` file or the embedded model's name (``"smollm2"``) is loaded, grown in memory and saved with its
-    tokenizer.
+    tokenizer. ``revision`` and ``token`` apply to a Hub id (as ``huggingface_hub.snapshot_download`` takes them).
     """
     if isinstance(model, (str, os.PathLike)):
         if output_dir is None:
@@ -51,7 +51,7 @@ def grow_model(model: Any, plan: Any, *, seed: int = 0, output_dir: str | os.Pat
             return grow_checkpoint(model, plan, output_dir, seed=seed, **kwargs)
         from .sources import load_model, resolve_source
 
-        source = resolve_source(model)
+        source = resolve_source(model, revision=revision, token=token)
         if source.directory is not None:  # a Hub repository's snapshot
             kwargs.setdefault("base_model", source.name)
             return grow_checkpoint(source.directory, plan, output_dir, seed=seed, **kwargs)

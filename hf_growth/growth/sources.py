@@ -81,10 +81,12 @@ def _error(source: Any, why: str) -> ModelSourceError:
     return ModelSourceError(f"model source {str(source)!r}: {why}")
 
 
-def resolve_source(source: Any, *, hub: bool = True, revision: str | None = None) -> ModelSource:
+def resolve_source(source: Any, *, hub: bool = True, revision: str | None = None,
+                   token: str | bool | None = None) -> ModelSource:
     """Say what ``source`` is, without loading weights. A local path wins over an embedded name or a Hub id of
     the same spelling. A Hub id is fetched with ``huggingface_hub.snapshot_download`` (only
-    :data:`HUB_ALLOW_PATTERNS`; from the cache alone under ``HF_HUB_OFFLINE=1``); ``hub=False`` refuses Hub ids.
+    :data:`HUB_ALLOW_PATTERNS`, at ``revision`` with ``token`` as ``snapshot_download`` takes them; from the cache
+    alone under ``HF_HUB_OFFLINE=1``); ``hub=False`` refuses Hub ids.
     Raises :class:`ModelSourceError` with one line that names what was tried."""
     if hasattr(source, "config") and hasattr(source, "state_dict"):
         return ModelSource("model", type(source).__name__, model=source)
@@ -110,10 +112,10 @@ def resolve_source(source: Any, *, hub: bool = True, revision: str | None = None
     if not hub:
         raise _error(source, "not a local directory or .gguf file, not an embedded model "
                              f"({', '.join(EMBEDDED_MODELS)}), and Hub ids are off here")
-    return ModelSource("hub", text, path=_snapshot(text, revision))
+    return ModelSource("hub", text, path=_snapshot(text, revision, token))
 
 
-def _snapshot(repo_id: str, revision: str | None) -> Path:
+def _snapshot(repo_id: str, revision: str | None, token: str | bool | None = None) -> Path:
     """The local snapshot of a Hub repository holding the files growth needs (downloaded unless offline)."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
@@ -126,7 +128,7 @@ def _snapshot(repo_id: str, revision: str | None) -> Path:
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
     tried = f"no local directory {repo_id!r}, not an embedded model ({', '.join(EMBEDDED_MODELS)}), and the Hub"
     try:
-        folder = snapshot_download(repo_id, revision=revision, allow_patterns=list(HUB_ALLOW_PATTERNS),
+        folder = snapshot_download(repo_id, revision=revision, token=token, allow_patterns=list(HUB_ALLOW_PATTERNS),
                                    local_files_only=offline)
     except LocalEntryNotFoundError:
         raise _error(repo_id, f"{tried} repository is not in the local cache (HF_HUB_OFFLINE=1)") from None
@@ -199,7 +201,8 @@ def _load_tokenizer(directory: Path) -> Any:
     return tokenizer if len(tokenizer) >= 2 else None
 
 
-def load_model(source: Any, *, dtype: Any = None, device: Any = None, revision: str | None = None) -> tuple[Any, Any]:
+def load_model(source: Any, *, dtype: Any = None, device: Any = None, revision: str | None = None,
+               token: str | bool | None = None) -> tuple[Any, Any]:
     """Load a model source (see :func:`resolve_source`) as ``(causal LM in eval mode, tokenizer or None)``.
 
     ``dtype``: a directory loads in its own dtype by default (``"auto"``), a GGUF file or the embedded model in
@@ -208,7 +211,7 @@ def load_model(source: Any, *, dtype: Any = None, device: Any = None, revision: 
 
     >>> model, tokenizer = load_model("smollm2")  # doctest: +SKIP
     """
-    resolved = resolve_source(source, revision=revision)
+    resolved = resolve_source(source, revision=revision, token=token)
     if resolved.kind == "model":
         model = resolved.model
         if dtype not in (None, "auto"):
