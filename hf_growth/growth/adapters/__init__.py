@@ -18,6 +18,7 @@ _REGISTRY: dict[str, str] = {
     "qwen2": "hf_growth.growth.adapters.qwen2:Qwen2Adapter",
     "gpt2": "hf_growth.growth.adapters.gpt2:GPT2Adapter",
     "resformer": "hf_growth.growth.adapters.resformer:ResFormerAdapter",
+    "mixtral": "hf_growth.growth.adapters.mixtral:MixtralAdapter",
 }
 
 _WHY_NOT = {
