@@ -427,3 +427,80 @@ def test_streaming_copies_expert_bytes(tmp_path):
     source = expert_layout_source(SafetensorsSource(tmp_path / "fused"), engine)
     computed = {p.name.split("experts.")[-1] for p in plan_output(engine, source) if p.source_info(source) is None}
     assert computed == {f"{e}.{w}.weight" for e in range(4) for w in ("w1", "w2", "w3")}
+
+
+# ------------------------------------------------------------------------------------------ during training
+def test_grow_in_place_upcycles_with_the_optimizer_state():
+    from hf_growth.training.callbacks import grow_in_place
+
+    model = tiny_llama().train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    torch.manual_seed(0)
+    ids = torch.randint(0, 64, (4, 16))
+    for _ in range(3):
+        model(input_ids=ids, labels=ids).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    mlp = model.model.layers[1].mlp
+    gate_state, down_state = optimizer.state[mlp.gate_proj.weight], optimizer.state[mlp.down_proj.weight]
+    up_state = optimizer.state[mlp.up_proj.weight]
+    model.eval()
+    with torch.no_grad():
+        before = model(input_ids=ids, labels=ids).loss.item()
+    info = grow_in_place(model, [{"experts": {"to": 4, "top_k": 2}}], optimizer=optimizer, seed=0)
+    assert type(model) is MixtralForCausalLM and model.config.model_type == "mixtral"
+    with torch.no_grad():
+        after = model(input_ids=ids, labels=ids).loss.item()
+    assert abs(after - before) < 1e-5
+    experts, router = model.model.layers[1].mlp.experts, model.model.layers[1].mlp.gate.weight
+    for key in ("exp_avg", "exp_avg_sq"):
+        moments = optimizer.state[experts.gate_up_proj][key]
+        for e in range(4):
+            assert torch.equal(moments[e], torch.cat([gate_state[key], up_state[key]]))
+            assert torch.equal(optimizer.state[experts.down_proj][key][e], down_state[key])
+    assert torch.equal(optimizer.state[experts.gate_up_proj]["step"], gate_state["step"])
+    assert router not in optimizer.state  # the router's moments start at zero
+    params = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    assert params == {id(p) for p in model.parameters()}
+    assert info["copied"] == 4 and info["fresh"] == 2  # two expert tensors per layer copied; the routers fresh
+    model.train()  # and it trains on: the experts diverge, then the router moves
+    start = router.detach().clone()
+    for _ in range(3):
+        model(input_ids=ids, labels=ids).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert (router - start).abs().max() > 1e-5
+
+
+def test_growth_callback_upcycles_mid_run_with_loss_continuity(tmp_path):
+    from transformers import Trainer, TrainingArguments
+
+    from hf_growth.training.callbacks import GrowthCallback
+
+    class Counting(torch.utils.data.Dataset):
+        def __init__(self, n=128):
+            g = torch.Generator().manual_seed(0)
+            self.ids = (torch.randint(0, 64, (n, 1), generator=g) + torch.arange(16)) % 64
+
+        def __len__(self):
+            return len(self.ids)
+
+        def __getitem__(self, i):
+            return {"input_ids": self.ids[i], "labels": self.ids[i]}
+
+    model = tiny_llama()
+    batch = {"input_ids": Counting(8).ids, "labels": Counting(8).ids}
+    callback = GrowthCallback({3: [{"experts": {"to": 4, "top_k": 2}}], 6: [{"experts": {"to": 8, "top_k": 4}}]},
+                              check_batch=batch)
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=9, per_device_train_batch_size=8, learning_rate=1e-2,
+                             logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True,
+                             dataloader_num_workers=0, seed=0, lr_scheduler_type="constant")
+    trainer = Trainer(model=model, args=args, train_dataset=Counting())
+    callback.bind(trainer)
+    trainer.train()
+    assert [e["step"] for e in callback.events] == [3, 6]
+    for event in callback.events:
+        assert abs(event["loss_after"] - event["loss_before"]) < 1e-5, event
+    assert type(model) is MixtralForCausalLM and model.config.num_local_experts == 8
+    params = {id(p) for p in model.parameters()}
+    assert params == {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}

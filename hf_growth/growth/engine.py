@@ -294,3 +294,15 @@ class GrowthEngine:
     def copy_of(self, name: str) -> str | None:
         view = self.view(MetaSource(self.source_shapes()), meta=True)
         return view.copy_of(name)
+
+    def part_origins(self, name: str) -> list[tuple[int, int, int, Any]] | None:
+        """For an output tensor that holds experts (``Adapter.saved_parts``): ``(expert, part, parts, origin)`` for
+        each expert's part, ``origin`` as :meth:`View.part_copy_of` says (``(source tensor, None, None)``: a whole
+        source tensor, e.g. the dense MLP's; ``(source tensor, expert, part)``: a part of a source's expert tensor;
+        None: new). None for any other tensor. Growth during training copies Adam moments along these."""
+        saved = self.adapter.saved_parts(name, self.adapter.sizes(self.new_config_dict))
+        if not saved or saved[0][1] is None:
+            return None
+        view = self.view(MetaSource(self.source_shapes()), meta=True)
+        parts = 1 + max(k for _, _, k in saved)
+        return [(e, k, parts, view.part_copy_of(name, e, k)) for _, e, k in saved]

@@ -440,6 +440,10 @@ class ExpertsView(View):
     def keys(self) -> list[str]:
         return list(self._names)
 
+    def computed(self, name: str) -> bool:
+        """Whether this step computes ``name`` (a router or an expert tensor) rather than passing it through."""
+        return self._parts[name] is not None
+
     def _dtype_for(self, parts: list[torch.Tensor]) -> torch.dtype:
         if parts:
             return parts[0].dtype
