@@ -16,6 +16,7 @@ from .base import Adapter, Sizes, TensorRole
 _REGISTRY: dict[str, str] = {
     "llama": "hf_growth.growth.adapters.llama:LlamaAdapter",
     "qwen2": "hf_growth.growth.adapters.qwen2:Qwen2Adapter",
+    "mistral": "hf_growth.growth.adapters.mistral:MistralAdapter",
     "gpt2": "hf_growth.growth.adapters.gpt2:GPT2Adapter",
     "resformer": "hf_growth.growth.adapters.resformer:ResFormerAdapter",
     "mixtral": "hf_growth.growth.adapters.mixtral:MixtralAdapter",

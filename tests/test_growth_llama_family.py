@@ -1,0 +1,293 @@
+"""Mistral (sliding window), Qwen3 (per-head q/k RMSNorm) and Phi-3 (fused qkv_proj and gate_up_proj): every
+exact axis on tiny random models (random and tiny-activation inputs), streaming bit-identical to in-memory
+growth, save / from_pretrained round trips, freeze_original, the new weights' gradients and every refusal."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from hf_growth.growth import grow_model
+from hf_growth.growth.adapters import get_adapter
+from hf_growth.growth.freeze import freeze_original, new_parameter_masks
+from hf_growth.growth.io import SafetensorsSource
+from hf_growth.growth.verify import max_logit_diff
+
+TOL = 1e-5
+ARCHS = ["mistral", "qwen3", "phi3"]
+
+
+def tiny_model(arch: str, *, tied=False, bias=False, tiny=False, layers=2, seed=0, dtype=torch.float32, **extra):
+    """A tiny random model whose norms, biases and q/k norms are away from their initial values; ``tiny``: hidden
+    states of about 1e-3, where RMSNorm's epsilon matters."""
+    torch.manual_seed(seed)
+    common = dict(vocab_size=64, hidden_size=48, intermediate_size=64, num_hidden_layers=layers,
+                  num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=tied,
+                  rms_norm_eps=1e-5 if tiny else 1e-6, bos_token_id=0, eos_token_id=0, pad_token_id=None)
+    if arch == "mistral":
+        from transformers import MistralConfig, MistralForCausalLM
+
+        model = MistralForCausalLM(MistralConfig(**common, head_dim=12, sliding_window=6, **extra))
+    elif arch == "qwen3":
+        from transformers import Qwen3Config, Qwen3ForCausalLM
+
+        config = Qwen3Config(**common, head_dim=12, attention_bias=bias, use_sliding_window=True, sliding_window=6,
+                             max_window_layers=1, **extra)
+        model = Qwen3ForCausalLM(config)
+    elif arch == "phi3":
+        from transformers import Phi3Config, Phi3ForCausalLM
+
+        model = Phi3ForCausalLM(Phi3Config(**common, **extra))
+    else:
+        raise AssertionError(arch)
+    model.eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or "norm" in name:  # make biases and gains matter
+                p.copy_(torch.randn_like(p) * 0.1 + (1.0 if "norm" in name else 0.0))
+        if tiny:
+            model.model.embed_tokens.weight.mul_(0.05)
+    return model.to(dtype)
+
+
+def tiny_inputs():
+    return torch.arange(64).reshape(2, 32)  # every token once, longer than the sliding window
+
+
+def worst_diff(src, grown):
+    return max(max_logit_diff(src, grown), max_logit_diff(src, grown, tiny_inputs()))
+
+
+#: the worst |Δlogits| measured per architecture (printed at the end of the module: `pytest -s`)
+WORST: dict[str, float] = {}
+
+
+def assert_exact(arch, src, grown):
+    diff = worst_diff(src, grown)
+    WORST[arch] = max(WORST.get(arch, 0.0), diff)
+    assert diff <= TOL, diff
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _report_worst():
+    yield
+    for arch, diff in sorted(WORST.items()):
+        print(f"\nworst max |Δlogits| {arch}: {diff:.3g}")
+
+
+PLANS = {
+    "mlp_width": [{"mlp_width": 96}],
+    "heads_regroup": [{"num_heads": 6}],
+    "heads_add_groups": [{"num_heads": {"to": 6, "num_key_value_heads": 3}}],
+    "heads_more_kv": [{"num_heads": {"to": 8, "num_key_value_heads": 4}}],
+    "head_dim": [{"head_dim": 24}],
+    "head_dim_x3": [{"head_dim": 36}],
+    "hidden_size": [{"hidden_size": 72}],
+    "hidden_size_x2": [{"hidden_size": 96}],
+    "layers_interleave": [{"num_layers": 4}],
+    "layers_top_copy": [{"num_layers": {"to": 3, "where": "top", "init": "copy"}}],
+    "layers_positions": [{"num_layers": {"to": 4, "where": [0, 3]}}],
+    "all_axes": [{"mlp_width": 96}, {"num_heads": {"to": 6, "num_key_value_heads": 3}}, {"hidden_size": 72},
+                 {"head_dim": 24}, {"num_layers": 3}],
+    "all_axes_twice": [{"hidden_size": 96}, {"head_dim": 24}, {"num_heads": 8}, {"mlp_width": 80},
+                       {"num_layers": {"to": 4, "init": "copy"}}, {"hidden_size": 120}, {"mlp_width": 96}],
+}
+
+
+@pytest.mark.parametrize("plan", list(PLANS.values()), ids=list(PLANS))
+@pytest.mark.parametrize("arch", ARCHS)
+def test_exact_on_every_axis(arch, plan):
+    for tied, bias, tiny in ((False, False, False), (True, True, True)):
+        src = tiny_model(arch, tied=tied, bias=bias, tiny=tiny)
+        grown = grow_model(src, plan, seed=1)
+        assert type(grown) is type(src)
+        assert grown.config.tie_word_embeddings == tied
+        assert_exact(arch, src, grown)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_hidden_growth_keeps_the_head_size_and_the_window(arch):
+    src = tiny_model(arch)
+    grown = grow_model(src, [{"hidden_size": 96}])
+    attn = grown.model.layers[0].self_attn
+    assert attn.head_dim == 12 and grown.config.head_dim == 12
+    assert grown.config.sliding_window == src.config.sliding_window
+    assert_exact(arch, src, grown)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_stack_copies_layers(arch):
+    src = tiny_model(arch, layers=4)
+    grown = grow_model(src, [{"stack": {"to": 8, "block_size": 1, "where": "middle"}}])
+    assert grown.config.num_hidden_layers == 8 and grown.config.growth_history[-1]["exact"] is False
+    copies = grown.config.growth_history[-1]["copied_blocks"]
+    for block in copies:
+        for offset, layer in enumerate(block["layers"]):
+            new = block["inserted_at"] + offset
+            for (name, a), (_, b) in zip(grown.model.layers[new].named_parameters(),
+                                         src.model.layers[layer].named_parameters()):
+                assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_save_and_load_with_plain_from_pretrained(arch, tmp_path):
+    src = tiny_model(arch, bias=True)
+    grown = grow_model(src, PLANS["all_axes"], seed=2)
+    grown.save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert type(loaded) is type(src)
+    assert loaded.config.growth_history == grown.config.growth_history
+    assert max_logit_diff(grown, loaded) == 0.0 and max_logit_diff(grown, loaded, tiny_inputs()) == 0.0
+    assert_exact(arch, src, loaded)
+
+
+# ------------------------------------------------------------------------------------------ streaming
+def _digest(directory):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.iterdir()) if p.is_file()}
+
+
+STREAM_PLANS = {
+    "all_axes": PLANS["all_axes"] + [{"stack": {"to": 5, "block_size": 1}}],
+    "all_axes_twice": PLANS["all_axes_twice"],
+    "layers_positions": PLANS["layers_positions"],
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
+@pytest.mark.parametrize("plan", list(STREAM_PLANS))
+@pytest.mark.parametrize("arch", ARCHS)
+def test_streaming_is_bit_identical_to_in_memory(arch, plan, dtype, tmp_path):
+    src_model = tiny_model(arch, bias=True, tied=plan == "all_axes_twice", dtype=dtype)
+    src = tmp_path / "src"
+    src_model.save_pretrained(src, max_shard_size="8KB")
+    before = _digest(src)
+    out = grow_model(str(src), STREAM_PLANS[plan], output_dir=tmp_path / "stream", seed=3, max_shard_size="6KB",
+                     quiet=True)
+    assert _digest(src) == before  # the source is never modified
+    grown = grow_model(src_model, STREAM_PLANS[plan], seed=3, output_dir=tmp_path / "mem")
+    streamed, expected = SafetensorsSource(out), grown.state_dict()
+    if grown.config.tie_word_embeddings:
+        expected.pop("lm_head.weight")
+    assert set(streamed) == set(expected)
+    for name, tensor in expected.items():
+        assert streamed[name].dtype == tensor.dtype and torch.equal(streamed[name], tensor), name
+    for name in ("config.json", "README.md"):  # byte for byte the in-memory path's files
+        assert (out / name).read_bytes() == (tmp_path / "mem" / name).read_bytes(), name
+    card = (out / "README.md").read_text()
+    assert all(f"`{next(iter(step))}`" in card for step in STREAM_PLANS[plan])
+    loaded = AutoModelForCausalLM.from_pretrained(out, dtype=dtype)
+    assert type(loaded) is type(src_model)
+    if dtype == torch.float32 and plan != "all_axes":  # (stacking changes the function by design)
+        assert_exact(arch, src_model, loaded)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_adapter_defaults_are_the_config_classes(arch):
+    adapter = get_adapter(arch)
+    defaults = adapter.config_class()().to_dict()
+    assert adapter.config_class_name == adapter.config_class().__name__
+    for key, value in adapter.config_defaults.items():
+        assert defaults[key] == value, key
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_config_json_without_defaults_grows_like_the_config_class(arch, tmp_path):
+    """A config.json that leaves keys at their defaults (the Hub's usual case): the adapter fills them in the way
+    the config class does, and the streamed model is the in-memory one."""
+    src_model = tiny_model(arch)
+    src = tmp_path / "src"
+    src_model.save_pretrained(src)
+    data = json.loads((src / "config.json").read_text())
+    defaults = src_model.config_class().to_dict()
+    for key in list(data):
+        if key not in ("model_type", "architectures") and (data[key] == defaults.get(key) or key == "layer_types"):
+            del data[key]
+    (src / "config.json").write_text(json.dumps(data))
+    plan = [{"mlp_width": 96}, {"hidden_size": 72}, {"num_layers": 3}]
+    out = grow_model(str(src), plan, output_dir=tmp_path / "out", seed=3, quiet=True)
+    loaded = AutoModelForCausalLM.from_pretrained(out).eval()
+    reference = grow_model(src_model, plan, seed=3)
+    assert max_logit_diff(reference, loaded) == 0.0
+
+
+# ------------------------------------------------------------------------------------------ training
+def _train_steps(model, steps=3, lr=0.05):
+    """Per parameter, whether each entry had a non-zero gradient in some step."""
+    model.train()
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr)
+    seen = {n: torch.zeros_like(p, dtype=torch.bool) for n, p in model.named_parameters()}
+    ids = torch.cat([torch.arange(64), torch.zeros(1, dtype=torch.long)])[None]
+    for _ in range(steps):
+        opt.zero_grad()
+        model(input_ids=ids, labels=ids).loss.backward()
+        for n, p in model.named_parameters():
+            if p.grad is not None:
+                seen[n] |= p.grad != 0
+        opt.step()
+    return seen
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_new_weights_get_gradients(arch):
+    src = tiny_model(arch, bias=True)
+    grown = grow_model(src, PLANS["all_axes_twice"])
+    masks = new_parameter_masks(grown)
+    seen = _train_steps(grown)
+    checked = 0
+    for name, p in grown.named_parameters():
+        mask = masks[name]
+        if mask is None:
+            continue
+        new = torch.ones_like(p, dtype=torch.bool) if mask == "all" else mask
+        assert seen[name][new].all(), f"{name}: a new entry never had a gradient"
+        checked += 1
+    assert checked > 10
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_freeze_original_trains_only_new_entries(arch):
+    src = tiny_model(arch)
+    grown = grow_model(src, PLANS["all_axes"])
+    counts = freeze_original(grown)
+    assert counts["whole"] > 0 and counts["masked"] > 0
+    initial = {n: p.detach().clone() for n, p in grown.named_parameters()}
+    masks = new_parameter_masks(grown)
+    _train_steps(grown, steps=2)
+    for name, p in grown.named_parameters():
+        mask = masks[name]
+        if mask is None:
+            assert not p.requires_grad and torch.equal(p, initial[name]), name
+        elif mask != "all":
+            assert torch.equal(p.detach()[~mask], initial[name][~mask]), name
+
+
+# ------------------------------------------------------------------------------------------ refusals
+ONE_HEAD_DIM = "stock {arch} has one head_dim for q, k and v, so {kind} cannot grow alone: use `head_dim` (both together)"
+REFUSALS = {
+    "mistral": [
+        ({}, [{"qk_dim": 24}], "plan step 0 (qk_dim): " + ONE_HEAD_DIM.format(arch="mistral", kind="qk_dim")),
+        ({}, [{"value_dim": 24}], "plan step 0 (value_dim): " + ONE_HEAD_DIM.format(arch="mistral", kind="value_dim")),
+        ({}, [{"head_dim": 18}], "plan step 0 (head_dim): RoPE frequencies theta^(-2i/d) and the rotate-half pairing "
+         "depend on the head size: growing 12 -> 18 is exact only by an integer factor (e.g. 24); set "
+         "`approximate: true` to keep old pairs in place and measure the error"),
+        ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4, "factor": 2.0}}, [{"head_dim": 24}],
+         "plan step 0 (head_dim): RoPE type 'yarn' depends on the head size in a way an index placement cannot keep; "
+         "exact head-size growth supports default, linear, llama3. Set `approximate: true` to do it anyway and "
+         "measure the error"),
+    ],
+}
+
+
+@pytest.mark.parametrize("arch,extra,plan,message",
+                         [(arch, *case) for arch, cases in REFUSALS.items() for case in cases])
+def test_refusals_say_why_and_nothing_is_read(arch, extra, plan, message):
+    src = tiny_model(arch, **extra)
+    src.state_dict = lambda *a, **k: pytest.fail("a tensor was read")  # noqa: E731
+    with pytest.raises(ValueError) as error:
+        grow_model(src, plan)
+    assert str(error.value) == message
