@@ -40,6 +40,20 @@ def tiny_llama(*, tied=False, bias=False, tiny=False, layers=2, seed=0, dtype=to
     return model.to(dtype)
 
 
+def tiny_mistral(*, seed=0, tiny=False):
+    from transformers import MistralConfig, MistralForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = MistralConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                        num_key_value_heads=2, head_dim=16, sliding_window=8, initializer_range=0.2, bos_token_id=0,
+                        eos_token_id=0)
+    model = MistralForCausalLM(cfg).eval()
+    if tiny:
+        with torch.no_grad():
+            model.model.embed_tokens.weight.mul_(0.005)
+    return model
+
+
 def tiny_mixtral(*, experts=4, top_k=2, tied=False, seed=0):
     torch.manual_seed(seed)
     cfg = MixtralConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
@@ -79,6 +93,15 @@ def test_upcycling_llama_is_exact(step, tied):
         assert grown.config.tie_word_embeddings == tied
         assert_exact(src, grown)
     assert grown.config.growth_history[-1]["exact"] is True
+
+
+def test_upcycling_mistral_is_exact():
+    for tiny in (False, True):
+        src = tiny_mistral(tiny=tiny)
+        grown = grow_model(src, [{"experts": {"to": 4, "top_k": 2}}, {"mlp_width": 64}], seed=1)
+        assert type(grown) is MixtralForCausalLM
+        assert (grown.config.sliding_window, grown.config.head_dim) == (8, 16)
+        assert_exact(src, grown)
 
 
 def test_every_expert_is_the_mlp_and_the_router_is_seeded():
@@ -357,6 +380,7 @@ STREAM_CASES = {
     "upcycle_and_grow": (tiny_llama, [{"mlp_width": 64}, {"experts": 4}, {"hidden_size": 48}, {"num_layers": 3},
                                       {"experts": 8}]),
     "upcycle_noise": (tiny_llama, [{"experts": {"to": 4, "noise": 0.01}}, {"mlp_width": 64}]),
+    "mistral": (tiny_mistral, [{"experts": 4}, {"num_heads": {"to": 8, "num_key_value_heads": 4}}]),
     "mixtral": (tiny_mixtral, [{"mlp_width": 64}, {"num_heads": {"to": 8, "num_key_value_heads": 4}},
                                {"hidden_size": 48}, {"num_layers": {"to": 3, "where": "top"}}, {"experts": 8}]),
     "mixtral_stack": (tiny_mixtral, [{"stack": {"to": 4, "block_size": 1, "where": "top"}}]),
@@ -504,3 +528,34 @@ def test_growth_callback_upcycles_mid_run_with_loss_continuity(tmp_path):
     assert type(model) is MixtralForCausalLM and model.config.num_local_experts == 8
     params = {id(p) for p in model.parameters()}
     assert params == {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
+
+
+# ------------------------------------------------------------------------------------------ freeze, card, matrix
+def test_freeze_original_trains_the_experts_and_routers():
+    from hf_growth.growth.freeze import freeze_original
+
+    grown = grow_model(tiny_llama(), [{"experts": 4}])
+    counts = freeze_original(grown)
+    trainable = {n for n, p in grown.named_parameters() if p.requires_grad}
+    assert trainable == {f"model.layers.{i}.mlp.{n}" for i in range(2)
+                         for n in ("gate.weight", "experts.gate_up_proj", "experts.down_proj")}
+    assert counts["whole"] == 6 and counts["masked"] == 0
+    more = grow_model(tiny_mixtral(), [{"experts": 8}])
+    freeze_original(more)
+    router = more.model.layers[0].mlp.gate.weight
+    assert router.requires_grad
+    ids = tiny_inputs()
+    more.train()
+    more(input_ids=ids, labels=ids).loss.backward()
+    assert not router.grad[:4].any() and router.grad[4:].any()  # only the new experts' rows learn
+    assert not more.model.layers[0].mlp.experts.down_proj.grad[:4].any()
+
+
+def test_support_matrix_lists_upcycling():
+    from hf_growth.growth.support import support_matrix
+
+    matrix = support_matrix(["llama", "mixtral", "qwen2"])
+    assert matrix["llama"]["experts"].status == "exact"
+    assert matrix["mixtral"]["experts"].status == "exact with conditions"
+    assert "more experts change which experts the router picks" in matrix["mixtral"]["experts"].refusals[0].error
+    assert matrix["qwen2"]["experts"].status == "refused"

@@ -5,6 +5,11 @@ whole new tensors stay trainable, untouched tensors get ``requires_grad=False``,
 stay trainable with a gradient hook that zeroes the gradient of their old entries. Works on a peft model too
 (apply it before or after ``get_peft_model``; LoRA parameters are left as peft set them).
 
+After upcycling (the ``experts`` step) every expert and the router count as new: the experts start as copies of
+the dense MLP but together replace it and are meant to specialise, so ``freeze_original`` trains the experts and
+the routers and freezes what the dense model had outside its MLPs (embeddings, attention, norms). After more
+experts on a mixture of experts, only the new experts and their router rows are new.
+
 Use an optimizer without decoupled weight decay on the masked tensors (``weight_decay=0``): a zero gradient
 does not stop AdamW's decay.
 

@@ -54,6 +54,7 @@ class MixtralAdapter(LlamaAdapter):
     moe_settings = ("router_aux_loss_coef", "output_router_logits", "router_jitter_noise")
     #: LlamaConfig keys MixtralConfig does not have (Mixtral has no biases)
     dense_only_keys = ("attention_bias", "mlp_bias", "pretraining_tp")
+    hidden_divisible_by_heads = False  # MixtralConfig does not ask for it
     per_expert_names = PER_EXPERT_NAMES
     per_expert_renames = PER_EXPERT_RENAMES
 
