@@ -24,7 +24,7 @@ ARCHS = ["mistral", "qwen3", "phi3"]
 
 def tiny_model(arch: str, *, tied=False, bias=False, tiny=False, layers=2, seed=0, dtype=torch.float32, **extra):
     """A tiny random model whose norms, biases and q/k norms are away from their initial values; ``tiny``: hidden
-    states of about 1e-3, where RMSNorm's epsilon matters."""
+    states (and queries / keys) of about 1e-3, where RMSNorm's epsilon matters."""
     torch.manual_seed(seed)
     common = dict(vocab_size=64, hidden_size=48, intermediate_size=64, num_hidden_layers=layers,
                   num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=tied,
@@ -50,8 +50,11 @@ def tiny_model(arch: str, *, tied=False, bias=False, tiny=False, layers=2, seed=
         for name, p in model.named_parameters():
             if name.endswith("bias") or "norm" in name:  # make biases and gains matter
                 p.copy_(torch.randn_like(p) * 0.1 + (1.0 if "norm" in name else 0.0))
-        if tiny:
+        if tiny:  # and queries / keys of about 1e-3 too, where Qwen3's q/k norms' epsilon matters
             model.model.embed_tokens.weight.mul_(0.05)
+            for name, p in model.named_parameters():
+                if any(f"{x}_proj" in name for x in ("q", "k", "qkv")):
+                    p.mul_(0.01)
     return model.to(dtype)
 
 
@@ -281,6 +284,23 @@ REFUSALS = {
          "measure the error"),
     ],
 }
+REFUSALS["qwen3"] = [(extra, plan, message.replace("mistral", "qwen3")) for extra, plan, message in REFUSALS["mistral"]]
+LONGROPE = {"rope_type": "longrope", "rope_theta": 1e4, "short_factor": [1.0, 1.5, 2.0, 1.0, 1.0, 3.0],
+            "long_factor": [2.0] * 6}
+REFUSALS["phi3"] = REFUSALS["mistral"][:3] + [
+    ({"rope_parameters": {"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.5}},
+     [{"head_dim": 24}], "plan step 0 (head_dim): partial rotary embeddings are not supported for head-size growth; "
+     "set `approximate: true` to do it anyway and measure the error"),
+    ({"rope_parameters": LONGROPE}, [{"head_dim": 24}],
+     "plan step 0 (head_dim): RoPE type 'longrope' depends on the head size in a way an index placement cannot "
+     "keep; exact head-size growth supports default, linear, llama3. Set `approximate: true` to do it anyway and "
+     "measure the error"),
+    ({"rope_parameters": LONGROPE}, [{"mlp_width": 96}, {"hidden_size": 96}],
+     "plan step 1 (hidden_size): Phi3Config checks longrope's short_factor / long_factor lengths against "
+     "hidden_size / num_attention_heads, not head_dim, so with longrope the grown model needs hidden_size = "
+     "num_attention_heads x head_dim (4 x 12 = 48), got 96: grow hidden_size and num_heads by the same factor"),
+]
+REFUSALS["phi3"] = [(extra, plan, message.replace("mistral", "phi3")) for extra, plan, message in REFUSALS["phi3"]]
 
 
 @pytest.mark.parametrize("arch,extra,plan,message",
@@ -291,3 +311,93 @@ def test_refusals_say_why_and_nothing_is_read(arch, extra, plan, message):
     with pytest.raises(ValueError) as error:
         grow_model(src, plan)
     assert str(error.value) == message
+
+
+
+# ------------------------------------------------------------------------------------------ qwen3's q/k norms
+def test_qwen3_hidden_growth_scales_q_and_k_for_the_shared_epsilon():
+    src = tiny_model("qwen3", tiny=True, bias=True)
+    grown = grow_model(src, [{"hidden_size": 96}])
+    assert grown.config.rms_norm_eps == pytest.approx(0.5e-5)
+    old, new = src.model.layers[0].self_attn, grown.model.layers[0].self_attn
+    assert torch.equal(new.q_norm.weight, old.q_norm.weight) and torch.equal(new.k_norm.weight, old.k_norm.weight)
+    scale = math.sqrt(0.5)
+    assert torch.allclose(new.q_proj.weight[:, :48], old.q_proj.weight * scale)
+    assert torch.allclose(new.k_proj.bias, old.k_proj.bias * scale)
+    assert_exact("qwen3", src, grown)
+    with torch.no_grad():  # without the scaling the q/k norms see the new epsilon: measurably off
+        for a, b in zip(grown.model.layers, src.model.layers):
+            a.self_attn.q_proj.weight[:, :48] = b.self_attn.q_proj.weight
+            a.self_attn.k_proj.weight[:, :48] = b.self_attn.k_proj.weight
+            a.self_attn.q_proj.bias.copy_(b.self_attn.q_proj.bias)
+            a.self_attn.k_proj.bias.copy_(b.self_attn.k_proj.bias)
+    assert max_logit_diff(src, grown, tiny_inputs()) > 10 * TOL
+
+
+def test_qwen3_head_dim_copies_dimensions_and_zeroes_new_key_gains():
+    src = tiny_model("qwen3", tiny=True)
+    grown = grow_model(src, [{"head_dim": 24}])
+    old, new = src.model.layers[0].self_attn, grown.model.layers[0].self_attn
+    # old dims at 2i (first RoPE half) and 12 + 2i (second half); the new dim 2i + 1 copies old dim i
+    first, second = torch.arange(6) * 2, 12 + torch.arange(6) * 2
+    q_old, q_new = old.q_proj.weight.view(4, 12, 48), new.q_proj.weight.view(4, 24, 48)
+    assert torch.equal(q_new[:, first], q_old[:, :6]) and torch.equal(q_new[:, first + 1], q_old[:, :6])
+    assert torch.equal(q_new[:, second + 1], q_old[:, 6:])
+    assert torch.equal(new.q_norm.weight[first + 1], old.q_norm.weight[:6])
+    assert (new.k_norm.weight[first + 1] == 0).all() and (new.k_norm.weight[second + 1] == 0).all()
+    assert torch.allclose(new.k_norm.weight[first], old.k_norm.weight[:6] * math.sqrt(2))
+    assert_exact("qwen3", src, grown)
+    with pytest.warns(UserWarning, match="approximate growth"):
+        approx = grow_model(src, [{"head_dim": {"to": 18, "approximate": True}}])
+    assert approx.config.growth_history[-1]["exact"] is False
+
+
+def test_qwen3_layer_types_follow_their_layers(tmp_path):
+    src = tiny_model("qwen3")
+    assert src.config.layer_types == ["full_attention", "sliding_attention"]
+    plan = [{"num_layers": {"to": 3, "where": [0]}}]  # Qwen3Config's rule would make layer 1 sliding
+    grown = grow_model(src, plan, seed=3)
+    assert grown.config.layer_types == ["full_attention", "full_attention", "sliding_attention"]
+    assert_exact("qwen3", src, grown)
+    path = tmp_path / "src"
+    src.save_pretrained(path)
+    data = json.loads((path / "config.json").read_text())
+    del data["layer_types"]  # as many Qwen3 config.json files on the Hub: the rule gives them
+    (path / "config.json").write_text(json.dumps(data))
+    out = grow_model(str(path), plan, output_dir=tmp_path / "out", seed=3, quiet=True)
+    assert json.loads((out / "config.json").read_text())["layer_types"] == grown.config.layer_types
+    assert max_logit_diff(grown, AutoModelForCausalLM.from_pretrained(out)) == 0.0
+
+
+
+# ------------------------------------------------------------------------------------------ phi3's fused tensors
+@pytest.mark.parametrize("partial", [1.0, 0.5])
+def test_phi3_longrope_and_partial_rotary_grow_exactly_where_the_head_size_stays(partial, tmp_path):
+    src = tiny_model("phi3", tiny=True, rope_parameters={**LONGROPE, "partial_rotary_factor": partial,
+                                                          "short_factor": LONGROPE["short_factor"][: int(6 * partial)],
+                                                          "long_factor": LONGROPE["long_factor"][: int(6 * partial)]},
+                     max_position_embeddings=64, original_max_position_embeddings=16)
+    plan = [{"hidden_size": 96}, {"num_heads": {"to": 8, "num_key_value_heads": 4}}, {"mlp_width": 96},
+            {"num_layers": 3}]
+    grown = grow_model(src, plan)
+    assert grown.config.head_dim == 12 and grown.config.rope_parameters["rope_type"] == "longrope"
+    assert_exact("phi3", src, grown)
+    long = torch.arange(64).repeat(1, 1)[:, :40]  # past original_max_position_embeddings: the long factors
+    assert max_logit_diff(src, grown, long) <= TOL
+
+
+def test_phi3_fused_parts_grow_like_separate_tensors():
+    src = tiny_model("phi3")
+    grown = grow_model(src, [{"mlp_width": 96}, {"num_heads": {"to": 6, "num_key_value_heads": 3}}])
+    gate_up_old, gate_up = src.model.layers[0].mlp.gate_up_proj.weight, grown.model.layers[0].mlp.gate_up_proj.weight
+    assert torch.equal(gate_up[:64], gate_up_old[:64]) and torch.equal(gate_up[96:160], gate_up_old[64:])
+    assert not torch.equal(gate_up[64:96], gate_up[160:])  # gate and up draw their new rows from their own seeds
+    qkv = grown.model.layers[0].self_attn.qkv_proj.weight
+    assert qkv.shape == (6 * 12 + 2 * 3 * 12, 48)
+    q, k, v = qkv.split([72, 36, 36])
+    _, old_k, old_v = src.model.layers[0].self_attn.qkv_proj.weight.split([48, 24, 24])
+    assert torch.equal(k[:24], old_k) and torch.equal(v[:24], old_v)
+    assert not torch.equal(k[24:], v[24:]) and not torch.equal(q[-12:], k[24:])
+    masks = new_parameter_masks(grown)
+    assert masks["model.layers.0.mlp.gate_up_proj.weight"][:, 0].tolist() == [False] * 64 + [True] * 32 + \
+        [False] * 64 + [True] * 32

@@ -116,7 +116,12 @@ def resolve_source(source: Any, *, hub: bool = True, revision: str | None = None
 def _snapshot(repo_id: str, revision: str | None) -> Path:
     """The local snapshot of a Hub repository holding the files growth needs (downloaded unless offline)."""
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
 
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
     tried = f"no local directory {repo_id!r}, not an embedded model ({', '.join(EMBEDDED_MODELS)}), and the Hub"
@@ -125,6 +130,9 @@ def _snapshot(repo_id: str, revision: str | None) -> Path:
                                    local_files_only=offline)
     except LocalEntryNotFoundError:
         raise _error(repo_id, f"{tried} repository is not in the local cache (HF_HUB_OFFLINE=1)") from None
+    except GatedRepoError:  # (a RepositoryNotFoundError)
+        raise _error(repo_id, f"{tried} repository is gated: accept its terms on its Hub page and log in "
+                              "(`hf auth login`) or pass a token") from None
     except RepositoryNotFoundError:
         raise _error(repo_id, f"{tried} has no such repository (or it needs a token: `hf auth login`)") from None
     except (HfHubHTTPError, OSError) as error:
@@ -133,6 +141,12 @@ def _snapshot(repo_id: str, revision: str | None) -> Path:
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise _error(repo_id, "the Hub repository has no config.json (not a transformers model)")
+    if not any(folder.glob("*.safetensors")):
+        pickles = sorted(p.name for p in folder.glob("*.bin"))
+        only = f" (only pickle weights: {', '.join(pickles)})" if pickles else ""
+        raise _error(repo_id, f"the Hub repository has no safetensors weights{only} and hf-growth never unpickles; "
+                              "use a repository or revision with safetensors (the Hub's conversion pull requests, "
+                              "refs/pr/N) or convert it once where you trust the file")
     return folder
 
 

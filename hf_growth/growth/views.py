@@ -23,6 +23,7 @@ in chunks (``row_local`` / ``get_rows``). Code that needs an output's origin wal
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from .._lazy import lazy_module
@@ -45,14 +46,29 @@ BLOCK_OUTPUT_ROLES = ("o.w", "o.b", "mlp_out.w", "mlp_out.b", "experts_out.w")
 
 
 def _fused_qkv(fn, role: str, t: torch.Tensor, c: RoleContext):
-    """Apply a q/k/v transform to a tensor that holds q, k and v stacked along dim 0 (GPT-2 c_attn)."""
+    """Apply a q/k/v transform to a tensor that holds q, k and v stacked along dim 0 (GPT-2 c_attn, Phi-3
+    qkv_proj)."""
     b = c.before
-    sizes = [b.heads * b.qk_dim, b.kv_heads * b.qk_dim, b.kv_heads * b.v_dim]
-    parts, rows, offset = [], [], 0
+    parts = [("q", "q", b.heads * b.qk_dim), ("k", "k", b.kv_heads * b.qk_dim), ("v", "v", b.kv_heads * b.v_dim)]
+    return _fused(fn, role, t, c, parts)
+
+
+def _fused_gate_up(fn, role: str, t: torch.Tensor, c: RoleContext):
+    """Apply the MLP input transform to a tensor that holds gate and up stacked along dim 0 (Phi-3 gate_up_proj):
+    each half is an ``mlp_in`` tensor."""
+    return _fused(fn, role, t, c, [("gate", "mlp_in", t.shape[0] // 2), ("up", "mlp_in", t.shape[0] // 2)])
+
+
+def _fused(fn, role: str, t: torch.Tensor, c: RoleContext, parts: list[tuple[str, str, int]]):
+    """Split ``t`` along dim 0 into ``parts`` (label, role prefix, rows), transform each as its own role and
+    concatenate; the placement of the rows is the parts' placements, offset. Each part draws its free values
+    from its own seed (``name[label]``) when the adapter says ``fused_part_seeds``."""
+    rows, outs, offset = [], [], 0
     cols = None
     suffix = role.split(".")[1]
-    for part_role, part in zip("qkv", torch.split(t, sizes, dim=0)):
-        result = fn(f"{part_role}.{suffix}", part, c)
+    separate = c.stage.adapter.fused_part_seeds
+    for (label, part_role, _), part in zip(parts, torch.split(t, [n for _, _, n in parts], dim=0)):
+        result = fn(f"{part_role}.{suffix}", part, replace(c, name=f"{c.name}[{label}]") if separate else c)
         if result is None:
             out, placement = part, None
         else:
@@ -61,9 +77,9 @@ def _fused_qkv(fn, role: str, t: torch.Tensor, c: RoleContext):
         rows.append(p0 + offset)
         if placement is not None and len(placement) > 1 and placement[1] is not None:
             cols = placement[1]
-        parts.append(out)
+        outs.append(out)
         offset += out.shape[0]
-    return _cat(parts, 0), [torch.cat(rows)] + ([cols] if t.dim() > 1 else [])
+    return _cat(outs, 0), [torch.cat(rows)] + ([cols] if t.dim() > 1 else [])
 
 
 def _per_expert(fn, role: str, t: torch.Tensor, c: RoleContext):
@@ -211,6 +227,8 @@ class WidthView(View):
         canon = t.T if info.transposed else t  # computed in its own dtype: the transforms up-cast where they scale
         if info.role in ("qkv.w", "qkv.b"):
             result = _fused_qkv(self.fn, info.role, canon, c)
+        elif info.role in ("gate_up.w", "gate_up.b"):
+            result = _fused_gate_up(self.fn, info.role, canon, c)
         elif info.role in EXPERT_ROLES:
             result = _per_expert(self.fn, info.role, canon, c)
         else:

@@ -17,13 +17,14 @@ _REGISTRY: dict[str, str] = {
     "llama": "hf_growth.growth.adapters.llama:LlamaAdapter",
     "qwen2": "hf_growth.growth.adapters.qwen2:Qwen2Adapter",
     "mistral": "hf_growth.growth.adapters.mistral:MistralAdapter",
+    "qwen3": "hf_growth.growth.adapters.qwen3:Qwen3Adapter",
+    "phi3": "hf_growth.growth.adapters.phi3:Phi3Adapter",
     "gpt2": "hf_growth.growth.adapters.gpt2:GPT2Adapter",
     "resformer": "hf_growth.growth.adapters.resformer:ResFormerAdapter",
     "mixtral": "hf_growth.growth.adapters.mixtral:MixtralAdapter",
 }
 
 _WHY_NOT = {
-    "qwen3": "its q/k RMSNorms over head_dim cannot be kept exact under head growth",
     "gemma": "scaled embeddings and (1 + w) norms need their own adapter",
 }
 

@@ -18,6 +18,9 @@ qkv.w / .b     q, k, v fused along dim 0 (GPT-2 c_attn)
 o.w / o.b      (hidden, heads*v) / (hidden,)
 mlp_in.w / .b  (mlp, hidden) / (mlp,)     gate and up projections, c_fc
 mlp_out.w / .b (hidden, mlp) / (hidden,)  down projection, c_proj
+gate_up.w/.b   (2*mlp, hidden) / (2*mlp,) gate and up fused along dim 0 (Phi-3 gate_up_proj)
+q_norm.w       (qk,)                      per-head RMSNorm gain of the queries, shared by the heads (Qwen3)
+k_norm.w       (qk,)                      the same for the keys
 lambda         any                        per-layer scalars (ResFormer value residual)
 router.w       (experts, hidden)          a mixture of experts' router (a read-out of the hidden state)
 experts_in.w   (experts, 2*mlp, hidden)   every expert's gate and up projections (gate rows first)
@@ -92,6 +95,12 @@ class Adapter:
     lm_head: ClassVar[str] = "lm_head.weight"
     separate_qk_v: ClassVar[bool] = False  # qk_dim and value_dim may grow separately
     rope: ClassVar[bool] = True  # queries/keys carry RoPE (head-size growth needs a placement that keeps it)
+    #: queries and keys pass a per-head RMSNorm over the head size (roles ``q_norm.w`` / ``k_norm.w``, Qwen3):
+    #: hidden growth scales them for the new epsilon, head-size growth copies dimensions (steps/qk_dim.py)
+    qk_norm: ClassVar[bool] = False
+    #: fused q/k/v or gate/up tensors draw each part's free values from its own seed (GPT-2's ``c_attn``, older
+    #: than this option, draws them all from the tensor's name)
+    fused_part_seeds: ClassVar[bool] = False
     #: config keys
     keys: ClassVar[dict[str, str]] = {}
     eps_key: ClassVar[str | None] = None
@@ -294,7 +303,8 @@ class Adapter:
             "q.b": (q,), "k.b": (k,), "v.b": (v,), "o.b": (s.hidden,),
             "qkv.w": (q + k + v, s.hidden), "qkv.b": (q + k + v,),
             "mlp_in.w": (s.mlp, s.hidden), "mlp_in.b": (s.mlp,), "mlp_out.w": (s.hidden, s.mlp),
-            "mlp_out.b": (s.hidden,),
+            "mlp_out.b": (s.hidden,), "gate_up.w": (2 * s.mlp, s.hidden), "gate_up.b": (2 * s.mlp,),
+            "q_norm.w": (s.qk_dim,), "k_norm.w": (s.qk_dim,),
             "router.w": (s.experts, s.hidden), "experts_in.w": (s.experts, 2 * s.mlp, s.hidden),
             "experts_out.w": (s.experts, s.hidden, s.mlp),
         }
@@ -308,7 +318,7 @@ class Adapter:
             return "zero"  # the block's outputs: the new block is the identity
         if role.endswith(".b"):
             return "zero"
-        if role == "norm.w":
+        if role in ("norm.w", "q_norm.w", "k_norm.w"):
             return "ones"
         return "free"
 

@@ -13,6 +13,7 @@ zero-pads a LayerNorm model anyway (the error is measured).
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -123,6 +124,24 @@ def _hidden_clone(role: str, t: torch.Tensor, c: RoleContext):
     return None
 
 
+def _rescale_for_qk_norm(role: str, t: torch.Tensor, c: RoleContext, result: Any):
+    """Queries and keys that pass a per-head RMSNorm (Qwen3): the hidden growth rescales the one ``rms_norm_eps``
+    of the config (``eps' = eps h/h'``), which the q/k norms over the head size use too. An RMSNorm ignores the
+    scale of its input but for epsilon: ``s x / sqrt(mean((s x)^2) + s^2 eps) = x / sqrt(mean(x^2) + eps)``, so
+    the old entries of q/k projections (and biases) are scaled by ``s = sqrt(eps'/eps)``: exact."""
+    key = c.stage.adapter.eps_key
+    eps, new_eps = c.stage.cfg_before.get(key), c.stage.cfg_after.get(key)
+    if not eps or eps == new_eps:
+        return result
+    scale = math.sqrt(new_eps / eps)
+    if role.endswith(".b"):  # the hidden growth leaves biases as they are
+        return (t.float() if c.meta else t.float() * scale), [None]
+    out, placement = result
+    if not c.meta:
+        out[:, : t.shape[1]] = t.float() * scale
+    return out, placement
+
+
 def _chain_placements(p1: Any, p2: Any, old_shape: tuple[int, ...]) -> Any:
     if p1 is None:
         return p2
@@ -145,7 +164,10 @@ def grow_hidden(role: str, t: torch.Tensor, c: RoleContext) -> tuple[torch.Tenso
         return _hidden_clone(role, t, c)
     b, a = c.before, c.after
     if a.qk_dim == b.qk_dim:
-        return _hidden_zero_pad(role, t, c)
+        result = _hidden_zero_pad(role, t, c)
+        if c.stage.adapter.qk_norm and role in ("q.w", "q.b", "k.w", "k.b"):
+            return _rescale_for_qk_norm(role, t, c, result)
+        return result
     # approximate GPT-2 zero padding: the head size grows with the hidden size, in two sub-steps
     mid = b.with_(hidden=a.hidden)
     c1 = replace(c, stage=replace(c.stage, after=mid))
