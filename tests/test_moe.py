@@ -54,6 +54,35 @@ def tiny_mistral(*, seed=0, tiny=False):
     return model
 
 
+def tiny_qwen3(*, seed=0, tiny=False, bias=False, sliding=False):
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = Qwen3Config(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, head_dim=16, attention_bias=bias, initializer_range=0.2,
+                      use_sliding_window=sliding, max_window_layers=1, sliding_window=8, bos_token_id=0,
+                      eos_token_id=0)
+    model = Qwen3ForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.copy_(torch.randn_like(p) * 0.1 + 1.0)
+        if tiny:
+            model.model.embed_tokens.weight.mul_(0.005)
+    return model
+
+
+def tiny_qwen3_moe(*, experts=4, top_k=2, seed=0):
+    from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = Qwen3MoeConfig(vocab_size=64, hidden_size=32, intermediate_size=48, moe_intermediate_size=24,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                         num_experts=experts, num_experts_per_tok=top_k, norm_topk_prob=True, initializer_range=0.2,
+                         bos_token_id=0, eos_token_id=0)
+    return Qwen3MoeForCausalLM(cfg).eval()
+
+
 def tiny_mixtral(*, experts=4, top_k=2, tied=False, seed=0):
     torch.manual_seed(seed)
     cfg = MixtralConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
@@ -559,3 +588,76 @@ def test_support_matrix_lists_upcycling():
     assert matrix["mixtral"]["experts"].status == "exact with conditions"
     assert "more experts change which experts the router picks" in matrix["mixtral"]["experts"].refusals[0].error
     assert matrix["qwen2"]["experts"].status == "refused"
+
+
+# ------------------------------------------------------------------------------------------ Qwen3 -> Qwen3-MoE
+@pytest.mark.parametrize("bias", [False, True], ids=["no_bias", "attention_bias"])
+def test_upcycling_qwen3_is_exact(bias):
+    from transformers import Qwen3MoeForCausalLM
+
+    for tiny in (False, True):
+        src = tiny_qwen3(tiny=tiny, bias=bias)
+        grown = grow_model(src, [{"experts": {"to": 4, "top_k": 2}}], seed=1)
+        assert type(grown) is Qwen3MoeForCausalLM
+        assert grown.config.norm_topk_prob is True and grown.config.moe_intermediate_size == 48
+        assert grown.config.num_experts == 4 and grown.config.head_dim == 16
+        assert_exact(src, grown)
+
+
+def test_qwen3_moe_refusals_and_approximate():
+    with pytest.raises(ValueError, match=r"plan step 0 \(experts\): qwen3_moe with norm_topk_prob: false weighs the "
+                                         r"chosen experts by their softmax probabilities, which sum to less than one "
+                                         r"when top_k \(2\) < experts \(4\): the output shrinks; keep norm_topk_prob: "
+                                         r"true \(the default\), or set `approximate: true`"):
+        grow_model(tiny_qwen3(), [{"experts": {"to": 4, "norm_topk_prob": False}}])
+    with pytest.raises(ValueError, match=r"Qwen3-MoE gives every layer the same attention window"):
+        grow_model(tiny_qwen3(sliding=True), [{"experts": 4}])
+    with pytest.raises(ValueError, match=r"qwen3_moe has no `router_jitter_noise` setting"):
+        grow_model(tiny_qwen3(), [{"experts": {"to": 4, "router_jitter_noise": 0.1}}])
+    src = tiny_qwen3()
+    all_experts = grow_model(src, [{"experts": {"to": 4, "top_k": 4, "norm_topk_prob": False}}])
+    assert_exact(src, all_experts)  # the softmax over every expert sums to one
+    with pytest.warns(UserWarning, match="approximate growth"):
+        shrunk = grow_model(src, [{"experts": {"to": 4, "norm_topk_prob": False, "approximate": True}}])
+    assert shrunk.config.growth_history[-1]["max_logit_diff"] > 1e-3
+
+
+QWEN3_MOE_PLANS = {
+    "mlp_width": [{"mlp_width": 40}],
+    "heads_kv": [{"num_heads": {"to": 8, "num_key_value_heads": 4}}],
+    "head_dim": [{"head_dim": 32}],
+    "hidden_size": [{"hidden_size": 48}],
+    "num_layers": [{"num_layers": {"to": 4, "where": "interleave"}}],
+    "more_experts": [{"experts": 8}],
+}
+
+
+@pytest.mark.parametrize("plan", list(QWEN3_MOE_PLANS.values()), ids=list(QWEN3_MOE_PLANS))
+def test_growing_qwen3_moe_is_exact(plan):
+    src = tiny_qwen3_moe()
+    grown = grow_model(src, plan, seed=2)
+    assert_exact(src, grown)
+
+
+@pytest.mark.parametrize("make, plan", [(tiny_qwen3, [{"experts": 4}, {"mlp_width": 64}, {"hidden_size": 48}]),
+                                        (tiny_qwen3_moe, [{"experts": 8}, {"num_layers": 3}])],
+                         ids=["qwen3", "qwen3_moe"])
+def test_qwen3_moe_streaming_is_the_in_memory_path(tmp_path, make, plan):
+    from transformers import Qwen3MoeForCausalLM
+
+    from hf_growth.growth.adapters.qwen3_moe import Qwen3MoeAdapter
+    from hf_growth.growth.io import SafetensorsSource
+    from hf_growth.growth.streaming import grow_checkpoint
+
+    model = make()
+    model.save_pretrained(tmp_path / "src")
+    out = grow_checkpoint(tmp_path / "src", plan, tmp_path / "stream", seed=3, quiet=True)
+    grown = grow_model(model, plan, seed=3, output_dir=tmp_path / "mem")
+    saved, streamed = SafetensorsSource(tmp_path / "mem"), SafetensorsSource(out)
+    assert set(saved) == set(streamed) and all(torch.equal(saved[n], streamed[n]) for n in saved)
+    fused = ExpertLayoutSource(streamed, Qwen3MoeAdapter())
+    assert all(torch.equal(fused.get(n), t) for n, t in grown.state_dict().items())
+    for name in ("config.json", "README.md"):
+        assert (out / name).read_bytes() == (tmp_path / "mem" / name).read_bytes(), name
+    loaded = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert type(loaded) is Qwen3MoeForCausalLM and max_logit_diff(grown, loaded) == 0.0

@@ -22,6 +22,7 @@ _REGISTRY: dict[str, str] = {
     "gpt2": "hf_growth.growth.adapters.gpt2:GPT2Adapter",
     "resformer": "hf_growth.growth.adapters.resformer:ResFormerAdapter",
     "mixtral": "hf_growth.growth.adapters.mixtral:MixtralAdapter",
+    "qwen3_moe": "hf_growth.growth.adapters.qwen3_moe:Qwen3MoeAdapter",
 }
 
 _WHY_NOT = {
