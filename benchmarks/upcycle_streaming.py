@@ -55,7 +55,7 @@ def mergekit_moe_config(src: Path) -> str:
 
 def mergekit_moe_cmd(python: Path, config: Path, out: Path, shard_bytes: int) -> list[str]:
     exe = python.parent / "mergekit-moe"
-    help_text = subprocess.run([str(exe), "--help"], capture_output=True, text=True).stdout
+    help_text = subprocess.run([str(exe), "--help"], capture_output=True, text=True, check=False).stdout
     cmd = [str(exe), str(config), str(out)]
     if "--out-shard-size" in help_text:  # bytes, as in grow_streaming.py (mergekit compares bytes with it)
         cmd += ["--out-shard-size", str(shard_bytes)]

@@ -18,8 +18,8 @@ from transformers import (
 
 from hf_growth.growth import grow_model
 from hf_growth.growth.adapters.mixtral import MixtralAdapter
-from hf_growth.growth.io.reader import ExpertLayoutSource
 from hf_growth.growth.engine import GrowthEngine
+from hf_growth.growth.io.reader import ExpertLayoutSource
 from hf_growth.growth.verify import max_logit_diff
 
 TOL = 1e-5
@@ -464,7 +464,11 @@ def test_streaming_copies_expert_bytes(tmp_path):
     layout; only the routers (and what a width step changes) are computed."""
     from hf_growth.growth.engine import GrowthEngine as Engine
     from hf_growth.growth.io import SafetensorsSource
-    from hf_growth.growth.streaming import expert_layout_source, load_source_config, plan_output
+    from hf_growth.growth.streaming import (
+        expert_layout_source,
+        load_source_config,
+        plan_output,
+    )
 
     tiny_llama().save_pretrained(tmp_path / "llama")
     model = tiny_mixtral()

@@ -30,12 +30,12 @@ from typing import TYPE_CHECKING, Any
 
 from .io import (
     DTYPE_INFO,
-    TensorInfo,
     FLOAT_DTYPES,
     ITEMSIZES,
     CheckpointError,
     SafetensorsSource,
     ShardWriter,
+    TensorInfo,
     atomic_output_dir,
     check_free_space,
     check_output_dir,
