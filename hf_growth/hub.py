@@ -35,6 +35,7 @@ _TECHNIQUES: dict[str, tuple[list[str], list[str]]] = {
     "hidden_size": (["function-preserving-growth", "hidden-size-growth"], ["gesmundo2023"]),
     "num_layers": (["function-preserving-growth", "depth-growth"], ["gesmundo2023"]),
     "stack": (["midas", "gradual-stacking"], ["saunshi2024"]),
+    "experts": (["moe", "mixture-of-experts", "sparse-upcycling"], ["komatsuzaki2023upcycling"]),
     "convert_to_resformer": (["resformer", "value-residual"], ["zhou2024resformer"]),
 }
 
@@ -63,6 +64,13 @@ CITATIONS: dict[str, str] = {
   author  = {Samragh, Mohammad and Mirzadeh, Iman and Vahid, Keivan Alizadeh and Faghri, Fartash and Cho, Minsik and Nabi, Moin and Naik, Devang and Farajtabar, Mehrdad},
   journal = {arXiv preprint arXiv:2409.12903},
   year    = {2024}
+}""",
+    "komatsuzaki2023upcycling": """@inproceedings{komatsuzaki2023sparse,
+  title     = {Sparse Upcycling: Training Mixture-of-Experts from Dense Checkpoints},
+  author    = {Komatsuzaki, Aran and Puigcerver, Joan and Lee-Thorp, James and Riquelme Ruiz, Carlos and Mustafa, Basil and Ainslie, Joshua and Tay, Yi and Dehghani, Mostafa and Houlsby, Neil},
+  booktitle = {International Conference on Learning Representations (ICLR)},
+  year      = {2023},
+  note      = {arXiv:2212.05055}
 }""",
     "zhou2024resformer": """@inproceedings{zhou2025value,
   title     = {Value Residual Learning},

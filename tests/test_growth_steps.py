@@ -81,9 +81,9 @@ def test_a_registered_step_meets_the_adapters_check_named_after_it(zero_step):
 
 
 def test_unknown_steps_list_the_registry():
-    with pytest.raises(ValueError, match=r"^plan step 0: unknown step 'experts'; known steps: mlp_width, num_heads, "
-                                         r"head_dim, qk_dim, value_dim, hidden_size, num_layers, stack$"):
-        GrowthPlan.parse([{"experts": 8}])
+    with pytest.raises(ValueError, match=r"^plan step 0: unknown step 'vocab'; known steps: mlp_width, num_heads, "
+                                         r"head_dim, qk_dim, value_dim, hidden_size, num_layers, stack, experts$"):
+        GrowthPlan.parse([{"vocab": 8}])
 
 
 def test_plan_accepts_step_objects_and_kind_dicts():

@@ -120,7 +120,8 @@ class GrowthEngine:
     """Validate a plan against a config (before any tensor is read), then grow tensors from a source.
 
     ``run(source)`` yields ``(name, tensor)`` for every output tensor (the tied ``lm_head`` is left out:
-    the model ties it). ``new_config`` is the grown config with ``growth_history``; ``output_shapes()``
+    the model ties it). ``source_adapter`` is the source architecture's adapter, ``adapter`` the output's (they
+    differ after a step that changes the architecture). ``new_config`` is the grown config with ``growth_history``; ``output_shapes()``
     and ``new_slices()`` need no tensors; ``copy_of(name)`` names the source tensor an output is a
     bit-identical copy of (the streaming writer copies those bytes).
     """
@@ -132,20 +133,24 @@ class GrowthEngine:
         # it, without importing transformers) gets the adapter's defaults and its pure-Python checks
         from_dict = isinstance(config, Mapping)
         cfg = config_to_dict(config)
-        self.adapter = adapter or get_adapter(cfg)
+        #: the source's adapter; a step that changes the architecture (``experts``) hands the next steps another
+        #: one (``Stage.target``), and :attr:`adapter` is the output's
+        self.source_adapter = adapter or get_adapter(cfg)
         if from_dict:
-            cfg = self.adapter.complete_config(cfg)
+            cfg = self.source_adapter.complete_config(cfg)
         self.source_config_dict = copy.deepcopy(cfg)
         self.stages: list[Stage] = []
         std = float(cfg.get("initializer_range", 0.02))
         run_id = 1 + max((r.get("run", -1) for r in cfg.get("growth_history") or []), default=-1)
+        current = self.source_adapter
         for index, step in enumerate(self.plan.steps):
             try:
-                stage = step.stage(index, cfg, self.adapter, std=std)
+                stage = step.stage(index, cfg, current, std=std)
             except ValueError as error:
                 raise ValueError(f"plan step {index} ({step.kind}): {error}") from None
             self.stages.append(stage)
-            cfg = stage.cfg_after
+            cfg, current = stage.cfg_after, stage.adapter_after
+        self.adapter = current
         if not self.stages:
             raise ValueError("the growth plan has no steps")
         try:
@@ -156,7 +161,7 @@ class GrowthEngine:
         for stage in self.stages:
             record = {"step": stage.step.params(), "seed": self.seed, "run": run_id,
                       "before": stage.before.as_dict(), "after": stage.after.as_dict(),
-                      "exact": not stage.step.changes_function and not stage.step.approximate}
+                      "exact": stage.step.exact(stage)}
             record.update({k: v for k, v in stage.record.items() if not k.startswith("zero_pad")})
             self.history_records.append(record)
         self.new_config_dict = dict(cfg)
@@ -214,14 +219,14 @@ class GrowthEngine:
     # ---------------------------------------------------------------- tensors
     def source_names(self) -> list[str]:
         """The tensors the engine reads (without a tied ``lm_head``)."""
-        return self.adapter.tensor_names(self.source_config_dict)
+        return self.source_adapter.tensor_names(self.source_config_dict)
 
     def source_shapes(self) -> dict[str, tuple[int, ...]]:
-        sizes = self.adapter.sizes(self.source_config_dict)
+        sizes = self.source_adapter.sizes(self.source_config_dict)
         shapes = {}
         for name in self.source_names():
-            role = self.adapter.role(name)
-            shape = self.adapter.canonical_shape(role.role, sizes)
+            role = self.source_adapter.role(name)
+            shape = self.source_adapter.canonical_shape(role.role, sizes)
             shapes[name] = tuple(shape[::-1]) if role.transposed else tuple(shape)
         return shapes
 
@@ -232,7 +237,7 @@ class GrowthEngine:
         missing = [n for n in names if n not in available]
         if missing:
             raise ValueError(
-                f"the source has no tensor {missing[0]!r} that a {self.adapter.name} model with this config "
+                f"the source has no tensor {missing[0]!r} that a {self.source_adapter.name} model with this config "
                 f"needs ({len(missing)} missing)"
             )
         if hasattr(source, "shape"):
@@ -246,7 +251,7 @@ class GrowthEngine:
         """The source view and the view after each stage (unchecked: :meth:`view` checks the source)."""
         names = self.source_names()
         device = getattr(source, "device", "cpu")
-        embed = next(n for n in names if self.adapter.role(n).role == "embed")
+        embed = next(n for n in names if self.source_adapter.role(n).role == "embed")
 
         def dtype() -> torch.dtype:  # of new layers: the embedding's (asked only when a new layer is made)
             return source.dtype(embed) if hasattr(source, "dtype") else source.get(embed).dtype
@@ -286,3 +291,15 @@ class GrowthEngine:
     def copy_of(self, name: str) -> str | None:
         view = self.view(MetaSource(self.source_shapes()), meta=True)
         return view.copy_of(name)
+
+    def part_origins(self, name: str) -> list[tuple[int, int, int, Any]] | None:
+        """For an output tensor that holds experts (``Adapter.saved_parts``): ``(expert, part, parts, origin)`` for
+        each expert's part, ``origin`` as :meth:`View.part_copy_of` says (``(source tensor, None, None)``: a whole
+        source tensor, e.g. the dense MLP's; ``(source tensor, expert, part)``: a part of a source's expert tensor;
+        None: new). None for any other tensor. Growth during training copies Adam moments along these."""
+        saved = self.adapter.saved_parts(name, self.adapter.sizes(self.new_config_dict))
+        if not saved or saved[0][1] is None:
+            return None
+        view = self.view(MetaSource(self.source_shapes()), meta=True)
+        parts = 1 + max(k for _, _, k in saved)
+        return [(e, k, parts, view.part_copy_of(name, e, k)) for _, e, k in saved]

@@ -12,6 +12,11 @@ only the new slices change: after a ``hidden_size`` step every tensor has new sl
 The effective count is ``freeze_original``'s ``"effective_trainable"`` (new entries + adapter entries), or
 :func:`effective_trainable_parameters` at any later time.
 
+After upcycling (the ``experts`` step) every expert and the router count as new: the experts start as copies of
+the dense MLP but together replace it and are meant to specialise, so ``freeze_original`` trains the experts and
+the routers and freezes what the dense model had outside its MLPs (embeddings, attention, norms). After more
+experts on a mixture of experts, only the new experts and their router rows are new.
+
 Use an optimizer without decoupled weight decay on the masked tensors (``weight_decay=0``): a zero gradient
 does not stop AdamW's decay.
 

@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from .engine import GrowthEngine, MetaSource
-from .views import LayerView, SourceView
+from .views import ExpertsView, LayerView, SourceView
 
 __all__ = ["grow_in_place", "resize_parameter", "unwrap_growable"]
 
@@ -140,6 +140,9 @@ def _tensor_origins(engine: Any) -> dict[str, tuple[str | None, str]]:
     for top_name in view.keys():
         name, mode, v = top_name, "keep", view
         while not isinstance(v, SourceView):
+            if isinstance(v, ExpertsView) and v.computed(name):  # router and experts (copies: _expert_state)
+                name = None
+                break
             if isinstance(v, LayerView) and v.adapter.layer_of(name) is not None:
                 origin, m = v.origin(name)
                 if origin is None or m not in ("keep", "copy"):
@@ -263,7 +266,10 @@ def grow_in_place(model: nn.Module, plan: Any, *, optimizer: Any = None, seed: i
                 rec.update(copy.deepcopy(dict(record)))
     new_slices = grown.config.growth_history[-1].get("new_slices", {})
 
-    # transplant: the same top-level object gets the grown children and config
+    # transplant: the same top-level object gets the grown children and config (and the grown class when a step
+    # changed the architecture: experts, Llama -> Mixtral)
+    if type(grown) is not type(target):
+        target.__class__ = type(grown)
     for name, child in list(grown.named_children()):
         setattr(target, name, child)
     target.config = grown.config
@@ -282,14 +288,15 @@ def grow_in_place(model: nn.Module, plan: Any, *, optimizer: Any = None, seed: i
 
     counts = {"carried": 0, "copied": 0, "fresh": 0}
     if optimizer is not None:
-        _rekey_optimizer(_unwrap_optimizer(optimizer), target, old_params, origins, new_slices, copied_state, counts)
+        _rekey_optimizer(_unwrap_optimizer(optimizer), target, old_params, origins, new_slices, copied_state, counts,
+                         engine)
     params_after = sum(p.numel() for p in target.parameters())
     return {"params_before": params_before, "params_after": params_after, "hooks_moved": hooks_moved, **counts}
 
 
 def _rekey_optimizer(opt: torch.optim.Optimizer, model: nn.Module, old_params: dict[str, nn.Parameter],
                      origins: dict[str, tuple[str | None, str]], new_slices: Mapping[str, Any],
-                     copied_state: str, counts: dict[str, int]) -> None:
+                     copied_state: str, counts: dict[str, int], engine: Any = None) -> None:
     old_ids = {id(p): n for n, p in old_params.items()}
     group_of: dict[str, int] = {}  # old param name -> group index
     for g, group in enumerate(opt.param_groups):
@@ -305,6 +312,14 @@ def _rekey_optimizer(opt: torch.optim.Optimizer, model: nn.Module, old_params: d
             continue  # its source was not being optimized (frozen)
         if not param.requires_grad:
             continue
+        if origin is None and engine is not None:  # experts: each expert's moments are copies of its source's
+            state = _expert_state(opt, engine, name, param, old_params)
+            if state is not None:
+                source = next(iter(state.pop("_sources")))
+                assigned[group_of.get(source, 0)].append(param)
+                new_state[param] = state
+                counts["copied"] += 1
+                continue
         g = group_of.get(origin) if origin is not None else pattern_group.get(_pattern(name), 0)
         assigned[g if g is not None else 0].append(param)
         state = opt.state.get(old_params[origin]) if origin is not None else None
@@ -337,6 +352,37 @@ def _rekey_optimizer(opt: torch.optim.Optimizer, model: nn.Module, old_params: d
             if p in opt.state:
                 new_state[p] = opt.state[p]
     opt.state = new_state
+
+
+def _expert_state(opt: torch.optim.Optimizer, engine: Any, name: str, param: nn.Parameter,
+                  old_params: dict[str, nn.Parameter]) -> dict[str, Any] | None:
+    """The optimizer state of a new expert tensor whose experts are copies (upcycling: the dense MLP's; more
+    experts: the old experts'): every copied part gets its source's moments, the rest zeros. None when no part is
+    a copy or a source has no state."""
+    origins = engine.part_origins(name)
+    if not origins or all(o is None for *_, o in origins):
+        return None
+    out: dict[str, Any] = {"_sources": []}
+    for expert, part, parts, origin in origins:
+        if origin is None:
+            continue
+        source, src_expert, src_part = origin
+        state = opt.state.get(old_params[source]) if source in old_params else None
+        if not state:
+            return None
+        out["_sources"].append(source)
+        rows = param.shape[1] // parts
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor) and value.dim() > 0:
+                if src_expert is not None:
+                    src_rows = value.shape[1] // parts
+                    value = value[src_expert, src_part * src_rows:(src_part + 1) * src_rows]
+                if key not in out:
+                    out[key] = torch.zeros(param.shape, dtype=value.dtype, device=value.device)
+                out[key][expert, part * rows:(part + 1) * rows] = value
+            elif key not in out:
+                out[key] = value.clone() if isinstance(value, torch.Tensor) else copy.deepcopy(value)
+    return out
 
 
 def resize_parameter(param: nn.Parameter, shape: Sequence[int], new_slices: Mapping[Any, Any] | None = None, *,

@@ -26,6 +26,10 @@ def build_model(like: torch.nn.Module, config: Any, tensors: dict[str, torch.Ten
     from accelerate import init_empty_weights
 
     cls = type(like)
+    if type(config) is not type(like.config):  # a step changed the architecture (experts: Llama -> Mixtral)
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+        cls = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
     dtype = next(iter(tensors.values())).dtype
     config.dtype = dtype
     with init_empty_weights(include_buffers=False):

@@ -35,6 +35,7 @@ from .io import (
     CheckpointError,
     SafetensorsSource,
     ShardWriter,
+    TensorInfo,
     atomic_output_dir,
     check_free_space,
     check_output_dir,
@@ -81,6 +82,14 @@ class PlannedTensor:
     shape: tuple[int, ...]
     dtype: str  # safetensors name, e.g. "BF16"
     copy_of: str | None  # source tensor whose bytes are copied unchanged, or None (computed)
+    #: where the bytes of a copy are (a per-expert tensor, or a byte range of a fused one); None: ``copy_of``'s
+    raw: TensorInfo | None = None
+    #: one expert's part of an engine output saved per expert: (engine output, expert, part, parts)
+    part: tuple[str, int | None, int | None, int] | None = None
+
+    def source_info(self, source: Any) -> TensorInfo | None:
+        """Where the bytes of a copy are (None for a computed tensor)."""
+        return self.raw if self.raw is not None else source.info(self.copy_of) if self.copy_of else None
 
     @property
     def nbytes(self) -> int:
@@ -114,7 +123,12 @@ def plan_output(engine: Any, source: SafetensorsSource) -> list[PlannedTensor]:
     meta_view = engine.view(_MetaOf(source), meta=True)
     real_view = engine.view(source)
     out = []
+    sizes = engine.adapter.sizes(engine.new_config_dict)
     for name in meta_view.keys():
+        saved = engine.adapter.saved_parts(name, sizes)
+        if saved is not None:  # a mixture of experts' tensor, saved per expert as save_pretrained writes it
+            out += _plan_parts(name, saved, meta_view, real_view, source)
+            continue
         origin = real_view.copy_of(name)
         if origin is not None:
             info = source.info(origin)
@@ -124,6 +138,48 @@ def plan_output(engine: Any, source: SafetensorsSource) -> list[PlannedTensor]:
         t = meta_view.get(name)
         out.append(PlannedTensor(name, tuple(t.shape), dtype_name(t.dtype), None))
     return out
+
+
+def _plan_parts(name: str, saved: list[tuple[str, int | None, int | None]], meta_view: Any, real_view: Any,
+                source: Any) -> list[PlannedTensor]:
+    """The per-expert (or renamed) tensors ``name`` is saved as: copies of source bytes where the engine says the
+    part is a copy (an upcycled expert is the dense MLP's tensor), else computed from ``name``."""
+    shape, dtype = meta_view.shape(name), None
+    parts = 1 + max((k or 0) for _, _, k in saved)
+    out = []
+    for saved_name, expert, k in saved:
+        if expert is None:
+            part_shape = tuple(shape)
+            origin = real_view.copy_of(name)
+        else:
+            part_shape = (shape[1] // parts, *shape[2:])
+            origin = real_view.part_copy_of(name, expert, k)
+        info = None
+        if origin is not None and expert is None:
+            info = source.info(origin)
+        elif origin is not None:
+            src, src_expert, src_part = origin
+            with contextlib.suppress(KeyError):
+                info = source.info(src) if src_expert is None else source.part_info(src, src_expert, src_part, parts)
+        if info is not None and tuple(info.shape) == part_shape:  # defensive: never copy wrong bytes
+            out.append(PlannedTensor(saved_name, part_shape, info.dtype, None, raw=info))
+            continue
+        if dtype is None:
+            dtype = dtype_name(meta_view.get(name).dtype)
+        out.append(PlannedTensor(saved_name, part_shape, dtype, None, part=(name, expert, k, parts)))
+    return out
+
+
+def expert_layout_source(source: SafetensorsSource, engine: Any) -> Any:
+    """``source`` as the engine reads it: a mixture of experts' checkpoint (either layout) through
+    :class:`~hf_growth.growth.io.ExpertLayoutSource` when the source or the output is one, else ``source``."""
+    adapters = (engine.source_adapter, engine.adapter)
+    adapter = next((a for a in adapters if a.per_expert_names), None)
+    if adapter is None:
+        return source
+    from .io.reader import ExpertLayoutSource
+
+    return ExpertLayoutSource(source, engine.source_adapter if engine.source_adapter.per_expert_names else adapter)
 
 
 def grown_config(engine: Any, dtype: str) -> dict[str, Any]:
@@ -199,6 +255,7 @@ def grow_checkpoint(
     config = load_source_config(src_dir)
     engine = GrowthEngine(config, plan, seed=seed)  # validates the plan against the config
     source = SafetensorsSource(src_dir)  # validates every header, the index and the dtypes
+    source = expert_layout_source(source, engine)  # a mixture of experts: fused or per-expert tensors
     out = check_output_dir(output_dir, src_dir, overwrite=overwrite)
     try:
         planned = plan_output(engine, source)
@@ -237,11 +294,24 @@ def _write_tensors(engine: Any, source: SafetensorsSource, planned: list[Planned
                    new_config: dict[str, Any], src_config: dict[str, Any], base_model: str | None) -> None:
     view = engine.view(source)
     with ShardWriter(tmp, max_shard_size=max_shard_size, quiet=quiet, total_bytes=total, description=description,
-                     planned=[(p.name, p.dtype, p.shape, source.info(p.copy_of).start if p.copy_of else None)
-                              for p in planned]) as writer:
+                     planned=[(p.name, p.dtype, p.shape, info.start if info is not None else None)
+                              for p in planned for info in [p.source_info(source)]]) as writer:
+        fused: tuple[str, Any] | None = None  # the engine output whose per-expert parts are being written
         for p in planned:
-            if p.copy_of is not None:
-                writer.add_raw(p.name, source.info(p.copy_of))
+            info = p.source_info(source)
+            if info is not None:
+                writer.add_raw(p.name, info)
+            elif p.part is not None:
+                name, expert, k, parts = p.part
+                if fused is None or fused[0] != name:
+                    fused = None  # free the previous one first
+                    fused = (name, view.get(name))
+                tensor = fused[1] if expert is None else fused[1][expert]
+                if expert is not None and parts > 1:
+                    rows = tensor.shape[0] // parts
+                    tensor = tensor[k * rows:(k + 1) * rows]
+                writer.add_tensor(p.name, tensor.contiguous())
+                del tensor
             elif p.nbytes > CHUNK_BYTES and len(p.shape) > 1 and view.row_local(p.name):
                 # a large embedding / lm_head: computed and written a block of rows at a time
                 rows = max(1, CHUNK_BYTES // max(1, p.nbytes // p.shape[0]))

@@ -39,10 +39,10 @@ if TYPE_CHECKING:
 else:
     torch = lazy_module("torch", globals())
 
-__all__ = ["BLOCK_OUTPUT_ROLES", "LayerView", "SourceView", "View", "WidthView"]
+__all__ = ["BLOCK_OUTPUT_ROLES", "ExpertsView", "LayerView", "SourceView", "View", "WidthView"]
 
 #: layer roles zeroed in a new block so that it is the identity (LLaMA-Pro)
-BLOCK_OUTPUT_ROLES = ("o.w", "o.b", "mlp_out.w", "mlp_out.b")
+BLOCK_OUTPUT_ROLES = ("o.w", "o.b", "mlp_out.w", "mlp_out.b", "experts_out.w")
 
 
 def _fused_qkv(fn, role: str, t: torch.Tensor, c: RoleContext):
@@ -82,6 +82,45 @@ def _fused(fn, role: str, t: torch.Tensor, c: RoleContext, parts: list[tuple[str
     return _cat(outs, 0), [torch.cat(rows)] + ([cols] if t.dim() > 1 else [])
 
 
+def _per_expert(fn, role: str, t: torch.Tensor, c: RoleContext):
+    """Apply an MLP transform to a mixture of experts' fused 3-D tensor, expert by expert: ``experts_in.w``
+    ``(experts, 2*mlp, hidden)`` as each expert's gate and up ``mlp_in.w``, ``experts_out.w`` as each expert's
+    ``mlp_out.w``. Each part's free values are seeded by its own name (``name[e].gate``, ``name[e].up``,
+    ``name[e]``), so experts (and gate and up) get different ones."""
+    from dataclasses import replace
+
+    outs, placement = [], None
+    for e in range(t.shape[0]):
+        if role == "experts_in.w":
+            parts = [(f"[{e}].gate", t[e, : t.shape[1] // 2]), (f"[{e}].up", t[e, t.shape[1] // 2:])]
+            sub_role = "mlp_in.w"
+        else:
+            parts, sub_role = [(f"[{e}]", t[e])], "mlp_out.w"
+        results = [fn(sub_role, part, replace(c, name=c.name + suffix)) for suffix, part in parts]
+        if all(r is None for r in results):
+            if e == 0:
+                return None
+            raise RuntimeError(f"a step changed some experts of {c.name} but not others")  # pragma: no cover
+        grown = [r[0] for r in results]
+        if placement is None:
+            rows = [r[1][0] if r[1] is not None and r[1][0] is not None else ops.leading(p.shape[0])
+                    for r, (_, p) in zip(results, parts)]
+            offsets = [0] + [g.shape[0] for g in grown[:-1]]
+            cols = next((r[1][1] for r in results if r[1] is not None and r[1][1] is not None), None)
+            placement = [None, torch.cat([r + o for r, o in zip(rows, offsets)]), cols]
+        outs.append(_cat(grown, 0) if len(grown) > 1 else grown[0])
+    if any(o.is_meta for o in outs):
+        return torch.empty((len(outs), *outs[0].shape), dtype=outs[0].dtype, device="meta"), placement
+    return torch.stack(outs), placement
+
+
+#: compound roles a width step transforms through the roles of their parts
+EXPERT_ROLES = ("experts_in.w", "experts_out.w")
+#: roles a width step transforms as another role: a router reads the hidden state like ``lm_head`` (a row per
+#: expert as ``lm_head`` has a row per token)
+ROLE_ALIASES = {"router.w": "lm_head"}
+
+
 def _cat(tensors: list[torch.Tensor], dim: int) -> torch.Tensor:
     """``torch.cat``, or on the meta device just the result's shape: torch's meta kernels of cat, arithmetic
     and index ops are Python decompositions whose first call imports torch._dynamo and sympy (seconds), so
@@ -118,6 +157,12 @@ class View:
         """The source tensor this output is a bit-identical copy of, or None (streaming copies bytes)."""
         return None
 
+    def part_copy_of(self, name: str, expert: int, part: int) -> tuple[str, int | None, int | None] | None:
+        """Expert ``expert``'s ``part`` of a fused expert tensor (see ``Adapter.saved_parts``) as a bit-identical
+        copy: ``(source tensor, expert, part)`` of a source's fused tensor, ``(source tensor, None, None)`` for a
+        whole source tensor (a dense MLP's), or None (computed)."""
+        return None
+
     def row_local(self, name: str) -> bool:
         """Whether rows ``a:b`` of this output need only rows ``a:b`` of the source (embeddings, ``lm_head``
         under zero-padding steps): then :meth:`get_rows` computes a chunk alone, bit-identical to ``get``."""
@@ -151,6 +196,9 @@ class SourceView(View):
     def copy_of(self, name: str) -> str | None:
         return name
 
+    def part_copy_of(self, name: str, expert: int, part: int) -> tuple[str, int | None, int | None] | None:
+        return name, expert, part
+
     def row_local(self, name: str) -> bool:
         return True
 
@@ -181,8 +229,10 @@ class WidthView(View):
             result = _fused_qkv(self.fn, info.role, canon, c)
         elif info.role in ("gate_up.w", "gate_up.b"):
             result = _fused_gate_up(self.fn, info.role, canon, c)
+        elif info.role in EXPERT_ROLES:
+            result = _per_expert(self.fn, info.role, canon, c)
         else:
-            result = self.fn(info.role, canon, c)
+            result = self.fn(ROLE_ALIASES.get(info.role, info.role), canon, c)
         if result is None:
             return None
         out, placement = result
@@ -232,6 +282,10 @@ class WidthView(View):
             t = torch.empty(shape, device="meta")
             self._unchanged[name] = self._transform_meta(name, t) is None
         return self.prev.copy_of(name) if self._unchanged[name] else None
+
+    def part_copy_of(self, name: str, expert: int, part: int) -> tuple[str, int | None, int | None] | None:
+        self.copy_of(name)  # whether the step leaves the tensor unchanged
+        return self.prev.part_copy_of(name, expert, part) if self._unchanged[name] else None
 
     def _transform_meta(self, name: str, t: torch.Tensor):
         meta, self.meta = self.meta, True
@@ -354,3 +408,111 @@ class LayerView(View):
             return self.prev.copy_of(name)
         origin, mode = self._origin[name]
         return self.prev.copy_of(origin) if mode in ("keep", "copy") and origin is not None else None
+
+    def part_copy_of(self, name: str, expert: int, part: int) -> tuple[str, int | None, int | None] | None:
+        if self.adapter.layer_of(name) is None:
+            return self.prev.part_copy_of(name, expert, part)
+        origin, mode = self._origin[name]
+        if mode in ("keep", "copy") and origin is not None:
+            return self.prev.part_copy_of(origin, expert, part)
+        return None
+
+
+class ExpertsView(View):
+    """The ``experts`` step (:mod:`hf_growth.growth.steps.experts`): the names of the architecture after it
+    (``stage.adapter_after``). Upcycling replaces each layer's dense MLP by the router and the fused expert tensors
+    (every expert a copy of the MLP); more experts copy the experts and their router rows. Every other tensor
+    passes through under its name (the dense and the MoE architecture share them)."""
+
+    def __init__(self, prev: View, stage: Stage, seed: int, device: Any, dtype: Callable[[], torch.dtype],
+                 meta: bool):
+        self.prev, self.stage, self.seed, self.device, self.meta = prev, stage, seed, device, meta
+        self._dtype_of, self._dtype = dtype, None
+        self.source, self.target = stage.adapter, stage.adapter_after
+        self.upcycle = not stage.before.experts
+        available = set(prev.keys())
+        self._names = self.target.tensor_names(stage.cfg_after)
+        #: output name -> the previous view's tensors it is computed from (None: passed through)
+        self._parts: dict[str, list[str] | None] = {}
+        mlp: dict[int, dict[str, str]] = {}
+        if self.upcycle:
+            for n in available:
+                layer, role = self.source.layer_of(n), self.source.role(n).role
+                if layer is not None and role in ("mlp_in.w", "mlp_out.w"):
+                    key = "down" if role == "mlp_out.w" else "gate" if "gate" in n.rsplit(f".{layer}.", 1)[-1] else "up"
+                    mlp.setdefault(layer, {})[key] = n
+        for n in self._names:
+            role = self.target.role(n).role
+            if role not in ("router.w", "experts_in.w", "experts_out.w"):
+                if n not in available:
+                    raise ValueError(f"{self.target.name} tensor {n!r} has no counterpart in the {self.source.name} "
+                                     "model")  # pragma: no cover - adapters share these names
+                self._parts[n] = None
+            elif not self.upcycle:
+                self._parts[n] = [n]
+            else:
+                layer = mlp.get(self.target.layer_of(n), {})
+                self._parts[n] = [] if role == "router.w" else \
+                    [layer["gate"], layer["up"]] if role == "experts_in.w" else [layer["down"]]
+
+    def keys(self) -> list[str]:
+        return list(self._names)
+
+    def computed(self, name: str) -> bool:
+        """Whether this step computes ``name`` (a router or an expert tensor) rather than passing it through."""
+        return self._parts[name] is not None
+
+    def _dtype_for(self, parts: list[torch.Tensor]) -> torch.dtype:
+        if parts:
+            return parts[0].dtype
+        if self._dtype is None:
+            self._dtype = self._dtype_of()
+        return self._dtype
+
+    def _get(self, name: str):
+        parts = self._parts[name]
+        if parts is None:
+            return self.prev._get(name)
+        tensors = [self.prev.get(p) for p in parts]
+        info = self.target.role(name)
+        c = RoleContext(self.stage, name, self.seed, self.device if not tensors else
+                        ("meta" if self.meta else tensors[0].device), self.meta, self._dtype_for(tensors))
+        out, placement = self.stage.step.expert_tensor(info.role, tensors, c)
+        if placement is None:
+            return out, "all"
+        if not self.meta:
+            return out, None
+        return out, compose_spec(self.prev.spec(parts[0]), placement, tuple(tensors[0].shape), tuple(out.shape))
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        if self._parts[name] is None:
+            return self.prev.shape(name)
+        return tuple(self.target.canonical_shape(self.target.role(name).role, self.stage.after))
+
+    def spec(self, name: str) -> Spec:
+        if self._parts[name] is None:
+            return self.prev.spec(name)
+        return self._get(name)[1]
+
+    def copy_of(self, name: str) -> str | None:
+        return self.prev.copy_of(name) if self._parts[name] is None else None
+
+    def part_copy_of(self, name: str, expert: int, part: int) -> tuple[str, int | None, int | None] | None:
+        parts = self._parts[name]
+        if parts is None:
+            return self.prev.part_copy_of(name, expert, part)
+        old = self.stage.before.experts
+        if self.stage.step.noise and expert >= old:  # noisy copies are computed
+            return None
+        if self.upcycle:  # every expert's part is the dense MLP's tensor
+            origin = self.prev.copy_of(parts[part])
+            return (origin, None, None) if origin is not None else None
+        return self.prev.part_copy_of(name, expert % old, part)
+
+    def row_local(self, name: str) -> bool:
+        return self._parts[name] is None and self.prev.row_local(name)
+
+    def get_rows(self, name: str, start: int, stop: int, total_rows: int) -> torch.Tensor:
+        if self.row_local(name):
+            return self.prev.get_rows(name, start, stop, total_rows)
+        return super().get_rows(name, start, stop, total_rows)

@@ -23,6 +23,8 @@ _REGISTRY: dict[str, str] = {
     "resformer": "hf_growth.growth.adapters.resformer:ResFormerAdapter",
     "gemma2": "hf_growth.growth.adapters.gemma:Gemma2Adapter",
     "gemma3_text": "hf_growth.growth.adapters.gemma:Gemma3TextAdapter",
+    "mixtral": "hf_growth.growth.adapters.mixtral:MixtralAdapter",
+    "qwen3_moe": "hf_growth.growth.adapters.qwen3_moe:Qwen3MoeAdapter",
 }
 
 _WHY_NOT = {

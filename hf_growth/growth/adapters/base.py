@@ -22,7 +22,14 @@ gate_up.w/.b   (2*mlp, hidden) / (2*mlp,) gate and up fused along dim 0 (Phi-3 g
 q_norm.w       (qk,)                      per-head RMSNorm gain of the queries, shared by the heads (Qwen3, Gemma 3)
 k_norm.w       (qk,)                      the same for the keys
 lambda         any                        per-layer scalars (ResFormer value residual)
+router.w       (experts, hidden)          a mixture of experts' router (a read-out of the hidden state)
+experts_in.w   (experts, 2*mlp, hidden)   every expert's gate and up projections (gate rows first)
+experts_out.w  (experts, hidden, mlp)     every expert's down projection
 =============  =========================  ============================================
+
+A width step transforms ``experts_in.w`` / ``experts_out.w`` expert by expert, each expert's gate, up and down
+as the ``mlp_in.w`` / ``mlp_out.w`` role (free values seeded per part: ``name[e].gate``, ``name[e].up``,
+``name[e]``), and ``router.w`` as a read-out of the hidden state like ``lm_head`` (one row per expert).
 
 >>> from hf_growth.growth.adapters import get_adapter
 >>> get_adapter({"model_type": "llama"}).role("model.layers.3.mlp.down_proj.weight")
@@ -53,12 +60,17 @@ class Sizes:
     vocab: int
     tied: bool
     positions: int | None = None
+    #: experts per MoE layer (0: a dense MLP) and experts per token
+    experts: int = 0
+    top_k: int = 0
 
-    def with_(self, **changes: Any) -> "Sizes":
+    def with_(self, **changes: Any) -> Sizes:
         return replace(self, **changes)
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("hidden", "mlp", "heads", "kv_heads", "qk_dim", "v_dim", "layers")}
+        keys = ("hidden", "mlp", "heads", "kv_heads", "qk_dim", "v_dim", "layers") + \
+            (("experts", "top_k") if self.experts else ())
+        return {k: getattr(self, k) for k in keys}
 
 
 @dataclass(frozen=True)
@@ -104,6 +116,75 @@ class Adapter:
     attention_scale_follows_head_dim: ClassVar[bool] = True
 
     _layer_re: ClassVar[re.Pattern] = re.compile(r"^$")
+
+    # ---------------------------------------------------------------- mixture of experts (steps/experts.py)
+    #: the ``experts`` step's config settings this architecture has (empty: not a mixture of experts)
+    moe_settings: ClassVar[tuple[str, ...]] = ()
+    #: settings an upcycled config gets unless the step says otherwise
+    upcycle_defaults: ClassVar[dict[str, Any]] = {}
+    #: the config class's defaults of the keys the dense architecture's config does not have (added when upcycling,
+    #: so that a config.json dict grows into what the config class saves)
+    moe_config_defaults: ClassVar[dict[str, Any]] = {}
+    #: config keys of the dense architecture this one does not have (dropped when upcycling)
+    dense_only_keys: ClassVar[tuple[str, ...]] = ()
+    #: the causal LM class of the architecture (written into ``architectures`` when a step changes it)
+    causal_lm_class_name: ClassVar[str] = ""
+
+    #: per-expert checkpoint names (inside a layer) of a fused expert tensor: fused suffix -> the per-expert
+    #: suffixes (``{e}``: the expert) whose tensors are concatenated along dim 0 within an expert. transformers 5
+    #: holds the fused tensors and saves the per-expert names (its conversion mapping, reversed)
+    per_expert_names: ClassVar[dict[str, tuple[str, ...]]] = {}
+    #: other tensors the per-expert checkpoints name differently: suffix -> saved suffix
+    per_expert_renames: ClassVar[dict[str, str]] = {}
+
+    def saved_parts(self, name: str, sizes: Sizes) -> list[tuple[str, int | None, int | None]] | None:
+        """How ``save_pretrained`` stores the tensor ``name``: ``[(saved name, expert, part)]`` for a fused expert
+        tensor (``part``: the index among the per-expert suffixes), ``[(saved name, None, None)]`` for a renamed
+        tensor, None for a tensor saved under its own name."""
+        match = self._layer_re.match(name)
+        if not match or not self.per_expert_names:
+            return None
+        prefix, suffix = f"{self.layer_prefix}{match.group(1)}.", match.group(2)
+        if suffix in self.per_expert_renames:
+            return [(prefix + self.per_expert_renames[suffix], None, None)]
+        parts = self.per_expert_names.get(suffix)
+        if parts is None:
+            return None
+        return [(prefix + part.format(e=e), e, k) for e in range(sizes.experts) for k, part in enumerate(parts)]
+
+    def fused_name(self, saved: str) -> tuple[str, int | None, int | None] | None:
+        """The inverse of :meth:`saved_parts`: ``(name, expert, part)`` of a per-expert (or renamed) checkpoint
+        name, None for any other name."""
+        match = self._layer_re.match(saved)
+        if not match or not self.per_expert_names:
+            return None
+        prefix, suffix = f"{self.layer_prefix}{match.group(1)}.", match.group(2)
+        for fused, renamed in self.per_expert_renames.items():
+            if suffix == renamed:
+                return prefix + fused, None, None
+        for fused, parts in self.per_expert_names.items():
+            for k, part in enumerate(parts):
+                head, tail = part.split("{e}")
+                if suffix.startswith(head) and suffix.endswith(tail) and suffix[len(head):len(suffix) - len(tail)].isdigit():
+                    return prefix + fused, int(suffix[len(head):len(suffix) - len(tail)]), k
+        return None
+
+    def renormalises(self, cfg: dict[str, Any]) -> bool:
+        """Whether the chosen experts' routing weights are renormalised to sum to one under ``cfg``."""
+        return True
+
+    def check_upcycle(self, stage: Stage) -> None:
+        """Raise ValueError when the dense model of ``stage`` (``stage.adapter``, ``stage.cfg_before``) cannot
+        become this mixture of experts exactly (unless ``stage.step.approximate``)."""
+
+    def from_dense_config(self, cfg: dict[str, Any], dense: Adapter) -> dict[str, Any]:
+        """The config of the dense model ``cfg`` as this architecture's (before the sizes are written): the
+        dense-only keys dropped, ``model_type`` and ``architectures`` this architecture's."""
+        cfg = {**self.moe_config_defaults, **{k: v for k, v in cfg.items() if k not in self.dense_only_keys}}
+        cfg["model_type"] = self.model_types[0]
+        if cfg.get("architectures"):
+            cfg["architectures"] = [self.causal_lm_class_name]
+        return cfg
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -232,6 +313,8 @@ class Adapter:
             "mlp_in.w": (s.mlp, s.hidden), "mlp_in.b": (s.mlp,), "mlp_out.w": (s.hidden, s.mlp),
             "mlp_out.b": (s.hidden,), "gate_up.w": (2 * s.mlp, s.hidden), "gate_up.b": (2 * s.mlp,),
             "q_norm.w": (s.qk_dim,), "k_norm.w": (s.qk_dim,),
+            "router.w": (s.experts, s.hidden), "experts_in.w": (s.experts, 2 * s.mlp, s.hidden),
+            "experts_out.w": (s.experts, s.hidden, s.mlp),
         }
         if role not in shapes:
             raise ValueError(f"{self.name} adapter: no canonical shape for role {role!r}")
@@ -239,7 +322,7 @@ class Adapter:
 
     def new_layer_init(self, role: str) -> str:
         """How a brand-new layer's tensor of ``role`` starts: ``zero`` | ``free`` | ``ones``."""
-        if role in ("o.w", "o.b", "mlp_out.w", "mlp_out.b"):
+        if role in ("o.w", "o.b", "mlp_out.w", "mlp_out.b", "experts_out.w"):
             return "zero"  # the block's outputs: the new block is the identity
         if role.endswith(".b"):
             return "zero"
@@ -247,7 +330,7 @@ class Adapter:
             return "ones"
         return "free"
 
-    def new_layer_tensor(self, role: str, name: str, layer: int, cfg: dict[str, Any]) -> "Any | None":
+    def new_layer_tensor(self, role: str, name: str, layer: int, cfg: dict[str, Any]) -> Any | None:
         """Hook for roles the generic engine cannot create (ResFormer lambdas); None = use ``new_layer_init``."""
         return None
 

@@ -386,3 +386,115 @@ class SafetensorsSource(Mapping[str, "torch.Tensor"]):
                     raise CheckpointError(f"{info.file}: truncated while reading tensor {name!r}")
                 done += n
         return out.view(info.torch_dtype).reshape(shape)
+
+
+class ExpertLayoutSource:
+    """A checkpoint of a mixture of experts as the engine reads it: the fused 3-D expert tensors transformers 5
+    holds (``mlp.experts.gate_up_proj``...), whichever layout the files use. Per-expert tensors
+    (``block_sparse_moe.experts.N.w1.weight``...; what ``save_pretrained`` writes) are read and fused on demand;
+    renamed tensors (``block_sparse_moe.gate.weight``) answer under the fused layout's name. ``part_info`` says where
+    one expert's part lives in the files (a per-expert tensor, or a byte range of a fused one): the streaming
+    writer copies those bytes. ``adapter``: the architecture's (``saved_parts`` / ``fused_name``).
+    """
+
+    def __init__(self, source: SafetensorsSource, adapter: Any) -> None:
+        self.source, self.adapter = source, adapter
+        self.path, self.index_file = source.path, source.index_file
+        #: fused name -> {(expert, part): saved name}; renamed name -> saved name
+        self._parts: dict[str, dict[tuple[int, int], str]] = {}
+        self._renamed: dict[str, str] = {}
+        names: list[str] = []
+        for saved in source:
+            fused = adapter.fused_name(saved)
+            if fused is None:
+                names.append(saved)
+                continue
+            name, e, k = fused
+            if e is None:
+                self._renamed[name] = saved
+                names.append(name)
+            else:
+                if name not in self._parts:
+                    names.append(name)
+                self._parts.setdefault(name, {})[(e, k)] = saved
+        for name, parts in self._parts.items():
+            experts = 1 + max(e for e, _ in parts)
+            count = 1 + max(k for _, k in parts)
+            missing = [(e, k) for e in range(experts) for k in range(count) if (e, k) not in parts]
+            if missing:
+                raise CheckpointError(f"{source.index_file or source.path}: {name} has no tensor for expert "
+                                      f"{missing[0][0]} (part {missing[0][1]}): the per-expert tensors are incomplete")
+            shapes = {source.shape(s) for s in parts.values()}
+            if len({sh[1:] for sh in shapes}) != 1 or len({source.info(s).dtype for s in parts.values()}) != 1:
+                raise CheckpointError(f"{source.index_file or source.path}: the per-expert tensors of {name} differ "
+                                      "in shape or dtype")
+        self._names = names
+
+    def keys(self) -> list[str]:
+        return list(self._names)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._parts or name in self._renamed or name in self.source
+
+    def _real(self, name: str) -> str:
+        return self._renamed.get(name, name)
+
+    def info(self, name: str) -> TensorInfo:
+        """Where a tensor lives (a renamed one under its saved name); KeyError for a fused per-expert tensor."""
+        if name in self._parts:
+            raise KeyError(f"tensor {name!r} is stored per expert in {self.path}")
+        return self.source.info(self._real(name))
+
+    def _layout(self, name: str) -> tuple[int, int, list[int]]:
+        parts = self._parts[name]
+        experts, count = 1 + max(e for e, _ in parts), 1 + max(k for _, k in parts)
+        rows = [self.source.shape(parts[(0, k)])[0] for k in range(count)]
+        return experts, count, rows
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        if name not in self._parts:
+            return self.source.shape(self._real(name))
+        experts, _, rows = self._layout(name)
+        first = self.source.shape(self._parts[name][(0, 0)])
+        return (experts, sum(rows), *first[1:])
+
+    def dtype(self, name: str) -> torch.dtype:
+        if name in self._parts:
+            return self.source.dtype(self._parts[name][(0, 0)])
+        return self.source.dtype(self._real(name))
+
+    def get(self, name: str) -> torch.Tensor:
+        import torch
+
+        if name not in self._parts:
+            return self.source.read(self._real(name))
+        experts, count, rows = self._layout(name)
+        out = torch.empty(self.shape(name), dtype=self.dtype(name))
+        for e in range(experts):
+            row = 0
+            for k in range(count):
+                out[e, row:row + rows[k]] = self.source.read(self._parts[name][(e, k)])
+                row += rows[k]
+        return out
+
+    read = __getitem__ = get
+
+    def get_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        if name in self._parts:
+            return self.get(name)[start:stop]
+        return self.source.get_rows(self._real(name), start, stop)
+
+    def part_info(self, name: str, expert: int, part: int, parts: int) -> TensorInfo:
+        """Where expert ``expert``'s ``part`` (of ``parts`` equal row blocks along its dim 0) of the fused tensor
+        ``name`` lives: its per-expert tensor, or the byte range of a fused tensor's slice."""
+        if name in self._parts:
+            return self.source.info(self._parts[name][(expert, part)])
+        info = self.source.info(self._real(name))
+        per_expert = info.nbytes // info.shape[0]
+        size = per_expert // parts
+        start = info.start + expert * per_expert + part * size
+        shape = (info.shape[1] // parts, *info.shape[2:])
+        return TensorInfo(f"{name}[{expert}]", info.file, info.dtype, shape, start, start + size)

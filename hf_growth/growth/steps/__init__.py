@@ -7,7 +7,7 @@ order error messages list them, and any step registered with :func:`register_ste
 module here and its line below, plus the roles and checks it needs in the adapters.
 
 >>> list(STEP_TYPES)
-['mlp_width', 'num_heads', 'head_dim', 'qk_dim', 'value_dim', 'hidden_size', 'num_layers', 'stack']
+['mlp_width', 'num_heads', 'head_dim', 'qk_dim', 'value_dim', 'hidden_size', 'num_layers', 'stack', 'experts']
 >>> step_type("num_layers")(to=36).where
 'interleave'
 """
@@ -15,6 +15,7 @@ module here and its line below, plus the roles and checks it needs in the adapte
 from __future__ import annotations
 
 from .base import STEP_TYPES, DepthStep, GrowthStep, Stage, register_step, step_type
+from .experts import ExpertsStep
 from .head_dim import HeadDimStep
 from .hidden_size import HiddenSizeStep
 from .mlp_width import MlpWidthStep
@@ -25,9 +26,9 @@ from .stack import StackStep
 from .value_dim import ValueDimStep
 
 for _step in (MlpWidthStep, NumHeadsStep, HeadDimStep, QkDimStep, ValueDimStep, HiddenSizeStep, NumLayersStep,
-              StackStep):
+              StackStep, ExpertsStep):
     register_step(_step)
 del _step
 
-__all__ = ["STEP_TYPES", "DepthStep", "GrowthStep", "HeadDimStep", "HiddenSizeStep", "MlpWidthStep", "NumHeadsStep",
+__all__ = ["STEP_TYPES", "DepthStep", "ExpertsStep", "GrowthStep", "HeadDimStep", "HiddenSizeStep", "MlpWidthStep", "NumHeadsStep",
            "NumLayersStep", "QkDimStep", "StackStep", "Stage", "ValueDimStep", "register_step", "step_type"]

@@ -13,6 +13,9 @@ A step module defines one :class:`GrowthStep` subclass (registered in ``steps/__
   (:class:`~hf_growth.growth.free_values.RoleContext`), seeded per output tensor.
 - ``view(...)``: the lazy view that applies the step (:class:`~hf_growth.growth.views.WidthView` by default;
   depth steps build a :class:`~hf_growth.growth.views.LayerView`). A step that renames tensors brings its own.
+- A step that changes the architecture (``experts``: Llama -> Mixtral) sets ``stage.target`` in ``resize`` to
+  the adapter of the architecture after it: its view's names and the config after it are that adapter's, and
+  the engine hands it to the next step (and builds the output's config class from the last one).
 
 >>> from hf_growth.growth.adapters import get_adapter
 >>> cfg = {"model_type": "llama", "vocab_size": 64, "hidden_size": 32, "intermediate_size": 64,
@@ -59,6 +62,13 @@ class Stage:
     #: depth steps: for each new layer (old layer index, mode) with mode keep | copy | new_copy | new_random
     layers: list[tuple[int, str]] | None = None
     record: dict[str, Any] = field(default_factory=dict)
+    #: the adapter after the step when the step changes the architecture (None: ``adapter``)
+    target: Adapter | None = None
+
+    @property
+    def adapter_after(self) -> Adapter:
+        """The adapter of the architecture after this step (the next step's ``adapter``)."""
+        return self.target if self.target is not None else self.adapter
 
 
 class GrowthStep(BaseModel):
@@ -95,6 +105,10 @@ class GrowthStep(BaseModel):
     def rewrite_config(self, stage: Stage) -> dict[str, Any]:
         """The config after the step (the adapter writes the new sizes)."""
         return stage.adapter.write_sizes(stage.cfg_before, stage.before, stage.after)
+
+    def exact(self, stage: Stage) -> bool:
+        """Whether the step keeps the function (its history record's ``exact``)."""
+        return not self.changes_function and not self.approximate
 
     @staticmethod
     def no_shrink(old: int, new: int, what: str) -> None:
