@@ -16,6 +16,8 @@ from hf_growth.growth.engine import GrowthEngine, StateDictSource
 from hf_growth.growth.freeze import freeze_original, new_parameter_masks
 from hf_growth.growth.plan import GrowthPlan
 from hf_growth.growth.verify import max_logit_diff
+from growth_testing import assert_exact, tiny_inputs
+from growth_testing import train_steps as _train_steps
 
 TOL = 1e-5
 
@@ -37,13 +39,8 @@ def tiny_llama(*, tied=False, bias=False, heads=4, kv=2, hidden=48, rope=None, e
     return model.to(dtype)
 
 
-def tiny_inputs():
-    return torch.arange(64).reshape(2, 32)  # every token once
 
 
-def assert_exact(src, grown, tol=TOL):
-    assert max_logit_diff(src, grown) <= tol
-    assert max_logit_diff(src, grown, tiny_inputs()) <= tol
 
 
 SINGLE_STEPS = {
@@ -262,20 +259,6 @@ def test_bad_yaml_and_unsupported_architecture(tmp_path):
         GrowthEngine({"model_type": "bert"}, [{"mlp_width": 10}])
 
 
-def _train_steps(model, steps=3, lr=0.05):
-    """Return, per parameter, whether each entry had a non-zero gradient in some step."""
-    model.train()
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr)
-    seen = {n: torch.zeros_like(p, dtype=torch.bool) for n, p in model.named_parameters()}
-    ids = torch.cat([torch.arange(64), torch.zeros(1, dtype=torch.long)])[None]  # every token before a label
-    for _ in range(steps):
-        opt.zero_grad()
-        model(input_ids=ids, labels=ids).loss.backward()
-        for n, p in model.named_parameters():
-            if p.grad is not None:
-                seen[n] |= p.grad != 0
-        opt.step()
-    return seen
 
 
 @pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])

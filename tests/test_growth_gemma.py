@@ -19,6 +19,8 @@ from transformers import (
 from hf_growth.growth import grow_model
 from hf_growth.growth.freeze import freeze_original, new_parameter_masks
 from hf_growth.growth.verify import max_logit_diff
+from growth_testing import assert_exact
+from growth_testing import train_steps as _train_steps
 
 TOL = 1e-5
 IDS = torch.arange(64).reshape(2, 32)  # every token once; longer than the sliding window
@@ -53,9 +55,6 @@ def tiny_gemma(version: str, *, tied: bool = True, tiny: bool = False, seed: int
     return model
 
 
-def assert_exact(src, grown, tol=TOL):
-    assert max_logit_diff(src, grown) <= tol
-    assert max_logit_diff(src, grown, IDS) <= tol
 
 
 PLANS = {
@@ -264,20 +263,6 @@ def test_adapter_defaults_are_the_config_classes(model_type):
         assert defaults[key] == value, key
 
 
-def _train_steps(model, steps=3, lr=0.05):
-    """Per parameter, whether each entry had a non-zero gradient in some step."""
-    model.train()
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr)
-    seen = {n: torch.zeros_like(p, dtype=torch.bool) for n, p in model.named_parameters()}
-    ids = torch.cat([torch.arange(64), torch.zeros(1, dtype=torch.long)])[None]
-    for _ in range(steps):
-        opt.zero_grad()
-        model(input_ids=ids, labels=ids).loss.backward()
-        for n, p in model.named_parameters():
-            if p.grad is not None:
-                seen[n] |= p.grad != 0
-        opt.step()
-    return seen
 
 
 @pytest.mark.parametrize("version", VERSIONS)

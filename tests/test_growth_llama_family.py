@@ -17,6 +17,9 @@ from hf_growth.growth.adapters import get_adapter
 from hf_growth.growth.freeze import freeze_original, new_parameter_masks
 from hf_growth.growth.io import SafetensorsSource
 from hf_growth.growth.verify import max_logit_diff
+from growth_testing import tiny_inputs
+from growth_testing import train_steps as _train_steps
+from growth_testing import worst_logit_diff as worst_diff
 
 TOL = 1e-5
 ARCHS = ["mistral", "qwen3", "phi3"]
@@ -58,12 +61,8 @@ def tiny_model(arch: str, *, tied=False, bias=False, tiny=False, layers=2, seed=
     return model.to(dtype)
 
 
-def tiny_inputs():
-    return torch.arange(64).reshape(2, 32)  # every token once, longer than the sliding window
 
 
-def worst_diff(src, grown):
-    return max(max_logit_diff(src, grown), max_logit_diff(src, grown, tiny_inputs()))
 
 
 #: the worst |Δlogits| measured per architecture (printed at the end of the module: `pytest -s`)
@@ -219,20 +218,6 @@ def test_config_json_without_defaults_grows_like_the_config_class(arch, tmp_path
 
 
 # ------------------------------------------------------------------------------------------ training
-def _train_steps(model, steps=3, lr=0.05):
-    """Per parameter, whether each entry had a non-zero gradient in some step."""
-    model.train()
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr)
-    seen = {n: torch.zeros_like(p, dtype=torch.bool) for n, p in model.named_parameters()}
-    ids = torch.cat([torch.arange(64), torch.zeros(1, dtype=torch.long)])[None]
-    for _ in range(steps):
-        opt.zero_grad()
-        model(input_ids=ids, labels=ids).loss.backward()
-        for n, p in model.named_parameters():
-            if p.grad is not None:
-                seen[n] |= p.grad != 0
-        opt.step()
-    return seen
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -21,6 +21,7 @@ from hf_growth.growth.adapters.mixtral import MixtralAdapter
 from hf_growth.growth.engine import GrowthEngine
 from hf_growth.growth.io.reader import ExpertLayoutSource
 from hf_growth.growth.verify import max_logit_diff
+from growth_testing import assert_exact, tiny_inputs
 
 TOL = 1e-5
 
@@ -92,13 +93,8 @@ def tiny_mixtral(*, experts=4, top_k=2, tied=False, seed=0):
     return MixtralForCausalLM(cfg).eval()
 
 
-def tiny_inputs():
-    return torch.arange(64).reshape(2, 32)  # every token once
 
 
-def assert_exact(src, grown, tol=TOL):
-    assert max_logit_diff(src, grown) <= tol
-    assert max_logit_diff(src, grown, tiny_inputs()) <= tol
 
 
 def logits_differ(a, b):
