@@ -18,8 +18,9 @@ import platform
 import re
 import shlex
 import sys
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 
 def device_label(device: Any) -> str:
@@ -41,8 +42,10 @@ def device_slug(name: str) -> str:
 def versions(*extra: str) -> dict[str, str]:
     """Python, torch and transformers versions, and those of the ``extra`` packages (import names)."""
     names = ("torch", "transformers", *extra)
-    return {"python": platform.python_version(),
-            **{name: getattr(importlib.import_module(name), "__version__", "?") for name in names}}
+    return {
+        "python": platform.python_version(),
+        **{name: getattr(importlib.import_module(name), "__version__", "?") for name in names},
+    }
 
 
 def command_line(script: str, argv: Iterable[str] | None = None, pythonpath: str = ".") -> str:
@@ -50,12 +53,16 @@ def command_line(script: str, argv: Iterable[str] | None = None, pythonpath: str
     under ``benchmarks/``; a path (``research/<question>/<script>``) is taken from the repository root as given."""
     args = list(sys.argv[1:] if argv is None else argv)
     path = script if "/" in script else f"benchmarks/{script}"
-    return f"PYTHONPATH={pythonpath} python {path} " + shlex.join(args) if args else \
-        f"PYTHONPATH={pythonpath} python {path}"
+    return (
+        f"PYTHONPATH={pythonpath} python {path} " + shlex.join(args)
+        if args
+        else f"PYTHONPATH={pythonpath} python {path}"
+    )
 
 
-def write_json(path: str | os.PathLike, data: Any, *, indent: int | None = 1, default: Any = None,
-               announce: bool = False) -> Path:
+def write_json(
+    path: str | os.PathLike, data: Any, *, indent: int | None = 1, default: Any = None, announce: bool = False
+) -> Path:
     """Write ``data`` as JSON to ``path`` atomically (parents made; a failed write leaves the old file as it was);
     ``default`` as in ``json.dumps``."""
     path = Path(path)

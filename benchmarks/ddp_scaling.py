@@ -66,9 +66,14 @@ class StepClock(TrainerCallback):
             self._sync()
             seconds = time.perf_counter() - self.t0
             if state.is_world_process_zero:
-                record = {"warmup": self.warmup, "steps": self.steps, "seconds": seconds,
-                          "world_size": args.world_size, "per_device_batch": args.per_device_train_batch_size,
-                          "grad_accum": args.gradient_accumulation_steps}
+                record = {
+                    "warmup": self.warmup,
+                    "steps": self.steps,
+                    "seconds": seconds,
+                    "world_size": args.world_size,
+                    "per_device_batch": args.per_device_train_batch_size,
+                    "grad_accum": args.gradient_accumulation_steps,
+                }
                 Path(args.output_dir, "step_clock.json").write_text(json.dumps(record) + "\n")
 
 
@@ -80,8 +85,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=20, help="untimed optimizer steps first (compilation happens here)")
     p.add_argument("--steps", type=int, default=100, help="timed optimizer steps")
     p.add_argument("--batch-size", type=int, default=64, help="per device")
-    p.add_argument("--script-args", default="--model llama-mini --task multiplication --digits 4",
-                   help="further train_reasoning.py options (model, task, growth flags, --bf16, ...)")
+    p.add_argument(
+        "--script-args",
+        default="--model llama-mini --task multiplication --digits 4",
+        help="further train_reasoning.py options (model, task, growth flags, --bf16, ...)",
+    )
     p.add_argument("--cpu", action="store_true", help="CPU processes (gloo), for checking the pipeline")
     p.add_argument("--runs-dir", default="runs/ddp_scaling")
     p.add_argument("--timeout", type=int, default=540, help="seconds per launched job")
@@ -98,26 +106,52 @@ def launch_command(opts, procs: int) -> list[str]:
             port = str(sock.getsockname()[1])
         return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs), "--master_port", port]
     config = "single_gpu" if procs == 1 else opts.config
-    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-            str(ROOT / "scripts" / "accelerate" / f"{config}.yaml"), "--num_processes", str(procs)]
+    return [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(ROOT / "scripts" / "accelerate" / f"{config}.yaml"),
+        "--num_processes",
+        str(procs),
+    ]
 
 
 def run_one(opts, procs: int) -> dict:
     out = Path(opts.runs_dir) / f"{opts.config}_{procs}"
-    argv = [*shlex.split(opts.script_args), "--batch-size", str(opts.batch_size),
-            "--max-steps", str(opts.warmup + opts.steps), "--logging-steps", str(max(1, opts.steps // 4)),
-            "--callback", "ddp_scaling:StepClock", "--save-final", "--max-test", "200", "--output-dir", str(out)]
+    argv = [
+        *shlex.split(opts.script_args),
+        "--batch-size",
+        str(opts.batch_size),
+        "--max-steps",
+        str(opts.warmup + opts.steps),
+        "--logging-steps",
+        str(max(1, opts.steps // 4)),
+        "--callback",
+        "ddp_scaling:StepClock",
+        "--save-final",
+        "--max-test",
+        "200",
+        "--output-dir",
+        str(out),
+    ]
     if opts.cpu:
         argv.append("--cpu")
     cmd = [*launch_command(opts, procs), str(SCRIPT), *argv]
-    env = dict(os.environ, **NCCL_SAFE, STEP_CLOCK=json.dumps({"warmup": opts.warmup, "steps": opts.steps}),
-               PYTHONPATH=os.pathsep.join([str(ROOT / "benchmarks"), str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    env = dict(
+        os.environ,
+        **NCCL_SAFE,
+        STEP_CLOCK=json.dumps({"warmup": opts.warmup, "steps": opts.steps}),
+        PYTHONPATH=os.pathsep.join([str(ROOT / "benchmarks"), str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    )
     env.pop("WORLD_SIZE", None)
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=opts.timeout)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
-        raise SystemExit(f"{procs} process(es) failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+        raise SystemExit(
+            f"{procs} process(es) failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+        )
     result = json.loads((out / "results.json").read_text())
     clock = json.loads((out / "step_clock.json").read_text())
     tokens_per_step = result["seq_len"] * clock["per_device_batch"] * clock["grad_accum"] * clock["world_size"]
@@ -133,8 +167,10 @@ def run_one(opts, procs: int) -> dict:
         "exact_match": result["exact_match"],
         "num_test": result["num_test"],
         "parameters": result["parameters"],
-        "growth_history": [{"step": r.get("step"), **{k: r[k] for k in ("midas_stage", "growth_callback_step") if k in r}}
-                           for r in result["growth_history"]],
+        "growth_history": [
+            {"step": r.get("step"), **{k: r[k] for k in ("midas_stage", "growth_callback_step") if k in r}}
+            for r in result["growth_history"]
+        ],
         "reload": check_reload(out / "final", result["parameters"]),
     }
 
@@ -148,8 +184,12 @@ def check_reload(path: Path, parameters: int) -> dict:
     count = sum(p.numel() for p in model.parameters())
     with torch.no_grad():
         logits = model(torch.tensor([[1, 2, 3, 4]])).logits
-    return {"path": str(path), "parameters": count, "same_parameters": count == parameters,
-            "finite_logits": bool(torch.isfinite(logits).all())}
+    return {
+        "path": str(path),
+        "parameters": count,
+        "same_parameters": count == parameters,
+        "finite_logits": bool(torch.isfinite(logits).all()),
+    }
 
 
 def main(argv=None) -> int:
@@ -181,11 +221,17 @@ def main(argv=None) -> int:
     }
     print(f"{'procs':>5} {'tokens/s':>12} {'scaling':>8} {'efficiency':>10} {'exact match':>11} {'params':>10} reload")
     for r in runs:
-        print(f"{r['procs']:>5} {r['tokens_per_s']:>12,.0f} {r['scaling']:>8.3f} {r['efficiency']:>10.3f} "
-              f"{r['exact_match']:>11.3f} {r['parameters']:>10,} {r['reload']['same_parameters']}")
+        print(
+            f"{r['procs']:>5} {r['tokens_per_s']:>12,.0f} {r['scaling']:>8.3f} {r['efficiency']:>10.3f} "
+            f"{r['exact_match']:>11.3f} {r['parameters']:>10,} {r['reload']['same_parameters']}"
+        )
     slug = device_slug(device) if cuda else "cpu"
-    write_json(opts.out or ROOT / "benchmarks" / "results" / f"ddp_scaling_{opts.config}_{slug}.json", report,
-               indent=2, announce=True)
+    write_json(
+        opts.out or ROOT / "benchmarks" / "results" / f"ddp_scaling_{opts.config}_{slug}.json",
+        report,
+        indent=2,
+        announce=True,
+    )
     return 0
 
 

@@ -27,15 +27,39 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import command_line, device_label, versions, write_json  # noqa: E402
 
-SMOL_PLAN = [{"mlp_width": 2048}, {"num_heads": {"to": 12, "num_key_value_heads": 4}}, {"hidden_size": 768},
-             {"num_layers": {"to": 36, "where": "interleave"}}]
-SMOL_SHAPE = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                  num_attention_heads=9, num_key_value_heads=3, head_dim=64, tie_word_embeddings=True,
-                  rms_norm_eps=1e-5, rope_parameters={"rope_type": "default", "rope_theta": 100000.0})
-BIG_SHAPE = dict(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=16,
-                 num_attention_heads=16, num_key_value_heads=4, tie_word_embeddings=False)
-BIG_PLAN = [{"mlp_width": 7168}, {"num_heads": {"to": 20, "num_key_value_heads": 5}}, {"hidden_size": 2560},
-            {"num_layers": {"to": 20, "where": "interleave"}}]
+SMOL_PLAN = [
+    {"mlp_width": 2048},
+    {"num_heads": {"to": 12, "num_key_value_heads": 4}},
+    {"hidden_size": 768},
+    {"num_layers": {"to": 36, "where": "interleave"}},
+]
+SMOL_SHAPE = dict(
+    vocab_size=49152,
+    hidden_size=576,
+    intermediate_size=1536,
+    num_hidden_layers=30,
+    num_attention_heads=9,
+    num_key_value_heads=3,
+    head_dim=64,
+    tie_word_embeddings=True,
+    rms_norm_eps=1e-5,
+    rope_parameters={"rope_type": "default", "rope_theta": 100000.0},
+)
+BIG_SHAPE = dict(
+    vocab_size=32000,
+    hidden_size=2048,
+    intermediate_size=5632,
+    num_hidden_layers=16,
+    num_attention_heads=16,
+    num_key_value_heads=4,
+    tie_word_embeddings=False,
+)
+BIG_PLAN = [
+    {"mlp_width": 7168},
+    {"num_heads": {"to": 20, "num_key_value_heads": 5}},
+    {"hidden_size": 2560},
+    {"num_layers": {"to": 20, "where": "interleave"}},
+]
 
 
 def rss_bytes() -> int:
@@ -94,10 +118,17 @@ def measure(model, plan, device: str, repeats: int = 2) -> dict:
         grown_bytes = sum(p.numel() * p.element_size() for p in grown.parameters())
         diff = max_logit_diff(model, grown, seq_len=8)
         del grown
-    result = {"params": params, "grown_params": grown_params, "model_bytes": model_bytes, "grown_bytes": grown_bytes,
-              "grow_seconds": min(grow_times), "grow_seconds_all": grow_times,
-              "grow_peak_extra_bytes": mem.extra_bytes, "grow_peak_over_grown_size": mem.extra_bytes / grown_bytes,
-              "max_logit_diff": diff}
+    result = {
+        "params": params,
+        "grown_params": grown_params,
+        "model_bytes": model_bytes,
+        "grown_bytes": grown_bytes,
+        "grow_seconds": min(grow_times),
+        "grow_seconds_all": grow_times,
+        "grow_peak_extra_bytes": mem.extra_bytes,
+        "grow_peak_over_grown_size": mem.extra_bytes / grown_bytes,
+        "max_logit_diff": diff,
+    }
     with tempfile.TemporaryDirectory() as tmp:
         with PeakMemory(device) as mem:
             model.save_pretrained(tmp)
@@ -119,9 +150,15 @@ def main(argv=None) -> int:
 
     torch.manual_seed(0)
     device = args.device
-    info = {"device": device, "device_name": device_label(device), "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), **versions(), "command": command_line("grow_memory.py", argv),
-            "cases": {}}
+    info = {
+        "device": device,
+        "device_name": device_label(device),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        **versions(),
+        "command": command_line("grow_memory.py", argv),
+        "cases": {},
+    }
     try:
         from hf_growth._embedded import load_smollm2
 
@@ -139,11 +176,15 @@ def main(argv=None) -> int:
         dtype = getattr(torch, args.dtype)
         with torch.device(device):
             model = LlamaForCausalLM(LlamaConfig(**BIG_SHAPE)).to(dtype).eval()
-        info["cases"][f"llama_1b_random_{args.dtype}"] = {"shape": BIG_SHAPE, "plan": BIG_PLAN,
-                                                          **measure(model, BIG_PLAN, device, repeats=1)}
+        info["cases"][f"llama_1b_random_{args.dtype}"] = {
+            "shape": BIG_SHAPE,
+            "plan": BIG_PLAN,
+            **measure(model, BIG_PLAN, device, repeats=1),
+        }
         print(json.dumps(info["cases"][f"llama_1b_random_{args.dtype}"], indent=1), flush=True)
-    write_json(args.out or Path(__file__).parent / "results" / f"grow_memory_{device}.json", info, indent=2,
-               announce=True)
+    write_json(
+        args.out or Path(__file__).parent / "results" / f"grow_memory_{device}.json", info, indent=2, announce=True
+    )
     return 0
 
 

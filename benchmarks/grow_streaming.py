@@ -43,25 +43,57 @@ from _common import versions, write_json  # noqa: E402
 
 SHAPES = {
     "full": {
-        "model": dict(vocab_size=32000, hidden_size=1536, intermediate_size=4096, num_hidden_layers=20,
-                      num_attention_heads=12, num_key_value_heads=4, head_dim=128, tie_word_embeddings=False),
+        "model": dict(
+            vocab_size=32000,
+            hidden_size=1536,
+            intermediate_size=4096,
+            num_hidden_layers=20,
+            num_attention_heads=12,
+            num_key_value_heads=4,
+            head_dim=128,
+            tie_word_embeddings=False,
+        ),
         "stack": {"stack": {"to": 24, "block_size": 4, "where": "middle"}},
         # transformers >= 5.x's LlamaConfig wants hidden_size % num_attention_heads == 0: 2048 needs 16 heads
-        "width": [{"num_layers": {"to": 24, "where": "interleave"}}, {"mlp_width": 5120},
-                  {"num_heads": {"to": 16, "num_key_value_heads": 4}}, {"hidden_size": 2048}],
+        "width": [
+            {"num_layers": {"to": 24, "where": "interleave"}},
+            {"mlp_width": 5120},
+            {"num_heads": {"to": 16, "num_key_value_heads": 4}},
+            {"hidden_size": 2048},
+        ],
         "shard_size": "500MB",
     },
     "mid": {  # the full shape's widths with 4 layers (~0.4 GB): a quick check of memory and speed
-        "model": dict(vocab_size=32000, hidden_size=1536, intermediate_size=4096, num_hidden_layers=4,
-                      num_attention_heads=12, num_key_value_heads=4, head_dim=128, tie_word_embeddings=False),
+        "model": dict(
+            vocab_size=32000,
+            hidden_size=1536,
+            intermediate_size=4096,
+            num_hidden_layers=4,
+            num_attention_heads=12,
+            num_key_value_heads=4,
+            head_dim=128,
+            tie_word_embeddings=False,
+        ),
         "stack": {"stack": {"to": 5, "block_size": 1, "where": "middle"}},
-        "width": [{"num_layers": {"to": 5, "where": "interleave"}}, {"mlp_width": 5120},
-                  {"num_heads": {"to": 16, "num_key_value_heads": 4}}, {"hidden_size": 2048}],
+        "width": [
+            {"num_layers": {"to": 5, "where": "interleave"}},
+            {"mlp_width": 5120},
+            {"num_heads": {"to": 16, "num_key_value_heads": 4}},
+            {"hidden_size": 2048},
+        ],
         "shard_size": "100MB",
     },
     "tiny": {
-        "model": dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=6,
-                      num_attention_heads=4, num_key_value_heads=2, head_dim=16, tie_word_embeddings=False),
+        "model": dict(
+            vocab_size=256,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=6,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            tie_word_embeddings=False,
+        ),
         "stack": {"stack": {"to": 8, "block_size": 2, "where": "middle"}},
         "width": [{"num_layers": {"to": 8, "where": "interleave"}}, {"mlp_width": 160}, {"hidden_size": 96}],
         "shard_size": "100KB",
@@ -193,8 +225,12 @@ def mergekit_python(args: argparse.Namespace) -> Path:
     if not (venv / ".installed").exists():
         print(f"creating {venv} and installing mergekit (pip install mergekit) ...", flush=True)
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                              capture_output=True, text=True, check=True).stdout.strip()
+        site = subprocess.run(
+            [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
         ours = [p for p in sys.path if p.endswith("site-packages")]
         if ours and not args.no_share_torch:  # reuse this venv's torch; the mergekit venv's own packages win
             Path(site, "zz_hf_growth_bench_shared.pth").write_text("\n".join(ours) + "\n")
@@ -203,15 +239,30 @@ def mergekit_python(args: argparse.Namespace) -> Path:
 
         constraints = venv / "constraints.txt"
         constraints.write_text(f"torch=={torch.__version__}\n")
-        subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", "-c",
-                        str(constraints), "mergekit"], check=True)
+        subprocess.run(
+            [
+                str(python),
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--disable-pip-version-check",
+                "-c",
+                str(constraints),
+                "mergekit",
+            ],
+            check=True,
+        )
         (venv / ".installed").write_text("mergekit\n")
     return python
 
 
 def mergekit_version(python: Path) -> str:
-    out = subprocess.run([str(python), "-c", "import importlib.metadata as m; print(m.version('mergekit'))"],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [str(python), "-c", "import importlib.metadata as m; print(m.version('mergekit'))"],
+        capture_output=True,
+        text=True,
+    )
     return out.stdout.strip() or "unknown"
 
 
@@ -258,9 +309,15 @@ def compare_outputs(ours: Path, theirs: Path) -> dict:
     a, b = SafetensorsSource(ours), SafetensorsSource(theirs)
     only_ours, only_theirs = sorted(set(a) - set(b)), sorted(set(b) - set(a))
     different = [n for n in a if n in b and not torch.equal(a[n], b[n])]
-    return {"tensors_equal": not (only_ours or only_theirs or different), "compared": len(set(a) & set(b)),
-            "only_ours": only_ours[:10], "only_mergekit": only_theirs[:10], "different": different[:10],
-            "mergekit_shards": len(list(theirs.glob("*.safetensors"))), "our_shards": len(list(ours.glob("*.safetensors")))}
+    return {
+        "tensors_equal": not (only_ours or only_theirs or different),
+        "compared": len(set(a) & set(b)),
+        "only_ours": only_ours[:10],
+        "only_mergekit": only_theirs[:10],
+        "different": different[:10],
+        "mergekit_shards": len(list(theirs.glob("*.safetensors"))),
+        "our_shards": len(list(ours.glob("*.safetensors"))),
+    }
 
 
 # ----------------------------------------------------------------------------------- facts
@@ -285,11 +342,18 @@ def machine_facts(work: Path) -> dict:
         fs = subprocess.run(["df", "-T", str(work)], capture_output=True, text=True).stdout.splitlines()[-1].split()[1]
     except (OSError, IndexError):
         pass
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
     return {
-        "platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
         "affinity_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "memory_bytes": mem, "filesystem": fs, **versions("safetensors", "hf_growth"), "git_commit": commit or None,
+        "memory_bytes": mem,
+        "filesystem": fs,
+        **versions("safetensors", "hf_growth"),
+        "git_commit": commit or None,
     }
 
 
@@ -302,18 +366,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work-dir", type=Path, default=None, help="scratch for outputs (default: CACHE_DIR/runs)")
     parser.add_argument("--shape", choices=sorted(SHAPES), default="full")
     parser.add_argument("--shard-size", default=None, help="input and output shard size (default: 500MB for full)")
-    parser.add_argument("--json", type=Path, default=None,
-                        help="result file (default: benchmarks/results/grow_streaming.json for --shape full, "
-                             "else CACHE_DIR/grow_streaming_<shape>.json)")
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        help="result file (default: benchmarks/results/grow_streaming.json for --shape full, "
+        "else CACHE_DIR/grow_streaming_<shape>.json)",
+    )
     parser.add_argument("--skip-mergekit", action="store_true")
-    parser.add_argument("--no-sync", action="store_true",
-                        help="do not flush dirty pages (os.sync) before each run (the earlier outputs' dirty pages "
-                             "then count against the kernel's dirty limits and throttle the next run's writes)")
-    parser.add_argument("--prefault-gb", type=float, default=4.0,
-                        help="before each run, touch and free this much memory (0: off), so that every run starts "
-                             "with free memory the VM's host still backs (see prefault())")
-    parser.add_argument("--repeats", type=int, default=1,
-                        help="run the whole sequence this many times (interleaved); the table shows medians")
+    parser.add_argument(
+        "--no-sync",
+        action="store_true",
+        help="do not flush dirty pages (os.sync) before each run (the earlier outputs' dirty pages "
+        "then count against the kernel's dirty limits and throttle the next run's writes)",
+    )
+    parser.add_argument(
+        "--prefault-gb",
+        type=float,
+        default=4.0,
+        help="before each run, touch and free this much memory (0: off), so that every run starts "
+        "with free memory the VM's host still backs (see prefault())",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="run the whole sequence this many times (interleaved); the table shows medians",
+    )
     parser.add_argument("--mergekit-venv", default=str(REPO / ".bench-venvs" / "mergekit"))
     parser.add_argument("--mergekit-python", default=None, help="python of an existing venv with mergekit")
     parser.add_argument("--no-share-torch", action="store_true", help="let the mergekit venv install its own torch")
@@ -361,8 +440,10 @@ def main(argv: list[str] | None = None) -> int:
         r["load_average_before"] = list(load)
         r["repeat"] = repeat
         runs.setdefault(label, []).append(r)
-        print(f"  [{repeat}] {label:<18} {r['wall_s']:8.2f} s  {r['peak_rss_mb']:8.0f} MB  (load {load[0]:.2f})",
-              flush=True)
+        print(
+            f"  [{repeat}] {label:<18} {r['wall_s']:8.2f} s  {r['peak_rss_mb']:8.0f} MB  (load {load[0]:.2f})",
+            flush=True,
+        )
         return r
 
     def task(**kw) -> list[str]:
@@ -374,10 +455,18 @@ def main(argv: list[str] | None = None) -> int:
     mk_version = None
     mk_python = mergekit_python(args) if not args.skip_mergekit else None
     for repeat in range(args.repeats):
-        run("hf-growth stack", task(kind="ours", src=str(src), plan=[spec["stack"]], out=str(stack_out),
-                                     shard_size=shard_size), stack_out, repeat)
-        run("copy", task(kind="copy", files=[str(p) for p in weight_files(stack_out)], out=str(work / "copy")),
-            work / "copy", repeat)
+        run(
+            "hf-growth stack",
+            task(kind="ours", src=str(src), plan=[spec["stack"]], out=str(stack_out), shard_size=shard_size),
+            stack_out,
+            repeat,
+        )
+        run(
+            "copy",
+            task(kind="copy", files=[str(p) for p in weight_files(stack_out)], out=str(work / "copy")),
+            work / "copy",
+            repeat,
+        )
         shutil.rmtree(work / "copy")
         if mk_python is not None:
             mk_version = mergekit_version(mk_python)
@@ -389,14 +478,23 @@ def main(argv: list[str] | None = None) -> int:
             if comparison is None:
                 comparison = compare_outputs(stack_out, mk_out)
                 comparison["slices"] = slices
-                print(f"  tensors equal to mergekit's: {comparison['tensors_equal']} "
-                      f"({comparison['compared']} compared)")
+                print(
+                    f"  tensors equal to mergekit's: {comparison['tensors_equal']} ({comparison['compared']} compared)"
+                )
             shutil.rmtree(mk_out)
         shutil.rmtree(stack_out)
-        run("hf-growth width", task(kind="ours", src=str(src), plan=spec["width"], out=str(width_out),
-                                     shard_size=shard_size), width_out, repeat)
-        run("copy width", task(kind="copy", files=[str(p) for p in weight_files(width_out)], out=str(work / "copy")),
-            work / "copy", repeat)
+        run(
+            "hf-growth width",
+            task(kind="ours", src=str(src), plan=spec["width"], out=str(width_out), shard_size=shard_size),
+            width_out,
+            repeat,
+        )
+        run(
+            "copy width",
+            task(kind="copy", files=[str(p) for p in weight_files(width_out)], out=str(work / "copy")),
+            work / "copy",
+            repeat,
+        )
         shutil.rmtree(work / "copy")
         shutil.rmtree(width_out)
     timing.unlink(missing_ok=True)
@@ -409,21 +507,31 @@ def main(argv: list[str] | None = None) -> int:
     # per label: the median of every number over the repeats (wall, work, peak RSS), and each repeat's runs
     results: dict[str, dict] = {}
     for label, rs in runs.items():
-        results[label] = {"rc": max(r["rc"] for r in rs), "wall_s": median([r["wall_s"] for r in rs]),
-                          "peak_rss_mb": median([r["peak_rss_mb"] for r in rs]),
-                          "work_s": median([r["work_s"] for r in rs]) if rs[0]["work_s"] is not None else None,
-                          "output_bytes": rs[0]["output_bytes"], "repeats": rs}
+        results[label] = {
+            "rc": max(r["rc"] for r in rs),
+            "wall_s": median([r["wall_s"] for r in rs]),
+            "peak_rss_mb": median([r["peak_rss_mb"] for r in rs]),
+            "work_s": median([r["work_s"] for r in rs]) if rs[0]["work_s"] is not None else None,
+            "output_bytes": rs[0]["output_bytes"],
+            "repeats": rs,
+        }
 
     copy_s, copy_w = results["copy"]["wall_s"], results["copy width"]["wall_s"]
     stack, width = results["hf-growth stack"], results["hf-growth width"]
-    ratios = {"stack_vs_copy": stack["wall_s"] / copy_s, "width_vs_copy_of_its_output": width["wall_s"] / copy_w,
-              "width_vs_copy_of_stack_output": width["wall_s"] / copy_s,
-              "stack_vs_copy_work_only": stack["work_s"] / results["copy"]["work_s"],
-              "width_vs_copy_work_only": width["work_s"] / results["copy width"]["work_s"]}
+    ratios = {
+        "stack_vs_copy": stack["wall_s"] / copy_s,
+        "width_vs_copy_of_its_output": width["wall_s"] / copy_w,
+        "width_vs_copy_of_stack_output": width["wall_s"] / copy_s,
+        "stack_vs_copy_work_only": stack["work_s"] / results["copy"]["work_s"],
+        "width_vs_copy_work_only": width["work_s"] / results["copy width"]["work_s"],
+    }
     # the same ratios within each repeat (ours and its baseline measured one after the other)
-    paired = {"stack_vs_copy": [a["wall_s"] / b["wall_s"] for a, b in zip(runs["hf-growth stack"], runs["copy"])],
-              "width_vs_copy_of_its_output": [a["wall_s"] / b["wall_s"]
-                                              for a, b in zip(runs["hf-growth width"], runs["copy width"])]}
+    paired = {
+        "stack_vs_copy": [a["wall_s"] / b["wall_s"] for a, b in zip(runs["hf-growth stack"], runs["copy"])],
+        "width_vs_copy_of_its_output": [
+            a["wall_s"] / b["wall_s"] for a, b in zip(runs["hf-growth width"], runs["copy width"])
+        ],
+    }
     targets = {
         "stack <= 1.3x copy": ratios["stack_vs_copy"] <= 1.3,
         "stack peak RSS <= 600 MB": stack["peak_rss_mb"] <= 600,
@@ -433,7 +541,9 @@ def main(argv: list[str] | None = None) -> int:
     if "mergekit" in results:
         mk = results["mergekit"]
         ratios["stack_vs_mergekit"] = stack["wall_s"] / mk["wall_s"]
-        paired["stack_vs_mergekit"] = [a["wall_s"] / b["wall_s"] for a, b in zip(runs["hf-growth stack"], runs["mergekit"])]
+        paired["stack_vs_mergekit"] = [
+            a["wall_s"] / b["wall_s"] for a, b in zip(runs["hf-growth stack"], runs["mergekit"])
+        ]
         targets["stack <= 0.5x mergekit"] = ratios["stack_vs_mergekit"] <= 0.5
         targets["stack peak RSS < mergekit's"] = stack["peak_rss_mb"] < mk["peak_rss_mb"]
         targets["stack tensors equal mergekit's"] = bool(comparison and comparison["tensors_equal"])
@@ -443,8 +553,10 @@ def main(argv: list[str] | None = None) -> int:
     for label, r in results.items():
         base = copy_w if "width" in label else copy_s
         work_s = f"{r['work_s']:8.2f}" if r.get("work_s") is not None else f"{'-':>8}"
-        print(f"{label:<18} {r['wall_s']:8.2f} {work_s} {r['peak_rss_mb']:12.0f} {r['output_bytes'] / 1e9:10.3f} "
-              f"{r['wall_s'] / base:7.2f}")
+        print(
+            f"{label:<18} {r['wall_s']:8.2f} {work_s} {r['peak_rss_mb']:12.0f} {r['output_bytes'] / 1e9:10.3f} "
+            f"{r['wall_s'] / base:7.2f}"
+        )
     print()
     for name, values in paired.items():
         print(f"  {name} per repeat: {', '.join(f'{v:.2f}' for v in values)}")
@@ -455,38 +567,55 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "grow_streaming",
         "command": shlex.join([sys.executable, *sys.argv]),
         "shape": args.shape,
-        "checkpoint": {**spec["model"], "dtype": "bfloat16", "shard_size": shard_size, "tensor_bytes": src_bytes,
-                       "files": len(weight_files(src)) - 1},
+        "checkpoint": {
+            **spec["model"],
+            "dtype": "bfloat16",
+            "shard_size": shard_size,
+            "tensor_bytes": src_bytes,
+            "files": len(weight_files(src)) - 1,
+        },
         "plans": {"stack": [spec["stack"]], "width": spec["width"]},
         "repeats": args.repeats,
         "results": results,
         "ratios": ratios,
         "ratios_per_repeat": paired,
         "targets": targets,
-        "mergekit": {"version": mk_version, "comparison": comparison,
-                     "note": "--out-shard-size given in bytes (= our shard size): mergekit 0.1.5's TensorWriter compares "
-                         "numel * element_size with it, although its --help says 'number of parameters'"} if mk_version else None,
+        "mergekit": {
+            "version": mk_version,
+            "comparison": comparison,
+            "note": "--out-shard-size given in bytes (= our shard size): mergekit 0.1.5's TensorWriter compares "
+            "numel * element_size with it, although its --help says 'number of parameters'",
+        }
+        if mk_version
+        else None,
         "method": "each run in a fresh subprocess; wall time and peak RSS (ru_maxrss of RUSAGE_CHILDREN) measured "
-                  "by a parent that runs only that command; source shards read once before each run (warm page "
-                  "cache); wall_s includes interpreter start-up and imports (targets use wall_s); work_s is the time of the "
-                  "copy / grow_checkpoint call alone, measured inside the worker after importing "
-                  "hf_growth.growth.streaming (which imports neither torch nor transformers: a plan that computes "
-                  "tensors imports torch inside work_s); with --repeats N the sequence stack, copy, mergekit, width, "
-                  "copy width runs N times, each run records the load average before it, results are medians and "
-                  "ratios_per_repeat pairs each run with its baseline of the same repeat; before each run os.sync() "
-                  "flushes the dirty pages of the earlier runs (unless --no-sync), then prefault() touches and frees "
-                  "--prefault-gb of memory: on this VM the host takes back the guest's free memory, and a run whose "
-                  "allocations land on taken-back pages pays a host page fault per page (the same 2.3 GB write "
-                  "measured 0.5 s or 2-5 s, and the width copy baseline 0.6 s or 4.3-4.9 s, depending on what ran "
-                  "before); with it every run, ours and the baselines alike, starts with host-backed free memory",
-        "machine": {**machine_facts(work), "load_average_before": load_before, "load_average_after": os.getloadavg(),
-                    "uptime_before": uptime_before,
-                    "uptime_after": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
-                    "note": "2 cores shared with other engineers' jobs: the load average says how busy they were"},
+        "by a parent that runs only that command; source shards read once before each run (warm page "
+        "cache); wall_s includes interpreter start-up and imports (targets use wall_s); work_s is the time of the "
+        "copy / grow_checkpoint call alone, measured inside the worker after importing "
+        "hf_growth.growth.streaming (which imports neither torch nor transformers: a plan that computes "
+        "tensors imports torch inside work_s); with --repeats N the sequence stack, copy, mergekit, width, "
+        "copy width runs N times, each run records the load average before it, results are medians and "
+        "ratios_per_repeat pairs each run with its baseline of the same repeat; before each run os.sync() "
+        "flushes the dirty pages of the earlier runs (unless --no-sync), then prefault() touches and frees "
+        "--prefault-gb of memory: on this VM the host takes back the guest's free memory, and a run whose "
+        "allocations land on taken-back pages pays a host page fault per page (the same 2.3 GB write "
+        "measured 0.5 s or 2-5 s, and the width copy baseline 0.6 s or 4.3-4.9 s, depending on what ran "
+        "before); with it every run, ours and the baselines alike, starts with host-backed free memory",
+        "machine": {
+            **machine_facts(work),
+            "load_average_before": load_before,
+            "load_average_after": os.getloadavg(),
+            "uptime_before": uptime_before,
+            "uptime_after": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
+            "note": "2 cores shared with other engineers' jobs: the load average says how busy they were",
+        },
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    json_path = args.json or (REPO / "benchmarks" / "results" / "grow_streaming.json" if args.shape == "full"
-                              else cache / f"grow_streaming_{args.shape}.json")
+    json_path = args.json or (
+        REPO / "benchmarks" / "results" / "grow_streaming.json"
+        if args.shape == "full"
+        else cache / f"grow_streaming_{args.shape}.json"
+    )
     print()
     write_json(json_path, record, indent=2, announce=True)
     return 0

@@ -70,9 +70,25 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     script = _script()
-    run_args = script.parse_args(["--task", "multiplication", "--digits", str(args.digits), "--model", args.model,
-                                  "--pauses", str(args.pauses), "--no-seq-vcr", "--train-size",
-                                  str(args.batch_size * args.steps), "--validation-size", "8", "--test-size", "8"])
+    run_args = script.parse_args(
+        [
+            "--task",
+            "multiplication",
+            "--digits",
+            str(args.digits),
+            "--model",
+            args.model,
+            "--pauses",
+            str(args.pauses),
+            "--no-seq-vcr",
+            "--train-size",
+            str(args.batch_size * args.steps),
+            "--validation-size",
+            "8",
+            "--test-size",
+            "8",
+        ]
+    )
     _, model, _, _, train, _ = script.prepare(run_args)
     from hf_growth.training.data import LabelledLogitsCollator, collate_tensors, first_labelled_position
 
@@ -93,8 +109,10 @@ def main(argv: list[str] | None = None) -> dict:
                 memory[name] = peak if memory.get(name) is None else max(memory[name], peak)
     length = train.tensors["input_ids"].shape[1]
     med = {name: statistics.median(v) for name, v in times.items()}
-    print(f"{args.model}, {args.digits}x{args.digits} + {args.pauses} pauses, batch {args.batch_size}, "
-          f"{length} positions, logits kept: {length - first + 1} ({device})")
+    print(
+        f"{args.model}, {args.digits}x{args.digits} + {args.pauses} pauses, batch {args.batch_size}, "
+        f"{length} positions, logits kept: {length - first + 1} ({device})"
+    )
     print(f"{'mode':<18}{'ms/step':>10}{'peak MiB':>10}")
     for name in modes:
         mib = f"{memory[name] / 2**20:.0f}" if memory[name] is not None else "-"
@@ -102,17 +120,28 @@ def main(argv: list[str] | None = None) -> dict:
     ratio = med["all_logits"] / med["labelled_logits"]
     print(f"speed-up (all / labelled): {ratio:.3f}x")
     result = {
-        "benchmark": "labelled_logits", "model": args.model, "digits": args.digits, "pauses": args.pauses,
-        "batch_size": args.batch_size, "bf16": args.bf16, "positions": length, "logits_kept": length - first + 1,
-        "ms_per_step": {k: 1e3 * v for k, v in med.items()}, "ms_per_step_repeats": times,
-        "peak_memory_bytes": memory, "speedup": ratio,
+        "benchmark": "labelled_logits",
+        "model": args.model,
+        "digits": args.digits,
+        "pauses": args.pauses,
+        "batch_size": args.batch_size,
+        "bf16": args.bf16,
+        "positions": length,
+        "logits_kept": length - first + 1,
+        "ms_per_step": {k: 1e3 * v for k, v in med.items()},
+        "ms_per_step_repeats": times,
+        "peak_memory_bytes": memory,
+        "speedup": ratio,
         "device": device_label(device),
         "threads": torch.get_num_threads(),
         "versions": versions(),
         "command": command_line("labelled_logits.py", argv),
     }
-    write_json(args.out or ROOT / "benchmarks" / "results" / f"labelled_logits{'_' + args.tag if args.tag else ''}.json",
-               result, announce=True)
+    write_json(
+        args.out or ROOT / "benchmarks" / "results" / f"labelled_logits{'_' + args.tag if args.tag else ''}.json",
+        result,
+        announce=True,
+    )
     return result
 
 

@@ -48,8 +48,12 @@ def build(model: str, shape: dict, vocab: int, max_pos: int, device: torch.devic
     from hf_growth.resformer.configuration_resformer import ResFormerConfig
     from hf_growth.resformer.modeling_resformer import ResFormerForCausalLM
 
-    common = dict(vocab_size=vocab, max_position_embeddings=max_pos,
-                  rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, **shape)
+    common = dict(
+        vocab_size=vocab,
+        max_position_embeddings=max_pos,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+        **shape,
+    )
     if model == "llama":
         config, cls = LlamaConfig(**common), LlamaForCausalLM
     else:
@@ -127,8 +131,9 @@ def decode_speed(model, batch: int, context: int, new_tokens: int, vocab: int, d
         token = out.logits[:, -1:].argmax(-1)
     sync(device)
     seconds = time.perf_counter() - start
-    return dict(kv_cache_bytes=cache_bytes, decode_tokens_per_s=batch * new_tokens / seconds, context=context,
-                batch=batch)
+    return dict(
+        kv_cache_bytes=cache_bytes, decode_tokens_per_s=batch * new_tokens / seconds, context=context, batch=batch
+    )
 
 
 def free(device: torch.device) -> None:
@@ -140,10 +145,19 @@ def free(device: torch.device) -> None:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", "--tiny", dest="smoke", action="store_true", help="CPU smoke test, tiny shape")
-    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS),
-                        help="models to run (llama, the baseline, is always included)")
-    parser.add_argument("--repeats", type=int, default=1,
-                        help="timed runs per model, interleaved across models; the table shows the median")
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        choices=MODELS,
+        default=list(MODELS),
+        help="models to run (llama, the baseline, is always included)",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="timed runs per model, interleaved across models; the table shows the median",
+    )
     parser.add_argument("--output", type=Path, default=None)
     parser.add_argument("--batch", type=int, default=None, help="training batch (sequences)")
     parser.add_argument("--seq", type=int, default=None, help="training sequence length")
@@ -173,8 +187,18 @@ def main(argv: list[str] | None = None) -> dict:
         device=device_label(device),
         versions=versions(),
         command=command_line("resformer_speed.py", argv),
-        settings=dict(dtype=str(dtype), attn_implementation="sdpa", batch=batch, seq=seq, steps=steps, warmup=warmup,
-                      vocab=vocab, decode_context=context, decode_batch=decode_batch, decode_new_tokens=new_tokens),
+        settings=dict(
+            dtype=str(dtype),
+            attn_implementation="sdpa",
+            batch=batch,
+            seq=seq,
+            steps=steps,
+            warmup=warmup,
+            vocab=vocab,
+            decode_context=context,
+            decode_batch=decode_batch,
+            decode_new_tokens=new_tokens,
+        ),
         training=[],
         decode={},
     )
@@ -191,8 +215,10 @@ def main(argv: list[str] | None = None) -> dict:
                 model = build(name, shape, vocab, context + new_tokens + 8, device, dtype)
                 parameters[name] = sum(p.numel() for p in model.parameters())
                 # mixing layers that run v_proj + mixing as one ValueResidualProjection (the rest: plain formula)
-                fused[name] = sum(bool(getattr(getattr(layer, "self_attn", None), "fuses_value_projection",
-                                               lambda: False)()) for layer in model.model.layers)
+                fused[name] = sum(
+                    bool(getattr(getattr(layer, "self_attn", None), "fuses_value_projection", lambda: False)())
+                    for layer in model.model.layers
+                )
                 runs[name].append(train_speed(model, batch, seq, steps, warmup, vocab, device))
                 if name not in saved:
                     saved[name] = saved_activation_bytes(model, batch, seq, vocab, device)
@@ -200,15 +226,24 @@ def main(argv: list[str] | None = None) -> dict:
                 free(device)
         for name in models:
             median = sorted(runs[name], key=lambda r: r["tokens_per_s"])[(len(runs[name]) - 1) // 2]
-            result["training"].append(dict(shape=shape_name, model=name, parameters=parameters[name],
-                                           fused_layers=fused[name], saved_activation_bytes=saved[name], **median,
-                                           tokens_per_s_runs=[r["tokens_per_s"] for r in runs[name]]))
+            result["training"].append(
+                dict(
+                    shape=shape_name,
+                    model=name,
+                    parameters=parameters[name],
+                    fused_layers=fused[name],
+                    saved_activation_bytes=saved[name],
+                    **median,
+                    tokens_per_s_runs=[r["tokens_per_s"] for r in runs[name]],
+                )
+            )
         if shape_name == list(shapes)[-1]:
             for name in ("llama", "svformer"):
                 if name in models:
                     model = build(name, shape, vocab, context + new_tokens + 8, device, dtype)
-                    result["decode"][name] = dict(shape=shape_name, **decode_speed(
-                        model, decode_batch, context, new_tokens, vocab, device))
+                    result["decode"][name] = dict(
+                        shape=shape_name, **decode_speed(model, decode_batch, context, new_tokens, vocab, device)
+                    )
                     del model
                     free(device)
     result["seconds"] = time.perf_counter() - started
@@ -233,19 +268,25 @@ def main(argv: list[str] | None = None) -> dict:
 
     print(f"device: {result['device']}  torch {torch.__version__}  transformers {transformers.__version__}")
     print(f"training: batch {batch} x seq {seq}, {steps} steps, {dtype}, sdpa, median of {args.repeats} run(s)")
-    print(f"{'shape':<6} {'model':<14} {'params':>12} {'tokens/s':>12} {'ratio':>6} {'peak MiB':>10} {'ratio':>6} "
-          f"{'saved MiB':>10} {'ratio':>6}")
+    print(
+        f"{'shape':<6} {'model':<14} {'params':>12} {'tokens/s':>12} {'ratio':>6} {'peak MiB':>10} {'ratio':>6} "
+        f"{'saved MiB':>10} {'ratio':>6}"
+    )
     for r in result["training"]:
         peak = f"{r['peak_memory_bytes'] / 2**20:10.0f}" if r["peak_memory_bytes"] else f"{'n/a':>10}"
         mem_ratio = f"{r['peak_memory_ratio']:6.3f}" if r["peak_memory_ratio"] else f"{'n/a':>6}"
-        print(f"{r['shape']:<6} {r['model']:<14} {r['parameters']:>12,} {r['tokens_per_s']:>12,.0f} "
-              f"{r['tokens_per_s_ratio']:6.3f} {peak} {mem_ratio} {r['saved_activation_bytes'] / 2**20:10.1f} "
-              f"{r['saved_activation_ratio']:6.3f}")
+        print(
+            f"{r['shape']:<6} {r['model']:<14} {r['parameters']:>12,} {r['tokens_per_s']:>12,.0f} "
+            f"{r['tokens_per_s_ratio']:6.3f} {peak} {mem_ratio} {r['saved_activation_bytes'] / 2**20:10.1f} "
+            f"{r['saved_activation_ratio']:6.3f}"
+        )
     print(f"decode: context {context}, batch {decode_batch}, {new_tokens} new tokens")
     print(f"{'model':<10} {'KV cache MiB':>13} {'ratio':>6} {'tokens/s':>10} {'ratio':>6}")
     for name, d in result["decode"].items():
-        print(f"{name:<10} {d['kv_cache_bytes'] / 2**20:>13.1f} {d.get('kv_cache_ratio', 1.0):6.3f} "
-              f"{d['decode_tokens_per_s']:>10,.1f} {d.get('decode_tokens_per_s_ratio', 1.0):6.3f}")
+        print(
+            f"{name:<10} {d['kv_cache_bytes'] / 2**20:>13.1f} {d.get('kv_cache_ratio', 1.0):6.3f} "
+            f"{d['decode_tokens_per_s']:>10,.1f} {d.get('decode_tokens_per_s_ratio', 1.0):6.3f}"
+        )
     print("targets:", result["targets"], f"({result['seconds']:.0f} s)")
 
     write_json(output, result, indent=2, announce=True)

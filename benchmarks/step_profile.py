@@ -65,8 +65,11 @@ def summarize(key_averages: Any, steps: int, wall_seconds: float, rows: int = 25
         "kernels_per_step": sum(e.count for e in device) / steps,
         "syncs_per_step": {name: e.count / steps for e in events for name in SYNC_OPS if e.key == name},
         "top_host_ms_per_step": [(e.key, e.count / steps, e.self_cpu_time_total / 1e3 / steps) for e in host],
-        "top_device_ms_per_step": [(e.key, e.count / steps, e.self_device_time_total / 1e3 / steps)
-                                   for e in by_device if e.self_device_time_total > 0],
+        "top_device_ms_per_step": [
+            (e.key, e.count / steps, e.self_device_time_total / 1e3 / steps)
+            for e in by_device
+            if e.self_device_time_total > 0
+        ],
     }
 
 
@@ -107,7 +110,10 @@ class StepProfiler(TrainerCallback):
                 tables.append(averages.table(sort_by="self_device_time_total", row_limit=self.settings["rows"]))
             (out / "step_profile.txt").write_text("\n\n".join(tables) + "\n")
             s = self.summary
-            print(f"[step_profile] steps {s['first_step']}..{s['first_step'] + s['steps'] - 1}: "
-                  f"wall {s['wall_ms_per_step']:.2f} ms/step, device {s['device_ms_per_step']:.2f} ms/step, "
-                  f"{s['kernels_per_step']:.0f} kernels/step, syncs/step {s['syncs_per_step']}", flush=True)
+            print(
+                f"[step_profile] steps {s['first_step']}..{s['first_step'] + s['steps'] - 1}: "
+                f"wall {s['wall_ms_per_step']:.2f} ms/step, device {s['device_ms_per_step']:.2f} ms/step, "
+                f"{s['kernels_per_step']:.0f} kernels/step, syncs/step {s['syncs_per_step']}",
+                flush=True,
+            )
         self.profiler = None

@@ -19,7 +19,7 @@ the two ends of the window, so host work that overlaps GPU work is not counted t
 reports medians (and the per-repeat ratios). On CUDA, ``--sync-steps`` further steps of each script run run under
 ``torch.cuda.set_sync_debug_mode("warn")`` and the JSON records the host synchronisations per step.
 
-    PYTHONPATH=. python benchmarks/train_throughput.py                 # GPU: benchmarks/results/train_throughput_<gpu>.json
+    PYTHONPATH=. python benchmarks/train_throughput.py       # GPU: benchmarks/results/train_throughput_<gpu>.json
     PYTHONPATH=. python benchmarks/train_throughput.py --cpu-smoke     # tiny shapes on the CPU in seconds, no file
 
 Needs torch, transformers and accelerate only (no ``datasets``; hf-growth need not be installed).
@@ -60,27 +60,51 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seq-vcr-layers", default="last")
     p.add_argument("--warmup", type=int, default=30, help="untimed steps first, >= 1 (compilation happens here)")
     p.add_argument("--steps", type=int, default=100, help="timed steps")
-    p.add_argument("--repeats", type=int, default=1,
-                   help="measure every run this many times, in rotated order; the table and ratios use medians")
-    p.add_argument("--sync-steps", type=int, default=None,
-                   help="steps after the timed ones that count host syncs (CUDA only; default 5 there, 0 on CPU)")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="measure every run this many times, in rotated order; the table and ratios use medians",
+    )
+    p.add_argument(
+        "--sync-steps",
+        type=int,
+        default=None,
+        help="steps after the timed ones that count host syncs (CUDA only; default 5 there, 0 on CPU)",
+    )
     p.add_argument("--logging-steps", type=int, default=50, help="the script's --logging-steps")
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="torch.compile both sides (default: on for CUDA, off on the CPU)")
+    p.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="torch.compile both sides (default: on for CUDA, off on the CPU)",
+    )
     p.add_argument("--compile-mode", default=None, help="torch.compile mode for both sides")
-    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
-                   help="bf16 autocast on both sides (default: on for CUDA, off on the CPU)")
+    p.add_argument(
+        "--bf16",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="bf16 autocast on both sides (default: on for CUDA, off on the CPU)",
+    )
     p.add_argument("--tf32", action="store_true", help="TF32 matmuls (CUDA; the script's --tf32)")
-    p.add_argument("--plain", action=argparse.BooleanOptionalAction, default=True,
-                   help="also measure the script with --no-seq-vcr")
-    p.add_argument("--script-args", default="",
-                   help="more train_reasoning.py options for the script runs, e.g. '--no-seq-vcr-compile'")
+    p.add_argument(
+        "--plain", action=argparse.BooleanOptionalAction, default=True, help="also measure the script with --no-seq-vcr"
+    )
+    p.add_argument(
+        "--script-args",
+        default="",
+        help="more train_reasoning.py options for the script runs, e.g. '--no-seq-vcr-compile'",
+    )
     p.add_argument("--cpu", action="store_true", help="run on the CPU even if CUDA is available")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op CPU threads")
-    p.add_argument("--cpu-smoke", action="store_true",
-                   help="tiny model and batch on the CPU, a few steps, no file unless --out")
-    p.add_argument("--out", default=None,
-                   help="JSON path (default benchmarks/results/train_throughput_<device>.json; none with --cpu-smoke)")
+    p.add_argument(
+        "--cpu-smoke", action="store_true", help="tiny model and batch on the CPU, a few steps, no file unless --out"
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        help="JSON path (default benchmarks/results/train_throughput_<device>.json; none with --cpu-smoke)",
+    )
     return p.parse_args(argv)
 
 
@@ -151,13 +175,38 @@ class WindowTimer:
 
 def script_argv(opts, seq_vcr: bool, out_dir: str, train_size: int) -> list[str]:
     """The ``scripts/train_reasoning.py`` command line of a script run (also written to the JSON)."""
-    argv = ["--task", "multiplication", "--digits", str(opts.digits), "--train-size", str(train_size),
-            "--validation-size", "16", "--test-size", "16", "--model", "gpt2-small",
-            "--config-overrides", f"n_embd={opts.n_embd},n_layer={opts.n_layer},n_head={opts.n_head}",
-            "--pauses", str(opts.pauses), "--batch-size", str(opts.batch_size), "--logging-steps", str(opts.logging_steps),
-            "--max-steps", str(opts.warmup + opts.steps + opts.sync_steps), "--seq-vcr-layers", opts.seq_vcr_layers,
-            "--seq-vcr-projection-dim", str(opts.projection_dim), "--data-on-device", "--output-dir", out_dir,
-            "--seq-vcr" if seq_vcr else "--no-seq-vcr"]
+    argv = [
+        "--task",
+        "multiplication",
+        "--digits",
+        str(opts.digits),
+        "--train-size",
+        str(train_size),
+        "--validation-size",
+        "16",
+        "--test-size",
+        "16",
+        "--model",
+        "gpt2-small",
+        "--config-overrides",
+        f"n_embd={opts.n_embd},n_layer={opts.n_layer},n_head={opts.n_head}",
+        "--pauses",
+        str(opts.pauses),
+        "--batch-size",
+        str(opts.batch_size),
+        "--logging-steps",
+        str(opts.logging_steps),
+        "--max-steps",
+        str(opts.warmup + opts.steps + opts.sync_steps),
+        "--seq-vcr-layers",
+        opts.seq_vcr_layers,
+        "--seq-vcr-projection-dim",
+        str(opts.projection_dim),
+        "--data-on-device",
+        "--output-dir",
+        out_dir,
+        "--seq-vcr" if seq_vcr else "--no-seq-vcr",
+    ]
     if opts.compile:
         argv.append("--torch-compile")
         if opts.compile_mode:
@@ -195,7 +244,8 @@ def run_script(script, opts, seq_vcr: bool, train_size: int) -> dict:
         "tokens_per_s": tokens / timer.seconds,
         "host_syncs_per_step": None if timer.syncs is None else timer.syncs / opts.sync_steps,
         "sync_count_steps": [opts.warmup + opts.steps + 1, opts.warmup + opts.steps + opts.sync_steps]
-        if timer.syncs is not None else None,
+        if timer.syncs is not None
+        else None,
         "last_log": logs[-1] if logs else None,
         "optimizer": getattr(trainer.args.optim, "value", trainer.args.optim),
         "max_grad_norm": trainer.args.max_grad_norm,
@@ -216,7 +266,9 @@ def run_raw(script, opts, train_size: int) -> dict:
     model.to(device).train()
     data = {k: v.to(device) for k, v in train.tensors.items()}
     n, seq_len = data["input_ids"].shape
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.training.learning_rate, weight_decay=args.training.weight_decay, fused=True)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=args.training.learning_rate, weight_decay=args.training.weight_decay, fused=True
+    )
     forward = torch.compile(model, mode=opts.compile_mode) if opts.compile else model
     perm = torch.randperm(n, device=device)
     batches = n // opts.batch_size
@@ -250,7 +302,6 @@ def run_raw(script, opts, train_size: int) -> dict:
         "vocab_size": model.config.vocab_size,
         "peak_memory_bytes": torch.cuda.max_memory_allocated() if opts.cuda else None,
     }
-    del model, optimizer, forward, data
     return result
 
 
@@ -288,32 +339,39 @@ def main(argv=None) -> int:
     train_size = opts.batch_size * total  # one epoch covers every step: no epoch boundary inside the window
 
     names = ["raw", "script_seq_vcr"] + (["script_plain"] if opts.plain else [])
-    measure = {"raw": lambda: run_raw(script, opts, train_size),
-               "script_seq_vcr": lambda: run_script(script, opts, True, train_size),
-               "script_plain": lambda: run_script(script, opts, False, train_size)}
+    measure = {
+        "raw": lambda: run_raw(script, opts, train_size),
+        "script_seq_vcr": lambda: run_script(script, opts, True, train_size),
+        "script_plain": lambda: run_script(script, opts, False, train_size),
+    }
     repeats: dict[str, list[dict]] = {name: [] for name in names}
     for rep in range(opts.repeats):
-        for name in names[rep % len(names):] + names[: rep % len(names)]:  # rotated: drift hits every run alike
+        for name in names[rep % len(names) :] + names[: rep % len(names)]:  # rotated: drift hits every run alike
             _fresh(opts.cuda)
             repeats[name].append(measure[name]())
     runs = {}
     for name, results in repeats.items():
-        runs[name] = {**results[0], **{key: statistics.median(r[key] for r in results)
-                                       for key in ("seconds", "step_ms", "tokens_per_s")}}
+        runs[name] = {
+            **results[0],
+            **{key: statistics.median(r[key] for r in results) for key in ("seconds", "step_ms", "tokens_per_s")},
+        }
         if opts.repeats > 1:
             runs[name]["repeats"] = results
     raw = runs["raw"]["tokens_per_s"]
     ratios = {name: r["tokens_per_s"] / raw for name, r in runs.items() if name != "raw"}
-    per_repeat = {name: [r["tokens_per_s"] / q["tokens_per_s"] for r, q in zip(repeats[name], repeats["raw"])]
-                  for name in ratios}
+    per_repeat = {
+        name: [r["tokens_per_s"] / q["tokens_per_s"] for r, q in zip(repeats[name], repeats["raw"])] for name in ratios
+    }
     print("| run | tokens/s | step (ms) | vs raw |")
     print("|---|---:|---:|---:|")
     for name, r in runs.items():
         ratio = "1.000" if name == "raw" else f"{ratios[name]:.3f}"
         print(f"| {name} | {r['tokens_per_s']:,.0f} | {r['step_ms']:.2f} | {ratio} |")
     if opts.repeats > 1:
-        print(f"medians of {opts.repeats} repeats; per-repeat ratios: "
-              + "; ".join(f"{name} " + " ".join(f"{x:.3f}" for x in xs) for name, xs in per_repeat.items()))
+        print(
+            f"medians of {opts.repeats} repeats; per-repeat ratios: "
+            + "; ".join(f"{name} " + " ".join(f"{x:.3f}" for x in xs) for name, xs in per_repeat.items())
+        )
     for name, r in runs.items():
         if r.get("host_syncs_per_step") is not None:
             print(f"{name}: {r['host_syncs_per_step']:.2f} host syncs per step (steps {r['sync_count_steps']})")
@@ -327,29 +385,49 @@ def main(argv=None) -> int:
         "cpu_smoke": opts.cpu_smoke,
         "versions": {**versions("accelerate"), "cuda": torch.version.cuda},
         "command": command_line("train_throughput.py", argv),
-        "shape": {"model": "gpt2-small preset", "n_embd": opts.n_embd, "n_layer": opts.n_layer, "n_head": opts.n_head,
-                  "vocab_size": runs["raw"]["vocab_size"], "parameters": runs["raw"]["parameters"],
-                  "task": f"multiplication {opts.digits}x{opts.digits}", "pauses": opts.pauses,
-                  "batch_size": opts.batch_size, "seq_len": runs["raw"]["seq_len"],
-                  "tokens_per_step": opts.batch_size * runs["raw"]["seq_len"],
-                  "seq_vcr": {"layers": opts.seq_vcr_layers, "projection_dim": opts.projection_dim}},
-        "settings": {"compile": opts.compile, "compile_mode": opts.compile_mode, "bf16": opts.bf16, "tf32": opts.tf32,
-                     "warmup_steps": opts.warmup, "timed_steps": opts.steps, "sync_steps": opts.sync_steps,
-                     "repeats": opts.repeats,
-                     "logging_steps": opts.logging_steps, "train_size": train_size,
-                     "raw": "model(**batch).loss, backward, AdamW(fused=True), zero_grad(set_to_none=True)",
-                     "script": "SeqVCRTrainer via prepare/build_trainer: its optimizer (runs.*.optimizer), "
-                               "gradient clipping at max_grad_norm, linear schedule, logging"},
+        "shape": {
+            "model": "gpt2-small preset",
+            "n_embd": opts.n_embd,
+            "n_layer": opts.n_layer,
+            "n_head": opts.n_head,
+            "vocab_size": runs["raw"]["vocab_size"],
+            "parameters": runs["raw"]["parameters"],
+            "task": f"multiplication {opts.digits}x{opts.digits}",
+            "pauses": opts.pauses,
+            "batch_size": opts.batch_size,
+            "seq_len": runs["raw"]["seq_len"],
+            "tokens_per_step": opts.batch_size * runs["raw"]["seq_len"],
+            "seq_vcr": {"layers": opts.seq_vcr_layers, "projection_dim": opts.projection_dim},
+        },
+        "settings": {
+            "compile": opts.compile,
+            "compile_mode": opts.compile_mode,
+            "bf16": opts.bf16,
+            "tf32": opts.tf32,
+            "warmup_steps": opts.warmup,
+            "timed_steps": opts.steps,
+            "sync_steps": opts.sync_steps,
+            "repeats": opts.repeats,
+            "logging_steps": opts.logging_steps,
+            "train_size": train_size,
+            "raw": "model(**batch).loss, backward, AdamW(fused=True), zero_grad(set_to_none=True)",
+            "script": "SeqVCRTrainer via prepare/build_trainer: its optimizer (runs.*.optimizer), "
+            "gradient clipping at max_grad_norm, linear schedule, logging",
+        },
         "runs": runs,
         "ratios": ratios,
         "per_repeat_ratios": per_repeat,
         # the target is set for the GPT-2-small shape on an H100; a CPU run only checks that the benchmark works
-        "target": {"script_seq_vcr_vs_raw": TARGET,
-                   "met": bool(ratios["script_seq_vcr"] >= TARGET) if opts.cuda else None},
+        "target": {
+            "script_seq_vcr_vs_raw": TARGET,
+            "met": bool(ratios["script_seq_vcr"] >= TARGET) if opts.cuda else None,
+        },
     }
     out = opts.out
     if out is None and not opts.cpu_smoke:
-        out = str(ROOT / "benchmarks" / "results" / f"train_throughput_{'cpu' if not opts.cuda else device_slug(device)}.json")
+        out = str(
+            ROOT / "benchmarks" / "results" / f"train_throughput_{'cpu' if not opts.cuda else device_slug(device)}.json"
+        )
     if out:
         write_json(out, result, indent=2, default=str, announce=True)
     return 0

@@ -49,7 +49,7 @@ def mergekit_moe_config(src: Path) -> str:
     """mergekit-moe's config for 8 copies of ``src`` with random routers (prompts are not used by ``random``)."""
     lines = [f"base_model: {src}", "gate_mode: random", "dtype: bfloat16", f"experts_per_token: {TOP_K}", "experts:"]
     for _ in range(EXPERTS):
-        lines += [f"  - source_model: {src}", "    positive_prompts: [\"\"]"]
+        lines += [f"  - source_model: {src}", '    positive_prompts: [""]']
     return "\n".join(lines) + "\n"
 
 
@@ -74,8 +74,12 @@ def ensure_mergekit(args: argparse.Namespace) -> Path:
     if not (venv / ".installed").exists():
         print(f"creating {venv} and installing mergekit=={MERGEKIT_VERSION} ...", flush=True)
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                              capture_output=True, text=True, check=True).stdout.strip()
+        site = subprocess.run(
+            [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
         ours = [p for p in sys.path if p.endswith("site-packages")]
         if ours:  # reuse this venv's torch; the mergekit venv's own packages win
             Path(site, "zz_hf_growth_bench_shared.pth").write_text("\n".join(ours) + "\n")
@@ -83,8 +87,20 @@ def ensure_mergekit(args: argparse.Namespace) -> Path:
 
         constraints = venv / "constraints.txt"
         constraints.write_text(f"torch=={torch.__version__}\n")
-        subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", "-c",
-                        str(constraints), f"mergekit=={MERGEKIT_VERSION}"], check=True)
+        subprocess.run(
+            [
+                str(python),
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--disable-pip-version-check",
+                "-c",
+                str(constraints),
+                f"mergekit=={MERGEKIT_VERSION}",
+            ],
+            check=True,
+        )
         (venv / ".installed").write_text(f"mergekit=={MERGEKIT_VERSION}\n")
     return python
 
@@ -101,7 +117,9 @@ def ensure_tokenizer(src: Path, vocab_size: int) -> None:
 
     tokenizer = Tokenizer(WordLevel({f"t{i}": i for i in range(vocab_size)}, unk_token="t0"))
     tokenizer.pre_tokenizer = WhitespaceSplit()
-    PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="t0", bos_token="t1", eos_token="t2").save_pretrained(src)
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="t0", bos_token="t1", eos_token="t2").save_pretrained(
+        src
+    )
 
 
 def compare_with_mergekit(ours: Path, theirs: Path) -> dict:
@@ -121,21 +139,35 @@ def compare_with_mergekit(ours: Path, theirs: Path) -> dict:
     compared = sorted((set(a) & set(b)) - routers)
     different = [n for n in compared if not torch.equal(a.get(n), b.get(n))]
     experts = [n for n in compared if ".experts." in n]
-    return {"tensors_equal": not (only_ours or only_theirs or different), "compared": len(compared),
-            "expert_tensors_compared": len(experts), "routers_not_compared": len(routers),
-            "only_ours": only_ours[:10], "only_mergekit": only_theirs[:10], "different": different[:10]}
+    return {
+        "tensors_equal": not (only_ours or only_theirs or different),
+        "compared": len(compared),
+        "expert_tensors_compared": len(experts),
+        "routers_not_compared": len(routers),
+        "only_ours": only_ours[:10],
+        "only_mergekit": only_theirs[:10],
+        "different": different[:10],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cache-dir", type=Path, help="where the generated checkpoint is cached")
     parser.add_argument("--work-dir", type=Path, default=None, help="scratch for outputs (default: CACHE_DIR/runs)")
-    parser.add_argument("--size", choices=sorted(gs.SHAPES), default="full",
-                        help="checkpoint shape (grow_streaming.py's: full ~1.2 GB, mid ~0.4 GB, tiny)")
+    parser.add_argument(
+        "--size",
+        choices=sorted(gs.SHAPES),
+        default="full",
+        help="checkpoint shape (grow_streaming.py's: full ~1.2 GB, mid ~0.4 GB, tiny)",
+    )
     parser.add_argument("--shard-size", default=None, help="input and output shard size (default: the shape's)")
-    parser.add_argument("--json", type=Path, default=None,
-                        help="result file (default: benchmarks/results/upcycle_streaming.json for --size full, "
-                             "else CACHE_DIR/upcycle_streaming_<size>.json)")
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        help="result file (default: benchmarks/results/upcycle_streaming.json for --size full, "
+        "else CACHE_DIR/upcycle_streaming_<size>.json)",
+    )
     parser.add_argument("--skip-mergekit", action="store_true")
     parser.add_argument("--prefault-gb", type=float, default=4.0, help="see grow_streaming.py")
     parser.add_argument("--repeats", type=int, default=1, help="run the sequence this many times; medians shown")
@@ -174,8 +206,10 @@ def main(argv: list[str] | None = None) -> int:
         r["output_bytes"] = gs.dir_bytes(out)
         r["load_average_before"], r["repeat"] = list(load), repeat
         runs.setdefault(label, []).append(r)
-        print(f"  [{repeat}] {label:<18} {r['wall_s']:8.2f} s  {r['peak_rss_mb']:8.0f} MB  (load {load[0]:.2f})",
-              flush=True)
+        print(
+            f"  [{repeat}] {label:<18} {r['wall_s']:8.2f} s  {r['peak_rss_mb']:8.0f} MB  (load {load[0]:.2f})",
+            flush=True,
+        )
         return r
 
     def task(**kw) -> list[str]:
@@ -186,10 +220,18 @@ def main(argv: list[str] | None = None) -> int:
     mk_python = ensure_mergekit(args) if not args.skip_mergekit else None
     comparison = None
     for repeat in range(args.repeats):
-        run("hf-growth upcycle", task(kind="ours", src=str(src), plan=PLAN, out=str(ours_out), shard_size=shard_size),
-            ours_out, repeat)
-        run("copy", task(kind="copy", files=[str(p) for p in gs.weight_files(ours_out)], out=str(work / "copy")),
-            work / "copy", repeat)
+        run(
+            "hf-growth upcycle",
+            task(kind="ours", src=str(src), plan=PLAN, out=str(ours_out), shard_size=shard_size),
+            ours_out,
+            repeat,
+        )
+        run(
+            "copy",
+            task(kind="copy", files=[str(p) for p in gs.weight_files(ours_out)], out=str(work / "copy")),
+            work / "copy",
+            repeat,
+        )
         shutil.rmtree(work / "copy")
         if mk_python is not None:
             config = work / "mergekit-moe.yml"
@@ -197,8 +239,10 @@ def main(argv: list[str] | None = None) -> int:
             run("mergekit-moe", mergekit_moe_cmd(mk_python, config, mk_out, shard_bytes), mk_out, repeat)
             if comparison is None:
                 comparison = compare_with_mergekit(ours_out, mk_out)
-                print(f"  tensors equal to mergekit-moe's (routers aside): {comparison['tensors_equal']} "
-                      f"({comparison['compared']} compared, {comparison['expert_tensors_compared']} expert tensors)")
+                print(
+                    f"  tensors equal to mergekit-moe's (routers aside): {comparison['tensors_equal']} "
+                    f"({comparison['compared']} compared, {comparison['expert_tensors_compared']} expert tensors)"
+                )
             shutil.rmtree(mk_out)
         shutil.rmtree(ours_out)
     timing.unlink(missing_ok=True)
@@ -208,13 +252,22 @@ def main(argv: list[str] | None = None) -> int:
         mid = len(values) // 2
         return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
 
-    results = {label: {"wall_s": median([r["wall_s"] for r in rs]), "peak_rss_mb": median([r["peak_rss_mb"] for r in rs]),
-                       "work_s": median([r["work_s"] for r in rs]) if rs[0]["work_s"] is not None else None,
-                       "output_bytes": rs[0]["output_bytes"], "repeats": rs} for label, rs in runs.items()}
+    results = {
+        label: {
+            "wall_s": median([r["wall_s"] for r in rs]),
+            "peak_rss_mb": median([r["peak_rss_mb"] for r in rs]),
+            "work_s": median([r["work_s"] for r in rs]) if rs[0]["work_s"] is not None else None,
+            "output_bytes": rs[0]["output_bytes"],
+            "repeats": rs,
+        }
+        for label, rs in runs.items()
+    }
     ours, copy = results["hf-growth upcycle"], results["copy"]
     ratios = {"upcycle_vs_copy": ours["wall_s"] / copy["wall_s"]}
-    targets = {"upcycle <= 1.5x copy": ratios["upcycle_vs_copy"] <= 1.5, "upcycle peak RSS <= 600 MB":
-               ours["peak_rss_mb"] <= 600}
+    targets = {
+        "upcycle <= 1.5x copy": ratios["upcycle_vs_copy"] <= 1.5,
+        "upcycle peak RSS <= 600 MB": ours["peak_rss_mb"] <= 600,
+    }
     if "mergekit-moe" in results:
         ratios["upcycle_vs_mergekit"] = ours["wall_s"] / results["mergekit-moe"]["wall_s"]
         targets["upcycle <= 0.5x mergekit-moe"] = ratios["upcycle_vs_mergekit"] <= 0.5
@@ -224,8 +277,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'method':<18} {'wall s':>8} {'work s':>8} {'peak RSS MB':>12} {'output GB':>10} {'x copy':>7}")
     for label, r in results.items():
         work_s = f"{r['work_s']:8.2f}" if r.get("work_s") is not None else f"{'-':>8}"
-        print(f"{label:<18} {r['wall_s']:8.2f} {work_s} {r['peak_rss_mb']:12.0f} {r['output_bytes'] / 1e9:10.3f} "
-              f"{r['wall_s'] / copy['wall_s']:7.2f}")
+        print(
+            f"{label:<18} {r['wall_s']:8.2f} {work_s} {r['peak_rss_mb']:12.0f} {r['output_bytes'] / 1e9:10.3f} "
+            f"{r['wall_s'] / copy['wall_s']:7.2f}"
+        )
     print()
     for name, ok in targets.items():
         print(f"  [{'x' if ok else ' '}] {name}")
@@ -243,8 +298,11 @@ def main(argv: list[str] | None = None) -> int:
         "targets": targets,
         "machine": gs.machine_facts(work),
     }
-    out_json = args.json or (REPO / "benchmarks" / "results" / "upcycle_streaming.json" if args.size == "full"
-                             else cache / f"upcycle_streaming_{args.size}.json")
+    out_json = args.json or (
+        REPO / "benchmarks" / "results" / "upcycle_streaming.json"
+        if args.size == "full"
+        else cache / f"upcycle_streaming_{args.size}.json"
+    )
     write_json(out_json, record)
     print(f"\nwrote {out_json}")
     return 0

@@ -30,7 +30,7 @@ def smollm2_gguf_path() -> Path:
     return path
 
 
-def load_smollm2(dtype: "str | None" = "float32"):
+def load_smollm2(dtype: str | None = "float32"):
     """Load the embedded SmolLM2-135M as ``(LlamaForCausalLM, tokenizer)``, de-quantised, on the CPU.
 
     Public as ``hf_growth.load_smollm2``; ``hf_growth.load_model("smollm2")`` does the same. The GGUF
@@ -71,8 +71,9 @@ def gemma3_270m_gguf_path() -> Path:
     return path
 
 
-def load_gemma3_270m(dtype: "str | None" = "float32"):
-    """Load Gemma 3 270M as ``(Gemma3ForCausalLM, tokenizer)``, de-quantised, on the CPU (``load_model("gemma3-270m")``).
+def load_gemma3_270m(dtype: str | None = "float32"):
+    """Load Gemma 3 270M as ``(Gemma3ForCausalLM, tokenizer)``, de-quantised, on the CPU
+    (``load_model("gemma3-270m")``).
 
     >>> model, tokenizer = load_gemma3_270m()  # doctest: +SKIP
     """

@@ -29,8 +29,9 @@ from typing import Any
 __all__ = ["LazyModule", "import_object", "lazy_getattr", "lazy_module"]
 
 
-def lazy_getattr(package: str, names: Mapping[str, str], namespace: dict[str, Any],
-                 submodules: Collection[str] = ()) -> Callable[[str], Any]:
+def lazy_getattr(
+    package: str, names: Mapping[str, str], namespace: dict[str, Any], submodules: Collection[str] = ()
+) -> Callable[[str], Any]:
     """A module ``__getattr__`` for ``package``: ``names`` maps each public name to the module defining it
     (relative to ``package`` when it starts with a dot), ``submodules`` are subpackages returned as modules."""
 

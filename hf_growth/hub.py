@@ -48,26 +48,30 @@ CITATIONS: dict[str, str] = {
 }""",
     "saunshi2024": """@inproceedings{saunshi2024midas,
   title     = {On the Inductive Bias of Stacking Towards Improving Reasoning},
-  author    = {Saunshi, Nikunj and Karp, Stefani and Krishnan, Shankar and Miryoosefi, Sobhan and Reddi, Sashank J. and Kumar, Sanjiv},
+  author    = {Saunshi, Nikunj and Karp, Stefani and Krishnan, Shankar and Miryoosefi, Sobhan and
+               Reddi, Sashank J. and Kumar, Sanjiv},
   booktitle = {Advances in Neural Information Processing Systems (NeurIPS)},
   year      = {2024},
   note      = {arXiv:2409.19044}
 }""",
     "wu2024llamapro": """@article{wu2024llamapro,
   title   = {LLaMA Pro: Progressive LLaMA with Block Expansion},
-  author  = {Wu, Chengyue and Gan, Yukang and Ge, Yixiao and Lu, Zeyu and Wang, Jiahao and Feng, Ye and Luo, Ping and Shan, Ying},
+  author  = {Wu, Chengyue and Gan, Yukang and Ge, Yixiao and Lu, Zeyu and Wang, Jiahao and Feng, Ye and
+             Luo, Ping and Shan, Ying},
   journal = {arXiv preprint arXiv:2401.02415},
   year    = {2024}
 }""",
     "samragh2024hypercloning": """@article{samragh2024scaling,
   title   = {Scaling Smart: Accelerating Large Language Model Pre-training with Small Model Initialization},
-  author  = {Samragh, Mohammad and Mirzadeh, Iman and Vahid, Keivan Alizadeh and Faghri, Fartash and Cho, Minsik and Nabi, Moin and Naik, Devang and Farajtabar, Mehrdad},
+  author  = {Samragh, Mohammad and Mirzadeh, Iman and Vahid, Keivan Alizadeh and Faghri, Fartash and
+             Cho, Minsik and Nabi, Moin and Naik, Devang and Farajtabar, Mehrdad},
   journal = {arXiv preprint arXiv:2409.12903},
   year    = {2024}
 }""",
     "komatsuzaki2023upcycling": """@inproceedings{komatsuzaki2023sparse,
   title     = {Sparse Upcycling: Training Mixture-of-Experts from Dense Checkpoints},
-  author    = {Komatsuzaki, Aran and Puigcerver, Joan and Lee-Thorp, James and Riquelme Ruiz, Carlos and Mustafa, Basil and Ainslie, Joshua and Tay, Yi and Dehghani, Mostafa and Houlsby, Neil},
+  author    = {Komatsuzaki, Aran and Puigcerver, Joan and Lee-Thorp, James and Riquelme Ruiz, Carlos and
+               Mustafa, Basil and Ainslie, Joshua and Tay, Yi and Dehghani, Mostafa and Houlsby, Neil},
   booktitle = {International Conference on Learning Representations (ICLR)},
   year      = {2023},
   note      = {arXiv:2212.05055}
@@ -195,8 +199,11 @@ def _last_run_steps(history: Sequence[Any]) -> int:
     return count
 
 
-def lineage_table(history: Sequence[Mapping[str, Any]], verification: Mapping[str, Any] | None = None,
-                  param_counts: Sequence[tuple[int, int]] | None = None) -> str:
+def lineage_table(
+    history: Sequence[Mapping[str, Any]],
+    verification: Mapping[str, Any] | None = None,
+    param_counts: Sequence[tuple[int, int]] | None = None,
+) -> str:
     """A markdown table, one row per growth step: step, parameters, old → new sizes, parameter
     count before/after and the max |Δlogits| measured for that step. ``param_counts`` gives
     ``(before, after)`` for the last ``len(param_counts)`` steps when the history lacks them.
@@ -250,8 +257,10 @@ def lineage_table(history: Sequence[Mapping[str, Any]], verification: Mapping[st
         ]
         rows.append("| " + " | ".join(c.replace("|", "\\|") if c and "\\|" not in c else c for c in cells) + " |")
     if whole is not None:
-        rows.append(f"| all | whole plan | | | {_fmt_count(first_before)} | {_fmt_count(last_after)} | "
-                    f"{float(whole):.3g} (whole plan, {measured_by(verification)}) |")
+        rows.append(
+            f"| all | whole plan | | | {_fmt_count(first_before)} | {_fmt_count(last_after)} | "
+            f"{float(whole):.3g} (whole plan, {measured_by(verification)}) |"
+        )
     return "\n".join(rows)
 
 
@@ -330,9 +339,19 @@ def build_model_card(
     """
     from huggingface_hub import ModelCard
 
-    return ModelCard(model_card_text(
-        config, base_model=base_model, model_name=model_name, repo_id=repo_id, verification=verification,
-        num_params=num_params, param_counts=param_counts, license=license, template_path=template_path))
+    return ModelCard(
+        model_card_text(
+            config,
+            base_model=base_model,
+            model_name=model_name,
+            repo_id=repo_id,
+            verification=verification,
+            num_params=num_params,
+            param_counts=param_counts,
+            license=license,
+            template_path=template_path,
+        )
+    )
 
 
 def model_card_text(
@@ -524,5 +543,9 @@ def push_grown(
         ignore_patterns=list(IGNORED_FOR_UPLOAD),
     )
     url = getattr(info, "commit_url", None) or getattr(info, "repo_url", None)
-    return PushResult(repo_id, str(url) if url is not None else None, created=not existed,
-                      private=is_private if isinstance(is_private, bool) else None)
+    return PushResult(
+        repo_id,
+        str(url) if url is not None else None,
+        created=not existed,
+        private=is_private if isinstance(is_private, bool) else None,
+    )

@@ -24,7 +24,6 @@ in a step); ``benchmarks/train_throughput.py`` measures it against the raw compi
 :func:`build_trainer` build exactly what :func:`main` trains.
 """
 
-
 import argparse
 import importlib
 import inspect
@@ -43,25 +42,58 @@ PRESETS = {
     "gpt2-tiny": ("gpt2", dict(n_embd=64, n_layer=2, n_head=4)),
     "gpt2-mini": ("gpt2", dict(n_embd=128, n_layer=4, n_head=4)),
     "gpt2-small": ("gpt2", dict(n_embd=768, n_layer=12, n_head=12)),
-    "llama-tiny": ("llama", dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                                 num_key_value_heads=4)),
-    "llama-mini": ("llama", dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
-                                 num_key_value_heads=4)),
+    "llama-tiny": (
+        "llama",
+        dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4),
+    ),
+    "llama-mini": (
+        "llama",
+        dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4),
+    ),
 }
 
-TASK_OPTIONS = ("digits", "digits_a", "digits_b", "num_operators", "modulus", "length", "max_value", "num_pairs",
-                "hops", "num_nodes", "train_size", "validation_size", "test_size")
+TASK_OPTIONS = (
+    "digits",
+    "digits_a",
+    "digits_b",
+    "num_operators",
+    "modulus",
+    "length",
+    "max_value",
+    "num_pairs",
+    "hops",
+    "num_nodes",
+    "train_size",
+    "validation_size",
+    "test_size",
+)
 
 #: the script's defaults where they differ from TrainingArguments' / SeqVCRConfig's
-SCRIPT_DEFAULTS = dict(output_dir="runs/reasoning", seed=0, logging_steps=50, report_to="none", eval_strategy="no",
-                       disable_tqdm=True, logging_nan_inf_filter=False, save_steps=0, save_strategy=None,
-                       per_device_eval_batch_size=None, dataloader_pin_memory=None, dataloader_drop_last=None)
+SCRIPT_DEFAULTS = dict(
+    output_dir="runs/reasoning",
+    seed=0,
+    logging_steps=50,
+    report_to="none",
+    eval_strategy="no",
+    disable_tqdm=True,
+    logging_nan_inf_filter=False,
+    save_steps=0,
+    save_strategy=None,
+    per_device_eval_batch_size=None,
+    dataloader_pin_memory=None,
+    dataloader_drop_last=None,
+)
 
 #: short flags of earlier versions of the script -> the SeqVCRConfig field they set
-ALIASES = {"--epochs": ("num_train_epochs", float), "--batch-size": ("per_device_train_batch_size", int),
-           "--grad-accum": ("gradient_accumulation_steps", int), "--lr": ("learning_rate", float),
-           "--scheduler": ("lr_scheduler_type", str), "--pauses": ("num_pause_tokens", int),
-           "--dataloader-workers": ("dataloader_num_workers", int)}
+ALIASES = {
+    "--epochs": ("num_train_epochs", float),
+    "--batch-size": ("per_device_train_batch_size", int),
+    "--grad-accum": ("gradient_accumulation_steps", int),
+    "--lr": ("learning_rate", float),
+    "--scheduler": ("lr_scheduler_type", str),
+    "--pauses": ("num_pause_tokens", int),
+    "--dataloader-workers": ("dataloader_num_workers", int),
+}
 
 
 @dataclass
@@ -70,9 +102,10 @@ class ScriptArguments:
     :class:`~hf_growth.SeqVCRConfig` (``TrainingArguments`` + Seq-VCR) flag. ``training`` holds that config after
     :func:`parse_args`."""
 
-    task: str = field(default="multiplication", metadata={"help": "Reasoning task.",
-                                                          "choices": ["multiplication", "arithmetic", "lis",
-                                                                      "retrieval"]})
+    task: str = field(
+        default="multiplication",
+        metadata={"help": "Reasoning task.", "choices": ["multiplication", "arithmetic", "lis", "retrieval"]},
+    )
     digits: int | None = field(default=None, metadata={"help": "Task option (multiplication, arithmetic)."})
     digits_a: int | None = field(default=None, metadata={"help": "Task option."})
     digits_b: int | None = field(default=None, metadata={"help": "Task option."})
@@ -88,26 +121,48 @@ class ScriptArguments:
     test_size: int | None = field(default=None, metadata={"help": "Test questions."})
     curriculum: bool | None = field(default=None, metadata={"help": "Task curriculum (retrieval); --no-curriculum."})
     pair_separator: bool = field(default=False, metadata={"help": "retrieval: '<sep>' after every pair."})
-    model: str = field(default="llama-mini", metadata={
-        "help": f"A preset ({', '.join(PRESETS)}), 'smollm2', or a local checkpoint directory."})
-    config_overrides: str = field(default="", metadata={"help": "Preset config overrides, e.g. 'n_layer=6,n_embd=256'."})
-    time_budget: float | None = field(default=None, metadata={
-        "help": "Stop after about this many seconds with the learning-rate schedule completed (re-aimed at the "
-                "step that fits); --num-train-epochs / --max-steps stay the upper bound."})
-    stop_after: float | None = field(default=None, metadata={
-        "help": "Stop after about this many seconds with the schedule unchanged and save a checkpoint; continue with "
-                "--resume-from-checkpoint OUTPUT_DIR/checkpoint-N and the same flags."})
-    data_on_device: bool = field(default=False, metadata={
-        "help": "Move the tokenised datasets to the training device once; batches are gathered there."})
-    labelled_logits: bool = field(default=True, metadata={
-        "help": "Compute the LM head's logits only from the first answer position on (same loss)."})
-    save_final: bool = field(default=False, metadata={"help": "Save the trained model and tokenizer to OUTPUT_DIR/final."})
+    model: str = field(
+        default="llama-mini",
+        metadata={"help": f"A preset ({', '.join(PRESETS)}), 'smollm2', or a local checkpoint directory."},
+    )
+    config_overrides: str = field(
+        default="", metadata={"help": "Preset config overrides, e.g. 'n_layer=6,n_embd=256'."}
+    )
+    time_budget: float | None = field(
+        default=None,
+        metadata={
+            "help": "Stop after about this many seconds with the learning-rate schedule completed (re-aimed at the "
+            "step that fits); --num-train-epochs / --max-steps stay the upper bound."
+        },
+    )
+    stop_after: float | None = field(
+        default=None,
+        metadata={
+            "help": "Stop after about this many seconds with the schedule unchanged and save a checkpoint; continue "
+            "with --resume-from-checkpoint OUTPUT_DIR/checkpoint-N and the same flags."
+        },
+    )
+    data_on_device: bool = field(
+        default=False,
+        metadata={"help": "Move the tokenised datasets to the training device once; batches are gathered there."},
+    )
+    labelled_logits: bool = field(
+        default=True,
+        metadata={"help": "Compute the LM head's logits only from the first answer position on (same loss)."},
+    )
+    save_final: bool = field(
+        default=False, metadata={"help": "Save the trained model and tokenizer to OUTPUT_DIR/final."}
+    )
     eval_batch_size: int = field(default=500, metadata={"help": "Test questions answered per generate() call."})
     max_test: int | None = field(default=None, metadata={"help": "Answer only the first N test questions."})
-    midas_stages: int = field(default=0, metadata={"help": "Grow depth by MIDAS stacking in this many stages (0 = off)."})
+    midas_stages: int = field(
+        default=0, metadata={"help": "Grow depth by MIDAS stacking in this many stages (0 = off)."}
+    )
     midas_block_size: int = field(default=1, metadata={"help": "Layers per stacked block."})
     midas_alpha: float = field(default=1.0, metadata={"help": "Prop-alpha stage schedule."})
-    midas_where: str = field(default="middle", metadata={"help": "Where blocks are stacked.", "choices": ["middle", "top"]})
+    midas_where: str = field(
+        default="middle", metadata={"help": "Where blocks are stacked.", "choices": ["middle", "top"]}
+    )
     threads: int | None = field(default=None, metadata={"help": "torch intra-op CPU threads (1 on a shared machine)."})
     # set by parse_args, not flags of their own
     grow_at: list = field(default_factory=list, init=False)
@@ -134,19 +189,47 @@ def build_parser():
             action.nargs, action.const = "?", True
     for flag, (dest, kind) in ALIASES.items():
         parser.add_argument(flag, dest=dest, type=kind, default=argparse.SUPPRESS, help=f"same as --{dest}")
-    parser.add_argument("--seq-vcr", dest="use_seq_vcr", action="store_const", const=True, default=argparse.SUPPRESS,
-                        help="same as --use_seq_vcr (on by default)")
-    parser.add_argument("--no-seq-vcr", dest="use_seq_vcr", action="store_false", default=argparse.SUPPRESS,
-                        help="train without the Seq-VCR regulariser")
-    parser.add_argument("--no-seq-vcr-compile", dest="seq_vcr_compile", action="store_false",
-                        default=argparse.SUPPRESS, help="do not compile the Seq-VCR head + statistics")
+    parser.add_argument(
+        "--seq-vcr",
+        dest="use_seq_vcr",
+        action="store_const",
+        const=True,
+        default=argparse.SUPPRESS,
+        help="same as --use_seq_vcr (on by default)",
+    )
+    parser.add_argument(
+        "--no-seq-vcr",
+        dest="use_seq_vcr",
+        action="store_false",
+        default=argparse.SUPPRESS,
+        help="train without the Seq-VCR regulariser",
+    )
+    parser.add_argument(
+        "--no-seq-vcr-compile",
+        dest="seq_vcr_compile",
+        action="store_false",
+        default=argparse.SUPPRESS,
+        help="do not compile the Seq-VCR head + statistics",
+    )
     parser.add_argument("--no-curriculum", dest="curriculum", action="store_false", default=argparse.SUPPRESS)
-    parser.add_argument("--cpu", dest="use_cpu", action="store_true", default=argparse.SUPPRESS,
-                        help="same as --use_cpu")
-    parser.add_argument("--grow-at", dest="grow_at", action="append", default=[], metavar="STEP=PLAN.yaml",
-                        help="function-preserving growth with a plan file after an optimizer step (repeatable)")
-    parser.add_argument("--callback", action="append", default=[], metavar="MODULE:ATTR",
-                        help="an extra TrainerCallback (class or instance), repeatable")
+    parser.add_argument(
+        "--cpu", dest="use_cpu", action="store_true", default=argparse.SUPPRESS, help="same as --use_cpu"
+    )
+    parser.add_argument(
+        "--grow-at",
+        dest="grow_at",
+        action="append",
+        default=[],
+        metavar="STEP=PLAN.yaml",
+        help="function-preserving growth with a plan file after an optimizer step (repeatable)",
+    )
+    parser.add_argument(
+        "--callback",
+        action="append",
+        default=[],
+        metavar="MODULE:ATTR",
+        help="an extra TrainerCallback (class or instance), repeatable",
+    )
     parser.set_defaults(**SCRIPT_DEFAULTS)
     return parser
 
@@ -168,9 +251,12 @@ def parse_args(argv=None) -> ScriptArguments:
         fail("--time-budget ends a run annealed, --stop-after pauses it for a resume: pick one")
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     pin = torch.cuda.is_available() and not ns["use_cpu"] and not script.data_on_device  # batches from host memory
-    derived = {"dataloader_pin_memory": pin, "dataloader_drop_last": ns["torch_compile"],  # no 2nd compiled shape
-               "per_device_eval_batch_size": ns["per_device_train_batch_size"],
-               "save_strategy": "steps" if ns["save_steps"] else "no"}
+    derived = {
+        "dataloader_pin_memory": pin,
+        "dataloader_drop_last": ns["torch_compile"],  # no 2nd compiled shape
+        "per_device_eval_batch_size": ns["per_device_train_batch_size"],
+        "save_strategy": "steps" if ns["save_steps"] else "no",
+    }
     for key, value in derived.items():
         if ns[key] is None:
             ns[key] = value
@@ -225,7 +311,14 @@ def build_model_and_tokenizer(args, splits):
 
 
 def _model_and_tokenizer(args, splits):
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        GPT2Config,
+        GPT2LMHeadModel,
+        LlamaConfig,
+        LlamaForCausalLM,
+    )
 
     from hf_growth import tasks
     from hf_growth.commands import parse_key_values
@@ -237,15 +330,28 @@ def _model_and_tokenizer(args, splits):
         model.train()
         return model, tokenizer
     if args.model in PRESETS:
-        numbers = [int(t) for s in ("train", "test") for col in ("question", "answer")
-                   for q in splits[s][col][:2000] for t in q.split() if t.isdigit()]
+        numbers = [
+            int(t)
+            for s in ("train", "test")
+            for col in ("question", "answer")
+            for q in splits[s][col][:2000]
+            for t in q.split()
+            if t.isdigit()
+        ]
         tokenizer = tasks.build_tokenizer(max_number=max(256, max(numbers, default=0) + 1))
         kind, shape = PRESETS[args.model]
         shape = {**shape, **parse_key_values(args.config_overrides, "--config-overrides")}
-        longest = max(len(q.split()) + len(a.split()) for q, a in zip(splits["train"]["question"][:2000], splits["train"]["answer"][:2000]))
+        longest = max(
+            len(q.split()) + len(a.split())
+            for q, a in zip(splits["train"]["question"][:2000], splits["train"]["answer"][:2000])
+        )
         positions = max(64, 2 * (longest + args.training.num_pause_tokens + 3))
-        common = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                      bos_token_id=tokenizer.eos_token_id)
+        common = dict(
+            vocab_size=len(tokenizer),
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            bos_token_id=tokenizer.eos_token_id,
+        )
         if kind == "gpt2":
             model = GPT2LMHeadModel(GPT2Config(n_positions=positions, **common, **shape))
         else:
@@ -270,8 +376,15 @@ def growth_callbacks(args, model) -> list:
     seed = args.training.seed
     callbacks = []
     if args.midas_stages:
-        callbacks.append(MidasStackingCallback(stages=args.midas_stages, block_size=args.midas_block_size,
-                                               alpha=args.midas_alpha, where=args.midas_where, seed=seed))
+        callbacks.append(
+            MidasStackingCallback(
+                stages=args.midas_stages,
+                block_size=args.midas_block_size,
+                alpha=args.midas_alpha,
+                where=args.midas_where,
+                seed=seed,
+            )
+        )
     if args.grow_at:
         callbacks.append(GrowthCallback({step: plan.to_list() for step, plan in args.grow_at}, seed=seed))
     for spec in args.callback:
@@ -300,8 +413,9 @@ def check_growth(args, model, num_examples: int) -> list[tuple[int, str]]:
 
     events = []  # (step, order, label, plan): MIDAS before --grow-at at the same step, as the callbacks run
     if args.midas_stages:
-        midas = MidasStackingCallback(stages=args.midas_stages, block_size=args.midas_block_size,
-                                      alpha=args.midas_alpha, where=args.midas_where)
+        midas = MidasStackingCallback(
+            stages=args.midas_stages, block_size=args.midas_block_size, alpha=args.midas_alpha, where=args.midas_where
+        )
         try:
             boundaries, depths = midas.schedule(total_steps(args.training, num_examples), model)
         except ValueError as error:
@@ -312,7 +426,7 @@ def check_growth(args, model, num_examples: int) -> list[tuple[int, str]]:
     for step, plan in args.grow_at:
         events.append((step, 1, f"--grow-at {step}", plan))
     config = model.config
-    for step, _, label, plan in sorted(events, key=lambda e: e[:2]):
+    for _step, _, label, plan in sorted(events, key=lambda e: e[:2]):
         try:
             config = GrowthEngine(config, plan).new_config
         except (ValueError, NotImplementedError) as error:
@@ -418,21 +532,28 @@ def run(argv=None) -> int:
     if not trainer.is_world_process_zero():
         return 0
     # tokens: padded positions of full batches (the last partial batch of an epoch counts as full)
-    tokens_per_step = (train.tensors["input_ids"].shape[1] * config.per_device_train_batch_size
-                       * config.gradient_accumulation_steps * trainer.args.world_size)
+    tokens_per_step = (
+        train.tensors["input_ids"].shape[1]
+        * config.per_device_train_batch_size
+        * config.gradient_accumulation_steps
+        * trainer.args.world_size
+    )
     resumed_at = 0
     if config.resume_from_checkpoint:
         from transformers import TrainerState
 
-        resumed_at = TrainerState.load_from_json(str(Path(config.resume_from_checkpoint) / "trainer_state.json")).global_step
+        resumed_at = TrainerState.load_from_json(
+            str(Path(config.resume_from_checkpoint) / "trainer_state.json")
+        ).global_step
     test = splits["test"]
     questions, references = test["question"], test["answer"]
     if args.max_test is not None:
         questions, references = questions[: args.max_test], references[: args.max_test]
     longest_answer = max(len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in references)
     eval_start = time.perf_counter()
-    predictions = generate_with_pauses(trainer.model, tokenizer, questions, pause, batch_size=args.eval_batch_size,
-                                       max_new_tokens=longest_answer + 1)
+    predictions = generate_with_pauses(
+        trainer.model, tokenizer, questions, pause, batch_size=args.eval_batch_size, max_new_tokens=longest_answer + 1
+    )
     em = tasks.exact_match(predictions, references)
     result = {
         "task": args.task,
@@ -454,13 +575,19 @@ def run(argv=None) -> int:
         "tokens_seen": trainer.state.global_step * tokens_per_step,
         "train_tokens_per_s": (trainer.state.global_step - resumed_at) * tokens_per_step / train_seconds,
         "world_size": trainer.args.world_size,
-        "time_budget": next((c.budget_record for c in trainer.callback_handler.callbacks
-                             if hasattr(c, "budget_record")), None),
-        "seconds": {"data": round(data_seconds, 2), "train": round(train_seconds, 2),
-                    "exact_match": round(time.perf_counter() - eval_start, 2),
-                    "total": round(time.perf_counter() - start, 2)},
-        "examples": [{"question": q, "reference": r, "prediction": p}
-                     for q, r, p in list(zip(questions, references, predictions))[:5]],
+        "time_budget": next(
+            (c.budget_record for c in trainer.callback_handler.callbacks if hasattr(c, "budget_record")), None
+        ),
+        "seconds": {
+            "data": round(data_seconds, 2),
+            "train": round(train_seconds, 2),
+            "exact_match": round(time.perf_counter() - eval_start, 2),
+            "total": round(time.perf_counter() - start, 2),
+        },
+        "examples": [
+            {"question": q, "reference": r, "prediction": p}
+            for q, r, p in list(zip(questions, references, predictions))[:5]
+        ],
         "last_log": [h for h in trainer.state.log_history if "loss" in h][-1:],
         "command": " ".join([Path(sys.argv[0]).name, *(sys.argv[1:] if argv is None else argv)]),
         "versions": {"torch": torch.__version__, "transformers": __import__("transformers").__version__},

@@ -26,16 +26,26 @@ VOCAB = 40
 
 def tiny_llama(seed: int = 0, layers: int = 3) -> LlamaForCausalLM:
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                         bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    config = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=None,
+    )
     return LlamaForCausalLM(config)
 
 
 def tiny_gpt2(seed: int = 0) -> GPT2LMHeadModel:
     torch.manual_seed(seed)
-    config = GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=3, n_head=4, n_positions=64,
-                        bos_token_id=None, eos_token_id=None)
+    config = GPT2Config(
+        vocab_size=VOCAB, n_embd=32, n_layer=3, n_head=4, n_positions=64, bos_token_id=None, eos_token_id=None
+    )
     return GPT2LMHeadModel(config)
 
 
@@ -113,7 +123,8 @@ def test_value_statistics(make):
     assert all(0 < x <= math.log(12) + 1e-9 for x in stats["attention_entropy"])
     assert model.config._attn_implementation == before  # eager only during the call
     assert value_statistics(model, ids)["value_cos_to_first"] == pytest.approx(
-        value_statistics(model, ids)["value_cos_to_first"])
+        value_statistics(model, ids)["value_cos_to_first"]
+    )
     assert sum(len(m._forward_hooks) for m in model.modules()) == hooks  # ours are removed after each call
 
 
@@ -146,18 +157,42 @@ def test_callback_records_steps_and_shapes(tmp_path):
 
     num_nodes, num_pairs = 12, 3
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=retrieval_vocab_size(num_nodes, 2), hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
-                         max_position_embeddings=32, bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    config = LlamaConfig(
+        vocab_size=retrieval_vocab_size(num_nodes, 2),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=32,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=None,
+    )
     model = LlamaForCausalLM(config)
     data = synthetic_retrieval(48, num_pairs=num_pairs, num_nodes=num_nodes, hops=(1, 2))
     rows = [{"input_ids": i, "labels": lab} for i, lab in zip(data["input_ids"], data["labels"])]
     probe = synthetic_retrieval(5, num_pairs=num_pairs, num_nodes=num_nodes, hops=2, seed=1)
-    callback = HeadEmergenceCallback(probe["input_ids"], probe["important"], query_mask=probe["query_mask"],
-                                     every=3, steps=[4], layers=[1], heads=[0, 2])
-    args = TrainingArguments(output_dir=str(tmp_path / "run"), per_device_train_batch_size=8, max_steps=6,
-                             learning_rate=1e-3, save_strategy="no", report_to="none", use_cpu=True,
-                             disable_tqdm=True, logging_strategy="no")
+    callback = HeadEmergenceCallback(
+        probe["input_ids"],
+        probe["important"],
+        query_mask=probe["query_mask"],
+        every=3,
+        steps=[4],
+        layers=[1],
+        heads=[0, 2],
+    )
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "run"),
+        per_device_train_batch_size=8,
+        max_steps=6,
+        learning_rate=1e-3,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+        logging_strategy="no",
+    )
     Trainer(model=model, args=args, train_dataset=rows, callbacks=[callback]).train()
     assert callback.steps == [0, 3, 4, 6]
     t = probe["input_ids"].shape[1]
@@ -219,18 +254,25 @@ def test_plots_draw_the_numbers_they_are_given(tmp_path, figures):
     normalised, raw = figures[-1].axes
     assert _lines(normalised) == {k: pytest.approx(list(v)) for k, v in entropies.items()}
     assert _lines(raw) == {k: pytest.approx(v.raw) for k, v in entropies.items()}
-    assert normalised.get_xlabel() == "layer (0 = embedding output)" and figures[-1]._suptitle.get_text() == "entropy of two"
+    assert (
+        normalised.get_xlabel() == "layer (0 = embedding output)"
+        and figures[-1]._suptitle.get_text() == "entropy of two"
+    )
     pixels = _pixels(path)
     assert pixels[..., :3].std() > 0.01 and pixels.shape[1] > pixels.shape[0]  # drawn, two panels side by side
 
     stats = value_statistics(b, ids)
     plot_value_statistics(stats, tmp_path / "v.png")
     axes = figures[-1].axes
-    assert [ax.get_title() for ax in axes][:2] == ["Cosine similarity of values to layer 0",
-                                                  "Attention concentration (lower = concentrated)"]
+    assert [ax.get_title() for ax in axes][:2] == [
+        "Cosine similarity of values to layer 0",
+        "Attention concentration (lower = concentrated)",
+    ]
     assert _lines(axes[0]) == {"model": pytest.approx(stats["value_cos_to_first"])}
-    assert _lines(axes[3]) == {"model: first token": pytest.approx(stats["first_token_value_norm"]),
-                               "model: other tokens": pytest.approx(stats["value_norm_rest"])}
+    assert _lines(axes[3]) == {
+        "model: first token": pytest.approx(stats["first_token_value_norm"]),
+        "model: other tokens": pytest.approx(stats["value_norm_rest"]),
+    }
     assert axes[4].get_yscale() == "log"
     assert axes[5].texts[0].get_text().startswith("no value-residual λ")  # a Llama has no λ
 
@@ -243,8 +285,25 @@ def test_cli_analyze_on_saved_models(tmp_path, capsys):
     tiny_llama().save_pretrained(llama_dir)
     tiny_gpt2().save_pretrained(gpt2_dir)
     out = tmp_path / "out"
-    assert main(["analyze", "entropy", str(llama_dir), str(gpt2_dir), "--task", "random", "--out", str(out),
-                 "--num-examples", "4", "--max-length", "12"]) == 0
+    assert (
+        main(
+            [
+                "analyze",
+                "entropy",
+                str(llama_dir),
+                str(gpt2_dir),
+                "--task",
+                "random",
+                "--out",
+                str(out),
+                "--num-examples",
+                "4",
+                "--max-length",
+                "12",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "llama norm" in printed and "gpt2 raw" in printed
     data = json.loads((out / "entropy.json").read_text())
@@ -254,26 +313,78 @@ def test_cli_analyze_on_saved_models(tmp_path, capsys):
     assert csv_rows[0] == "layer,llama norm,gpt2 norm,llama raw,gpt2 raw" and len(csv_rows) == 1 + 4
     assert float(csv_rows[1].split(",")[1]) == pytest.approx(data["llama"]["normalized"][0], rel=1e-5)
 
-    assert main(["analyze", "values", str(gpt2_dir), "--task", "retrieval", "--num-pairs", "4", "--out", str(out),
-                 "--num-examples", "4"]) == 0
+    assert (
+        main(
+            [
+                "analyze",
+                "values",
+                str(gpt2_dir),
+                "--task",
+                "retrieval",
+                "--num-pairs",
+                "4",
+                "--out",
+                str(out),
+                "--num-examples",
+                "4",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     values = json.loads((out / "values.json").read_text())
     assert values["gpt2"]["value_cos_to_first"][0] == pytest.approx(1.0)
     lines = printed.splitlines()
     assert lines[0] == "gpt2 (4 sequences)" and lines[1].split()[:3] == ["layer", "cos", "V0"]
-    assert [float(line.split()[1]) for line in lines[2:5]] == pytest.approx(values["gpt2"]["value_cos_to_first"],
-                                                                             rel=1e-3)
+    assert [float(line.split()[1]) for line in lines[2:5]] == pytest.approx(
+        values["gpt2"]["value_cos_to_first"], rel=1e-3
+    )
     assert lines[-1].startswith("wrote ") and max(map(len, lines[:-1])) <= 100  # a table, not a JSON line
     assert "{" not in printed
-    assert main(["analyze", "values", str(gpt2_dir), "--task", "retrieval", "--num-pairs", "4", "--out", str(out),
-                 "--num-examples", "4", "--json"]) == 0
+    assert (
+        main(
+            [
+                "analyze",
+                "values",
+                str(gpt2_dir),
+                "--task",
+                "retrieval",
+                "--num-pairs",
+                "4",
+                "--out",
+                str(out),
+                "--num-examples",
+                "4",
+                "--json",
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out) == values  # --json: the numbers, as written to the file
 
     run_dir = tmp_path / "run"  # a training output directory: checkpoints become steps
     tiny_llama(0).save_pretrained(run_dir / "checkpoint-10")
     tiny_llama(1).save_pretrained(run_dir / "checkpoint-20")
-    assert main(["analyze", "heads", str(run_dir), "--task", "retrieval", "--num-pairs", "4", "--out", str(out),
-                 "--num-examples", "4", "--layers", "0,2"]) == 0
+    assert (
+        main(
+            [
+                "analyze",
+                "heads",
+                str(run_dir),
+                "--task",
+                "retrieval",
+                "--num-pairs",
+                "4",
+                "--out",
+                str(out),
+                "--num-examples",
+                "4",
+                "--layers",
+                "0,2",
+            ]
+        )
+        == 0
+    )
     assert "H3" in capsys.readouterr().out
     heads = json.loads((out / "heads.json").read_text())
     assert heads["steps"] == [10, 20] and heads["map_layers"] == [0, 2]
@@ -288,8 +399,15 @@ def test_value_statistics_on_resformer(variant, tmp_path, figures):
     from hf_growth.resformer.configuration_resformer import ResFormerConfig
 
     torch.manual_seed(0)
-    config = ResFormerConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                             num_attention_heads=4, num_key_value_heads=2, value_residual=variant)
+    config = ResFormerConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        value_residual=variant,
+    )
     model = resformer.ResFormerForCausalLM(config)
     with torch.no_grad():
         for name, parameter in model.named_parameters():
@@ -306,8 +424,10 @@ def test_value_statistics_on_resformer(variant, tmp_path, figures):
     plot_value_statistics({"resformer": stats}, tmp_path / "values.png")
     lambda_panel = figures[-1].axes[5]
     if variant == "learnable":  # the λ panel draws the learned λ per layer
-        lines = {line.get_label(): (line.get_xdata().tolist(), line.get_ydata().tolist())
-                 for line in lambda_panel.get_lines()}
+        lines = {
+            line.get_label(): (line.get_xdata().tolist(), line.get_ydata().tolist())
+            for line in lambda_panel.get_lines()
+        }
         assert lines["resformer: lambda_first"] == ([1, 2], [1.0, 1.0])
         assert lines["resformer: lambda_own"] == ([1, 2], [0.0, 0.0])
     else:
@@ -320,19 +440,36 @@ def test_cli_analyze_with_a_task_and_tokenizer(tmp_path, capsys):
 
     tokenizer = tasks.build_tokenizer(max_number=256)
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                         bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=None,
+    )
     model_dir = tmp_path / "model"
     LlamaForCausalLM(config).save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
     out = tmp_path / "out"
-    assert main(["analyze", "entropy", str(model_dir), "--task", "multiplication", "--out", str(out),
-                 "--num-examples", "4"]) == 0
-    assert main(["analyze", "heads", str(model_dir), "--task", "multiplication", "--out", str(out),
-                 "--num-examples", "4"]) == 0
-    assert main(["analyze", "values", str(model_dir), "--task", "retrieval", "--out", str(out),
-                 "--num-examples", "4"]) == 0  # spelled with numbers: the word-level vocabulary has no letters
+    assert (
+        main(
+            ["analyze", "entropy", str(model_dir), "--task", "multiplication", "--out", str(out), "--num-examples", "4"]
+        )
+        == 0
+    )
+    assert (
+        main(["analyze", "heads", str(model_dir), "--task", "multiplication", "--out", str(out), "--num-examples", "4"])
+        == 0
+    )
+    assert (
+        main(["analyze", "values", str(model_dir), "--task", "retrieval", "--out", str(out), "--num-examples", "4"])
+        == 0
+    )  # spelled with numbers: the word-level vocabulary has no letters
     assert main(["analyze", "entropy", str(model_dir), "--task", "no-such-task", "--out", str(out)]) == 2
     assert "unknown task" in capsys.readouterr().err
 
@@ -349,11 +486,19 @@ def test_cli_analyze_task_inputs_carry_the_pause_block(tmp_path):
 
     tokenizer = tasks.build_tokenizer(max_number=256)
     pause = pause_tokens_of(tokenizer, 2)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+    )
     model = LlamaForCausalLM(config)
     args = analyze.add_parser(argparse_subparsers()).parse_args(
-        ["entropy", "m", "--task", "multiplication", "--out", str(tmp_path), "--num-examples", "3"])
+        ["entropy", "m", "--task", "multiplication", "--out", str(tmp_path), "--num-examples", "3"]
+    )
     plain = analyze._inputs(args, model, tokenizer)["input_ids"]
     assert pause.start not in plain
     args.pauses = 2
@@ -367,8 +512,22 @@ def test_cli_analyze_task_inputs_carry_the_pause_block(tmp_path):
     model.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
     assert json.loads((model_dir / "config.json").read_text())["num_pause_tokens"] == 2
-    assert main(["analyze", "entropy", str(model_dir), "--task", "multiplication", "--out", str(tmp_path / "o"),
-                 "--num-examples", "4"]) == 0
+    assert (
+        main(
+            [
+                "analyze",
+                "entropy",
+                str(model_dir),
+                "--task",
+                "multiplication",
+                "--out",
+                str(tmp_path / "o"),
+                "--num-examples",
+                "4",
+            ]
+        )
+        == 0
+    )
     # task options: 5x5 questions are longer than 4x4 ones (the layout: 5 + 1 + 5 tokens, pauses, 10 + EOS)
     args.task_options = "digits=5"
     five = analyze._inputs(args, model, tokenizer)["input_ids"]
@@ -404,21 +563,61 @@ def test_cli_analyze_labels_and_skip_tokens(tmp_path):
         tiny_llama(0 if name == "plain" else 1).save_pretrained(tmp_path / name / "final")
     common = ["--task", "random", "--num-examples", "4", "--max-length", "12"]
     out = tmp_path / "out"
-    assert main(["analyze", "entropy", str(tmp_path / "plain" / "final"), str(tmp_path / "pause" / "final"),
-                 *common, "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "analyze",
+                "entropy",
+                str(tmp_path / "plain" / "final"),
+                str(tmp_path / "pause" / "final"),
+                *common,
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert set(json.loads((out / "entropy.json").read_text())) == {"plain/final", "pause/final"}
-    assert main(["analyze", "entropy", str(tmp_path / "plain" / "final"), str(tmp_path / "pause" / "final"),
-                 *common, "--labels", "vanilla,Seq-VCR", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "analyze",
+                "entropy",
+                str(tmp_path / "plain" / "final"),
+                str(tmp_path / "pause" / "final"),
+                *common,
+                "--labels",
+                "vanilla,Seq-VCR",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     whole = json.loads((out / "entropy.json").read_text())
     assert list(whole) == ["vanilla", "Seq-VCR"]
-    assert main(["analyze", "entropy", str(tmp_path / "plain" / "final"), *common, "--skip-tokens", "1",
-                 "--labels", "vanilla", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "analyze",
+                "entropy",
+                str(tmp_path / "plain" / "final"),
+                *common,
+                "--skip-tokens",
+                "1",
+                "--labels",
+                "vanilla",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     skipped = json.loads((out / "entropy.json").read_text())["vanilla"]
     assert skipped["raw"] != whole["vanilla"]["raw"]
-    from hf_growth.commands.analyze import _inputs, _load, add_parser, _split
+    from hf_growth.commands.analyze import _inputs, _load, _split, add_parser
 
     args = add_parser(argparse_subparsers()).parse_args(["entropy", "m", *common, "--out", str(out)])
     model, tokenizer = _load(str(tmp_path / "plain" / "final"), torch.device("cpu"))
     expected = layer_entropy(model, _split(_inputs(args, model, tokenizer), args.batch_size), skip_tokens=1)
     assert skipped["raw"] == pytest.approx(expected.raw, rel=1e-6)
-

@@ -1,4 +1,5 @@
-"""benchmarks/_common.py: what every benchmark and research script records (device, versions, command) and the atomic JSON write."""
+"""benchmarks/_common.py: what every benchmark and research script records (device, versions, command) and the
+atomic JSON write."""
 
 from __future__ import annotations
 
@@ -31,9 +32,13 @@ def test_write_json_failure_keeps_the_old_file(tmp_path):
 
 
 def test_command_line_quotes_arguments():
-    assert common.command_line("x.py", ["--label", "H200, <sep>", "--n", "3"]) == \
-        "PYTHONPATH=. python benchmarks/x.py --label 'H200, <sep>' --n 3"
-    assert common.command_line("x.py", [], pythonpath=".:benchmarks") == "PYTHONPATH=.:benchmarks python benchmarks/x.py"
+    assert (
+        common.command_line("x.py", ["--label", "H200, <sep>", "--n", "3"])
+        == "PYTHONPATH=. python benchmarks/x.py --label 'H200, <sep>' --n 3"
+    )
+    assert (
+        common.command_line("x.py", [], pythonpath=".:benchmarks") == "PYTHONPATH=.:benchmarks python benchmarks/x.py"
+    )
     # a script outside benchmarks/ is named by its path from the repository root
     assert common.command_line("research/q/x.py", ["--n", "3"]) == "PYTHONPATH=. python research/q/x.py --n 3"
 

@@ -6,10 +6,17 @@ import os
 
 import pytest
 import torch
-from transformers import (GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Trainer, TrainerCallback,
-                          TrainingArguments)
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
 
-from hf_growth.training.callbacks import (GrowthCallback, MidasStackingCallback, grow_in_place, midas_boundaries)
+from hf_growth.training.callbacks import GrowthCallback, MidasStackingCallback, grow_in_place, midas_boundaries
 
 VOCAB, SEQ = 48, 16
 
@@ -17,11 +24,30 @@ VOCAB, SEQ = 48, 16
 def tiny(arch: str, layers: int = 3) -> torch.nn.Module:
     torch.manual_seed(0)
     if arch == "llama":
-        return LlamaForCausalLM(LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64,
-                                            num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                                            max_position_embeddings=64, tie_word_embeddings=False))
-    return GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=layers, n_head=2, n_positions=64,
-                                      resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
+        return LlamaForCausalLM(
+            LlamaConfig(
+                vocab_size=VOCAB,
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=layers,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                max_position_embeddings=64,
+                tie_word_embeddings=False,
+            )
+        )
+    return GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=VOCAB,
+            n_embd=32,
+            n_layer=layers,
+            n_head=2,
+            n_positions=64,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+        )
+    )
 
 
 class Counting(torch.utils.data.Dataset):
@@ -41,9 +67,21 @@ class Counting(torch.utils.data.Dataset):
 
 
 def args(tmp_path, max_steps: int = 20, **kw) -> TrainingArguments:
-    base = dict(output_dir=str(tmp_path), max_steps=max_steps, per_device_train_batch_size=8, learning_rate=1e-2,
-                warmup_steps=0, logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True,
-                dataloader_num_workers=0, seed=0, lr_scheduler_type="constant")
+    base = dict(
+        output_dir=str(tmp_path),
+        max_steps=max_steps,
+        per_device_train_batch_size=8,
+        learning_rate=1e-2,
+        warmup_steps=0,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        seed=0,
+        lr_scheduler_type="constant",
+    )
     base.update(kw)
     return TrainingArguments(**base)
 
@@ -61,9 +99,14 @@ class Recorder(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         model = self.trainer.model
         params = {id(p) for p in model.parameters() if p.requires_grad} | {id(p) for p in self.extra}
-        self.rows.append({"step": state.global_step, "layers": model.config.num_hidden_layers,
-                          "params": sum(p.numel() for p in model.parameters()),
-                          "optimizer_matches": optimizer_ids(self.trainer) == params})
+        self.rows.append(
+            {
+                "step": state.global_step,
+                "layers": model.config.num_hidden_layers,
+                "params": sum(p.numel() for p in model.parameters()),
+                "optimizer_matches": optimizer_ids(self.trainer) == params,
+            }
+        )
 
 
 def losses(trainer) -> list[float]:
@@ -93,16 +136,20 @@ def test_stack_moves_adam_state_with_the_weights(copied_state):
     model = tiny("llama", 3)
     opt = _adam_steps(model)
     before = {n: {k: v.clone() for k, v in opt.state[p].items()} for n, p in model.named_parameters()}
-    info = grow_in_place(model, [{"stack": {"to": 4, "block_size": 1, "where": "middle"}}], optimizer=opt,
-                         copied_state=copied_state)
+    info = grow_in_place(
+        model, [{"stack": {"to": 4, "block_size": 1, "where": "middle"}}], optimizer=opt, copied_state=copied_state
+    )
     # middle of 3 one-layer blocks: layer 1 is copied after itself -> [0, 1, 1', 2]
     assert model.config.num_hidden_layers == 4 and len(model.model.layers) == 4
     assert optimizer_ids_of(opt) == {id(p) for p in model.parameters()}
     state = {n: opt.state.get(p, {}) for n, p in model.named_parameters()}
-    for new, old in [("model.embed_tokens.weight", "model.embed_tokens.weight"), ("lm_head.weight", "lm_head.weight"),
-                     ("model.layers.0.mlp.up_proj.weight", "model.layers.0.mlp.up_proj.weight"),
-                     ("model.layers.1.self_attn.q_proj.weight", "model.layers.1.self_attn.q_proj.weight"),
-                     ("model.layers.3.self_attn.o_proj.weight", "model.layers.2.self_attn.o_proj.weight")]:
+    for new, old in [
+        ("model.embed_tokens.weight", "model.embed_tokens.weight"),
+        ("lm_head.weight", "lm_head.weight"),
+        ("model.layers.0.mlp.up_proj.weight", "model.layers.0.mlp.up_proj.weight"),
+        ("model.layers.1.self_attn.q_proj.weight", "model.layers.1.self_attn.q_proj.weight"),
+        ("model.layers.3.self_attn.o_proj.weight", "model.layers.2.self_attn.o_proj.weight"),
+    ]:
         for key in ("exp_avg", "exp_avg_sq", "step"):
             torch.testing.assert_close(state[new][key], before[old][key], rtol=0, atol=0)
     copy_state = state["model.layers.2.mlp.down_proj.weight"]
@@ -151,8 +198,9 @@ def test_midas_callback_grows_at_boundaries(tmp_path, arch):
     model = tiny(arch, 3)
     params0 = sum(p.numel() for p in model.parameters())
     cb = MidasStackingCallback(stages=4, block_size=1, alpha=1.0, where="middle")
-    trainer = Trainer(model=model, args=args(tmp_path, 24, save_strategy="steps", save_steps=8),
-                      train_dataset=Counting())
+    trainer = Trainer(
+        model=model, args=args(tmp_path, 24, save_strategy="steps", save_steps=8), train_dataset=Counting()
+    )
     cb.bind(trainer)
     rec = Recorder(trainer)
     trainer.add_callback(rec)
@@ -179,15 +227,15 @@ def test_midas_callback_grows_at_boundaries(tmp_path, arch):
 def test_midas_resume_mid_schedule_continues(tmp_path):
     full = tiny("llama", 3)
     cb = MidasStackingCallback(stages=4, block_size=1)
-    trainer = Trainer(model=full, args=args(tmp_path, 24, save_strategy="steps", save_steps=4),
-                      train_dataset=Counting())
+    trainer = Trainer(
+        model=full, args=args(tmp_path, 24, save_strategy="steps", save_steps=4), train_dataset=Counting()
+    )
     cb.bind(trainer)
     trainer.train()
 
     resumed_model = tiny("llama", 3)
     cb2 = MidasStackingCallback(stages=4, block_size=1)
-    trainer2 = Trainer(model=resumed_model, args=args(tmp_path / "r", 24, save_strategy="no"),
-                       train_dataset=Counting())
+    trainer2 = Trainer(model=resumed_model, args=args(tmp_path / "r", 24, save_strategy="no"), train_dataset=Counting())
     cb2.bind(trainer2)
     rec = Recorder(trainer2)
     trainer2.add_callback(rec)
@@ -206,9 +254,20 @@ def test_midas_with_seq_vcr_trainer_keeps_projection_head(tmp_path):
     from hf_growth.training import SeqVCRConfig, SeqVCRTrainer
 
     model = tiny("gpt2", 3)
-    targs = SeqVCRConfig(output_dir=str(tmp_path), max_steps=12, per_device_train_batch_size=8, learning_rate=3e-3,
-                         logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True,
-                         seq_vcr_projection_dim=16, num_pause_tokens=0, seed=0)
+    targs = SeqVCRConfig(
+        output_dir=str(tmp_path),
+        max_steps=12,
+        per_device_train_batch_size=8,
+        learning_rate=3e-3,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        seq_vcr_projection_dim=16,
+        num_pause_tokens=0,
+        seed=0,
+    )
     trainer = SeqVCRTrainer(model=model, args=targs, train_dataset=Counting())
     cb = MidasStackingCallback(stages=3, block_size=1, where="top").bind(trainer)
     head = list(trainer.seq_vcr_projection.parameters())
@@ -226,8 +285,9 @@ def test_growth_callback_is_function_preserving(tmp_path, arch):
     batch = {"input_ids": Counting(8).ids, "labels": Counting(8).ids}
     plans = {4: [{"mlp_width": 192}], 8: [{"hidden_size": 64}], 12: [{"num_layers": {"to": 3, "where": "top"}}]}
     cb = GrowthCallback(plans, check_batch=batch)
-    trainer = Trainer(model=model, args=args(tmp_path, 20, save_strategy="steps", save_steps=10),
-                      train_dataset=Counting())
+    trainer = Trainer(
+        model=model, args=args(tmp_path, 20, save_strategy="steps", save_steps=10), train_dataset=Counting()
+    )
     cb.bind(trainer)
     rec = Recorder(trainer)
     trainer.add_callback(rec)

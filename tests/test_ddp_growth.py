@@ -62,13 +62,55 @@ def test_growth_under_ddp_keeps_ranks_in_sync(tmp_path, growth):
         # hidden_size too: the Seq-VCR projection head (on, 64 wide) must widen on both ranks
         plan.write_text("- mlp_width: 192\n- hidden_size: 128\n- num_layers: {to: 3, where: top}\n")
         grow = ["--grow-at", f"2={plan}"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", _free_port(),
-           str(SCRIPT), "--task", "multiplication", "--digits", "2", "--train-size", "256", "--validation-size",
-           "32", "--test-size", "32", "--max-test", "8", "--batch-size", "8", "--logging-steps", "1",
-           "--seq-vcr-projection-dim", "64", "--pauses", "2", "--cpu", "--model", "llama-tiny", "--max-steps", "6",
-           "--lr", "3e-3", "--callback", "ddp_probe:ParamProbe", *grow, "--output-dir", str(out)]
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join([str(ROOT), str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        _free_port(),
+        str(SCRIPT),
+        "--task",
+        "multiplication",
+        "--digits",
+        "2",
+        "--train-size",
+        "256",
+        "--validation-size",
+        "32",
+        "--test-size",
+        "32",
+        "--max-test",
+        "8",
+        "--batch-size",
+        "8",
+        "--logging-steps",
+        "1",
+        "--seq-vcr-projection-dim",
+        "64",
+        "--pauses",
+        "2",
+        "--cpu",
+        "--model",
+        "llama-tiny",
+        "--max-steps",
+        "6",
+        "--lr",
+        "3e-3",
+        "--callback",
+        "ddp_probe:ParamProbe",
+        *grow,
+        "--output-dir",
+        str(out),
+    ]
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=os.pathsep.join([str(ROOT), str(tmp_path), os.environ.get("PYTHONPATH", "")]),
+    )
     env.pop("WORLD_SIZE", None)
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -88,11 +130,28 @@ def test_ddp_scaling_benchmark_pipeline(tmp_path):
     """benchmarks/ddp_scaling.py on CPU processes: 1 vs 2 ranks, MIDAS growth inside the run, the final model
     saved with --save-final reloads with from_pretrained at the grown size (the numbers mean nothing here)."""
     out = tmp_path / "scaling.json"
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "ddp_scaling.py"), "--procs", "1,2", "--launcher", "torchrun",
-           "--cpu", "--steps", "4", "--warmup", "2", "--batch-size", "8", "--runs-dir", str(tmp_path / "runs"),
-           "--out", str(out), "--script-args",
-           "--model llama-tiny --config-overrides num_hidden_layers=3 --task multiplication --digits 2 "
-           "--train-size 256 --validation-size 32 --test-size 32 --seq-vcr-projection-dim 64 --midas-stages 2"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "ddp_scaling.py"),
+        "--procs",
+        "1,2",
+        "--launcher",
+        "torchrun",
+        "--cpu",
+        "--steps",
+        "4",
+        "--warmup",
+        "2",
+        "--batch-size",
+        "8",
+        "--runs-dir",
+        str(tmp_path / "runs"),
+        "--out",
+        str(out),
+        "--script-args",
+        "--model llama-tiny --config-overrides num_hidden_layers=3 --task multiplication --digits 2 "
+        "--train-size 256 --validation-size 32 --test-size 32 --seq-vcr-projection-dim 64 --midas-stages 2",
+    ]
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

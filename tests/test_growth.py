@@ -3,12 +3,13 @@ flow, determinism, history, bad plans, dtype, GGUF settings, freeze_original."""
 
 from __future__ import annotations
 
-import copy
 import doctest
 import warnings
 
 import pytest
 import torch
+from growth_testing import assert_exact, tiny_inputs
+from growth_testing import train_steps as _train_steps
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from hf_growth.growth import grow_model
@@ -16,19 +17,40 @@ from hf_growth.growth.engine import GrowthEngine, StateDictSource
 from hf_growth.growth.freeze import freeze_original, new_parameter_masks
 from hf_growth.growth.plan import GrowthPlan
 from hf_growth.growth.verify import max_logit_diff
-from growth_testing import assert_exact, tiny_inputs
-from growth_testing import train_steps as _train_steps
 
 TOL = 1e-5
 
 
-def tiny_llama(*, tied=False, bias=False, heads=4, kv=2, hidden=48, rope=None, eps=1e-6, seed=0, tiny=False,
-               layers=2, dtype=torch.float32):
+def tiny_llama(
+    *,
+    tied=False,
+    bias=False,
+    heads=4,
+    kv=2,
+    hidden=48,
+    rope=None,
+    eps=1e-6,
+    seed=0,
+    tiny=False,
+    layers=2,
+    dtype=torch.float32,
+):
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=64, hidden_size=hidden, intermediate_size=64, num_hidden_layers=layers,
-                      num_attention_heads=heads, num_key_value_heads=kv, tie_word_embeddings=tied,
-                      attention_bias=bias, mlp_bias=bias, rms_norm_eps=eps, rope_parameters=rope,
-                      bos_token_id=0, eos_token_id=0)
+    cfg = LlamaConfig(
+        vocab_size=64,
+        hidden_size=hidden,
+        intermediate_size=64,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv,
+        tie_word_embeddings=tied,
+        attention_bias=bias,
+        mlp_bias=bias,
+        rms_norm_eps=eps,
+        rope_parameters=rope,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
     model = LlamaForCausalLM(cfg).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -37,10 +59,6 @@ def tiny_llama(*, tied=False, bias=False, heads=4, kv=2, hidden=48, rope=None, e
         if tiny:  # hidden states ~1e-3: RMSNorm's epsilon matters
             model.model.embed_tokens.weight.mul_(0.05)
     return model.to(dtype)
-
-
-
-
 
 
 SINGLE_STEPS = {
@@ -56,17 +74,34 @@ SINGLE_STEPS = {
     "layers_positions": [{"num_layers": {"to": 4, "where": [0, 3]}}],
 }
 COMPOSITIONS = {
-    "all_axes": [{"mlp_width": 96}, {"num_heads": {"to": 6, "num_key_value_heads": 3}}, {"hidden_size": 72},
-                 {"num_layers": 3}],
-    "all_axes_head_dim": [{"hidden_size": 96}, {"head_dim": 24}, {"num_heads": 8}, {"mlp_width": 80},
-                          {"num_layers": {"to": 4, "init": "copy"}}, {"hidden_size": 120}],
-    "twice_each": [{"mlp_width": 80}, {"mlp_width": 96}, {"hidden_size": 60}, {"hidden_size": 72},
-                   {"num_layers": 3}, {"num_layers": 4}],
+    "all_axes": [
+        {"mlp_width": 96},
+        {"num_heads": {"to": 6, "num_key_value_heads": 3}},
+        {"hidden_size": 72},
+        {"num_layers": 3},
+    ],
+    "all_axes_head_dim": [
+        {"hidden_size": 96},
+        {"head_dim": 24},
+        {"num_heads": 8},
+        {"mlp_width": 80},
+        {"num_layers": {"to": 4, "init": "copy"}},
+        {"hidden_size": 120},
+    ],
+    "twice_each": [
+        {"mlp_width": 80},
+        {"mlp_width": 96},
+        {"hidden_size": 60},
+        {"hidden_size": 72},
+        {"num_layers": 3},
+        {"num_layers": 4},
+    ],
 }
 
 
-@pytest.mark.parametrize("plan", list(SINGLE_STEPS.values()) + list(COMPOSITIONS.values()),
-                         ids=list(SINGLE_STEPS) + list(COMPOSITIONS))
+@pytest.mark.parametrize(
+    "plan", list(SINGLE_STEPS.values()) + list(COMPOSITIONS.values()), ids=list(SINGLE_STEPS) + list(COMPOSITIONS)
+)
 @pytest.mark.parametrize("tied,bias", [(False, False), (True, True)], ids=["untied", "tied+bias"])
 def test_exact_llama(plan, tied, bias):
     for tiny in (False, True):
@@ -101,12 +136,22 @@ def test_gqa_impossible_regroup_fails_naming_the_step():
         grow_model(tiny_llama(heads=6, kv=2), [{"mlp_width": 96}, {"num_heads": {"to": 6, "num_key_value_heads": 3}}])
 
 
-@pytest.mark.parametrize("rope", [
-    {"rope_type": "default", "rope_theta": 500.0},
-    {"rope_type": "linear", "rope_theta": 10000.0, "factor": 4.0},
-    {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-     "original_max_position_embeddings": 16},
-], ids=["default", "linear", "llama3"])
+@pytest.mark.parametrize(
+    "rope",
+    [
+        {"rope_type": "default", "rope_theta": 500.0},
+        {"rope_type": "linear", "rope_theta": 10000.0, "factor": 4.0},
+        {
+            "rope_type": "llama3",
+            "rope_theta": 10000.0,
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 16,
+        },
+    ],
+    ids=["default", "linear", "llama3"],
+)
 def test_rope_head_dim_integer_factor(rope):
     src = tiny_llama(rope=rope)
     grown = grow_model(src, [{"head_dim": 24}, {"num_layers": 3}])
@@ -121,8 +166,9 @@ def test_rope_non_integer_factor_refused_or_approximated():
     with pytest.raises(ValueError, match=r"plan step 0 \(head_dim\): .*integer factor"):
         grow_model(src, [{"head_dim": 16}])
     with pytest.raises(ValueError, match=r"RoPE type 'yarn'"):
-        GrowthEngine(tiny_llama(rope={"rope_type": "yarn", "rope_theta": 1e4, "factor": 2.0}).config,
-                     [{"head_dim": 24}])
+        GrowthEngine(
+            tiny_llama(rope={"rope_type": "yarn", "rope_theta": 1e4, "factor": 2.0}).config, [{"head_dim": 24}]
+        )
     with pytest.warns(UserWarning, match="approximate growth"):
         grown = grow_model(src, [{"head_dim": {"to": 16, "approximate": True}}])
     record = grown.config.growth_history[-1]
@@ -131,8 +177,16 @@ def test_rope_non_integer_factor_refused_or_approximated():
 
 def test_qwen2_biases_exact_and_layer_types():
     torch.manual_seed(0)
-    src = Qwen2ForCausalLM(Qwen2Config(vocab_size=64, hidden_size=48, intermediate_size=64, num_hidden_layers=2,
-                                       num_attention_heads=4, num_key_value_heads=2)).eval()
+    src = Qwen2ForCausalLM(
+        Qwen2Config(
+            vocab_size=64,
+            hidden_size=48,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        )
+    ).eval()
     with torch.no_grad():
         for name, p in src.named_parameters():
             if name.endswith("bias"):
@@ -224,18 +278,30 @@ def test_growth_history_and_save_load(tmp_path):
     assert [r["run"] for r in again.config.growth_history] == [0, 0, 0, 0, 1]
 
 
-@pytest.mark.parametrize("plan,match", [
-    ([{"widen": 3}], r"plan step 0: unknown step 'widen'; known steps: mlp_width"),
-    ([{"mlp_width": 96}, {"mlp_width": 32}], r"plan step 1 \(mlp_width\): cannot shrink the MLP width from 96 to 32"),
-    ([{"hidden_size": 50}], r"plan step 0 \(hidden_size\): .*not a multiple of the number of attention heads"),
-    ([{"num_heads": {"to": 7, "num_key_value_heads": 2}}], r"plan step 0 \(num_heads\): 7 query heads cannot be split"),
-    ([{"qk_dim": 24}], r"plan step 0 \(qk_dim\): stock llama has one head_dim .*convert to ResFormer"),
-    ([{"num_layers": {"to": 4, "where": [1]}}], r"plan step 0 \(num_layers\): `where` lists 1 positions"),
-    ([{"stack": {"to": 3, "block_size": 2}}], r"plan step 0 \(stack\): 2 layers do not form blocks of 2|not a whole"),
-    ([{"mlp_width": "big"}], r"plan step 0 \(mlp_width\): expected an integer"),
-    ([{"mlp_width": {"to": 96, "colour": 1}}], r"plan step 0 \(mlp_width\): colour: Extra inputs"),
-    ([], r"no steps"),
-])
+@pytest.mark.parametrize(
+    "plan,match",
+    [
+        ([{"widen": 3}], r"plan step 0: unknown step 'widen'; known steps: mlp_width"),
+        (
+            [{"mlp_width": 96}, {"mlp_width": 32}],
+            r"plan step 1 \(mlp_width\): cannot shrink the MLP width from 96 to 32",
+        ),
+        ([{"hidden_size": 50}], r"plan step 0 \(hidden_size\): .*not a multiple of the number of attention heads"),
+        (
+            [{"num_heads": {"to": 7, "num_key_value_heads": 2}}],
+            r"plan step 0 \(num_heads\): 7 query heads cannot be split",
+        ),
+        ([{"qk_dim": 24}], r"plan step 0 \(qk_dim\): stock llama has one head_dim .*convert to ResFormer"),
+        ([{"num_layers": {"to": 4, "where": [1]}}], r"plan step 0 \(num_layers\): `where` lists 1 positions"),
+        (
+            [{"stack": {"to": 3, "block_size": 2}}],
+            r"plan step 0 \(stack\): 2 layers do not form blocks of 2|not a whole",
+        ),
+        ([{"mlp_width": "big"}], r"plan step 0 \(mlp_width\): expected an integer"),
+        ([{"mlp_width": {"to": 96, "colour": 1}}], r"plan step 0 \(mlp_width\): colour: Extra inputs"),
+        ([], r"no steps"),
+    ],
+)
 def test_bad_plans_fail_before_any_tensor(plan, match):
     src = tiny_llama()
     src.state_dict = lambda *a, **k: pytest.fail("a tensor was read")  # noqa: E731
@@ -257,8 +323,6 @@ def test_bad_yaml_and_unsupported_architecture(tmp_path):
     supported = ", ".join(supported_model_types())
     with pytest.raises(ValueError, match=rf"cannot grow model_type 'bert'; supported: {supported}$"):
         GrowthEngine({"model_type": "bert"}, [{"mlp_width": 10}])
-
-
 
 
 @pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])

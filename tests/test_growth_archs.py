@@ -15,8 +15,17 @@ IDS = torch.arange(64).reshape(2, 32)
 
 def tiny_gpt2(*, tied=True, scale=False, seed=0):
     torch.manual_seed(seed)
-    cfg = GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=4, n_positions=32, tie_word_embeddings=tied,
-                     scale_attn_by_inverse_layer_idx=scale, bos_token_id=0, eos_token_id=0)
+    cfg = GPT2Config(
+        vocab_size=64,
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        n_positions=32,
+        tie_word_embeddings=tied,
+        scale_attn_by_inverse_layer_idx=scale,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
     model = GPT2LMHeadModel(cfg).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -65,17 +74,32 @@ def test_gpt2_refusals_and_approximation():
 
 
 RESFORMER_VARIANTS = ["none", "identity", "constant", "learnable", "learnable_plus", "sparse", "svformer"]
-RESFORMER_PLAN = [{"mlp_width": 96}, {"num_heads": {"to": 6, "num_key_value_heads": 3}}, {"hidden_size": 72},
-                  {"num_layers": 4}, {"qk_dim": 24}, {"value_dim": 20}, {"num_layers": {"to": 5, "init": "copy"}}]
+RESFORMER_PLAN = [
+    {"mlp_width": 96},
+    {"num_heads": {"to": 6, "num_key_value_heads": 3}},
+    {"hidden_size": 72},
+    {"num_layers": 4},
+    {"qk_dim": 24},
+    {"value_dim": 20},
+    {"num_layers": {"to": 5, "init": "copy"}},
+]
 
 
 def tiny_resformer(variant, tied=False):
     from hf_growth import ResFormerConfig, ResFormerForCausalLM
 
     torch.manual_seed(0)
-    cfg = ResFormerConfig(vocab_size=64, hidden_size=48, intermediate_size=64, num_hidden_layers=3,
-                          num_attention_heads=4, num_key_value_heads=2, value_residual=variant,
-                          value_residual_layers=[2] if variant == "sparse" else None, tie_word_embeddings=tied)
+    cfg = ResFormerConfig(
+        vocab_size=64,
+        hidden_size=48,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        value_residual=variant,
+        value_residual_layers=[2] if variant == "sparse" else None,
+        tie_word_embeddings=tied,
+    )
     model = ResFormerForCausalLM(cfg).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -111,12 +135,22 @@ def test_midas_stack_copies_middle_blocks():
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    src = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=6,
-                                       num_attention_heads=4, num_key_value_heads=2)).eval()
+    src = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=64,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=6,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        )
+    ).eval()
     grown = grow_model(src, [{"stack": {"to": 10, "block_size": 2, "where": "middle"}}])
     record = grown.config.growth_history[-1]
-    assert record["copied_blocks"] == [{"block": [2, 4], "inserted_at": 4, "layers": [2, 3]},
-                                       {"block": [2, 4], "inserted_at": 4, "layers": [2, 3]}]
+    assert record["copied_blocks"] == [
+        {"block": [2, 4], "inserted_at": 4, "layers": [2, 3]},
+        {"block": [2, 4], "inserted_at": 4, "layers": [2, 3]},
+    ]
     assert record["exact"] is False
     origin = [0, 1, 2, 3, 2, 3, 2, 3, 4, 5]
     for i, j in enumerate(origin):

@@ -14,8 +14,16 @@ PLAN = "- mlp_width: 96\n- hidden_size: 48\n- num_layers: {to: 3, where: top}\n"
 @pytest.fixture()
 def src(tmp_path):
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                         num_attention_heads=4, num_key_value_heads=2)).eval()
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=64,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        )
+    ).eval()
     model.save_pretrained(tmp_path / "src", max_shard_size="20KB")
     (tmp_path / "plan.yaml").write_text(PLAN)
     return model
@@ -36,8 +44,17 @@ def test_grow_command_streams_a_checkpoint_directory(tmp_path, capsys, monkeypat
     monkeypatch.setattr(streaming, "grow_checkpoint", lambda *a, **k: calls.append(k) or real(*a, **k))
     monkeypatch.setattr(grow_command, "load_source", lambda *a: pytest.fail("a directory must not be loaded"))
     out = tmp_path / "out"
-    args = ["grow", str(tmp_path / "src"), str(tmp_path / "plan.yaml"), str(out), "--seed", "1",
-            "--max-shard-size", "30KB", "--verify"]
+    args = [
+        "grow",
+        str(tmp_path / "src"),
+        str(tmp_path / "plan.yaml"),
+        str(out),
+        "--seed",
+        "1",
+        "--max-shard-size",
+        "30KB",
+        "--verify",
+    ]
     assert main(args) == 0
     assert calls and calls[0]["max_shard_size"] == "30KB" and calls[0]["quiet"] is False
     text = capsys.readouterr().out
@@ -74,8 +91,22 @@ def test_grow_command_in_memory(tmp_path, capsys, monkeypatch, src):
 
     monkeypatch.setattr(streaming, "grow_checkpoint", lambda *a, **k: pytest.fail("--in-memory must not stream"))
     out = tmp_path / "out"
-    assert main(["grow", str(tmp_path / "src"), str(tmp_path / "plan.yaml"), str(out), "--in-memory", "--seed", "1",
-                 "--max-shard-size", "30KB"]) == 0
+    assert (
+        main(
+            [
+                "grow",
+                str(tmp_path / "src"),
+                str(tmp_path / "plan.yaml"),
+                str(out),
+                "--in-memory",
+                "--seed",
+                "1",
+                "--max-shard-size",
+                "30KB",
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "parameters" in text and "(96, 48)" in text and "max |Δlogits| = " in text
     grown = LlamaForCausalLM.from_pretrained(out).eval()
@@ -86,8 +117,10 @@ def test_grow_command_in_memory(tmp_path, capsys, monkeypatch, src):
     assert f"{grown.num_parameters():,}" in card
     assert main(["grow", str(tmp_path / "src"), str(tmp_path / "plan.yaml"), str(out), "--in-memory"]) == 2
     assert "exists" in capsys.readouterr().err
-    assert main(["grow", str(tmp_path / "src"), str(tmp_path / "plan.yaml"), str(tmp_path / "x"), "--dtype",
-                 "bfloat16"]) == 2
+    assert (
+        main(["grow", str(tmp_path / "src"), str(tmp_path / "plan.yaml"), str(tmp_path / "x"), "--dtype", "bfloat16"])
+        == 2
+    )
     assert "--dtype needs --in-memory" in capsys.readouterr().err
 
 
@@ -96,8 +129,21 @@ def test_streaming_and_in_memory_cli_agree(tmp_path, src):
     from hf_growth.growth.io import SafetensorsSource
 
     for name, extra in (("a", []), ("b", ["--in-memory", "--no-verify"])):
-        assert main(["grow", str(tmp_path / "src"), str(tmp_path / "plan.yaml"), str(tmp_path / name), "--quiet",
-                     "--seed", "5", *extra]) == 0
+        assert (
+            main(
+                [
+                    "grow",
+                    str(tmp_path / "src"),
+                    str(tmp_path / "plan.yaml"),
+                    str(tmp_path / name),
+                    "--quiet",
+                    "--seed",
+                    "5",
+                    *extra,
+                ]
+            )
+            == 0
+        )
     a, b = SafetensorsSource(tmp_path / "a"), SafetensorsSource(tmp_path / "b")
     assert set(a) == set(b) and all(torch.equal(a[n], b[n]) for n in a)
     ha = json.loads((tmp_path / "a" / "config.json").read_text())["growth_history"]
@@ -132,8 +178,11 @@ def test_help_and_a_streamed_stack_import_neither_torch_nor_transformers(tmp_pat
     from hf_growth.growth import grow_model
     from hf_growth.growth.io import SafetensorsSource
 
-    run = lambda *args: subprocess.run([sys.executable, "-X", "importtime", "-m", "hf_growth.cli", *args],  # noqa: E731
-                                       capture_output=True, text=True)
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-X", "importtime", "-m", "hf_growth.cli", *args], capture_output=True, text=True
+        )
+
     helped = run("grow", "--help")
     assert helped.returncode == 0 and "--max-shard-size" in helped.stdout
     assert not {m for m in _imported(helped.stderr) if m.split(".")[0] in ("torch", "transformers", "pydantic")}

@@ -8,6 +8,8 @@ import json
 
 import pytest
 import torch
+from growth_testing import assert_exact
+from growth_testing import train_steps as _train_steps
 from transformers import (
     AutoModelForCausalLM,
     Gemma2Config,
@@ -19,8 +21,6 @@ from transformers import (
 from hf_growth.growth import grow_model
 from hf_growth.growth.freeze import freeze_original, new_parameter_masks
 from hf_growth.growth.verify import max_logit_diff
-from growth_testing import assert_exact
-from growth_testing import train_steps as _train_steps
 
 TOL = 1e-5
 IDS = torch.arange(64).reshape(2, 32)  # every token once; longer than the sliding window
@@ -33,15 +33,31 @@ def tiny_gemma(version: str, *, tied: bool = True, tiny: bool = False, seed: int
     unlike head_dim, norm gains away from zero. ``tiny``: embeddings, q/k and block outputs scaled down, so that
     every RMSNorm's epsilon matters (pre-norms, post-norms and Gemma 3's q/k norms)."""
     torch.manual_seed(seed)
-    common = dict(vocab_size=64, hidden_size=48, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
-                  num_key_value_heads=2, head_dim=12, query_pre_attn_scalar=10, sliding_window=5,
-                  tie_word_embeddings=tied, rms_norm_eps=1e-5 if tiny else 1e-6, pad_token_id=0, bos_token_id=0,
-                  eos_token_id=0, final_logit_softcapping=4.0, attn_logit_softcapping=3.0)
+    common = dict(
+        vocab_size=64,
+        hidden_size=48,
+        intermediate_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=12,
+        query_pre_attn_scalar=10,
+        sliding_window=5,
+        tie_word_embeddings=tied,
+        rms_norm_eps=1e-5 if tiny else 1e-6,
+        pad_token_id=0,
+        bos_token_id=0,
+        eos_token_id=0,
+        final_logit_softcapping=4.0,
+        attn_logit_softcapping=3.0,
+    )
     if version == "gemma2":
         model = Gemma2ForCausalLM(Gemma2Config(**common, rope_parameters={"rope_type": "default", "rope_theta": 50.0}))
     else:
-        rope = {"sliding_attention": {"rope_type": "default", "rope_theta": 20.0},
-                "full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 500.0}}
+        rope = {
+            "sliding_attention": {"rope_type": "default", "rope_theta": 20.0},
+            "full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 500.0},
+        }
         model = Gemma3ForCausalLM(Gemma3TextConfig(**common, layer_types=GEMMA3_LAYER_TYPES, rope_parameters=rope))
     model.eval()
     with torch.no_grad():
@@ -55,8 +71,6 @@ def tiny_gemma(version: str, *, tied: bool = True, tiny: bool = False, seed: int
     return model
 
 
-
-
 PLANS = {
     "mlp_width": [{"mlp_width": 96}],
     "heads_regroup": [{"num_heads": 6}],
@@ -67,16 +81,30 @@ PLANS = {
     "layers_interleave": [{"num_layers": 6}],
     "layers_top_copy": [{"num_layers": {"to": 5, "where": "top", "init": "copy"}}],
     "layers_positions": [{"num_layers": {"to": 6, "where": [0, 3]}}],
-    "all_axes": [{"mlp_width": 96}, {"num_heads": {"to": 6, "num_key_value_heads": 3}}, {"hidden_size": 72},
-                 {"num_layers": 6}],
-    "twice_each": [{"hidden_size": 60}, {"mlp_width": 80}, {"hidden_size": 72}, {"num_layers": 5},
-                   {"num_layers": {"to": 6, "init": "copy"}}],
+    "all_axes": [
+        {"mlp_width": 96},
+        {"num_heads": {"to": 6, "num_key_value_heads": 3}},
+        {"hidden_size": 72},
+        {"num_layers": 6},
+    ],
+    "twice_each": [
+        {"hidden_size": 60},
+        {"mlp_width": 80},
+        {"hidden_size": 72},
+        {"num_layers": 5},
+        {"num_layers": {"to": 6, "init": "copy"}},
+    ],
 }
 GEMMA2_PLANS = {
     "head_dim": [{"head_dim": 24}],
     "head_dim_x3": [{"head_dim": 36}],
-    "all_axes_head_dim": [{"hidden_size": 96}, {"head_dim": 24}, {"num_heads": 8}, {"mlp_width": 80},
-                          {"num_layers": {"to": 6, "init": "copy"}}],
+    "all_axes_head_dim": [
+        {"hidden_size": 96},
+        {"head_dim": 24},
+        {"num_heads": 8},
+        {"mlp_width": 80},
+        {"num_layers": {"to": 6, "init": "copy"}},
+    ],
 }
 CASES = [(v, name) for v in VERSIONS for name in PLANS] + [("gemma2", name) for name in GEMMA2_PLANS]
 
@@ -106,18 +134,18 @@ def test_hidden_growth_keeps_embedding_scale_and_norm_epsilons_exact(version, mo
     assert_exact(src, grown)
     assert grown.config.rms_norm_eps == pytest.approx(0.5e-5)
     embed = grown.model.embed_tokens
-    assert embed.embed_scale.item() == pytest.approx(96 ** 0.5)
-    assert torch.allclose(embed.weight[:, :48] * 96 ** 0.5, src.model.embed_tokens.weight * 48 ** 0.5, rtol=1e-6)
+    assert embed.embed_scale.item() == pytest.approx(96**0.5)
+    assert torch.allclose(embed.weight[:, :48] * 96**0.5, src.model.embed_tokens.weight * 48**0.5, rtol=1e-6)
     assert not embed.weight[:, 48:].any()
     norm = grown.model.layers[0].input_layernorm.weight  # (1 + w') = (1 + w) sqrt(h/h')
-    assert torch.allclose(1 + norm[:48], (1 + src.model.layers[0].input_layernorm.weight) * 0.5 ** 0.5, atol=1e-6)
+    assert torch.allclose(1 + norm[:48], (1 + src.model.layers[0].input_layernorm.weight) * 0.5**0.5, atol=1e-6)
     for module in grown.modules():  # the old epsilon is measurably off on tiny activations
         if hasattr(module, "eps"):
             module.eps = 1e-5
     assert max_logit_diff(src, grown, IDS) > 100 * TOL
     if version == "gemma3_text":
         q = grown.model.layers[0].self_attn.q_proj.weight[:, :48]
-        assert torch.allclose(q, src.model.layers[0].self_attn.q_proj.weight * 0.5 ** 0.5, rtol=1e-6)
+        assert torch.allclose(q, src.model.layers[0].self_attn.q_proj.weight * 0.5**0.5, rtol=1e-6)
         monkeypatch.setattr(Gemma3TextAdapter, "qk_norm", False)  # without the q/k compensation
         assert max_logit_diff(src, grow_model(src, plan), IDS) > 100 * TOL
 
@@ -140,20 +168,33 @@ def test_new_layers_are_the_identity_and_take_the_layer_type_below():
     assert_exact(src, grown)
     types = grown.config.layer_types
     # old layers keep their types; new layer 2 follows old layer 1 (full), new layer 5 follows old layer 3
-    assert types == ["sliding_attention", "full_attention", "full_attention", "sliding_attention",
-                     "sliding_attention", "sliding_attention"]
+    assert types == [
+        "sliding_attention",
+        "full_attention",
+        "full_attention",
+        "sliding_attention",
+        "sliding_attention",
+        "sliding_attention",
+    ]
     assert grown.model.layers[2].self_attn.sliding_window is None and grown.model.layers[5].self_attn.is_sliding
     new = grown.model.layers[2]
     assert not new.self_attn.o_proj.weight.any() and not new.mlp.down_proj.weight.any()
-    for norm in (new.input_layernorm, new.post_attention_layernorm, new.pre_feedforward_layernorm,
-                 new.post_feedforward_layernorm, new.self_attn.q_norm, new.self_attn.k_norm):
+    for norm in (
+        new.input_layernorm,
+        new.post_attention_layernorm,
+        new.pre_feedforward_layernorm,
+        new.post_feedforward_layernorm,
+        new.self_attn.q_norm,
+        new.self_attn.k_norm,
+    ):
         assert not norm.weight.any()  # w = 0: Gemma's gain 1
     assert new.self_attn.q_proj.weight.std() > 0
     midas = grow_model(src, [{"stack": {"to": 6, "block_size": 1, "where": "middle"}}])
     assert len(midas.config.layer_types) == 6 and midas.config.growth_history[-1]["exact"] is False
     for i, layer in enumerate(midas.model.layers):  # every layer keeps the type of the layer it copies
-        j = next(j for j, old in enumerate(src.model.layers)
-                 if torch.equal(old.mlp.up_proj.weight, layer.mlp.up_proj.weight))
+        j = next(
+            j for j, old in enumerate(src.model.layers) if torch.equal(old.mlp.up_proj.weight, layer.mlp.up_proj.weight)
+        )
         assert midas.config.layer_types[i] == src.config.layer_types[j], (i, j)
 
 
@@ -167,21 +208,42 @@ def test_head_dim_keeps_query_pre_attn_scalar_and_the_keys():
     assert not k_new.view(2, 24, 48)[:, 1::2].any()
 
 
-@pytest.mark.parametrize("version,plan,match", [
-    ("gemma3_text", [{"head_dim": 24}], r"plan step 0 \(head_dim\): gemma3_text normalizes queries and keys per head "
-                                        r"\(q_norm / k_norm over head_dim\).*saddle.*grow num_heads instead"),
-    ("gemma3_text", [{"head_dim": {"to": 24, "approximate": True}}], r"gemma3_text normalizes queries and keys"),
-    ("gemma2", [{"head_dim": 18}], r"plan step 0 \(head_dim\): RoPE frequencies .* integer factor \(e\.g\. 24\)"),
-    ("gemma2", [{"qk_dim": 24}], r"plan step 0 \(qk_dim\): gemma2 has one head_dim for q, k and v, so qk_dim cannot "
-                                   r"grow alone: use `head_dim` \(both together, exact by an integer factor\)$"),
-    ("gemma3_text", [{"value_dim": 24}],
-     r"plan step 0 \(value_dim\): gemma3_text has one head_dim .*grow num_heads instead"),
-    ("gemma2", [{"hidden_size": 50}], r"plan step 0 \(hidden_size\): the grown config is not a valid Gemma2Config: .*"
-                                      r"The hidden size \(50\) is not a multiple of the number of attention heads"),
-    ("gemma3_text", [{"num_heads": {"to": 9, "num_key_value_heads": 3}}],
-     r"not a valid Gemma3TextConfig: .*The hidden size \(48\) is not a multiple of the number of attention "
-     r"heads \(9\)"),
-])
+@pytest.mark.parametrize(
+    "version,plan,match",
+    [
+        (
+            "gemma3_text",
+            [{"head_dim": 24}],
+            r"plan step 0 \(head_dim\): gemma3_text normalizes queries and keys per head "
+            r"\(q_norm / k_norm over head_dim\).*saddle.*grow num_heads instead",
+        ),
+        ("gemma3_text", [{"head_dim": {"to": 24, "approximate": True}}], r"gemma3_text normalizes queries and keys"),
+        ("gemma2", [{"head_dim": 18}], r"plan step 0 \(head_dim\): RoPE frequencies .* integer factor \(e\.g\. 24\)"),
+        (
+            "gemma2",
+            [{"qk_dim": 24}],
+            r"plan step 0 \(qk_dim\): gemma2 has one head_dim for q, k and v, so qk_dim cannot "
+            r"grow alone: use `head_dim` \(both together, exact by an integer factor\)$",
+        ),
+        (
+            "gemma3_text",
+            [{"value_dim": 24}],
+            r"plan step 0 \(value_dim\): gemma3_text has one head_dim .*grow num_heads instead",
+        ),
+        (
+            "gemma2",
+            [{"hidden_size": 50}],
+            r"plan step 0 \(hidden_size\): the grown config is not a valid Gemma2Config: .*"
+            r"The hidden size \(50\) is not a multiple of the number of attention heads",
+        ),
+        (
+            "gemma3_text",
+            [{"num_heads": {"to": 9, "num_key_value_heads": 3}}],
+            r"not a valid Gemma3TextConfig: .*The hidden size \(48\) is not a multiple of the number of attention "
+            r"heads \(9\)",
+        ),
+    ],
+)
 def test_refusals(version, plan, match):
     src = tiny_gemma(version)
     src.state_dict = lambda *a, **k: pytest.fail("a tensor was read")
@@ -202,10 +264,21 @@ def test_save_load_round_trip(tmp_path):
 
 
 STREAM_PLANS = {
-    "gemma2": [{"mlp_width": 96}, {"num_heads": {"to": 8, "num_key_value_heads": 4}}, {"head_dim": 24},
-               {"hidden_size": 96}, {"num_layers": {"to": 6}}, {"stack": {"to": 8, "block_size": 2}}],
-    "gemma3_text": [{"mlp_width": 96}, {"num_heads": {"to": 6, "num_key_value_heads": 3}}, {"hidden_size": 72},
-                    {"num_layers": {"to": 6, "where": [1, 4]}}, {"num_layers": {"to": 7, "init": "copy"}}],
+    "gemma2": [
+        {"mlp_width": 96},
+        {"num_heads": {"to": 8, "num_key_value_heads": 4}},
+        {"head_dim": 24},
+        {"hidden_size": 96},
+        {"num_layers": {"to": 6}},
+        {"stack": {"to": 8, "block_size": 2}},
+    ],
+    "gemma3_text": [
+        {"mlp_width": 96},
+        {"num_heads": {"to": 6, "num_key_value_heads": 3}},
+        {"hidden_size": 72},
+        {"num_layers": {"to": 6, "where": [1, 4]}},
+        {"num_layers": {"to": 7, "init": "copy"}},
+    ],
 }
 
 
@@ -261,8 +334,6 @@ def test_adapter_defaults_are_the_config_classes(model_type):
     assert adapter.config_class_name == adapter.config_class().__name__
     for key, value in adapter.config_defaults.items():
         assert defaults[key] == value, key
-
-
 
 
 @pytest.mark.parametrize("version", VERSIONS)

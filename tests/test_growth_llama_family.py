@@ -10,6 +10,9 @@ import math
 
 import pytest
 import torch
+from growth_testing import tiny_inputs
+from growth_testing import train_steps as _train_steps
+from growth_testing import worst_logit_diff as worst_diff
 from transformers import AutoModelForCausalLM
 
 from hf_growth.growth import grow_model
@@ -17,9 +20,6 @@ from hf_growth.growth.adapters import get_adapter
 from hf_growth.growth.freeze import freeze_original, new_parameter_masks
 from hf_growth.growth.io import SafetensorsSource
 from hf_growth.growth.verify import max_logit_diff
-from growth_testing import tiny_inputs
-from growth_testing import train_steps as _train_steps
-from growth_testing import worst_logit_diff as worst_diff
 
 TOL = 1e-5
 ARCHS = ["mistral", "qwen3", "phi3"]
@@ -29,9 +29,19 @@ def tiny_model(arch: str, *, tied=False, bias=False, tiny=False, layers=2, seed=
     """A tiny random model whose norms, biases and q/k norms are away from their initial values; ``tiny``: hidden
     states (and queries / keys) of about 1e-3, where RMSNorm's epsilon matters."""
     torch.manual_seed(seed)
-    common = dict(vocab_size=64, hidden_size=48, intermediate_size=64, num_hidden_layers=layers,
-                  num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=tied,
-                  rms_norm_eps=1e-5 if tiny else 1e-6, bos_token_id=0, eos_token_id=0, pad_token_id=None)
+    common = dict(
+        vocab_size=64,
+        hidden_size=48,
+        intermediate_size=64,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=tied,
+        rms_norm_eps=1e-5 if tiny else 1e-6,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=None,
+    )
     if arch == "mistral":
         from transformers import MistralConfig, MistralForCausalLM
 
@@ -39,8 +49,15 @@ def tiny_model(arch: str, *, tied=False, bias=False, tiny=False, layers=2, seed=
     elif arch == "qwen3":
         from transformers import Qwen3Config, Qwen3ForCausalLM
 
-        config = Qwen3Config(**common, head_dim=12, attention_bias=bias, use_sliding_window=True, sliding_window=6,
-                             max_window_layers=1, **extra)
+        config = Qwen3Config(
+            **common,
+            head_dim=12,
+            attention_bias=bias,
+            use_sliding_window=True,
+            sliding_window=6,
+            max_window_layers=1,
+            **extra,
+        )
         model = Qwen3ForCausalLM(config)
     elif arch == "phi3":
         from transformers import Phi3Config, Phi3ForCausalLM
@@ -59,10 +76,6 @@ def tiny_model(arch: str, *, tied=False, bias=False, tiny=False, layers=2, seed=
                 if any(f"{x}_proj" in name for x in ("q", "k", "qkv")):
                     p.mul_(0.01)
     return model.to(dtype)
-
-
-
-
 
 
 #: the worst |Δlogits| measured per architecture (printed at the end of the module: `pytest -s`)
@@ -94,10 +107,22 @@ PLANS = {
     "layers_interleave": [{"num_layers": 4}],
     "layers_top_copy": [{"num_layers": {"to": 3, "where": "top", "init": "copy"}}],
     "layers_positions": [{"num_layers": {"to": 4, "where": [0, 3]}}],
-    "all_axes": [{"mlp_width": 96}, {"num_heads": {"to": 6, "num_key_value_heads": 3}}, {"hidden_size": 72},
-                 {"head_dim": 24}, {"num_layers": 3}],
-    "all_axes_twice": [{"hidden_size": 96}, {"head_dim": 24}, {"num_heads": 8}, {"mlp_width": 80},
-                       {"num_layers": {"to": 4, "init": "copy"}}, {"hidden_size": 120}, {"mlp_width": 96}],
+    "all_axes": [
+        {"mlp_width": 96},
+        {"num_heads": {"to": 6, "num_key_value_heads": 3}},
+        {"hidden_size": 72},
+        {"head_dim": 24},
+        {"num_layers": 3},
+    ],
+    "all_axes_twice": [
+        {"hidden_size": 96},
+        {"head_dim": 24},
+        {"num_heads": 8},
+        {"mlp_width": 80},
+        {"num_layers": {"to": 4, "init": "copy"}},
+        {"hidden_size": 120},
+        {"mlp_width": 96},
+    ],
 }
 
 
@@ -131,8 +156,9 @@ def test_stack_copies_layers(arch):
     for block in copies:
         for offset, layer in enumerate(block["layers"]):
             new = block["inserted_at"] + offset
-            for (name, a), (_, b) in zip(grown.model.layers[new].named_parameters(),
-                                         src.model.layers[layer].named_parameters()):
+            for (name, a), (_, b) in zip(
+                grown.model.layers[new].named_parameters(), src.model.layers[layer].named_parameters()
+            ):
                 assert torch.equal(a, b), name
 
 
@@ -168,8 +194,9 @@ def test_streaming_is_bit_identical_to_in_memory(arch, plan, dtype, tmp_path):
     src = tmp_path / "src"
     src_model.save_pretrained(src, max_shard_size="8KB")
     before = _digest(src)
-    out = grow_model(str(src), STREAM_PLANS[plan], output_dir=tmp_path / "stream", seed=3, max_shard_size="6KB",
-                     quiet=True)
+    out = grow_model(
+        str(src), STREAM_PLANS[plan], output_dir=tmp_path / "stream", seed=3, max_shard_size="6KB", quiet=True
+    )
     assert _digest(src) == before  # the source is never modified
     grown = grow_model(src_model, STREAM_PLANS[plan], seed=3, output_dir=tmp_path / "mem")
     streamed, expected = SafetensorsSource(out), grown.state_dict()
@@ -255,48 +282,70 @@ def test_freeze_original_trains_only_new_entries(arch):
 
 
 # ------------------------------------------------------------------------------------------ refusals
-ONE_HEAD_DIM = "stock {arch} has one head_dim for q, k and v, so {kind} cannot grow alone: use `head_dim` (both together)"
+ONE_HEAD_DIM = (
+    "stock {arch} has one head_dim for q, k and v, so {kind} cannot grow alone: use `head_dim` (both together)"
+)
 REFUSALS = {
     "mistral": [
         ({}, [{"qk_dim": 24}], "plan step 0 (qk_dim): " + ONE_HEAD_DIM.format(arch="mistral", kind="qk_dim")),
         ({}, [{"value_dim": 24}], "plan step 0 (value_dim): " + ONE_HEAD_DIM.format(arch="mistral", kind="value_dim")),
-        ({}, [{"head_dim": 18}], "plan step 0 (head_dim): RoPE frequencies theta^(-2i/d) and the rotate-half pairing "
-         "depend on the head size: growing 12 -> 18 is exact only by an integer factor (e.g. 24); set "
-         "`approximate: true` to keep old pairs in place and measure the error"),
-        ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4, "factor": 2.0}}, [{"head_dim": 24}],
-         "plan step 0 (head_dim): RoPE type 'yarn' depends on the head size in a way an index placement cannot keep; "
-         "exact head-size growth supports default, linear, llama3. Set `approximate: true` to do it anyway and "
-         "measure the error"),
+        (
+            {},
+            [{"head_dim": 18}],
+            "plan step 0 (head_dim): RoPE frequencies theta^(-2i/d) and the rotate-half pairing "
+            "depend on the head size: growing 12 -> 18 is exact only by an integer factor (e.g. 24); set "
+            "`approximate: true` to keep old pairs in place and measure the error",
+        ),
+        (
+            {"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4, "factor": 2.0}},
+            [{"head_dim": 24}],
+            "plan step 0 (head_dim): RoPE type 'yarn' depends on the head size in a way an index placement cannot "
+            "keep; exact head-size growth supports default, linear, llama3. Set `approximate: true` to do it anyway "
+            "and measure the error",
+        ),
     ],
 }
 REFUSALS["qwen3"] = [(extra, plan, message.replace("mistral", "qwen3")) for extra, plan, message in REFUSALS["mistral"]]
-LONGROPE = {"rope_type": "longrope", "rope_theta": 1e4, "short_factor": [1.0, 1.5, 2.0, 1.0, 1.0, 3.0],
-            "long_factor": [2.0] * 6}
+LONGROPE = {
+    "rope_type": "longrope",
+    "rope_theta": 1e4,
+    "short_factor": [1.0, 1.5, 2.0, 1.0, 1.0, 3.0],
+    "long_factor": [2.0] * 6,
+}
 REFUSALS["phi3"] = REFUSALS["mistral"][:3] + [
-    ({"rope_parameters": {"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.5}},
-     [{"head_dim": 24}], "plan step 0 (head_dim): partial rotary embeddings are not supported for head-size growth; "
-     "set `approximate: true` to do it anyway and measure the error"),
-    ({"rope_parameters": LONGROPE}, [{"head_dim": 24}],
-     "plan step 0 (head_dim): RoPE type 'longrope' depends on the head size in a way an index placement cannot "
-     "keep; exact head-size growth supports default, linear, llama3. Set `approximate: true` to do it anyway and "
-     "measure the error"),
-    ({"rope_parameters": LONGROPE}, [{"mlp_width": 96}, {"hidden_size": 96}],
-     "plan step 1 (hidden_size): Phi3Config checks longrope's short_factor / long_factor lengths against "
-     "hidden_size / num_attention_heads, not head_dim, so with longrope the grown model needs hidden_size = "
-     "num_attention_heads x head_dim (4 x 12 = 48), got 96: grow hidden_size and num_heads by the same factor"),
+    (
+        {"rope_parameters": {"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.5}},
+        [{"head_dim": 24}],
+        "plan step 0 (head_dim): partial rotary embeddings are not supported for head-size growth; "
+        "set `approximate: true` to do it anyway and measure the error",
+    ),
+    (
+        {"rope_parameters": LONGROPE},
+        [{"head_dim": 24}],
+        "plan step 0 (head_dim): RoPE type 'longrope' depends on the head size in a way an index placement cannot "
+        "keep; exact head-size growth supports default, linear, llama3. Set `approximate: true` to do it anyway and "
+        "measure the error",
+    ),
+    (
+        {"rope_parameters": LONGROPE},
+        [{"mlp_width": 96}, {"hidden_size": 96}],
+        "plan step 1 (hidden_size): Phi3Config checks longrope's short_factor / long_factor lengths against "
+        "hidden_size / num_attention_heads, not head_dim, so with longrope the grown model needs hidden_size = "
+        "num_attention_heads x head_dim (4 x 12 = 48), got 96: grow hidden_size and num_heads by the same factor",
+    ),
 ]
 REFUSALS["phi3"] = [(extra, plan, message.replace("mistral", "phi3")) for extra, plan, message in REFUSALS["phi3"]]
 
 
-@pytest.mark.parametrize("arch,extra,plan,message",
-                         [(arch, *case) for arch, cases in REFUSALS.items() for case in cases])
+@pytest.mark.parametrize(
+    "arch,extra,plan,message", [(arch, *case) for arch, cases in REFUSALS.items() for case in cases]
+)
 def test_refusals_say_why_and_nothing_is_read(arch, extra, plan, message):
     src = tiny_model(arch, **extra)
     src.state_dict = lambda *a, **k: pytest.fail("a tensor was read")  # noqa: E731
     with pytest.raises(ValueError) as error:
         grow_model(src, plan)
     assert str(error.value) == message
-
 
 
 # ------------------------------------------------------------------------------------------ qwen3's q/k norms
@@ -354,16 +403,27 @@ def test_qwen3_layer_types_follow_their_layers(tmp_path):
     assert max_logit_diff(grown, AutoModelForCausalLM.from_pretrained(out)) == 0.0
 
 
-
 # ------------------------------------------------------------------------------------------ phi3's fused tensors
 @pytest.mark.parametrize("partial", [1.0, 0.5])
 def test_phi3_longrope_and_partial_rotary_grow_exactly_where_the_head_size_stays(partial, tmp_path):
-    src = tiny_model("phi3", tiny=True, rope_parameters={**LONGROPE, "partial_rotary_factor": partial,
-                                                          "short_factor": LONGROPE["short_factor"][: int(6 * partial)],
-                                                          "long_factor": LONGROPE["long_factor"][: int(6 * partial)]},
-                     max_position_embeddings=64, original_max_position_embeddings=16)
-    plan = [{"hidden_size": 96}, {"num_heads": {"to": 8, "num_key_value_heads": 4}}, {"mlp_width": 96},
-            {"num_layers": 3}]
+    src = tiny_model(
+        "phi3",
+        tiny=True,
+        rope_parameters={
+            **LONGROPE,
+            "partial_rotary_factor": partial,
+            "short_factor": LONGROPE["short_factor"][: int(6 * partial)],
+            "long_factor": LONGROPE["long_factor"][: int(6 * partial)],
+        },
+        max_position_embeddings=64,
+        original_max_position_embeddings=16,
+    )
+    plan = [
+        {"hidden_size": 96},
+        {"num_heads": {"to": 8, "num_key_value_heads": 4}},
+        {"mlp_width": 96},
+        {"num_layers": 3},
+    ]
     grown = grow_model(src, plan)
     assert grown.config.head_dim == 12 and grown.config.rope_parameters["rope_type"] == "longrope"
     assert_exact("phi3", src, grown)
@@ -384,5 +444,7 @@ def test_phi3_fused_parts_grow_like_separate_tensors():
     assert torch.equal(k[:24], old_k) and torch.equal(v[:24], old_v)
     assert not torch.equal(k[24:], v[24:]) and not torch.equal(q[-12:], k[24:])
     masks = new_parameter_masks(grown)
-    assert masks["model.layers.0.mlp.gate_up_proj.weight"][:, 0].tolist() == [False] * 64 + [True] * 32 + \
-        [False] * 64 + [True] * 32
+    assert (
+        masks["model.layers.0.mlp.gate_up_proj.weight"][:, 0].tolist()
+        == [False] * 64 + [True] * 32 + [False] * 64 + [True] * 32
+    )

@@ -5,8 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-PLAN = [{"mlp_width": 2048}, {"num_heads": {"to": 12, "num_key_value_heads": 4}}, {"hidden_size": 768},
-        {"num_layers": {"to": 36, "where": "interleave"}}]
+PLAN = [
+    {"mlp_width": 2048},
+    {"num_heads": {"to": 12, "num_key_value_heads": 4}},
+    {"hidden_size": 768},
+    {"num_layers": {"to": 36, "where": "interleave"}},
+]
 
 
 @pytest.mark.slow
@@ -19,8 +23,13 @@ def test_smollm2_grown_on_every_axis(smollm2):
     model, tokenizer = smollm2
     grown = grow_model(model, PLAN, seed=0)
     cfg = grown.config
-    assert (cfg.intermediate_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.hidden_size,
-            cfg.num_hidden_layers) == (2048, 12, 4, 768, 36)
+    assert (
+        cfg.intermediate_size,
+        cfg.num_attention_heads,
+        cfg.num_key_value_heads,
+        cfg.hidden_size,
+        cfg.num_hidden_layers,
+    ) == (2048, 12, 4, 768, 36)
     assert getattr(cfg, "quantization_config", None) is None
     assert max_logit_diff(model, grown) <= 1e-4
     ids = tokenizer("The capital of France is", return_tensors="pt").input_ids

@@ -23,8 +23,16 @@ from hf_growth.growth.views import LayerView, SourceView, WidthView
 
 def tiny_llama(layers: int = 2) -> LlamaForCausalLM:
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=64, hidden_size=48, intermediate_size=64, num_hidden_layers=layers,
-                      num_attention_heads=4, num_key_value_heads=2, bos_token_id=0, eos_token_id=0)
+    cfg = LlamaConfig(
+        vocab_size=64,
+        hidden_size=48,
+        intermediate_size=64,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
     return LlamaForCausalLM(cfg).eval()
 
 
@@ -73,16 +81,22 @@ def test_a_registered_step_runs_without_engine_changes(zero_step):
 
 def test_a_registered_step_meets_the_adapters_check_named_after_it(zero_step):
     config = tiny_llama().config
-    with pytest.raises(ValueError, match=r"^plan step 1 \(mlp_width_zero\): this architecture refuses zero MLP units "
-                                         r"\(80 -> 96\)$"):
+    with pytest.raises(
+        ValueError,
+        match=r"^plan step 1 \(mlp_width_zero\): this architecture refuses zero MLP units "
+        r"\(80 -> 96\)$",
+    ):
         GrowthEngine(config, [{"mlp_width": 80}, {"mlp_width_zero": 96}], adapter=NoZeroMlpLlamaAdapter())
     with pytest.raises(ValueError, match=r"^plan step 0 \(mlp_width_zero\): cannot shrink the MLP width from 64 to 32"):
         GrowthEngine(config, [{"mlp_width_zero": 32}])
 
 
 def test_unknown_steps_list_the_registry():
-    with pytest.raises(ValueError, match=r"^plan step 0: unknown step 'vocab'; known steps: mlp_width, num_heads, "
-                                         r"head_dim, qk_dim, value_dim, hidden_size, num_layers, stack, experts$"):
+    with pytest.raises(
+        ValueError,
+        match=r"^plan step 0: unknown step 'vocab'; known steps: mlp_width, num_heads, "
+        r"head_dim, qk_dim, value_dim, hidden_size, num_layers, stack, experts$",
+    ):
         GrowthPlan.parse([{"vocab": 8}])
 
 
@@ -94,17 +108,32 @@ def test_plan_accepts_step_objects_and_kind_dicts():
 
 def test_views_expose_the_chain_and_layer_origins():
     src = tiny_llama(layers=3)
-    engine = GrowthEngine(src.config, [{"num_layers": {"to": 4, "where": [2], "init": "copy"}}, {"mlp_width": 96},
-                                       {"stack": {"to": 5, "block_size": 1}}])
+    engine = GrowthEngine(
+        src.config,
+        [
+            {"num_layers": {"to": 4, "where": [2], "init": "copy"}},
+            {"mlp_width": 96},
+            {"stack": {"to": 5, "block_size": 1}},
+        ],
+    )
     view = engine.view(MetaSource(engine.source_shapes()), meta=True)
     chain = [view, view.prev, view.prev.prev, view.prev.prev.prev]
     assert [type(v) for v in chain] == [LayerView, WidthView, LayerView, SourceView]
     name = "model.layers.{}.mlp.up_proj.weight".format
     # num_layers 3 -> 4: a new layer 2, a copy of layer 1; stack 4 -> 5 (MIDAS, blocks of 1): copies block 1
-    assert [view.origin(name(i)) for i in range(5)] == [(name(0), "keep"), (name(1), "keep"), (name(1), "copy"),
-                                                        (name(2), "keep"), (name(3), "keep")]
-    assert [chain[2].origin(name(i)) for i in range(4)] == [(name(0), "keep"), (name(1), "keep"),
-                                                            (name(1), "new_copy"), (name(2), "keep")]
+    assert [view.origin(name(i)) for i in range(5)] == [
+        (name(0), "keep"),
+        (name(1), "keep"),
+        (name(1), "copy"),
+        (name(2), "keep"),
+        (name(3), "keep"),
+    ]
+    assert [chain[2].origin(name(i)) for i in range(4)] == [
+        (name(0), "keep"),
+        (name(1), "keep"),
+        (name(1), "new_copy"),
+        (name(2), "keep"),
+    ]
     assert chain[2].origin("model.norm.weight") == ("model.norm.weight", "keep")
     # bytes copied from the source: kept and stacked norms; not the widened MLP, not the new layer's tensors
     norm = "model.layers.{}.input_layernorm.weight".format
@@ -112,8 +141,13 @@ def test_views_expose_the_chain_and_layer_origins():
     assert view.copy_of(name(0)) is None
 
 
-PLAN = [{"mlp_width": 96}, {"num_heads": {"to": 8, "num_key_value_heads": 4}}, {"hidden_size": 64},
-        {"num_layers": {"to": 3, "where": "top"}}, {"head_dim": 24}]
+PLAN = [
+    {"mlp_width": 96},
+    {"num_heads": {"to": 8, "num_key_value_heads": 4}},
+    {"hidden_size": 64},
+    {"num_layers": {"to": 3, "where": "top"}},
+    {"head_dim": 24},
+]
 
 
 def test_free_values_do_not_depend_on_blocks_being_drawn_on_threads(monkeypatch):
@@ -148,13 +182,25 @@ print(json.dumps([engine.param_counts(), engine.new_config_dict["num_hidden_laye
 
 
 def test_validating_a_plan_and_counting_parameters_import_no_torch():
-    plan = [{"mlp_width": 96}, {"hidden_size": 64}, {"head_dim": 24}, {"num_layers": {"to": 4, "init": "copy"}},
-            {"stack": {"to": 5, "block_size": 1}}]
-    out = subprocess.run([sys.executable, "-c", _NO_TORCH, json.dumps(plan)], capture_output=True, text=True,
-                         check=True)
+    plan = [
+        {"mlp_width": 96},
+        {"hidden_size": 64},
+        {"head_dim": 24},
+        {"num_layers": {"to": 4, "init": "copy"}},
+        {"stack": {"to": 5, "block_size": 1}},
+    ]
+    out = subprocess.run(
+        [sys.executable, "-c", _NO_TORCH, json.dumps(plan)], capture_output=True, text=True, check=True
+    )
     counts, layers, torch_imported = json.loads(out.stdout.strip().splitlines()[-1])
     assert torch_imported is False and layers == 5
-    config = LlamaConfig(vocab_size=64, hidden_size=48, intermediate_size=64, num_hidden_layers=3,
-                         num_attention_heads=4, num_key_value_heads=2)
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=48,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
     grown = grow_model(LlamaForCausalLM(config), plan)
     assert counts[-1][1] == grown.num_parameters()

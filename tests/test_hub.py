@@ -10,28 +10,47 @@ from hf_growth import hub
 from hf_growth.cli import main
 
 HISTORY = [
-    {"step": {"mlp_width": {"to": 128}}, "seed": 0, "before": {"mlp": 64, "layers": 2}, "after": {"mlp": 128, "layers": 2},
-     "num_params_before": 20000, "num_params_after": 26000},
-    {"step": {"num_layers": {"to": 4, "where": "top", "init": "copy"}}, "before": {"layers": 2},
-     "after": {"layers": 4}},
-    {"step": {"stack": {"to": 6, "block_size": 2, "where": "middle"}}, "before": {"layers": 4},
-     "after": {"layers": 6}},
+    {
+        "step": {"mlp_width": {"to": 128}},
+        "seed": 0,
+        "before": {"mlp": 64, "layers": 2},
+        "after": {"mlp": 128, "layers": 2},
+        "num_params_before": 20000,
+        "num_params_after": 26000,
+    },
+    {
+        "step": {"num_layers": {"to": 4, "where": "top", "init": "copy"}},
+        "before": {"layers": 2},
+        "after": {"layers": 4},
+    },
+    {"step": {"stack": {"to": 6, "block_size": 2, "where": "middle"}}, "before": {"layers": 4}, "after": {"layers": 6}},
 ]
 
 
 def llama_config(**kw):
     from transformers import LlamaConfig
 
-    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=128, num_hidden_layers=6,
-                      num_attention_heads=4, num_key_value_heads=2, **kw)
+    cfg = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=128,
+        num_hidden_layers=6,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        **kw,
+    )
     cfg.growth_history = HISTORY
     return cfg
 
 
 def test_card_metadata_lineage_and_citations():
-    card = hub.build_model_card(llama_config(), base_model="HuggingFaceTB/SmolLM2-135M", repo_id="me/grown",
-                                verification={"max_logit_diff": 2.5e-6, "greedy_match": True, "prompt": "Hi"},
-                                num_params=123456)
+    card = hub.build_model_card(
+        llama_config(),
+        base_model="HuggingFaceTB/SmolLM2-135M",
+        repo_id="me/grown",
+        verification={"max_logit_diff": 2.5e-6, "greedy_match": True, "prompt": "Hi"},
+        num_params=123456,
+    )
     assert isinstance(card, ModelCard)
     data = card.data.to_dict()
     assert data["base_model"] == "HuggingFaceTB/SmolLM2-135M"
@@ -57,7 +76,9 @@ def test_card_resformer_needs_remote_code():
 
     cfg = LlamaConfig()
     cfg.model_type = "resformer"  # the card only looks at model_type and growth_history
-    cfg.growth_history = [{"step": "hidden_size", "params": {"to": 64}, "before": {"hidden": 32}, "after": {"hidden": 64}}]
+    cfg.growth_history = [
+        {"step": "hidden_size", "params": {"to": 64}, "before": {"hidden": 32}, "after": {"hidden": 64}}
+    ]
     card = hub.build_model_card(cfg)
     assert "trust_remote_code=True" in card.text
     assert "resformer" in card.data.tags and "arXiv:2410.17897" in card.text
@@ -73,7 +94,9 @@ def test_card_without_history():
 
 
 def test_guess_base_model(tmp_path):
-    assert hub.guess_base_model("/x/hub/models--HuggingFaceTB--SmolLM2-135M/snapshots/abc") == "HuggingFaceTB/SmolLM2-135M"
+    assert (
+        hub.guess_base_model("/x/hub/models--HuggingFaceTB--SmolLM2-135M/snapshots/abc") == "HuggingFaceTB/SmolLM2-135M"
+    )
     assert hub.guess_base_model(tmp_path) is None
     assert hub.guess_base_model("org/model") == "org/model"
 
@@ -182,7 +205,11 @@ def test_push_says_whether_the_repository_is_private(saved_model, fake_api, caps
     assert lines[0] == "me/new exists (public)"
     assert lines[1].startswith("note: --private does not change an existing repository")
     result = hub.push_grown(saved_model, "me/new")
-    assert (result.created, result.private, result.commit_url) == (False, False, "https://huggingface.co/me/new/commit/1")
+    assert (result.created, result.private, result.commit_url) == (
+        False,
+        False,
+        "https://huggingface.co/me/new/commit/1",
+    )
 
 
 def test_push_cli_error_is_clean(tmp_path, capsys):
@@ -210,8 +237,10 @@ def test_card_credits_what_measured_and_fills_the_step_column():
     text = hub.model_card_text(cfg, verification={"max_logit_diff": 3e-6, "measured_by": "hf-growth grow --verify"})
     rows = _rows(text)
     assert rows[1].endswith("| 3e-06 |")  # a one-step plan: the whole-plan figure is that step's
-    assert rows[2] == ("| all | whole plan | | | 20.00K (20,000) | 26.00K (26,000) | 3e-06 (whole plan, measured by "
-                       "`hf-growth grow --verify`) |")
+    assert rows[2] == (
+        "| all | whole plan | | | 20.00K (20,000) | 26.00K (26,000) | 3e-06 (whole plan, measured by "
+        "`hf-growth grow --verify`) |"
+    )
     assert "Verified with `hf-growth grow --verify`: max |Δlogits| against the source: **3e-06**." in text
     assert "`hf-growth verify`" not in text
     demo = hub.model_card_text(cfg, verification={"max_logit_diff": 1e-5, "measured_by": "hf-growth demo"})
@@ -220,8 +249,11 @@ def test_card_credits_what_measured_and_fills_the_step_column():
     assert "(whole plan, measured) |" in anonymous and "Measured: max |Δlogits|" in anonymous
     assert "hf-growth verify" not in anonymous
     # several steps in the run: a whole-plan figure is not one step's; recorded figures show, others '–'
-    cfg.growth_history = [{**HISTORY[0], "run": 0, "max_logit_diff": 2e-7}, {**HISTORY[1], "run": 0},
-                          {**HISTORY[2], "run": 0}]
+    cfg.growth_history = [
+        {**HISTORY[0], "run": 0, "max_logit_diff": 2e-7},
+        {**HISTORY[1], "run": 0},
+        {**HISTORY[2], "run": 0},
+    ]
     rows = _rows(hub.model_card_text(cfg, verification={"max_logit_diff": 4e-6, "measured_by": "hf-growth verify"}))
     assert [row.rsplit(" | ", 1)[1] for row in rows[1:4]] == ["2e-07 |", "– |", "changes the function (by design) |"]
     assert rows[4].endswith("4e-06 (whole plan, measured by `hf-growth verify`) |")
@@ -236,8 +268,16 @@ def test_resformer_conversion_is_a_lineage_step(tmp_path):
     from hf_growth.growth.verify import max_logit_diff
 
     torch.manual_seed(0)
-    llama = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                         num_attention_heads=4, num_key_value_heads=2)).eval()
+    llama = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=64,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        )
+    ).eval()
     grown = grow_model(llama, [{"mlp_width": 96}], seed=0)
     resformer = convert_llama_to_resformer(grown, value_residual="learnable").eval()
     history = resformer.config.growth_history
@@ -255,8 +295,10 @@ def test_resformer_conversion_is_a_lineage_step(tmp_path):
     # saved: config.json keeps the lineage, the card shows the conversion
     out = export_model(resformer, tmp_path / "resformer")
     card = (out / "README.md").read_text()
-    assert "| 2 | `convert_to_resformer` | value_residual: learnable | model_type: llama → resformer<br>" \
-           "value_residual: none → learnable |" in card
+    assert (
+        "| 2 | `convert_to_resformer` | value_residual: learnable | model_type: llama → resformer<br>"
+        "value_residual: none → learnable |" in card
+    )
     assert "resformer" in card and "arXiv:2410.17897" in card and "`mlp_width`" in card
     again = AutoModelForCausalLM.from_pretrained(out).eval()
     assert [r["step"] for r in again.config.growth_history] == [r["step"] for r in history]

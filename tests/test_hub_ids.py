@@ -97,7 +97,8 @@ def _refused(argv_source: str, tmp_path: Path, capsys) -> str:
 def test_missing_repository_is_one_line_and_writes_nothing(hub_cache, tmp_path, capsys):
     assert _refused("Qwen/Qwen3-Absent", tmp_path, capsys) == (
         "hf-growth grow: error: model source 'Qwen/Qwen3-Absent': no local directory 'Qwen/Qwen3-Absent', not an "
-        "embedded model (smollm2, gemma3-270m), and the Hub repository is not in the local cache (HF_HUB_OFFLINE=1)")
+        "embedded model (smollm2, gemma3-270m), and the Hub repository is not in the local cache (HF_HUB_OFFLINE=1)"
+    )
 
 
 def test_gated_repository_is_one_line_and_writes_nothing(hub_cache, tmp_path, capsys, monkeypatch):
@@ -112,8 +113,9 @@ def test_gated_repository_is_one_line_and_writes_nothing(hub_cache, tmp_path, ca
     monkeypatch.setattr(huggingface_hub, "snapshot_download", gated)
     assert _refused("mistralai/Mistral-Gated", tmp_path, capsys) == (
         "hf-growth grow: error: model source 'mistralai/Mistral-Gated': no local directory 'mistralai/Mistral-Gated', "
-        "not an embedded model (smollm2, gemma3-270m), and the Hub repository is gated: accept its terms on its Hub page and log "
-        "in (`hf auth login`) or pass a token")
+        "not an embedded model (smollm2, gemma3-270m), and the Hub repository is gated: accept its terms on its Hub "
+        "page and log in (`hf auth login`) or pass a token"
+    )
 
 
 def test_bin_only_repository_is_one_line_and_writes_nothing(hub_cache, tmp_path, capsys):
@@ -122,9 +124,11 @@ def test_bin_only_repository_is_one_line_and_writes_nothing(hub_cache, tmp_path,
     del files["model.safetensors"]
     files["pytorch_model.bin"] = b"a pickle, never read"
     _cache_repo(hub_cache, "Qwen/Qwen3-Bin", files)
-    message = ("model source 'Qwen/Qwen3-Bin': the Hub repository has no safetensors weights (only pickle weights: "
-               "pytorch_model.bin) and hf-growth never unpickles; use a repository or revision with safetensors (the "
-               "Hub's conversion pull requests, refs/pr/N) or convert it once where you trust the file")
+    message = (
+        "model source 'Qwen/Qwen3-Bin': the Hub repository has no safetensors weights (only pickle weights: "
+        "pytorch_model.bin) and hf-growth never unpickles; use a repository or revision with safetensors (the "
+        "Hub's conversion pull requests, refs/pr/N) or convert it once where you trust the file"
+    )
     assert _refused("Qwen/Qwen3-Bin", tmp_path, capsys) == f"hf-growth grow: error: {message}"
     with pytest.raises(ValueError) as error:
         grow_model("Qwen/Qwen3-Bin", PLAN, output_dir=tmp_path / "out")

@@ -24,13 +24,29 @@ def _batch(rows=6, length=12, first=7, vocab=50, seed=0):
 def _resformer():
     from hf_growth import ResFormerConfig, ResFormerForCausalLM
 
-    return ResFormerForCausalLM(ResFormerConfig(vocab_size=50, hidden_size=32, intermediate_size=64,
-                                                num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2))
+    return ResFormerForCausalLM(
+        ResFormerConfig(
+            vocab_size=50,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        )
+    )
 
 
 MODELS = {
-    "llama": lambda: LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64,
-                                                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)),
+    "llama": lambda: LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=50,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        )
+    ),
     "gpt2": lambda: GPT2LMHeadModel(GPT2Config(vocab_size=50, n_embd=32, n_layer=2, n_head=4, n_positions=32)),
     "resformer": _resformer,
 }
@@ -60,8 +76,9 @@ def test_same_loss_and_gradients_with_fewer_logits(arch):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7)
     # num_items_in_batch (gradient accumulation, transformers 5): the same sum over the same tokens
     n = (full["labels"][:, 1:] != -100).sum()
-    torch.testing.assert_close(model(**cut, num_items_in_batch=n).loss, model(**full, num_items_in_batch=n).loss,
-                               rtol=1e-6, atol=0)
+    torch.testing.assert_close(
+        model(**cut, num_items_in_batch=n).loss, model(**full, num_items_in_batch=n).loss, rtol=1e-6, atol=0
+    )
 
 
 def test_collator_edges():
@@ -82,8 +99,24 @@ def test_script_trains_the_same_with_labelled_logits(tmp_path):
     weights = {}
     for flag in ("--labelled-logits", "--no-labelled-logits"):
         out = tmp_path / flag
-        assert module.main([*TINY, "--model", "llama-tiny", "--max-steps", "6", "--max-test", "4", "--save-final",
-                            flag, "--output-dir", str(out)]) == 0
+        assert (
+            module.main(
+                [
+                    *TINY,
+                    "--model",
+                    "llama-tiny",
+                    "--max-steps",
+                    "6",
+                    "--max-test",
+                    "4",
+                    "--save-final",
+                    flag,
+                    "--output-dir",
+                    str(out),
+                ]
+            )
+            == 0
+        )
         weights[flag] = load_file(out / "final" / "model.safetensors")
     for name, value in weights["--no-labelled-logits"].items():
         torch.testing.assert_close(weights["--labelled-logits"][name], value, rtol=1e-4, atol=1e-6, msg=name)

@@ -8,6 +8,7 @@ import json
 
 import pytest
 import torch
+from growth_testing import assert_exact, tiny_inputs
 from transformers import (
     AutoModelForCausalLM,
     LlamaConfig,
@@ -21,16 +22,27 @@ from hf_growth.growth.adapters.mixtral import MixtralAdapter
 from hf_growth.growth.engine import GrowthEngine
 from hf_growth.growth.io.reader import ExpertLayoutSource
 from hf_growth.growth.verify import max_logit_diff
-from growth_testing import assert_exact, tiny_inputs
 
 TOL = 1e-5
 
 
 def tiny_llama(*, tied=False, bias=False, tiny=False, layers=2, seed=0, dtype=torch.float32):
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=layers,
-                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=tied, attention_bias=bias,
-                      mlp_bias=bias, rms_norm_eps=1e-5, initializer_range=0.2, bos_token_id=0, eos_token_id=0)
+    cfg = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=tied,
+        attention_bias=bias,
+        mlp_bias=bias,
+        rms_norm_eps=1e-5,
+        initializer_range=0.2,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
     model = LlamaForCausalLM(cfg).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -45,9 +57,19 @@ def tiny_mistral(*, seed=0, tiny=False):
     from transformers import MistralConfig, MistralForCausalLM
 
     torch.manual_seed(seed)
-    cfg = MistralConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-                        num_key_value_heads=2, head_dim=16, sliding_window=8, initializer_range=0.2, bos_token_id=0,
-                        eos_token_id=0)
+    cfg = MistralConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        sliding_window=8,
+        initializer_range=0.2,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
     model = MistralForCausalLM(cfg).eval()
     if tiny:
         with torch.no_grad():
@@ -59,10 +81,22 @@ def tiny_qwen3(*, seed=0, tiny=False, bias=False, sliding=False):
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     torch.manual_seed(seed)
-    cfg = Qwen3Config(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, head_dim=16, attention_bias=bias, initializer_range=0.2,
-                      use_sliding_window=sliding, max_window_layers=1, sliding_window=8, bos_token_id=0,
-                      eos_token_id=0)
+    cfg = Qwen3Config(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        attention_bias=bias,
+        initializer_range=0.2,
+        use_sliding_window=sliding,
+        max_window_layers=1,
+        sliding_window=8,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
     model = Qwen3ForCausalLM(cfg).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -77,24 +111,42 @@ def tiny_qwen3_moe(*, experts=4, top_k=2, seed=0):
     from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
 
     torch.manual_seed(seed)
-    cfg = Qwen3MoeConfig(vocab_size=64, hidden_size=32, intermediate_size=48, moe_intermediate_size=24,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                         num_experts=experts, num_experts_per_tok=top_k, norm_topk_prob=True, initializer_range=0.2,
-                         bos_token_id=0, eos_token_id=0)
+    cfg = Qwen3MoeConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=48,
+        moe_intermediate_size=24,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        num_experts=experts,
+        num_experts_per_tok=top_k,
+        norm_topk_prob=True,
+        initializer_range=0.2,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
     return Qwen3MoeForCausalLM(cfg).eval()
 
 
 def tiny_mixtral(*, experts=4, top_k=2, tied=False, seed=0):
     torch.manual_seed(seed)
-    cfg = MixtralConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                        num_attention_heads=4, num_key_value_heads=2, num_local_experts=experts,
-                        num_experts_per_tok=top_k, tie_word_embeddings=tied, initializer_range=0.2,
-                        bos_token_id=0, eos_token_id=0)
+    cfg = MixtralConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_local_experts=experts,
+        num_experts_per_tok=top_k,
+        tie_word_embeddings=tied,
+        initializer_range=0.2,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
     return MixtralForCausalLM(cfg).eval()
-
-
-
-
 
 
 def logits_differ(a, b):
@@ -103,10 +155,18 @@ def logits_differ(a, b):
 
 
 # ------------------------------------------------------------------------------------------ upcycling
-@pytest.mark.parametrize("step", [{"to": 8, "top_k": 2}, {"to": 4, "top_k": 1}, {"to": 4, "top_k": 4},
-                                  {"to": 1}, {"to": 6, "top_k": 3, "router_init": "zeros"},
-                                  {"to": 4, "router_std": 1.0}],
-                         ids=["8top2", "4top1", "4top4", "1", "zeros", "std1"])
+@pytest.mark.parametrize(
+    "step",
+    [
+        {"to": 8, "top_k": 2},
+        {"to": 4, "top_k": 1},
+        {"to": 4, "top_k": 4},
+        {"to": 1},
+        {"to": 6, "top_k": 3, "router_init": "zeros"},
+        {"to": 4, "router_std": 1.0},
+    ],
+    ids=["8top2", "4top1", "4top4", "1", "zeros", "std1"],
+)
 @pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
 def test_upcycling_llama_is_exact(step, tied):
     for tiny in (False, True):
@@ -152,19 +212,41 @@ def test_every_expert_is_the_mlp_and_the_router_is_seeded():
 
 def test_upcycled_config_and_history():
     src = tiny_llama()
-    plan = [{"experts": {"to": 8, "top_k": 2, "router_aux_loss_coef": 0.02, "output_router_logits": True,
-                         "router_jitter_noise": 0.01}}]
+    plan = [
+        {
+            "experts": {
+                "to": 8,
+                "top_k": 2,
+                "router_aux_loss_coef": 0.02,
+                "output_router_logits": True,
+                "router_jitter_noise": 0.01,
+            }
+        }
+    ]
     grown = grow_model(src, plan)
     data = grown.config.to_dict()
     assert data["model_type"] == "mixtral"
-    assert (data["router_aux_loss_coef"], data["output_router_logits"], data["router_jitter_noise"]) == (0.02, True, 0.01)
+    assert (data["router_aux_loss_coef"], data["output_router_logits"], data["router_jitter_noise"]) == (
+        0.02,
+        True,
+        0.01,
+    )
     assert not {"attention_bias", "mlp_bias", "pretraining_tp"} & set(data)
     record = grown.config.growth_history[-1]
     assert record["upcycled"] is True and record["exact"] is True
-    assert record["before"] == {"hidden": 32, "mlp": 48, "heads": 4, "kv_heads": 2, "qk_dim": 8, "v_dim": 8, "layers": 2}
+    assert record["before"] == {
+        "hidden": 32,
+        "mlp": 48,
+        "heads": 4,
+        "kv_heads": 2,
+        "qk_dim": 8,
+        "v_dim": 8,
+        "layers": 2,
+    }
     assert record["after"] == {**record["before"], "experts": 8, "top_k": 2}
-    assert record["new_slices"] == {f"model.layers.*.mlp.{n}": "all"
-                                    for n in ("gate.weight", "experts.gate_up_proj", "experts.down_proj")}
+    assert record["new_slices"] == {
+        f"model.layers.*.mlp.{n}": "all" for n in ("gate.weight", "experts.gate_up_proj", "experts.down_proj")
+    }
     assert record["num_params_after"] == grown.num_parameters()
     # the load-balancing loss is on: training adds it to the loss
     out = grown(input_ids=tiny_inputs(), labels=tiny_inputs())
@@ -202,25 +284,44 @@ def test_noise_changes_the_function_and_is_measured():
 
 
 REFUSALS = [
-    (lambda: tiny_llama(bias=True), [{"experts": 4}],
-     (r"plan step 0 \(experts\): Mixtral has no biases: a llama model with attention_bias and mlp_bias cannot become "
-     r"one exactly; set `approximate: true` to drop them and measure the error")),
+    (
+        lambda: tiny_llama(bias=True),
+        [{"experts": 4}],
+        (
+            r"plan step 0 \(experts\): Mixtral has no biases: a llama model with attention_bias and mlp_bias cannot "
+            r"become one exactly; set `approximate: true` to drop them and measure the error"
+        ),
+    ),
     (tiny_llama, [{"experts": {"to": 4, "top_k": 5}}], r"plan step 0 \(experts\): top_k 5 is more than the 4 experts"),
-    (tiny_llama, [{"experts": {"to": 4, "norm_topk_prob": False}}],
-     (r"plan step 0 \(experts\): mixtral has no `norm_topk_prob` setting \(it has: router_aux_loss_coef, "
-     r"output_router_logits, router_jitter_noise\)")),
-    (tiny_mixtral, [{"experts": 6}],
-     (r"plan step 0 \(experts\): more experts change which experts the router picks: 4 -> 6 experts with top_k 2 -> 2 "
-     r"is exact only by an integer factor m with top_k times m \(every expert copied m times with its router row\), "
-     r"e.g. to: 8, top_k: 4; or set `approximate: true` to do it anyway and measure the error")),
-    (tiny_mixtral, [{"experts": {"to": 8, "top_k": 2}}],
-     r"more experts change which experts the router picks: 4 -> 8 experts with top_k 2 -> 2 is exact only"),
+    (
+        tiny_llama,
+        [{"experts": {"to": 4, "norm_topk_prob": False}}],
+        (
+            r"plan step 0 \(experts\): mixtral has no `norm_topk_prob` setting \(it has: router_aux_loss_coef, "
+            r"output_router_logits, router_jitter_noise\)"
+        ),
+    ),
+    (
+        tiny_mixtral,
+        [{"experts": 6}],
+        (
+            r"plan step 0 \(experts\): more experts change which experts the router picks: 4 -> 6 experts with "
+            r"top_k 2 -> 2 is exact only by an integer factor m with top_k times m \(every expert copied m times with "
+            r"its router row\), e.g. to: 8, top_k: 4; or set `approximate: true` to do it anyway and measure the error"
+        ),
+    ),
+    (
+        tiny_mixtral,
+        [{"experts": {"to": 8, "top_k": 2}}],
+        r"more experts change which experts the router picks: 4 -> 8 experts with top_k 2 -> 2 is exact only",
+    ),
     (tiny_mixtral, [{"experts": 2}], r"plan step 0 \(experts\): cannot shrink the number of experts from 4 to 2"),
 ]
 
 
-@pytest.mark.parametrize("make, plan, message", REFUSALS,
-                         ids=["bias", "top_k", "norm_topk_prob", "non_multiple", "top_k_kept", "shrink"])
+@pytest.mark.parametrize(
+    "make, plan, message", REFUSALS, ids=["bias", "top_k", "norm_topk_prob", "non_multiple", "top_k_kept", "shrink"]
+)
 def test_refusals(make, plan, message):
     with pytest.raises(ValueError, match=message):
         grow_model(make(), plan)
@@ -229,13 +330,24 @@ def test_refusals(make, plan, message):
 def test_architectures_without_a_moe_form_are_refused():
     from transformers import GPT2Config, GPT2LMHeadModel, Qwen2Config, Qwen2ForCausalLM
 
-    qwen2 = Qwen2ForCausalLM(Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
-                                         num_attention_heads=4, num_key_value_heads=2))
+    qwen2 = Qwen2ForCausalLM(
+        Qwen2Config(
+            vocab_size=64,
+            hidden_size=32,
+            intermediate_size=48,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        )
+    )
     gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=32, n_layer=1, n_head=4))
     for model, name in ((qwen2, "qwen2"), (gpt2, "gpt2")):
-        with pytest.raises(ValueError, match=rf"plan step 0 \(experts\): hf-growth upcycles llama, mistral, qwen3 "
-                                             rf"models to a mixture of experts \(mixtral, qwen3_moe\); {name} has no "
-                                             r"mixture-of-experts adapter here"):
+        with pytest.raises(
+            ValueError,
+            match=rf"plan step 0 \(experts\): hf-growth upcycles llama, mistral, qwen3 "
+            rf"models to a mixture of experts \(mixtral, qwen3_moe\); {name} has no "
+            r"mixture-of-experts adapter here",
+        ):
             grow_model(model, [{"experts": 4}])
 
 
@@ -280,8 +392,13 @@ MOE_PLANS = {
     "num_layers_copy": [{"num_layers": {"to": 3, "where": "top", "init": "copy"}}],
     "more_experts": [{"experts": {"to": 8, "top_k": 4}}],
     "more_experts_x3": [{"experts": 12}],
-    "all": [{"experts": 8}, {"mlp_width": 64}, {"num_heads": {"to": 8, "num_key_value_heads": 4}},
-            {"hidden_size": 48}, {"num_layers": 3}],
+    "all": [
+        {"experts": 8},
+        {"mlp_width": 64},
+        {"num_heads": {"to": 8, "num_key_value_heads": 4}},
+        {"hidden_size": 48},
+        {"num_layers": 3},
+    ],
 }
 
 
@@ -294,10 +411,19 @@ def test_growing_mixtral_is_exact(plan):
     assert grown.config.growth_history[-1]["exact"] is True
 
 
-@pytest.mark.parametrize("plan", [[{"experts": 8}, {"mlp_width": 64}, {"hidden_size": 48}, {"num_layers": 3}],
-                                  [{"num_heads": {"to": 8, "num_key_value_heads": 4}}, {"experts": 4},
-                                   {"num_layers": {"to": 4, "where": "top"}}, {"experts": {"to": 8, "top_k": 4}}]],
-                         ids=["upcycle_then_grow", "grow_upcycle_grow"])
+@pytest.mark.parametrize(
+    "plan",
+    [
+        [{"experts": 8}, {"mlp_width": 64}, {"hidden_size": 48}, {"num_layers": 3}],
+        [
+            {"num_heads": {"to": 8, "num_key_value_heads": 4}},
+            {"experts": 4},
+            {"num_layers": {"to": 4, "where": "top"}},
+            {"experts": {"to": 8, "top_k": 4}},
+        ],
+    ],
+    ids=["upcycle_then_grow", "grow_upcycle_grow"],
+)
 def test_upcycling_composes_with_every_axis(plan):
     for tiny in (False, True):
         src = tiny_llama(tiny=tiny)
@@ -310,7 +436,7 @@ def test_width_growth_draws_different_values_per_expert_and_part():
     src = tiny_mixtral()
     grown = grow_model(src, [{"mlp_width": 64}], seed=0)
     gate_up = grown.model.layers[0].mlp.experts.gate_up_proj
-    new_gate, new_up = gate_up[:, 48:64], gate_up[:, 64 + 48:]
+    new_gate, new_up = gate_up[:, 48:64], gate_up[:, 64 + 48 :]
     assert not torch.equal(new_gate[0], new_gate[1]) and not torch.equal(new_gate[0], new_up[0])
     assert not grown.model.layers[0].mlp.experts.down_proj[:, :, 48:].any()  # the new units add nothing
     spec = grown.config.growth_history[-1]["new_slices"]["model.layers.*.mlp.experts.gate_up_proj"]
@@ -389,8 +515,9 @@ def _grow_both(model, plan, tmp_path, seed=3):
     for name in saved:
         assert streamed.dtype(name) == saved.dtype(name) and torch.equal(streamed[name], saved[name]), name
     fused = ExpertLayoutSource(streamed, MixtralAdapter())  # read back as the model holds them
-    expected = {k: v for k, v in grown.state_dict().items()
-                if not (grown.config.tie_word_embeddings and k == "lm_head.weight")}
+    expected = {
+        k: v for k, v in grown.state_dict().items() if not (grown.config.tie_word_embeddings and k == "lm_head.weight")
+    }
     assert set(fused.keys()) == set(expected)
     for name, tensor in expected.items():
         assert torch.equal(fused.get(name), tensor), name
@@ -402,12 +529,22 @@ def _grow_both(model, plan, tmp_path, seed=3):
 STREAM_CASES = {
     "upcycle": (tiny_llama, [{"experts": {"to": 4, "top_k": 2, "router_aux_loss_coef": 0.01}}]),
     "upcycle_tied_bf16": (lambda: tiny_llama(tied=True, dtype=torch.bfloat16), [{"experts": 8}]),
-    "upcycle_and_grow": (tiny_llama, [{"mlp_width": 64}, {"experts": 4}, {"hidden_size": 48}, {"num_layers": 3},
-                                      {"experts": 8}]),
+    "upcycle_and_grow": (
+        tiny_llama,
+        [{"mlp_width": 64}, {"experts": 4}, {"hidden_size": 48}, {"num_layers": 3}, {"experts": 8}],
+    ),
     "upcycle_noise": (tiny_llama, [{"experts": {"to": 4, "noise": 0.01}}, {"mlp_width": 64}]),
     "mistral": (tiny_mistral, [{"experts": 4}, {"num_heads": {"to": 8, "num_key_value_heads": 4}}]),
-    "mixtral": (tiny_mixtral, [{"mlp_width": 64}, {"num_heads": {"to": 8, "num_key_value_heads": 4}},
-                               {"hidden_size": 48}, {"num_layers": {"to": 3, "where": "top"}}, {"experts": 8}]),
+    "mixtral": (
+        tiny_mixtral,
+        [
+            {"mlp_width": 64},
+            {"num_heads": {"to": 8, "num_key_value_heads": 4}},
+            {"hidden_size": 48},
+            {"num_layers": {"to": 3, "where": "top"}},
+            {"experts": 8},
+        ],
+    ),
     "mixtral_stack": (tiny_mixtral, [{"stack": {"to": 4, "block_size": 1, "where": "top"}}]),
 }
 
@@ -428,14 +565,23 @@ def _save_fused(model, directory):
 
     directory.mkdir()
     model.config.save_pretrained(directory)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, directory / "model.safetensors",
-              metadata={"format": "pt"})
+    save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()},
+        directory / "model.safetensors",
+        metadata={"format": "pt"},
+    )
     return directory
 
 
-@pytest.mark.parametrize("plan", [[{"mlp_width": 64}, {"num_layers": {"to": 3, "where": "top"}}],
-                                  [{"experts": 8}], [{"hidden_size": 48}, {"experts": 8}]],
-                         ids=["width_depth", "more_experts", "hidden_experts"])
+@pytest.mark.parametrize(
+    "plan",
+    [
+        [{"mlp_width": 64}, {"num_layers": {"to": 3, "where": "top"}}],
+        [{"experts": 8}],
+        [{"hidden_size": 48}, {"experts": 8}],
+    ],
+    ids=["width_depth", "more_experts", "hidden_experts"],
+)
 def test_streaming_reads_the_fused_and_the_per_expert_layout(tmp_path, plan):
     from hf_growth.growth.io import SafetensorsSource
     from hf_growth.growth.streaming import grow_checkpoint
@@ -475,7 +621,10 @@ def test_streaming_copies_expert_bytes(tmp_path):
         source = expert_layout_source(SafetensorsSource(tmp_path / src), engine)
         planned = plan_output(engine, source)
         computed = sorted(p.name for p in planned if p.source_info(source) is None)
-        assert computed == ["model.layers.0.block_sparse_moe.gate.weight", "model.layers.1.block_sparse_moe.gate.weight"]
+        assert computed == [
+            "model.layers.0.block_sparse_moe.gate.weight",
+            "model.layers.1.block_sparse_moe.gate.weight",
+        ]
     engine = Engine(load_source_config(tmp_path / "fused"), [{"mlp_width": 64}])
     source = expert_layout_source(SafetensorsSource(tmp_path / "fused"), engine)
     computed = {p.name.split("experts.")[-1] for p in plan_output(engine, source) if p.source_info(source) is None}
@@ -543,11 +692,23 @@ def test_growth_callback_upcycles_mid_run_with_loss_continuity(tmp_path):
 
     model = tiny_llama()
     batch = {"input_ids": Counting(8).ids, "labels": Counting(8).ids}
-    callback = GrowthCallback({3: [{"experts": {"to": 4, "top_k": 2}}], 6: [{"experts": {"to": 8, "top_k": 4}}]},
-                              check_batch=batch)
-    args = TrainingArguments(output_dir=str(tmp_path), max_steps=9, per_device_train_batch_size=8, learning_rate=1e-2,
-                             logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True,
-                             dataloader_num_workers=0, seed=0, lr_scheduler_type="constant")
+    callback = GrowthCallback(
+        {3: [{"experts": {"to": 4, "top_k": 2}}], 6: [{"experts": {"to": 8, "top_k": 4}}]}, check_batch=batch
+    )
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        max_steps=9,
+        per_device_train_batch_size=8,
+        learning_rate=1e-2,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        seed=0,
+        lr_scheduler_type="constant",
+    )
     trainer = Trainer(model=model, args=args, train_dataset=Counting())
     callback.bind(trainer)
     trainer.train()
@@ -566,8 +727,11 @@ def test_freeze_original_trains_the_experts_and_routers():
     grown = grow_model(tiny_llama(), [{"experts": 4}])
     counts = freeze_original(grown)
     trainable = {n for n, p in grown.named_parameters() if p.requires_grad}
-    assert trainable == {f"model.layers.{i}.mlp.{n}" for i in range(2)
-                         for n in ("gate.weight", "experts.gate_up_proj", "experts.down_proj")}
+    assert trainable == {
+        f"model.layers.{i}.mlp.{n}"
+        for i in range(2)
+        for n in ("gate.weight", "experts.gate_up_proj", "experts.down_proj")
+    }
     assert counts["whole"] == 6 and counts["masked"] == 0
     more = grow_model(tiny_mixtral(), [{"experts": 8}])
     freeze_original(more)
@@ -605,10 +769,13 @@ def test_upcycling_qwen3_is_exact(bias):
 
 
 def test_qwen3_moe_refusals_and_approximate():
-    with pytest.raises(ValueError, match=r"plan step 0 \(experts\): qwen3_moe with norm_topk_prob: false weighs the "
-                                         r"chosen experts by their softmax probabilities, which sum to less than one "
-                                         r"when top_k \(2\) < experts \(4\): the output shrinks; keep norm_topk_prob: "
-                                         r"true \(the default\), or set `approximate: true`"):
+    with pytest.raises(
+        ValueError,
+        match=r"plan step 0 \(experts\): qwen3_moe with norm_topk_prob: false weighs the "
+        r"chosen experts by their softmax probabilities, which sum to less than one "
+        r"when top_k \(2\) < experts \(4\): the output shrinks; keep norm_topk_prob: "
+        r"true \(the default\), or set `approximate: true`",
+    ):
         grow_model(tiny_qwen3(), [{"experts": {"to": 4, "norm_topk_prob": False}}])
     with pytest.raises(ValueError, match=r"Qwen3-MoE gives every layer the same attention window"):
         grow_model(tiny_qwen3(sliding=True), [{"experts": 4}])
@@ -639,9 +806,14 @@ def test_growing_qwen3_moe_is_exact(plan):
     assert_exact(src, grown)
 
 
-@pytest.mark.parametrize("make, plan", [(tiny_qwen3, [{"experts": 4}, {"mlp_width": 64}, {"hidden_size": 48}]),
-                                        (tiny_qwen3_moe, [{"experts": 8}, {"num_layers": 3}])],
-                         ids=["qwen3", "qwen3_moe"])
+@pytest.mark.parametrize(
+    "make, plan",
+    [
+        (tiny_qwen3, [{"experts": 4}, {"mlp_width": 64}, {"hidden_size": 48}]),
+        (tiny_qwen3_moe, [{"experts": 8}, {"num_layers": 3}]),
+    ],
+    ids=["qwen3", "qwen3_moe"],
+)
 def test_qwen3_moe_streaming_is_the_in_memory_path(tmp_path, make, plan):
     from transformers import Qwen3MoeForCausalLM
 

@@ -26,8 +26,15 @@ def tiny_gpt2(vocab: int) -> GPT2LMHeadModel:
 
 def tiny_llama(vocab: int, tied: bool = False) -> LlamaForCausalLM:
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=tied)
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        tie_word_embeddings=tied,
+    )
     return LlamaForCausalLM(config)
 
 
@@ -39,8 +46,9 @@ def gpt2_style_tokenizer():
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     backend.train_from_iterator(["5 6 3 2 * 7 4 3 4", "1 2 + 3 = 4", "9 8 7 6 5 4 3 2 1 0"] * 10, trainer)
     return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>")  # no pad token, like GPT-2
 
@@ -129,7 +137,9 @@ def test_gpt2_style_tokenizer_without_pad():
     tok = gpt2_style_tokenizer()
     model = tiny_gpt2(len(tok))
     pause = add_pause_tokens(tok, model, num=2)
-    batch = PauseCollator(tok, pause)([{"question": "5 6 * 7 4", "answer": "5 5 6"}, {"question": "1 * 2", "answer": "2"}])
+    batch = PauseCollator(tok, pause)(
+        [{"question": "5 6 * 7 4", "answer": "5 5 6"}, {"question": "1 * 2", "answer": "2"}]
+    )
     ids, labels = batch["input_ids"], batch["labels"]
     assert (ids[0] == pause.pause).sum() == 2 and (ids[0] == pause.start).sum() == 1
     answer_ids = [i for i, lab in zip(ids[0].tolist(), labels[0].tolist()) if lab != -100]

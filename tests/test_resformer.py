@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 import hf_growth  # noqa: F401  (registers the Auto classes)
 from hf_growth.resformer.configuration_resformer import ResFormerConfig
@@ -172,7 +173,9 @@ def test_value_residual_formula_identity_and_sparse():
     def run(variant, **kw):
         model = tiny_model(variant, **kw)
         attn = [layer.self_attn for layer in model.model.layers]
-        hooks = [a.v_proj.register_forward_hook(lambda m, i, o, k=k: captured.__setitem__(k, o)) for k, a in enumerate(attn)]
+        hooks = [
+            a.v_proj.register_forward_hook(lambda m, i, o, k=k: captured.__setitem__(k, o)) for k, a in enumerate(attn)
+        ]
         ids = torch.tensor([[5, 6, 7, 8]])
         with torch.no_grad():
             model(ids)
@@ -243,8 +246,10 @@ def test_svformer_cache_stores_v0_once():
     per_tensor = 2 * 2 * 16 * 8 * 4  # batch * kv heads * tokens * head_dim * fp32 bytes
     assert bytes_["identity"] == bytes_["none"] == 4 * 2 * per_tensor
     assert bytes_["svformer"] == (4 + 1) * per_tensor  # 4 key tensors + V_0 once
-    print(f"SVFormer KV cache: {bytes_['svformer']} B vs {bytes_['identity']} B "
-          f"({bytes_['svformer'] / bytes_['identity']:.3f}x; (L+1)/(2L) for L=4)")
+    print(
+        f"SVFormer KV cache: {bytes_['svformer']} B vs {bytes_['identity']} B "
+        f"({bytes_['svformer'] / bytes_['identity']:.3f}x; (L+1)/(2L) for L=4)"
+    )
 
 
 @compat
@@ -368,16 +373,18 @@ REMOTE_SCRIPT = textwrap.dedent(
     except ImportError:
         pass
     import torch
+    from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
     result = {}
     for path in PATHS:
         model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True).eval()
-        ids = torch.load(path + "/ids.pt")
+        saved = load_file(path + "/expected.safetensors")
+        ids = saved["ids"]
         with torch.no_grad():
             logits = model(ids).logits
         generated = model.generate(ids, max_new_tokens=5, do_sample=False, pad_token_id=0, eos_token_id=None)
-        result[path] = dict(module=type(model).__module__, diff=(logits - torch.load(path + "/logits.pt")).abs().max().item(),
-                            generated=generated.tolist())
+        diff = (logits - saved["logits"]).abs().max().item()
+        result[path] = dict(module=type(model).__module__, diff=diff, generated=generated.tolist())
     print("RESULT" + json.dumps(result))
     """
 )
@@ -393,8 +400,7 @@ def test_remote_code_loads_without_hf_growth(tmp_path):
         path = tmp_path / variant
         model.save_pretrained(path)
         with torch.no_grad():
-            torch.save(model(ids).logits, path / "logits.pt")
-        torch.save(ids, path / "ids.pt")
+            save_file({"ids": ids, "logits": model(ids).logits.contiguous()}, str(path / "expected.safetensors"))
         expected[str(path)] = model.generate(
             ids, max_new_tokens=5, do_sample=False, pad_token_id=0, eos_token_id=None
         ).tolist()
@@ -547,7 +553,8 @@ def test_benchmark_tiny_smoke(tmp_path, monkeypatch, capsys):
     assert rows["llama"]["tokens_per_s_ratio"] == 1.0
     # the tiny shape has 3 layers: two mixing layers, one for sparse (the last 3/8), all fused; SVFormer has none
     assert {name: row["fused_layers"] for name, row in rows.items()} == dict(
-        llama=0, identity=2, constant=2, learnable=2, learnable_plus=2, sparse=1, svformer=0)
+        llama=0, identity=2, constant=2, learnable=2, learnable_plus=2, sparse=1, svformer=0
+    )
     assert rows["identity"]["saved_activation_bytes"] == rows["llama"]["saved_activation_bytes"]
     assert result["decode"]["svformer"]["kv_cache_bytes"] < result["decode"]["llama"]["kv_cache_bytes"]
     assert "ratio" in capsys.readouterr().out

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from test_resformer import VARIANTS, left_padded_batch, tiny_model
 
 

@@ -19,9 +19,17 @@ MIXING_VARIANTS = ["identity", "constant", "learnable", "learnable_plus", "spars
 
 
 def tiny_model(variant: str, dtype=torch.float32, fused: bool = True, **overrides) -> ResFormerForCausalLM:
-    kwargs = dict(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
-                  num_key_value_heads=2, rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
-                  initializer_range=0.2, value_residual=variant)
+    kwargs = dict(
+        vocab_size=97,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+        initializer_range=0.2,
+        value_residual=variant,
+    )
     if variant == "sparse":
         kwargs["value_residual_layers"] = [2]
     kwargs.update(overrides)
@@ -73,8 +81,11 @@ def test_function_equals_plain_formula_float32(bias, learnable):
     fused_out, fused_grads = grads(ValueResidualProjection.apply, torch.float32, bias, learnable)
     plain_out, plain_grads = grads(plain, torch.float32, bias, learnable)
     torch.testing.assert_close(fused_out, plain_out, rtol=1e-6, atol=1e-6)
-    assert set(fused_grads) == set(plain_grads) == ({"x", "w", "v0"} | ({"b"} if bias else set())
-                                                   | ({"first", "own"} if learnable else set()))
+    assert (
+        set(fused_grads)
+        == set(plain_grads)
+        == ({"x", "w", "v0"} | ({"b"} if bias else set()) | ({"first", "own"} if learnable else set()))
+    )
     for name in plain_grads:
         torch.testing.assert_close(fused_grads[name], plain_grads[name], rtol=1e-5, atol=1e-5, msg=name)
 
@@ -92,8 +103,9 @@ def test_function_bfloat16_as_accurate_as_plain_formula(bias):
         torch.testing.assert_close(out.double(), exact_out, rtol=2e-2, atol=2e-2, msg=name)
         for key in exact_grads:
             scale = exact_grads[key].abs().max().item()
-            torch.testing.assert_close(grad[key].double(), exact_grads[key], rtol=2e-2, atol=2e-2 * scale,
-                                       msg=f"{name} {key}")
+            torch.testing.assert_close(
+                grad[key].double(), exact_grads[key], rtol=2e-2, atol=2e-2 * scale, msg=f"{name} {key}"
+            )
 
 
 @compat

@@ -18,7 +18,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from test_resformer import REPO, tiny_model
 
 SCRIPT = textwrap.dedent(
@@ -54,8 +53,14 @@ def load(path: Path, mode: str, tmp_path: Path) -> subprocess.CompletedProcess:
     if mode == "hf_growth":
         env["PYTHONPATH"] = str(REPO)
     env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"), TOKENIZERS_PARALLELISM="false")
-    return subprocess.run([sys.executable, "-c", SCRIPT, str(path), mode], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=240)
+    return subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(path), mode],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
 
 
 @pytest.mark.compat
@@ -68,8 +73,10 @@ def test_tokenizer_loads_without_custom_code_prompt(tmp_path):
 
     prompted = load(path, "plain", tmp_path)  # the behaviour this file explains: transformers asks
     assert prompted.returncode != 0 and "PROMPTED" in prompted.stderr, prompted.stderr[-2000:]
-    for mode, module in (("hf_growth", "hf_growth.resformer.modeling_resformer"),
-                         ("trust_remote_code=False", "transformers_modules.")):
+    for mode, module in (
+        ("hf_growth", "hf_growth.resformer.modeling_resformer"),
+        ("trust_remote_code=False", "transformers_modules."),
+    ):
         proc = load(path, mode, tmp_path)
         assert proc.returncode == 0, (mode, proc.stderr[-3000:])
         result = json.loads(proc.stdout.split("RESULT", 1)[1])

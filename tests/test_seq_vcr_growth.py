@@ -16,11 +16,30 @@ VOCAB, SEQ, PROJ = 48, 12, 16
 def tiny(arch: str, layers: int = 3) -> torch.nn.Module:
     torch.manual_seed(0)
     if arch == "llama":
-        return LlamaForCausalLM(LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64,
-                                            num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                                            max_position_embeddings=64, tie_word_embeddings=False))
-    return GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=layers, n_head=2, n_positions=64,
-                                      resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
+        return LlamaForCausalLM(
+            LlamaConfig(
+                vocab_size=VOCAB,
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=layers,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                max_position_embeddings=64,
+                tie_word_embeddings=False,
+            )
+        )
+    return GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=VOCAB,
+            n_embd=32,
+            n_layer=layers,
+            n_head=2,
+            n_positions=64,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+        )
+    )
 
 
 class Counting(torch.utils.data.Dataset):
@@ -38,9 +57,21 @@ class Counting(torch.utils.data.Dataset):
 
 
 def config(tmp_path, max_steps: int, **kw) -> SeqVCRConfig:
-    base = dict(output_dir=str(tmp_path), max_steps=max_steps, per_device_train_batch_size=8, learning_rate=3e-3,
-                logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True, seed=0,
-                seq_vcr_projection_dim=PROJ, num_pause_tokens=0, lr_scheduler_type="constant")
+    base = dict(
+        output_dir=str(tmp_path),
+        max_steps=max_steps,
+        per_device_train_batch_size=8,
+        learning_rate=3e-3,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+        seq_vcr_projection_dim=PROJ,
+        num_pause_tokens=0,
+        lr_scheduler_type="constant",
+    )
     base.update(kw)
     return SeqVCRConfig(**base)
 
@@ -60,9 +91,13 @@ class Probe(TrainerCallback):
             return
         (head,) = self.trainer.seq_vcr_projection.values()
         state_of = self.trainer.optimizer.state[head.weight]
-        self.seen = {"terms": self.trainer.measure_seq_vcr(CHECK), "weight": head.weight.detach().clone(),
-                     "exp_avg": state_of["exp_avg"].clone(), "exp_avg_sq": state_of["exp_avg_sq"].clone(),
-                     "names": list(self.trainer.seq_vcr_projection)}
+        self.seen = {
+            "terms": self.trainer.measure_seq_vcr(CHECK),
+            "weight": head.weight.detach().clone(),
+            "exp_avg": state_of["exp_avg"].clone(),
+            "exp_avg_sq": state_of["exp_avg_sq"].clone(),
+            "names": list(self.trainer.seq_vcr_projection),
+        }
 
 
 def grow_mid_run(tmp_path, arch, plan, grow_at=3, max_steps=6, **kw):
@@ -70,7 +105,7 @@ def grow_mid_run(tmp_path, arch, plan, grow_at=3, max_steps=6, **kw):
     trainer = SeqVCRTrainer(model=model, args=config(tmp_path, max_steps, **kw), train_dataset=Counting())
     before = Probe(trainer, grow_at)
     trainer.add_callback(before)
-    growth = GrowthCallback({grow_at: plan}).bind(trainer)
+    GrowthCallback({grow_at: plan}).bind(trainer)  # bind adds the callback to the trainer
     after = Probe(trainer, grow_at)
     trainer.add_callback(after)
     trainer.train()
@@ -93,8 +128,9 @@ def test_hidden_size_growth_widens_the_projection_head_and_its_adam_state(tmp_pa
         assert after["terms"][term] == pytest.approx(before["terms"][term], rel=1e-4, abs=1e-6), term
     logs = [h for h in trainer.state.log_history if "loss" in h]
     assert len(logs) == 6 and all(torch.isfinite(torch.tensor(h["loss"])) for h in logs)
-    assert {id(p) for g in trainer.optimizer.param_groups for p in g["params"]} == \
-        {id(p) for p in [*model.parameters(), *trainer.seq_vcr_projection.parameters()]}
+    assert {id(p) for g in trainer.optimizer.param_groups for p in g["params"]} == {
+        id(p) for p in [*model.parameters(), *trainer.seq_vcr_projection.parameters()]
+    }
 
 
 def test_layer_growth_moves_last_layer_hook_and_head_to_the_new_last_block(tmp_path):
@@ -127,8 +163,9 @@ def test_explicit_block_index_follows_its_block_and_embeddings_stay_at_the_input
 def test_resume_after_hidden_growth_restores_the_wide_head(tmp_path):
     plan = {2: [{"hidden_size": 48}]}
     full = tiny("llama")
-    trainer = SeqVCRTrainer(model=full, args=config(tmp_path, 6, save_strategy="steps", save_steps=4),
-                            train_dataset=Counting())
+    trainer = SeqVCRTrainer(
+        model=full, args=config(tmp_path, 6, save_strategy="steps", save_steps=4), train_dataset=Counting()
+    )
     GrowthCallback(plan).bind(trainer)
     trainer.train()
     resumed = tiny("llama")
@@ -139,8 +176,12 @@ def test_resume_after_hidden_growth_restores_the_wide_head(tmp_path):
     assert tuple(head2.weight.shape) == (PROJ, 48)
     # the resumed run ends where the uninterrupted one did: head, its optimizer state and the model
     torch.testing.assert_close(head2.weight, head.weight, rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(trainer2.optimizer.state[head2.weight]["exp_avg"],
-                               trainer.optimizer.state[head.weight]["exp_avg"], rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(
+        trainer2.optimizer.state[head2.weight]["exp_avg"],
+        trainer.optimizer.state[head.weight]["exp_avg"],
+        rtol=1e-4,
+        atol=1e-7,
+    )
     for (n, a), (_, b) in zip(full.named_parameters(), resumed.named_parameters()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=n)
 

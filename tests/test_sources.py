@@ -21,8 +21,16 @@ IDS = torch.tensor([[1, 5, 9, 2, 7]])
 
 def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
     torch.manual_seed(seed)
-    return LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                        num_attention_heads=4, num_key_value_heads=2)).eval()
+    return LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=64,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        )
+    ).eval()
 
 
 def tokenizer():
@@ -50,8 +58,9 @@ def embedded(monkeypatch):
     import hf_growth._embedded as embedded_module
 
     model, tok = tiny_llama(3), tokenizer()
-    monkeypatch.setattr(embedded_module, "load_smollm2",
-                        lambda dtype="float32": (copy.deepcopy(model).to(getattr(torch, dtype)), tok))
+    monkeypatch.setattr(
+        embedded_module, "load_smollm2", lambda dtype="float32": (copy.deepcopy(model).to(getattr(torch, dtype)), tok)
+    )
     return model, tok
 
 
@@ -66,8 +75,10 @@ def test_resolve_kinds_and_one_line_errors(tmp_path, saved):
         str(tmp_path / "notes"): "a directory without config.json, so not a saved model (save_pretrained output)",
         str(tmp_path / "x.gguf"): "no such GGUF file",
         str(src / "config.json"): "a file, not a model directory or a .gguf file",
-        str(tmp_path / "missing"): "no such local directory or .gguf file, and not an embedded model (smollm2, gemma3-270m) or "
-                                   "a Hub repository id (org/name)",
+        str(
+            tmp_path / "missing"
+        ): "no such local directory or .gguf file, and not an embedded model (smollm2, gemma3-270m) or "
+        "a Hub repository id (org/name)",
     }
     for source, message in cases.items():
         with pytest.raises(ModelSourceError) as error:
@@ -124,9 +135,12 @@ def test_hub_id_from_the_offline_cache(saved, tmp_path, monkeypatch):
     assert resolved.kind == "hub" and resolved.directory == snapshot.resolve()
     loaded, tok = load_model("org/tiny-llama")
     assert torch.equal(logits(loaded), logits(model)) and tok is not None
-    with pytest.raises(ModelSourceError, match=r"^model source 'org/absent': no local directory 'org/absent', not an "
-                                               r"embedded model \(smollm2, gemma3-270m\), and the Hub repository is not in the local "
-                                               r"cache \(HF_HUB_OFFLINE=1\)$"):
+    with pytest.raises(
+        ModelSourceError,
+        match=r"^model source 'org/absent': no local directory 'org/absent', not an "
+        r"embedded model \(smollm2, gemma3-270m\), and the Hub repository is not in the local "
+        r"cache \(HF_HUB_OFFLINE=1\)$",
+    ):
         resolve_source("org/absent")
     # grow_model streams the cached snapshot; the card names the repository as the base model
     from hf_growth import grow_model
@@ -197,7 +211,8 @@ def test_export_the_embedded_model(embedded, tmp_path, capsys):
     assert main(["export", "smollm2", str(out)]) == 0
     assert f"saved smollm2 to {out.resolve()}" in capsys.readouterr().out
     assert {"config.json", "model.safetensors", "tokenizer.json", "generation_config.json"} <= {
-        p.name for p in out.iterdir()}
+        p.name for p in out.iterdir()
+    }
     again, again_tok = load_model(out)
     assert torch.equal(logits(again), logits(model)) and len(again_tok) == len(tok)
     assert not (out / "README.md").exists()  # not grown: no growth card

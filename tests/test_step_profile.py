@@ -17,8 +17,24 @@ def test_step_profiler_on_the_training_script(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     monkeypatch.setenv("STEP_PROFILE", json.dumps({"start": 4, "steps": 3, "rows": 5}))
     out = tmp_path / "run"
-    assert _load_script().main([*TINY, "--model", "llama-tiny", "--max-steps", "10", "--max-test", "4",
-                                "--callback", "step_profile:StepProfiler", "--output-dir", str(out)]) == 0
+    assert (
+        _load_script().main(
+            [
+                *TINY,
+                "--model",
+                "llama-tiny",
+                "--max-steps",
+                "10",
+                "--max-test",
+                "4",
+                "--callback",
+                "step_profile:StepProfiler",
+                "--output-dir",
+                str(out),
+            ]
+        )
+        == 0
+    )
     summary = json.loads((out / "step_profile.json").read_text())
     assert summary["first_step"] == 5 and summary["steps"] == 3
     assert summary["wall_ms_per_step"] > 0 and summary["device_ms_per_step"] == 0  # CPU: no kernels

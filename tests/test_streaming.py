@@ -25,20 +25,41 @@ def make_model(arch: str, dtype=torch.float32):
     if arch == "llama":
         from transformers import LlamaConfig, LlamaForCausalLM
 
-        cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
-                          num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
+        cfg = LlamaConfig(
+            vocab_size=64,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            tie_word_embeddings=False,
+        )
         return LlamaForCausalLM(cfg).to(dtype)
     if arch == "llama-tied":
         from transformers import LlamaConfig, LlamaForCausalLM
 
-        cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                          num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=True)
+        cfg = LlamaConfig(
+            vocab_size=64,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            tie_word_embeddings=True,
+        )
         return LlamaForCausalLM(cfg).to(dtype)
     if arch == "qwen2":
         from transformers import Qwen2Config, Qwen2ForCausalLM
 
-        cfg = Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                          num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
+        cfg = Qwen2Config(
+            vocab_size=64,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            tie_word_embeddings=False,
+        )
         return Qwen2ForCausalLM(cfg).to(dtype)
     if arch == "gpt2":
         from transformers import GPT2Config, GPT2LMHeadModel
@@ -48,9 +69,16 @@ def make_model(arch: str, dtype=torch.float32):
     if arch == "resformer":
         from hf_growth import ResFormerConfig, ResFormerForCausalLM
 
-        cfg = ResFormerConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                              num_attention_heads=4, num_key_value_heads=2, value_residual="learnable",
-                              tie_word_embeddings=False)
+        cfg = ResFormerConfig(
+            vocab_size=64,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            value_residual="learnable",
+            tie_word_embeddings=False,
+        )
         return ResFormerForCausalLM(cfg).to(dtype)
     raise AssertionError(arch)
 
@@ -96,8 +124,13 @@ LLAMA_PLANS = {
     "num_layers": [{"num_layers": {"to": 6, "where": "interleave"}}],
     "num_layers_copy": [{"num_layers": {"to": 5, "where": "top", "init": "copy"}}],
     "stack": [{"stack": {"to": 6, "block_size": 1, "where": "middle"}}],
-    "all": [{"mlp_width": 96}, {"num_heads": {"to": 8, "num_key_value_heads": 4}}, {"hidden_size": 48},
-            {"num_layers": {"to": 6, "where": "interleave"}}, {"stack": {"to": 8, "block_size": 2}}],
+    "all": [
+        {"mlp_width": 96},
+        {"num_heads": {"to": 8, "num_key_value_heads": 4}},
+        {"hidden_size": 48},
+        {"num_layers": {"to": 6, "where": "interleave"}},
+        {"stack": {"to": 8, "block_size": 2}},
+    ],
 }
 
 
@@ -111,8 +144,15 @@ def test_llama_bit_identical_to_in_memory(tmp_path, step):
     # the saved config is the in-memory model's config
     saved = json.loads((out / "config.json").read_text())
     assert saved["growth_history"] == json.loads(json.dumps(grown.config.growth_history))
-    for key in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-                "head_dim", "rms_norm_eps"):
+    for key in (
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "head_dim",
+        "rms_norm_eps",
+    ):
         assert saved.get(key) == getattr(grown.config, key), key
 
 
@@ -178,8 +218,9 @@ def test_public_api_dispatches_to_streaming(tmp_path):
 
     model = make_model("llama")
     src = save(model, tmp_path / "src")
-    path = hf_growth.grow_model(str(src), [{"mlp_width": 96}], output_dir=tmp_path / "out", seed=1,
-                                max_shard_size="5KB", quiet=True)
+    path = hf_growth.grow_model(
+        str(src), [{"mlp_width": 96}], output_dir=tmp_path / "out", seed=1, max_shard_size="5KB", quiet=True
+    )
     assert path == (tmp_path / "out").resolve()
     assert_same_tensors(path, hf_growth.grow_model(model, [{"mlp_width": 96}], seed=1))
 
@@ -210,7 +251,9 @@ def test_stack_copies_bytes_without_decoding(tmp_path, monkeypatch):
     state = model.state_dict()
     # layers 0,1,2 then copies per MIDAS; every output tensor is a source tensor's bytes
     for name in streamed:
-        assert any(torch.equal(streamed[name], t) for k, t in state.items() if k.split(".")[-2:] == name.split(".")[-2:])
+        assert any(
+            torch.equal(streamed[name], t) for k, t in state.items() if k.split(".")[-2:] == name.split(".")[-2:]
+        )
     assert len([n for n in streamed if n.endswith("mlp.down_proj.weight")]) == 6
 
 
@@ -218,15 +261,26 @@ def test_side_files_copied_and_progress(tmp_path, capsys):
     from hf_growth.growth.streaming import grow_checkpoint
 
     src = save(make_model("llama"), tmp_path / "src")
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
-                 "modeling_custom.py"):
+    for name in (
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "chat_template.jinja",
+        "modeling_custom.py",
+    ):
         (src / name).write_text(f"{name} content")
     (src / "README.md").write_text("the source's card")
     out = grow_checkpoint(src, [{"mlp_width": 80}], tmp_path / "out", quiet=False)
     err = capsys.readouterr().err
     assert "growing into out" in err  # the tqdm bar over bytes
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
-                 "modeling_custom.py", "generation_config.json"):
+    for name in (
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "chat_template.jinja",
+        "modeling_custom.py",
+        "generation_config.json",
+    ):
         assert (out / name).read_text() == (src / name).read_text()
     assert (out / "README.md").read_text() != "the source's card"
     out2 = grow_checkpoint(src, [{"mlp_width": 80}], tmp_path / "out2", quiet=True)
@@ -263,8 +317,9 @@ def test_failure_mid_shard_leaves_nothing(tmp_path, monkeypatch, failure):
     monkeypatch.setattr(cio, "_write", flaky_write)
     expected = {"disk-full": DiskFullError, "exception": RuntimeError, "ctrl-c": KeyboardInterrupt}[failure]
     with pytest.raises(expected) as info:
-        grow_checkpoint(src, [{"mlp_width": 96}, {"hidden_size": 48}], tmp_path / "out",
-                        max_shard_size="6KB", quiet=True)
+        grow_checkpoint(
+            src, [{"mlp_width": 96}, {"hidden_size": 48}], tmp_path / "out", max_shard_size="6KB", quiet=True
+        )
     assert calls["n"] >= 12
     if failure == "disk-full":
         assert "disk full while writing" in str(info.value) and "removed" in str(info.value)
@@ -314,8 +369,11 @@ def test_output_exists_inside_source_and_overwrite(tmp_path):
         grow_checkpoint(src, [{"mlp_width": 96}], src / "grown", quiet=True)
     assert not (src / "grown").exists()
     # overwrite replaces only a model checkpoint: a directory of notes is refused, saying why, and kept
-    with pytest.raises(FileExistsError, match=r"exists and is not a model checkpoint \(it holds keep.txt and no "
-                                              r"config.json\); overwrite replaces only a model checkpoint"):
+    with pytest.raises(
+        FileExistsError,
+        match=r"exists and is not a model checkpoint \(it holds keep.txt and no "
+        r"config.json\); overwrite replaces only a model checkpoint",
+    ):
         grow_checkpoint(src, [{"mlp_width": 96}], tmp_path / "out", quiet=True, overwrite=True)
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["keep.txt"]
     grow_checkpoint(src, [{"mlp_width": 96}], tmp_path / "grown", quiet=True)
@@ -339,8 +397,11 @@ def test_bad_inputs_name_the_file(tmp_path):
     tensors = load_file(src / shard_name)
     del tensors["model.layers.1.mlp.up_proj.weight"]
     save_file(tensors, src / shard_name, metadata={"format": "pt"})
-    with pytest.raises(CheckpointError, match=r"model.safetensors.index.json: the source has no tensor "
-                                              r"'model.layers.1.mlp.up_proj.weight'"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"model.safetensors.index.json: the source has no tensor "
+        r"'model.layers.1.mlp.up_proj.weight'",
+    ):
         grow_checkpoint(src, plan, tmp_path / "out", quiet=True)
     # truncated shard
     src2 = save(make_model("llama"), tmp_path / "src2")
@@ -364,11 +425,18 @@ def test_bad_inputs_name_the_file(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
-@pytest.mark.parametrize("plan", [
-    [{"hidden_size": 48}],
-    [{"mlp_width": 96}, {"num_heads": {"to": 8, "num_key_value_heads": 4}}, {"hidden_size": 64},
-     {"num_layers": {"to": 6, "where": "interleave"}}],
-])
+@pytest.mark.parametrize(
+    "plan",
+    [
+        [{"hidden_size": 48}],
+        [
+            {"mlp_width": 96},
+            {"num_heads": {"to": 8, "num_key_value_heads": 4}},
+            {"hidden_size": 64},
+            {"num_layers": {"to": 6, "where": "interleave"}},
+        ],
+    ],
+)
 def test_row_chunks_of_large_tensors_are_bit_identical(tmp_path, monkeypatch, plan):
     """Embeddings and lm_head are streamed in row chunks (and their free values drawn in row blocks): every
     chunking gives the in-memory tensors, and a chunk alone equals the rows of the whole tensor."""
@@ -427,10 +495,21 @@ def test_config_json_without_defaults_loads_as_the_in_memory_paths(tmp_path):
 
     model = make_model("llama")
     src = save(model, tmp_path / "src")
-    legacy = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 64, "hidden_size": 32,
-              "intermediate_size": 64, "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2,
-              "tie_word_embeddings": False, "torch_dtype": "float32", "rope_theta": 10000.0, "rope_scaling": None,
-              "transformers_version": "4.40.0"}
+    legacy = {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": 64,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "tie_word_embeddings": False,
+        "torch_dtype": "float32",
+        "rope_theta": 10000.0,
+        "rope_scaling": None,
+        "transformers_version": "4.40.0",
+    }
     (src / "config.json").write_text(json.dumps(legacy))
     plan = [{"mlp_width": 96}, {"hidden_size": 48}, {"num_layers": {"to": 6}}]
     out = grow_checkpoint(src, plan, tmp_path / "out", seed=3, quiet=True)
@@ -451,8 +530,11 @@ def test_dict_config_is_checked_like_the_config_class(tmp_path):
     from hf_growth.growth.streaming import grow_checkpoint
 
     src = save(make_model("llama"), tmp_path / "src")
-    with pytest.raises(ValueError, match=r"plan step 0 \(hidden_size\): the grown config is not a valid LlamaConfig: "
-                                         r"The hidden size \(50\) is not a multiple of the number of attention heads"):
+    with pytest.raises(
+        ValueError,
+        match=r"plan step 0 \(hidden_size\): the grown config is not a valid LlamaConfig: "
+        r"The hidden size \(50\) is not a multiple of the number of attention heads",
+    ):
         grow_checkpoint(src, [{"hidden_size": 50}], tmp_path / "out", quiet=True)
     assert not (tmp_path / "out").exists()
 
@@ -478,18 +560,32 @@ print(json.dumps([m for m in heavy if m in sys.modules]))
 """
 
 
-@pytest.mark.parametrize("plan, allowed", [
-    ([{"stack": {"to": 6, "block_size": 1}}], []),  # a copy-only plan: no torch at all
-    ([{"mlp_width": 96}, {"num_heads": {"to": 8, "num_key_value_heads": 2}}, {"hidden_size": 48},
-      {"num_layers": {"to": 6}}], ["torch"]),  # torch, but no transformers, no torch._dynamo / sympy (meta passes)
-])
+@pytest.mark.parametrize(
+    "plan, allowed",
+    [
+        ([{"stack": {"to": 6, "block_size": 1}}], []),  # a copy-only plan: no torch at all
+        (
+            [
+                {"mlp_width": 96},
+                {"num_heads": {"to": 8, "num_key_value_heads": 2}},
+                {"hidden_size": 48},
+                {"num_layers": {"to": 6}},
+            ],
+            ["torch"],
+        ),  # torch, but no transformers, no torch._dynamo / sympy (meta passes)
+    ],
+)
 def test_streaming_imports_only_what_it_needs(tmp_path, plan, allowed):
     import subprocess
     import sys
 
     src = save(make_model("llama", torch.bfloat16), tmp_path / "src")
-    out = subprocess.run([sys.executable, "-c", _IMPORT_CHECK, str(src), json.dumps(plan), str(tmp_path / "out")],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", _IMPORT_CHECK, str(src), json.dumps(plan), str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert json.loads(out.stdout.strip().splitlines()[-1]) == allowed
     assert SafetensorsSource(tmp_path / "out").total_size > 0
 
@@ -501,8 +597,12 @@ def test_free_values_do_not_depend_on_the_number_of_threads(tmp_path, monkeypatc
 
     monkeypatch.setattr(engine_module, "FREE_BLOCK_ELEMENTS", 5 * 32)  # many blocks per tensor
     model = make_model("llama", torch.bfloat16)
-    plan = [{"mlp_width": 96}, {"num_heads": {"to": 8, "num_key_value_heads": 4}}, {"hidden_size": 48},
-            {"num_layers": {"to": 6}}]
+    plan = [
+        {"mlp_width": 96},
+        {"num_heads": {"to": 8, "num_key_value_heads": 4}},
+        {"hidden_size": 48},
+        {"num_layers": {"to": 6}},
+    ]
     digests = []
     for threads in (3, 1):
         monkeypatch.setattr(engine_module, "FREE_THREADS", threads)
@@ -522,8 +622,9 @@ def test_stack_copies_are_aligned_with_their_source(tmp_path, monkeypatch):
     monkeypatch.setattr(cio, "COPY_ALIGNMENT", 256)  # so that a tiny checkpoint is worth aligning
     model = make_model("llama", torch.bfloat16)
     src = save(model, tmp_path / "src", max_shard_size="10KB")
-    out = grow_checkpoint(src, [{"stack": {"to": 6, "block_size": 1}}], tmp_path / "out", max_shard_size="20KB",
-                          quiet=True)
+    out = grow_checkpoint(
+        src, [{"stack": {"to": 6, "block_size": 1}}], tmp_path / "out", max_shard_size="20KB", quiet=True
+    )
     source, grown = SafetensorsSource(src), SafetensorsSource(out)
     aligned = total = 0
     for name in grown:

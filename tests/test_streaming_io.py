@@ -31,8 +31,15 @@ def tiny_llama(tmp_path, *, max_shard_size="20KB", dtype=torch.float32, name="sr
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
+    cfg = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=False,
+    )
     model = LlamaForCausalLM(cfg).to(dtype)
     path = tmp_path / name
     model.save_pretrained(path, max_shard_size=max_shard_size)
@@ -95,14 +102,20 @@ def test_index_naming_missing_file_or_tensor(tmp_path):
     bad = json.loads(json.dumps(index))
     bad["weight_map"]["model.norm.weight"] = "model-00099-of-00099.safetensors"
     index_path.write_text(json.dumps(bad))
-    with pytest.raises(CheckpointError, match=r"model.safetensors.index.json: names shard "
-                                              r"'model-00099-of-00099.safetensors'.* does not exist"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"model.safetensors.index.json: names shard "
+        r"'model-00099-of-00099.safetensors'.* does not exist",
+    ):
         SafetensorsSource(path)
     bad = json.loads(json.dumps(index))
     bad["weight_map"]["model.layers.7.ghost.weight"] = index["weight_map"]["model.norm.weight"]
     index_path.write_text(json.dumps(bad))
-    with pytest.raises(CheckpointError, match=r"names tensor 'model.layers.7.ghost.weight' in "
-                                              r"model-0000\d-of-0000\d.safetensors, but"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"names tensor 'model.layers.7.ghost.weight' in "
+        r"model-0000\d-of-0000\d.safetensors, but",
+    ):
         SafetensorsSource(path)
     index_path.write_text("{not json")
     with pytest.raises(CheckpointError, match=r"model.safetensors.index.json: corrupt safetensors index"):
@@ -126,18 +139,35 @@ def test_bin_only_refused_with_a_conversion_command_that_works(tmp_path):
 
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False))
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=64,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            tie_word_embeddings=False,
+        )
+    )
     src = tmp_path / "old model"
     model.config.save_pretrained(src)
     torch.save(model.state_dict(), src / "pytorch_model.bin")
-    with pytest.raises(CheckpointError, match=r"only pickle weights \(pytorch_model.bin\), no safetensors; streaming "
-                                              r"growth reads safetensors only and never unpickles") as info:
+    with pytest.raises(
+        CheckpointError,
+        match=r"only pickle weights \(pytorch_model.bin\), no safetensors; streaming "
+        r"growth reads safetensors only and never unpickles",
+    ) as info:
         SafetensorsSource(src)
     assert "transformers.commands" not in str(info.value) and "\n" not in str(info.value)
     command = re.search(r"`(python -c .*?)`", str(info.value)).group(1)
-    subprocess.run(sys.executable + command[len("python"):], shell=True, check=True, capture_output=True,
-                   env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    subprocess.run(
+        sys.executable + command[len("python") :],
+        shell=True,
+        check=True,
+        capture_output=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     converted = SafetensorsSource(tmp_path / "old model-safetensors")
     state = model.state_dict()
     assert set(converted) == set(state) and all(torch.equal(converted[n], state[n]) for n in state)
@@ -296,14 +326,29 @@ def test_atomic_output_dir_gets_the_mode_mkdir_would_give(tmp_path):
 def test_copy_side_files(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
-    for name in ["tokenizer.json", "tokenizer_config.json", "generation_config.json", "chat_template.jinja",
-                 "modeling_resformer.py", "config.json", "model.safetensors", "pytorch_model.bin", "README.md",
-                 "model.safetensors.index.json", ".hidden"]:
+    for name in [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+        "chat_template.jinja",
+        "modeling_resformer.py",
+        "config.json",
+        "model.safetensors",
+        "pytorch_model.bin",
+        "README.md",
+        "model.safetensors.index.json",
+        ".hidden",
+    ]:
         (src / name).write_text("x")
     out = tmp_path / "out"
     out.mkdir()
-    assert copy_side_files(src, out) == ["chat_template.jinja", "generation_config.json", "modeling_resformer.py",
-                                         "tokenizer.json", "tokenizer_config.json"]
+    assert copy_side_files(src, out) == [
+        "chat_template.jinja",
+        "generation_config.json",
+        "modeling_resformer.py",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ]
 
 
 def test_planned_writer_writes_straight_into_shards_the_same_bytes(tmp_path):
@@ -382,9 +427,11 @@ def test_background_writer_same_bytes_and_errors_reach_the_caller(tmp_path, monk
 
 
 def test_header_padding_aligns_most_copied_bytes():
-    entries = [cio._Entry("a", "BF16", (8,), 16, source_offset=None),
-               cio._Entry("b", "BF16", (1 << 20,), 2 << 20, source_offset=3 * cio.COPY_ALIGNMENT + 72),
-               cio._Entry("c", "BF16", (1 << 19,), 1 << 20, source_offset=5 * cio.COPY_ALIGNMENT + 200)]
+    entries = [
+        cio._Entry("a", "BF16", (8,), 16, source_offset=None),
+        cio._Entry("b", "BF16", (1 << 20,), 2 << 20, source_offset=3 * cio.COPY_ALIGNMENT + 72),
+        cio._Entry("c", "BF16", (1 << 19,), 1 << 20, source_offset=5 * cio.COPY_ALIGNMENT + 200),
+    ]
     pad = cio._header_padding(100, entries)
     data_start = 8 + 100 + pad
     assert data_start % 8 == 0 and pad < cio.COPY_ALIGNMENT
@@ -402,12 +449,15 @@ def test_checkpoint_io_imports_no_torch_until_a_tensor_is_decoded(tmp_path):
     from safetensors.torch import save_file
 
     save_file({"w": torch.eye(3)}, tmp_path / "model.safetensors")
-    code = ("import sys; from hf_growth.growth.io import SafetensorsSource, ShardWriter\n"
-            "s = SafetensorsSource(sys.argv[1]); assert s.shape('w') == (3, 3) and s.info('w').dtype == 'F32'\n"
-            "w = ShardWriter(sys.argv[2], quiet=True, planned=[('w', 'F32', (3, 3))]); w.add_raw('w', s.info('w'))\n"
-            "w.close(); print('torch' in sys.modules)\n"
-            "print(s['w'].sum().item(), 'torch' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code, str(tmp_path), str(tmp_path / "out")], capture_output=True,
-                         text=True, check=True).stdout.split("\n")
+    code = (
+        "import sys; from hf_growth.growth.io import SafetensorsSource, ShardWriter\n"
+        "s = SafetensorsSource(sys.argv[1]); assert s.shape('w') == (3, 3) and s.info('w').dtype == 'F32'\n"
+        "w = ShardWriter(sys.argv[2], quiet=True, planned=[('w', 'F32', (3, 3))]); w.add_raw('w', s.info('w'))\n"
+        "w.close(); print('torch' in sys.modules)\n"
+        "print(s['w'].sum().item(), 'torch' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path), str(tmp_path / "out")], capture_output=True, text=True, check=True
+    ).stdout.split("\n")
     assert out[0] == "False" and out[1] == "3.0 True"
     assert torch.equal(SafetensorsSource(tmp_path / "out")["w"], torch.eye(3))

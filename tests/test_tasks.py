@@ -34,8 +34,9 @@ def test_multiplication_format_and_correctness():
             assert lsb(a) == lsb(left) * lsb(right)
             assert not a.endswith(" 0")  # no padding: the most significant digit (last) is not zero
     # the paper's example
-    from hf_growth.tasks.multiplication import format_numbers
     import numpy as np
+
+    from hf_growth.tasks.multiplication import format_numbers
 
     assert format_numbers(np.array([2365]), 4) == ["5 6 3 2"]
     assert format_numbers(np.array([2365 * 4347]), 8, strip=True) == ["5 5 6 0 8 2 0 1"]
@@ -92,8 +93,9 @@ def test_lis():
 
 @pytest.mark.parametrize("curriculum", [True, False])
 def test_retrieval(curriculum):
-    s = tasks.retrieval_splits(num_pairs=10, hops=4, num_nodes=40, curriculum=curriculum, train_size=400,
-                               validation_size=40, test_size=40)
+    s = tasks.retrieval_splits(
+        num_pairs=10, hops=4, num_nodes=40, curriculum=curriculum, train_size=400, validation_size=40, test_size=40
+    )
     check_disjoint(s)
     train_hops = set()
     for split in tasks.SPLITS:
@@ -118,8 +120,9 @@ def test_retrieval_pair_separator():
     kw = dict(num_pairs=6, hops=3, num_nodes=30, train_size=50, validation_size=5, test_size=5, seed=2)
     plain, sep = tasks.retrieval_splits(**kw), tasks.retrieval_splits(**kw, pair_separator=True)
     for split in tasks.SPLITS:
-        for q, q_sep, a, a_sep in zip(plain[split]["question"], sep[split]["question"], plain[split]["answer"],
-                                      sep[split]["answer"]):
+        for q, q_sep, a, a_sep in zip(
+            plain[split]["question"], sep[split]["question"], plain[split]["answer"], sep[split]["answer"]
+        ):
             tokens = q_sep.split()
             assert tokens[2:18:3] == ["<sep>"] * 6 and q_sep.replace(" <sep>", "") == q
             assert solve(q_sep) == a_sep == a
@@ -163,17 +166,71 @@ def test_cli_data(tmp_path, capsys):
     from hf_growth.cli import main
 
     out = tmp_path / "mult"
-    assert main(["data", "multiplication", str(out), "--digits", "2", "--train-size", "30", "--validation-size", "5",
-                 "--test-size", "5"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "multiplication",
+                str(out),
+                "--digits",
+                "2",
+                "--train-size",
+                "30",
+                "--validation-size",
+                "5",
+                "--test-size",
+                "5",
+            ]
+        )
+        == 0
+    )
     ds = load_from_disk(str(out))
     assert ds["train"].num_rows == 30 and ds["test"].num_rows == 5
     assert main(["data", "multiplication", str(out), "--digits", "2"]) == 2  # exists
     assert "--overwrite" in capsys.readouterr().err
     assert main(["data", "lis", str(tmp_path / "l"), "--hops", "3"]) == 2
-    assert main(["data", "retrieval", str(tmp_path / "r"), "--num-pairs", "8", "--hops", "2", "--no-curriculum",
-                 "--train-size", "20", "--validation-size", "4", "--test-size", "4"]) == 0
-    assert main(["data", "retrieval", str(tmp_path / "rs"), "--num-pairs", "8", "--hops", "2", "--pair-separator",
-                 "--train-size", "20", "--validation-size", "4", "--test-size", "4"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "retrieval",
+                str(tmp_path / "r"),
+                "--num-pairs",
+                "8",
+                "--hops",
+                "2",
+                "--no-curriculum",
+                "--train-size",
+                "20",
+                "--validation-size",
+                "4",
+                "--test-size",
+                "4",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "data",
+                "retrieval",
+                str(tmp_path / "rs"),
+                "--num-pairs",
+                "8",
+                "--hops",
+                "2",
+                "--pair-separator",
+                "--train-size",
+                "20",
+                "--validation-size",
+                "4",
+                "--test-size",
+                "4",
+            ]
+        )
+        == 0
+    )
     assert load_from_disk(str(tmp_path / "rs"))["train"][0]["question"].split()[2] == "<sep>"
     assert main(["data", "lis", str(tmp_path / "ls"), "--pair-separator"]) == 2  # not an option of lis
 
@@ -187,8 +244,24 @@ def test_cli_data_overwrite_replaces_only_a_dataset(tmp_path, capsys):
     small = ["--digits", "2", "--train-size", "6", "--validation-size", "2", "--test-size", "2"]
     out = tmp_path / "mult"
     assert main(["data", "multiplication", str(out), *small]) == 0
-    assert main(["data", "multiplication", str(out), *small[:2], "--train-size", "8", "--validation-size", "2",
-                 "--test-size", "2", "--overwrite"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "multiplication",
+                str(out),
+                *small[:2],
+                "--train-size",
+                "8",
+                "--validation-size",
+                "2",
+                "--test-size",
+                "2",
+                "--overwrite",
+            ]
+        )
+        == 0
+    )
     assert load_from_disk(str(out))["train"].num_rows == 8
     notes = tmp_path / "notes"
     notes.mkdir()

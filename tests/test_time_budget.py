@@ -28,9 +28,19 @@ def test_time_budget_ends_run_with_completed_schedule(tmp_path):
 
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(vocab_size=32, n_embd=16, n_layer=1, n_head=2, n_positions=16))
-    args = TrainingArguments(str(tmp_path), max_steps=100_000, per_device_train_batch_size=8, learning_rate=1e-3,
-                             lr_scheduler_type="cosine", warmup_steps=2, report_to=[], use_cpu=True,
-                             save_strategy="no", disable_tqdm=True, logging_steps=1)
+    args = TrainingArguments(
+        str(tmp_path),
+        max_steps=100_000,
+        per_device_train_batch_size=8,
+        learning_rate=1e-3,
+        lr_scheduler_type="cosine",
+        warmup_steps=2,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        disable_tqdm=True,
+        logging_steps=1,
+    )
     budget = TimeBudgetCallback(2.0, warmup=3, measure=10)
     trainer = Trainer(model=model, args=args, train_dataset=_Tokens(), callbacks=[budget])
     budget._clock = lambda: 0.01 * trainer.state.global_step  # a step takes 10 ms of this clock: 200 fit
@@ -50,9 +60,17 @@ def test_time_budget_follows_a_run_that_slows_down(tmp_path):
 
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(vocab_size=32, n_embd=16, n_layer=1, n_head=2, n_positions=16))
-    args = TrainingArguments(str(tmp_path), max_steps=100_000, per_device_train_batch_size=8, learning_rate=1e-3,
-                             lr_scheduler_type="linear", report_to=[], use_cpu=True, save_strategy="no",
-                             disable_tqdm=True)
+    args = TrainingArguments(
+        str(tmp_path),
+        max_steps=100_000,
+        per_device_train_batch_size=8,
+        learning_rate=1e-3,
+        lr_scheduler_type="linear",
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        disable_tqdm=True,
+    )
     budget = TimeBudgetCallback(3.0, warmup=3, measure=20, recheck_seconds=0.2)
     trainer = Trainer(model=model, args=args, train_dataset=_Tokens(), callbacks=[budget])
 
@@ -89,8 +107,27 @@ def test_script_time_budget(tmp_path):
 
     module = _load_script()
     out = tmp_path / "run"
-    assert module.main([*TINY, "--model", "gpt2-tiny", "--epochs", "200", "--time-budget", "4", "--scheduler",
-                        "cosine", "--max-test", "8", "--save-final", "--output-dir", str(out)]) == 0
+    assert (
+        module.main(
+            [
+                *TINY,
+                "--model",
+                "gpt2-tiny",
+                "--epochs",
+                "200",
+                "--time-budget",
+                "4",
+                "--scheduler",
+                "cosine",
+                "--max-test",
+                "8",
+                "--save-final",
+                "--output-dir",
+                str(out),
+            ]
+        )
+        == 0
+    )
     result = json.loads((out / "results.json").read_text())
     # --save-final records the prompt layout with the model (read by `hf-growth analyze --task`)
     assert json.loads((out / "final" / "config.json").read_text())["num_pause_tokens"] == result["pauses"] == 2
@@ -112,9 +149,28 @@ def test_script_time_budget_ddp_ranks_agree(tmp_path):
         sock.bind(("127.0.0.1", 0))
         port = str(sock.getsockname()[1])
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
-           str(SCRIPT), *TINY, "--model", "llama-tiny", "--max-steps", "5000", "--time-budget", "4", "--max-test",
-           "8", "--no-seq-vcr", "--output-dir", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        port,
+        str(SCRIPT),
+        *TINY,
+        "--model",
+        "llama-tiny",
+        "--max-steps",
+        "5000",
+        "--time-budget",
+        "4",
+        "--max-test",
+        "8",
+        "--no-seq-vcr",
+        "--output-dir",
+        str(out),
+    ]
     _run(cmd, timeout=180)
     result = json.loads((out / "results.json").read_text())
     budget = result["time_budget"]
@@ -130,8 +186,19 @@ def test_script_stop_after_then_resume_matches_one_run(tmp_path, capsys):
     from test_train_script import TINY, _load_script
 
     module = _load_script()
-    flags = [*TINY, "--model", "llama-tiny", "--max-steps", "60", "--scheduler", "cosine", "--max-test", "4",
-             "--data-on-device", "--save-final"]
+    flags = [
+        *TINY,
+        "--model",
+        "llama-tiny",
+        "--max-steps",
+        "60",
+        "--scheduler",
+        "cosine",
+        "--max-test",
+        "4",
+        "--data-on-device",
+        "--save-final",
+    ]
     assert module.main([*flags, "--output-dir", str(tmp_path / "whole")]) == 0
     assert module.main([*flags, "--stop-after", "1e-6", "--output-dir", str(tmp_path / "part")]) == 0
     first = json.loads((tmp_path / "part" / "results.json").read_text())
@@ -141,8 +208,9 @@ def test_script_stop_after_then_resume_matches_one_run(tmp_path, capsys):
     assert stop["schedule_retargeted"] is False and first["last_log"][0]["learning_rate"] > 0
     checkpoint = tmp_path / "part" / "checkpoint-50"
     assert checkpoint.is_dir()
-    assert module.main([*flags, "--resume-from-checkpoint", str(checkpoint), "--output-dir",
-                        str(tmp_path / "part")]) == 0
+    assert (
+        module.main([*flags, "--resume-from-checkpoint", str(checkpoint), "--output-dir", str(tmp_path / "part")]) == 0
+    )
     assert json.loads((tmp_path / "part" / "results.json").read_text())["global_steps"] == 60
     whole = load_file(tmp_path / "whole" / "final" / "model.safetensors")
     resumed = load_file(tmp_path / "part" / "final" / "model.safetensors")

@@ -13,13 +13,35 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "train_reasoning.py"
-TINY = ["--task", "multiplication", "--digits", "2", "--train-size", "256", "--validation-size", "32",
-        "--test-size", "32", "--batch-size", "8", "--logging-steps", "1", "--seq-vcr-projection-dim", "64", "--cpu"]
+TINY = [
+    "--task",
+    "multiplication",
+    "--digits",
+    "2",
+    "--train-size",
+    "256",
+    "--validation-size",
+    "32",
+    "--test-size",
+    "32",
+    "--batch-size",
+    "8",
+    "--logging-steps",
+    "1",
+    "--seq-vcr-projection-dim",
+    "64",
+    "--cpu",
+]
 
 
 def _env():
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1",
-               PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    )
     env.pop("WORLD_SIZE", None)
     return env
 
@@ -37,15 +59,32 @@ def test_script_single_process(tmp_path):
     module = util.module_from_spec(spec)
     spec.loader.exec_module(module)
     out = tmp_path / "run"
-    assert module.main([*TINY, "--model", "gpt2-tiny", "--max-steps", "3", "--pauses", "2", "--output-dir", str(out)]) == 0
+    assert (
+        module.main([*TINY, "--model", "gpt2-tiny", "--max-steps", "3", "--pauses", "2", "--output-dir", str(out)]) == 0
+    )
     result = json.loads((out / "results.json").read_text())
     assert 0.0 <= result["exact_match"] <= 1.0 and result["num_test"] == 32
     assert result["global_steps"] == 3 and result["pauses"] == 2 and result["seq_vcr"] is True
     assert {"ce_loss", "seq_vcr_variance", "seq_vcr_covariance"} <= set(result["last_log"][0])
     # pauses and Seq-VCR off
     out2 = tmp_path / "plain"
-    assert module.main([*TINY, "--model", "llama-tiny", "--max-steps", "2", "--pauses", "0", "--no-seq-vcr",
-                        "--output-dir", str(out2)]) == 0
+    assert (
+        module.main(
+            [
+                *TINY,
+                "--model",
+                "llama-tiny",
+                "--max-steps",
+                "2",
+                "--pauses",
+                "0",
+                "--no-seq-vcr",
+                "--output-dir",
+                str(out2),
+            ]
+        )
+        == 0
+    )
     result = json.loads((out2 / "results.json").read_text())
     assert result["pauses"] == 0 and "seq_vcr_variance" not in result["last_log"][0]
     with pytest.raises(SystemExit):
@@ -63,8 +102,22 @@ def test_script_grows_during_training(tmp_path):
     plan.write_text("- mlp_width: 192\n")
     common = [*TINY, "--model", "llama-tiny", "--max-steps", "6", "--pauses", "0", "--no-seq-vcr"]
     assert module.main([*common, "--output-dir", str(tmp_path / "plain")]) == 0
-    assert module.main([*common, "--midas-stages", "2", "--midas-where", "top", "--grow-at", f"2={plan}",
-                        "--output-dir", str(tmp_path / "grown")]) == 0
+    assert (
+        module.main(
+            [
+                *common,
+                "--midas-stages",
+                "2",
+                "--midas-where",
+                "top",
+                "--grow-at",
+                f"2={plan}",
+                "--output-dir",
+                str(tmp_path / "grown"),
+            ]
+        )
+        == 0
+    )
     plain = json.loads((tmp_path / "plain" / "results.json").read_text())
     grown = json.loads((tmp_path / "grown" / "results.json").read_text())
     assert plain["growth_history"] == []
@@ -106,8 +159,20 @@ def test_script_rejects_bad_growth_plans_before_training(tmp_path, capsys):
     wide, narrower = plan("wide.yaml", "- mlp_width: 512"), plan("narrow.yaml", "- mlp_width: 256")
     err = _exit_2(module, [*common, "--grow-at", f"4={narrower}", "--grow-at", f"2={wide}"], capsys)
     assert "--grow-at 4: plan step 0 (mlp_width)" in err
-    assert module.main([*common, "--max-steps", "1", "--grow-at", f"4={narrower}",  # alone it is fine
-                        "--output-dir", str(tmp_path / "ok")]) == 0
+    assert (
+        module.main(
+            [
+                *common,
+                "--max-steps",
+                "1",
+                "--grow-at",
+                f"4={narrower}",  # alone it is fine
+                "--output-dir",
+                str(tmp_path / "ok"),
+            ]
+        )
+        == 0
+    )
     # MIDAS stages count too: 2 layers cannot be stacked in the middle (chained before a --grow-at at the same step)
     err = _exit_2(module, [*common, "--midas-stages", "2"], capsys)
     assert "--midas-stages 2 (stage 2 at step 2): plan step 0 (stack)" in err
@@ -120,8 +185,12 @@ def test_shipped_example_plans_fit_the_presets_they_name(tmp_path):
 
     module = _load_script()
     plans = ROOT / "scripts" / "plans"
-    for name, model in [("wider.yaml", "llama-mini"), ("deeper.yaml", "llama-mini"), ("wider_tiny.yaml", "llama-tiny"),
-                        ("wider_tiny.yaml", "gpt2-tiny")]:
+    for name, model in [
+        ("wider.yaml", "llama-mini"),
+        ("deeper.yaml", "llama-mini"),
+        ("wider_tiny.yaml", "llama-tiny"),
+        ("wider_tiny.yaml", "gpt2-tiny"),
+    ]:
         args = module.parse_args([*TINY, "--model", model, "--grow-at", f"10={plans / name}"])
         _, net, _, _, train, _ = module.prepare(args)
         assert module.check_growth(args, net, len(train)) == [(10, "--grow-at 10")]
@@ -134,8 +203,26 @@ def test_script_grows_width_with_seq_vcr_on(tmp_path):
     module = _load_script()
     plan = ROOT / "scripts" / "plans" / "wider_tiny.yaml"
     out = tmp_path / "wide"
-    assert module.main([*TINY, "--model", "llama-tiny", "--max-steps", "4", "--pauses", "2", "--max-test", "4",
-                        "--grow-at", f"2={plan}", "--output-dir", str(out)]) == 0
+    assert (
+        module.main(
+            [
+                *TINY,
+                "--model",
+                "llama-tiny",
+                "--max-steps",
+                "4",
+                "--pauses",
+                "2",
+                "--max-test",
+                "4",
+                "--grow-at",
+                f"2={plan}",
+                "--output-dir",
+                str(out),
+            ]
+        )
+        == 0
+    )
     result = json.loads((out / "results.json").read_text())
     assert [next(iter(r["step"])) for r in result["growth_history"]] == ["hidden_size", "mlp_width"]
     assert result["global_steps"] == 4 and math.isfinite(result["last_log"][0]["seq_vcr_variance"])
@@ -153,22 +240,67 @@ def _load_script():
 def test_script_flags_from_the_config_dataclass(capsys):
     """The arguments come from SeqVCRConfig through HfArgumentParser; the documented short flags still work."""
     module = _load_script()
-    args = module.parse_args(["--lr", "1e-3", "--epochs", "2", "--batch-size", "16", "--grad-accum", "2",
-                              "--scheduler", "cosine", "--pauses", "6", "--cpu", "--no-seq-vcr", "--save-steps", "10",
-                              "--seq-vcr-projection-dim", "0", "--digits", "2", "--no-labelled-logits",
-                              "--seq-vcr-layers", "0,1", "--weight-decay", "0.1", "--warmup-steps", "5"])
+    args = module.parse_args(
+        [
+            "--lr",
+            "1e-3",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "16",
+            "--grad-accum",
+            "2",
+            "--scheduler",
+            "cosine",
+            "--pauses",
+            "6",
+            "--cpu",
+            "--no-seq-vcr",
+            "--save-steps",
+            "10",
+            "--seq-vcr-projection-dim",
+            "0",
+            "--digits",
+            "2",
+            "--no-labelled-logits",
+            "--seq-vcr-layers",
+            "0,1",
+            "--weight-decay",
+            "0.1",
+            "--warmup-steps",
+            "5",
+        ]
+    )
     c = args.training
-    assert (c.learning_rate, c.num_train_epochs, c.per_device_train_batch_size, c.gradient_accumulation_steps,
-            c.lr_scheduler_type.value, c.num_pause_tokens, c.use_cpu, c.use_seq_vcr) == \
-        (1e-3, 2.0, 16, 2, "cosine", 6, True, False)
-    assert (c.save_strategy.value, c.save_steps, c.seq_vcr_projection_dim, c.seq_vcr_layers) == ("steps", 10, None, [0, 1])
+    assert (
+        c.learning_rate,
+        c.num_train_epochs,
+        c.per_device_train_batch_size,
+        c.gradient_accumulation_steps,
+        c.lr_scheduler_type.value,
+        c.num_pause_tokens,
+        c.use_cpu,
+        c.use_seq_vcr,
+    ) == (1e-3, 2.0, 16, 2, "cosine", 6, True, False)
+    assert (c.save_strategy.value, c.save_steps, c.seq_vcr_projection_dim, c.seq_vcr_layers) == (
+        "steps",
+        10,
+        None,
+        [0, 1],
+    )
     assert (c.per_device_eval_batch_size, c.weight_decay, c.warmup_steps) == (16, 0.1, 5)
     assert args.digits == 2 and args.labelled_logits is False
     c = module.parse_args(["--learning-rate", "2e-3", "--no-seq-vcr-compile"]).training  # the dataclass's own names
-    assert (c.learning_rate, c.seq_vcr_compile, c.use_seq_vcr, c.save_strategy.value, c.seed) == (2e-3, False, True,
-                                                                                                   "no", 0)
+    assert (c.learning_rate, c.seq_vcr_compile, c.use_seq_vcr, c.save_strategy.value, c.seed) == (
+        2e-3,
+        False,
+        True,
+        "no",
+        0,
+    )
     assert "--data-on-device gathers batches on the device" in _exit_2(
-        module, ["--data-on-device", "--dataloader-workers", "2"], capsys)
+        module, ["--data-on-device", "--dataloader-workers", "2"], capsys
+    )
     assert "seq_vcr_statistics must be one of" in _exit_2(module, ["--seq-vcr-statistics", "tokens"], capsys)
 
 
@@ -196,8 +328,18 @@ def test_script_torch_compile_with_seq_vcr(tmp_path):
     import torch
 
     module = _load_script()
-    base = [*TINY, "--model", "gpt2-tiny", "--max-steps", "2", "--data-on-device", "--train-size", "36",
-            "--config-overrides", "resid_pdrop=0,embd_pdrop=0,attn_pdrop=0"]  # compiled dropout draws other masks
+    base = [
+        *TINY,
+        "--model",
+        "gpt2-tiny",
+        "--max-steps",
+        "2",
+        "--data-on-device",
+        "--train-size",
+        "36",
+        "--config-overrides",
+        "resid_pdrop=0,embd_pdrop=0,attn_pdrop=0",
+    ]  # compiled dropout draws other masks
     logs = {}
     for flag in ("", "--torch-compile"):
         args = module.parse_args([*base, *filter(None, [flag]), "--output-dir", str(tmp_path / (flag or "eager"))])
@@ -223,8 +365,23 @@ def test_script_ddp_two_cpu_processes(tmp_path):
         sock.bind(("127.0.0.1", 0))
         port = str(sock.getsockname()[1])
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
-           str(SCRIPT), *TINY, "--model", "llama-tiny", "--max-steps", "3", "--output-dir", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        port,
+        str(SCRIPT),
+        *TINY,
+        "--model",
+        "llama-tiny",
+        "--max-steps",
+        "3",
+        "--output-dir",
+        str(out),
+    ]
     _run(cmd, timeout=120)
     result = json.loads((out / "results.json").read_text())
     assert result["world_size"] == 2 and result["global_steps"] == 3

@@ -23,30 +23,56 @@ TOK = tasks.build_tokenizer(max_number=100)
 
 def tiny_gpt2() -> GPT2LMHeadModel:
     torch.manual_seed(0)
-    cfg = GPT2Config(vocab_size=len(TOK), n_embd=32, n_layer=2, n_head=2, n_positions=64,
-                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    cfg = GPT2Config(
+        vocab_size=len(TOK),
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        n_positions=64,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
     return GPT2LMHeadModel(cfg)
 
 
 def tiny_llama() -> LlamaForCausalLM:
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(TOK), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=2, num_key_value_heads=1)
+    cfg = LlamaConfig(
+        vocab_size=len(TOK),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+    )
     return LlamaForCausalLM(cfg)
 
 
 def dataset(n=64, padded=False):
     split = tasks.multiplication_splits(digits=2, train_size=n, validation_size=4, test_size=4)["train"]
     if padded:  # varying lengths -> padding and varying label counts
-        split = {"question": [q if i % 2 else q.split(" * ")[0] for i, q in enumerate(split["question"])],
-                 "answer": split["answer"]}
+        split = {
+            "question": [q if i % 2 else q.split(" * ")[0] for i, q in enumerate(split["question"])],
+            "answer": split["answer"],
+        }
     return encode_split(TOK, split, pause_tokens_of(TOK, 2))
 
 
 def make_args(tmp_path, **kw):
-    base = dict(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=8, logging_steps=1,
-                report_to=[], use_cpu=True, seq_vcr_projection_dim=48, save_strategy="no", seed=0,
-                dataloader_num_workers=0, disable_tqdm=True)
+    base = dict(
+        output_dir=str(tmp_path),
+        max_steps=2,
+        per_device_train_batch_size=8,
+        logging_steps=1,
+        report_to=[],
+        use_cpu=True,
+        seq_vcr_projection_dim=48,
+        save_strategy="no",
+        seed=0,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
     base.update(kw)
     return SeqVCRConfig(**base)
 
@@ -58,8 +84,9 @@ def train_logs(trainer):
 @pytest.mark.parametrize("make_model", [tiny_gpt2, tiny_llama])
 def test_logged_terms_and_head_training(tmp_path, make_model):
     model = make_model()
-    trainer = SeqVCRTrainer(model=model, args=make_args(tmp_path, max_steps=3), train_dataset=dataset(),
-                            data_collator=collate_tensors)
+    trainer = SeqVCRTrainer(
+        model=model, args=make_args(tmp_path, max_steps=3), train_dataset=dataset(), data_collator=collate_tensors
+    )
     head_before = copy.deepcopy(trainer.seq_vcr_projection.state_dict())
     trainer.train()
     logs = train_logs(trainer)
@@ -68,7 +95,9 @@ def test_logged_terms_and_head_training(tmp_path, make_model):
         for key in ("ce_loss", "seq_vcr_variance", "seq_vcr_covariance"):
             assert math.isfinite(entry[key]), key
         assert entry["seq_vcr_variance"] > 0
-        assert entry["loss"] == pytest.approx(entry["ce_loss"] + entry["seq_vcr_variance"] + entry["seq_vcr_covariance"], rel=1e-4)
+        assert entry["loss"] == pytest.approx(
+            entry["ce_loss"] + entry["seq_vcr_variance"] + entry["seq_vcr_covariance"], rel=1e-4
+        )
     # the head is in the optimizer and was trained; it is not part of the model
     head_ids = {id(p) for p in trainer.seq_vcr_projection.parameters()}
     assert head_ids <= {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
@@ -84,25 +113,44 @@ def test_logged_terms_and_head_training(tmp_path, make_model):
 def test_layer_choices_and_plain_training_arguments(tmp_path):
     ds = dataset(16)
     for layers, names in (("embeddings", ["embeddings"]), ("0,1", ["layer_0", "layer_1"]), ([-1], ["layer_1"])):
-        trainer = SeqVCRTrainer(model=tiny_llama(), args=make_args(tmp_path, max_steps=1, seq_vcr_layers=layers),
-                                train_dataset=ds, data_collator=collate_tensors)
+        trainer = SeqVCRTrainer(
+            model=tiny_llama(),
+            args=make_args(tmp_path, max_steps=1, seq_vcr_layers=layers),
+            train_dataset=ds,
+            data_collator=collate_tensors,
+        )
         assert list(trainer.seq_vcr_projection) == names
         trainer.train()
         assert math.isfinite(train_logs(trainer)[0]["seq_vcr_variance"])
     # no projection head
-    trainer = SeqVCRTrainer(model=tiny_gpt2(), args=make_args(tmp_path, max_steps=1, seq_vcr_projection_dim=None),
-                            train_dataset=ds, data_collator=collate_tensors)
+    trainer = SeqVCRTrainer(
+        model=tiny_gpt2(),
+        args=make_args(tmp_path, max_steps=1, seq_vcr_projection_dim=None),
+        train_dataset=ds,
+        data_collator=collate_tensors,
+    )
     assert not list(trainer.seq_vcr_projection.parameters())
     trainer.train()
     assert math.isfinite(train_logs(trainer)[0]["seq_vcr_covariance"])
     # plain TrainingArguments: SeqVCRConfig defaults (2048-dim head)
-    args = TrainingArguments(output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=4, report_to=[],
-                             use_cpu=True, save_strategy="no", disable_tqdm=True)
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        max_steps=1,
+        per_device_train_batch_size=4,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        disable_tqdm=True,
+    )
     trainer = SeqVCRTrainer(model=tiny_gpt2(), args=args, train_dataset=ds, data_collator=collate_tensors)
     assert trainer.seq_vcr_projection["layer_1"].out_features == 2048
     # switched off: no hooks, no extra logs
-    trainer = SeqVCRTrainer(model=tiny_gpt2(), args=make_args(tmp_path, max_steps=1, use_seq_vcr=False),
-                            train_dataset=ds, data_collator=collate_tensors)
+    trainer = SeqVCRTrainer(
+        model=tiny_gpt2(),
+        args=make_args(tmp_path, max_steps=1, use_seq_vcr=False),
+        train_dataset=ds,
+        data_collator=collate_tensors,
+    )
     trainer.train()
     assert "seq_vcr_variance" not in train_logs(trainer)[0] and not trainer._hooks
 
@@ -114,11 +162,16 @@ def test_config_validation():
     with pytest.raises(ValueError, match="seq_vcr_statistics"):
         SeqVCRConfig(output_dir="/tmp/x", report_to=[], use_cpu=True, seq_vcr_statistics="tokens")
     defaults = SeqVCRConfig(output_dir="/tmp/x", report_to=[], use_cpu=True)
-    assert (defaults.seq_vcr_variance_weight, defaults.seq_vcr_covariance_weight, defaults.seq_vcr_eps) == (1.0, 0.004, 1e-3)
+    assert (defaults.seq_vcr_variance_weight, defaults.seq_vcr_covariance_weight, defaults.seq_vcr_eps) == (
+        1.0,
+        0.004,
+        1e-3,
+    )
     assert (defaults.seq_vcr_layers, defaults.seq_vcr_statistics, defaults.num_pause_tokens) == ("last", "batch", 2)
     with pytest.raises(ValueError, match="out of range"):
-        SeqVCRTrainer(model=tiny_gpt2(), args=SeqVCRConfig(output_dir="/tmp/x", report_to=[], use_cpu=True,
-                                                           seq_vcr_layers="7"))
+        SeqVCRTrainer(
+            model=tiny_gpt2(), args=SeqVCRConfig(output_dir="/tmp/x", report_to=[], use_cpu=True, seq_vcr_layers="7")
+        )
     assert len(find_decoder_layers(tiny_gpt2())) == 2
 
 
@@ -143,10 +196,18 @@ def test_gradient_accumulation_scaling(tmp_path, make_model):
     (CE summed over tokens / tokens in the whole step) + Seq-VCR(micro-batch) / 2."""
     model = make_model()
     reference_model = copy.deepcopy(model)
-    args = make_args(tmp_path, max_steps=1, per_device_train_batch_size=4, gradient_accumulation_steps=2,
-                     max_grad_norm=0.0, seq_vcr_layers="0", seq_vcr_covariance_weight=0.5)
-    trainer = _RecordingTrainer(model=model, args=args, train_dataset=dataset(16, padded=True),
-                                data_collator=collate_tensors)
+    args = make_args(
+        tmp_path,
+        max_steps=1,
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=2,
+        max_grad_norm=0.0,
+        seq_vcr_layers="0",
+        seq_vcr_covariance_weight=0.5,
+    )
+    trainer = _RecordingTrainer(
+        model=model, args=args, train_dataset=dataset(16, padded=True), data_collator=collate_tensors
+    )
     trainer.seen = []
     head = copy.deepcopy(trainer.seq_vcr_projection)
     recorder = _Recorder(trainer)
@@ -156,13 +217,17 @@ def test_gradient_accumulation_scaling(tmp_path, make_model):
     n_items = sum(int((inp["labels"][:, 1:] != -100).sum()) for inp, _ in trainer.seen)
     assert all(int(n) == n_items for _, n in trainer.seen)
     for inputs, _ in trainer.seen:
-        out = reference_model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
-                              output_hidden_states=True)
+        out = reference_model(
+            input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], output_hidden_states=True
+        )
         logits = out.logits[:, :-1].reshape(-1, out.logits.shape[-1])
-        ce = torch.nn.functional.cross_entropy(logits, inputs["labels"][:, 1:].reshape(-1), ignore_index=-100,
-                                               reduction="sum") / n_items
-        aux = seq_vcr_terms(head["layer_0"](out.hidden_states[1]), inputs["attention_mask"].bool(),
-                            1.0, 0.5).total
+        ce = (
+            torch.nn.functional.cross_entropy(
+                logits, inputs["labels"][:, 1:].reshape(-1), ignore_index=-100, reduction="sum"
+            )
+            / n_items
+        )
+        aux = seq_vcr_terms(head["layer_0"](out.hidden_states[1]), inputs["attention_mask"].bool(), 1.0, 0.5).total
         (ce + aux / 2).backward()
     expected = [p.grad for p in list(reference_model.parameters()) + list(head.parameters())]
     assert len(expected) == len(recorder.grads)
@@ -209,16 +274,25 @@ def test_peft_lora_with_pause_tokens(tmp_path):
     peft = pytest.importorskip("peft")
     tok = tasks.build_tokenizer(max_number=100, include_pause_tokens=False)
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=2, num_key_value_heads=1)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+    )
     model = LlamaForCausalLM(cfg)
     pause = add_pause_tokens(tok, model, num=2)
-    lora = peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"], trainable_token_indices={"embed_tokens": pause.ids})
+    lora = peft.LoraConfig(
+        r=4, target_modules=["q_proj", "v_proj"], trainable_token_indices={"embed_tokens": pause.ids}
+    )
     model = peft.get_peft_model(model, lora)
     split = tasks.multiplication_splits(digits=2, train_size=32, validation_size=4, test_size=4)["train"]
     ds = encode_split(tok, split, pause)
-    trainer = SeqVCRTrainer(model=model, args=make_args(tmp_path, max_steps=2), train_dataset=ds,
-                            data_collator=collate_tensors)
+    trainer = SeqVCRTrainer(
+        model=model, args=make_args(tmp_path, max_steps=2), train_dataset=ds, data_collator=collate_tensors
+    )
     trainer.train()
     for entry in train_logs(trainer):
         assert all(math.isfinite(entry[k]) for k in ("ce_loss", "seq_vcr_variance", "seq_vcr_covariance"))
@@ -251,7 +325,9 @@ def test_head_joins_the_existing_param_groups_and_is_clipped_on_its_own(tmp_path
     model_grads, head_grads = recorder.grads[:n_model], recorder.grads[n_model:]
 
     def norm(grads):
-        return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads if g is not None])))
+        return float(
+            torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads if g is not None]))
+        )
 
     assert norm(model_grads) == pytest.approx(1e-3, rel=1e-3)  # each side clipped to max_grad_norm on its own
     assert norm(head_grads) == pytest.approx(1e-3, rel=1e-3)
@@ -305,19 +381,35 @@ def test_logged_terms_are_window_means_without_host_syncs_in_steps(tmp_path, mon
     """Logged every 3 optimizer steps, ``loss``/``ce_loss``/``seq_vcr_*`` are the means of what logging every step
     reports (same seed and data, 2 micro-batches per step), and no step reads a tensor on the host."""
     ds = dataset(64, padded=True)
-    common = dict(max_steps=6, per_device_train_batch_size=4, gradient_accumulation_steps=2, logging_nan_inf_filter=False)
-    every = SeqVCRTrainer(model=_eager_attention_gpt2(), args=make_args(tmp_path / "a", logging_steps=1, **common),
-                          train_dataset=ds, data_collator=collate_tensors)
+    common = dict(
+        max_steps=6, per_device_train_batch_size=4, gradient_accumulation_steps=2, logging_nan_inf_filter=False
+    )
+    every = SeqVCRTrainer(
+        model=_eager_attention_gpt2(),
+        args=make_args(tmp_path / "a", logging_steps=1, **common),
+        train_dataset=ds,
+        data_collator=collate_tensors,
+    )
     every.train()
     phase = _StepPhase()
-    windowed = SeqVCRTrainer(model=_eager_attention_gpt2(), args=make_args(tmp_path / "b", logging_steps=3, **common),
-                             train_dataset=ds, data_collator=collate_tensors, callbacks=[phase])
+    windowed = SeqVCRTrainer(
+        model=_eager_attention_gpt2(),
+        args=make_args(tmp_path / "b", logging_steps=3, **common),
+        train_dataset=ds,
+        data_collator=collate_tensors,
+        callbacks=[phase],
+    )
     calls = _count_host_reads(monkeypatch, phase)
     windowed.train()
     assert calls == []
     # the counter sees a sync: the Trainer's NaN/Inf filter reads the loss every step
-    filtered = SeqVCRTrainer(model=_eager_attention_gpt2(), args=make_args(tmp_path / "c", max_steps=1),
-                             train_dataset=ds, data_collator=collate_tensors, callbacks=[phase])
+    filtered = SeqVCRTrainer(
+        model=_eager_attention_gpt2(),
+        args=make_args(tmp_path / "c", max_steps=1),
+        train_dataset=ds,
+        data_collator=collate_tensors,
+        callbacks=[phase],
+    )
     filtered.train()
     assert "__bool__" in calls
     monkeypatch.undo()
@@ -330,8 +422,12 @@ def test_logged_terms_are_window_means_without_host_syncs_in_steps(tmp_path, mon
 
 def test_head_runs_in_the_models_mixed_precision(tmp_path):
     """With bf16 the projection head's matmul runs under the model's autocast (the statistics stay float32)."""
-    trainer = SeqVCRTrainer(model=tiny_gpt2(), args=make_args(tmp_path, max_steps=1, bf16=True),
-                            train_dataset=dataset(16), data_collator=collate_tensors)
+    trainer = SeqVCRTrainer(
+        model=tiny_gpt2(),
+        args=make_args(tmp_path, max_steps=1, bf16=True),
+        train_dataset=dataset(16),
+        data_collator=collate_tensors,
+    )
     head = trainer.seq_vcr_projection["layer_1"]
     dtypes = []
     handle = head.register_forward_hook(lambda module, args, output: dtypes.append(output.dtype))

@@ -15,8 +15,16 @@ def tiny_pair(tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, eos_token_id=1, bos_token_id=0)
+    cfg = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        eos_token_id=1,
+        bos_token_id=0,
+    )
     model = LlamaForCausalLM(cfg)
     src = tmp_path / "src"
     model.save_pretrained(src)
@@ -54,8 +62,11 @@ def test_verify_missing_dir_is_a_clean_error(tmp_path, capsys):
 
 def _one_error_line(capsys, *fragments):
     err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if not line.startswith(("Loading weights", "Writing model shards"))
-             and line.strip()]  # transformers' progress bars aside, one line
+    lines = [
+        line
+        for line in err.splitlines()
+        if not line.startswith(("Loading weights", "Writing model shards")) and line.strip()
+    ]  # transformers' progress bars aside, one line
     assert len(lines) == 1 and lines[0].startswith("hf-growth ") and "Traceback" not in err, err
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
@@ -88,13 +99,22 @@ def test_verify_models_with_different_vocabularies_is_bad_input(tiny_pair, tmp_p
     from transformers import LlamaConfig, LlamaForCausalLM
 
     _, src = tiny_pair
-    other = LlamaForCausalLM(LlamaConfig(vocab_size=80, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                         num_attention_heads=4, num_key_value_heads=2))
+    other = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=80,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        )
+    )
     other.save_pretrained(tmp_path / "other")
     capsys.readouterr()
     assert main(["verify", str(src), str(tmp_path / "other")]) == 2
-    _one_error_line(capsys, f"{src} and {tmp_path / 'other'} cannot be compared: their vocabularies differ (64 vs 80 "
-                            "output rows)")
+    _one_error_line(
+        capsys, f"{src} and {tmp_path / 'other'} cannot be compared: their vocabularies differ (64 vs 80 output rows)"
+    )
 
 
 def test_verify_without_tokenizer_uses_seeded_random_ids_and_says_so(tiny_pair, tmp_path, capsys):
@@ -143,8 +163,11 @@ def test_grow_verify_on_bad_input_leaves_nothing(tiny_pair, tmp_path, capsys):
     (src / "config.json").write_text(json.dumps({**config, "hidden_act": "no_such_activation"}))
     (tmp_path / "plan.yaml").write_text("- mlp_width: 96\n")
     assert main(["grow", str(src), str(tmp_path / "plan.yaml"), str(tmp_path / "out"), "--verify", "--quiet"]) == 2
-    _one_error_line(capsys, f"hf-growth grow: error: {src}: cannot load the model (KeyError: 'no_such_activation') "
-                            "(verification could not run; nothing was written)")
+    _one_error_line(
+        capsys,
+        f"hf-growth grow: error: {src}: cannot load the model (KeyError: 'no_such_activation') "
+        "(verification could not run; nothing was written)",
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plan.yaml", "src"]
 
 

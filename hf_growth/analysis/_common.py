@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+
 def model_device(model: torch.nn.Module) -> torch.device:
     """The device of the model's first parameter (CPU for a parameter-less module)."""
     for parameter in model.parameters():

@@ -7,7 +7,6 @@ S / log(min(T, d)), in [0, 1]: 1 when all directions carry equal energy, 0 for a
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -15,7 +14,9 @@ import torch
 from ._common import eval_mode, iter_batches, model_device
 
 
-def matrix_entropy(z: torch.Tensor, mask: torch.Tensor | None = None, *, center: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def matrix_entropy(
+    z: torch.Tensor, mask: torch.Tensor | None = None, *, center: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Matrix entropy of each sequence in ``z`` (``(T, d)`` or ``(B, T, d)``): ``(raw, normalised)`` per sequence.
 
     ``mask`` (``(B, T)``, true = real token) drops padded rows; ``center`` subtracts each sequence's mean token
@@ -68,9 +69,7 @@ class LayerEntropy(list):
         return {"normalized": list(self), "raw": list(self.raw), "num_sequences": self.num_sequences}
 
 
-def layer_entropy(
-    model: torch.nn.Module, batches: Any, *, center: bool = False, skip_tokens: int = 0
-) -> LayerEntropy:
+def layer_entropy(model: torch.nn.Module, batches: Any, *, center: bool = False, skip_tokens: int = 0) -> LayerEntropy:
     """Matrix entropy of the token representations at every layer, averaged over all sequences of ``batches``.
 
     ``batches``: a tensor of ``input_ids``, a mapping with ``input_ids`` (+ ``attention_mask``), or an iterable

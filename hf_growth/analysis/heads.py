@@ -21,9 +21,7 @@ from transformers import TrainerCallback
 from ._common import eager_attention, eval_mode, iter_batches, model_device
 
 
-def head_scores(
-    attentions: Iterable[torch.Tensor], important: torch.Tensor, query_mask: torch.Tensor
-) -> torch.Tensor:
+def head_scores(attentions: Iterable[torch.Tensor], important: torch.Tensor, query_mask: torch.Tensor) -> torch.Tensor:
     """``(layers, heads)`` attention mass on ``important`` keys, averaged over the ``query_mask`` positions.
 
     ``attentions``: per layer ``(B, H, T, T)``; ``important``: ``(B, T)`` key mask, or ``(B, T, T)`` per query;

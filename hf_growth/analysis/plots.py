@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -52,7 +51,9 @@ def plot_layer_entropy(
     """
     plt = _pyplot()
     named = _named(entropies, lambda r: not isinstance(r, Mapping))
-    has_raw = all(getattr(v, "raw", None) is not None or (isinstance(v, Mapping) and "raw" in v) for v in named.values())
+    has_raw = all(
+        getattr(v, "raw", None) is not None or (isinstance(v, Mapping) and "raw" in v) for v in named.values()
+    )
     fig, axes = plt.subplots(1, 2 if has_raw else 1, figsize=(11 if has_raw else 6.5, 4.2), squeeze=False)
     for name, values in named.items():
         normalised = values["normalized"] if isinstance(values, Mapping) else list(values)
@@ -84,9 +85,7 @@ _PANELS = (
 )
 
 
-def plot_value_statistics(
-    statistics: Mapping[str, Any], path: str | Path, *, title: str | None = None
-) -> Path:
+def plot_value_statistics(statistics: Mapping[str, Any], path: str | Path, *, title: str | None = None) -> Path:
     """Six panels per layer: value cosine to layer 0, attention entropy, first-token share, value and hidden
     norms (first token solid, mean of the others dashed), and ResFormer's λ. ``statistics`` is one
     ``value_statistics`` result or ``{name: result}`` to compare models.
@@ -102,8 +101,14 @@ def plot_value_statistics(
         colour = colours[index % len(colours)]
         layers = stats["layers"]
         for ax, (key, ylabel, panel_title) in zip(axes, _PANELS):
-            ax.plot(layers, stats[key], marker="o", markersize=3, color=colour, label=f"{name}: first token"
-                    if key.startswith("first_token_") and "norm" in key else name)
+            ax.plot(
+                layers,
+                stats[key],
+                marker="o",
+                markersize=3,
+                color=colour,
+                label=f"{name}: first token" if key.startswith("first_token_") and "norm" in key else name,
+            )
             if key == "first_token_value_norm":
                 ax.plot(layers, stats["value_norm_rest"], ls="--", color=colour, label=f"{name}: other tokens")
             if key == "first_token_hidden_norm":
@@ -122,8 +127,16 @@ def plot_value_statistics(
     ax = axes[5]
     ax.set_title("Value-residual λ (ResFormer)", fontsize=10)
     if not any(stats.get("lambdas") for stats in named.values()):
-        ax.text(0.5, 0.5, "no value-residual λ\n(not a learnable ResFormer)", ha="center", va="center",
-                transform=ax.transAxes, fontsize=10, color="0.4")
+        ax.text(
+            0.5,
+            0.5,
+            "no value-residual λ\n(not a learnable ResFormer)",
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+            fontsize=10,
+            color="0.4",
+        )
         ax.set_xticks([])
         ax.set_yticks([])
     else:
@@ -153,11 +166,25 @@ def _plot_lambdas(ax, name: str, lambdas: Mapping[str, Sequence[float]], colour)
     styles = ["-", "--", ":", "-."]
     for k, (short, points) in enumerate(sorted(series.items())):
         layers = sorted(points)
-        ax.plot(layers, [points[layer] for layer in layers], marker="o", markersize=3, color=colour,
-                ls=styles[k % 4], label=f"{name}: {short}")
+        ax.plot(
+            layers,
+            [points[layer] for layer in layers],
+            marker="o",
+            markersize=3,
+            color=colour,
+            ls=styles[k % 4],
+            label=f"{name}: {short}",
+        )
     for k, (param, values) in enumerate(loose.items()):
-        ax.plot(range(len(values)), list(values), marker="s", markersize=3, color=colour, ls=styles[(k + 1) % 4],
-                label=f"{name}: {param} (by index)")
+        ax.plot(
+            range(len(values)),
+            list(values),
+            marker="s",
+            markersize=3,
+            color=colour,
+            ls=styles[(k + 1) % 4],
+            label=f"{name}: {param} (by index)",
+        )
 
 
 def plot_head_emergence(
@@ -201,16 +228,24 @@ def plot_head_emergence(
     n_cols = max(len(pairs), 3)
     map_rows = len(step_rows) if pairs else 0
     fig = plt.figure(figsize=(2.1 * n_cols + 1.0, 2.1 * map_rows + 4.2))
-    grid = fig.add_gridspec(map_rows + 1, n_cols + 1, height_ratios=[1] * map_rows + [1.9],
-                            width_ratios=[1] * n_cols + [0.06], hspace=0.45, wspace=0.25)
+    grid = fig.add_gridspec(
+        map_rows + 1,
+        n_cols + 1,
+        height_ratios=[1] * map_rows + [1.9],
+        width_ratios=[1] * n_cols + [0.06],
+        hspace=0.45,
+        wspace=0.25,
+    )
     image = None
     for r, s in enumerate(step_rows if pairs else []):
         for c, (i, j) in enumerate(pairs):
             ax = fig.add_subplot(grid[r, c])
             image = ax.imshow(maps[s][i, j][:tokens, :tokens], cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
             if r == 0:
-                ax.set_title(f"L{map_layers[i]} H{map_heads[j]}\nfinal score {final[map_layers[i], map_heads[j]]:.2f}",
-                             fontsize=9)
+                ax.set_title(
+                    f"L{map_layers[i]} H{map_heads[j]}\nfinal score {final[map_layers[i], map_heads[j]]:.2f}",
+                    fontsize=9,
+                )
             if c == 0:
                 ax.set_ylabel(f"step {steps[s]}\nquery pos.", fontsize=9)
             else:
@@ -231,7 +266,7 @@ def plot_head_emergence(
     if len(steps) > 1:
         split = max(1, (n_cols * 3) // 5)
         _score_curves(fig.add_subplot(grid[map_rows, :split]), scores, steps, final, top, threshold, split)
-        heat = fig.add_subplot(grid[map_rows, split + (1 if split < n_cols - 1 else 0):n_cols])
+        heat = fig.add_subplot(grid[map_rows, split + (1 if split < n_cols - 1 else 0) : n_cols])
     else:  # a single checkpoint: no curves, the per-head scores take the whole row
         heat = fig.add_subplot(grid[map_rows, :n_cols])
     im = heat.imshow(final, cmap="magma", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
@@ -243,8 +278,15 @@ def plot_head_emergence(
     if num_layers * num_heads <= 64:  # numbers only where they stay legible
         for layer in range(num_layers):
             for head in range(num_heads):
-                heat.text(head, layer, f"{final[layer, head]:.2f}", ha="center", va="center", fontsize=7,
-                          color="w" if final[layer, head] < 0.6 else "k")
+                heat.text(
+                    head,
+                    layer,
+                    f"{final[layer, head]:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="w" if final[layer, head] < 0.6 else "k",
+                )
     fig.colorbar(im, ax=heat, fraction=0.08, pad=0.03, label="score")
     fig.suptitle(title or "Attention-head emergence on a fixed probe batch", fontsize=12)
     return _save(fig, path)
@@ -266,7 +308,9 @@ def _score_curves(curves, scores, steps, final, top, threshold, split) -> None:
         if threshold is None:
             label = f"L{layer} H{head}: " + (f"half-rise at step {when}" if when is not None else "no rise")
         else:
-            label = f"L{layer} H{head}: " + (f"≥{threshold:g} at step {when}" if when is not None else f"< {threshold:g}")
+            label = f"L{layer} H{head}: " + (
+                f"≥{threshold:g} at step {when}" if when is not None else f"< {threshold:g}"
+            )
         curves.plot(steps, scores[:, layer, head], marker="o", markersize=3, lw=1.6, zorder=2, label=label)
     if threshold is not None:
         curves.axhline(threshold, color="k", ls=":", lw=0.8)

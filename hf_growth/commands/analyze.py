@@ -45,9 +45,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("kind", choices=("entropy", "values", "heads"), help="which measurement")
-    parser.add_argument("models", nargs="+", metavar="MODEL",
-                        help="checkpoint directory, .gguf file, 'smollm2' or Hub id (entropy/values: several are "
-                             "compared; heads: a directory with checkpoint-N sub-directories is read as a training run)")
+    parser.add_argument(
+        "models",
+        nargs="+",
+        metavar="MODEL",
+        help="checkpoint directory, .gguf file, 'smollm2' or Hub id (entropy/values: several are "
+        "compared; heads: a directory with checkpoint-N sub-directories is read as a training run)",
+    )
     parser.add_argument("--task", default="text", help=TASKS_HELP + " (default: text)")
     parser.add_argument("--out", required=True, help="output directory for the PNG, JSON and CSV")
     parser.add_argument("--num-examples", type=int, default=16, help="sequences to analyse (default 16)")
@@ -56,25 +60,45 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--hops", type=int, default=2, help="retrieval: chain length D (default 2)")
     parser.add_argument("--num-pairs", type=int, default=6, help="retrieval: pairs per sequence (default 6)")
     parser.add_argument("--center", action="store_true", help="entropy: centre each sequence's tokens first")
-    parser.add_argument("--skip-tokens", type=int, default=0, metavar="N",
-                        help="entropy: leave out each sequence's first N tokens (1: the attention-sink token, whose "
-                             "huge hidden state dominates the Gram matrix of pretrained LLMs)")
-    parser.add_argument("--labels", default=None, metavar="A,B,...",
-                        help="entropy/values: names of the models in the plot and files (default: their directory "
-                             "names, with parent directories where those alone are ambiguous)")
-    parser.add_argument("--task-options", default="", metavar="K=V,...",
-                        help="options of an hf_growth.tasks task, e.g. 'digits=5' for 5x5 multiplication")
-    parser.add_argument("--pauses", type=int, default=None,
-                        help="task inputs: pause tokens between question and answer, as the model was trained "
-                             "(default: the model config's num_pause_tokens, which scripts/train_reasoning.py "
-                             "records; else 0)")
+    parser.add_argument(
+        "--skip-tokens",
+        type=int,
+        default=0,
+        metavar="N",
+        help="entropy: leave out each sequence's first N tokens (1: the attention-sink token, whose "
+        "huge hidden state dominates the Gram matrix of pretrained LLMs)",
+    )
+    parser.add_argument(
+        "--labels",
+        default=None,
+        metavar="A,B,...",
+        help="entropy/values: names of the models in the plot and files (default: their directory "
+        "names, with parent directories where those alone are ambiguous)",
+    )
+    parser.add_argument(
+        "--task-options",
+        default="",
+        metavar="K=V,...",
+        help="options of an hf_growth.tasks task, e.g. 'digits=5' for 5x5 multiplication",
+    )
+    parser.add_argument(
+        "--pauses",
+        type=int,
+        default=None,
+        help="task inputs: pause tokens between question and answer, as the model was trained "
+        "(default: the model config's num_pause_tokens, which scripts/train_reasoning.py "
+        "records; else 0)",
+    )
     parser.add_argument("--layers", help="heads: comma-separated layers whose maps are drawn (default all)")
     parser.add_argument("--heads", help="heads: comma-separated heads whose maps are drawn (default all)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", action="store_true",
-                        help="print the numbers as one JSON document instead of the table (they are always written "
-                             "to DIR/KIND.json too)")
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print the numbers as one JSON document instead of the table (they are always written "
+        "to DIR/KIND.json too)",
+    )
     return parser
 
 
@@ -108,8 +132,9 @@ def run(args: argparse.Namespace) -> int:
         data = {name: value.to_dict() for name, value in results.items()}
         columns = {f"{name} norm": list(v) for name, v in results.items()}
         columns.update({f"{name} raw": v.raw for name, v in results.items()})
-        image = plots.plot_layer_entropy(results, out / "entropy.png",
-                                         title=f"Matrix entropy per layer (task: {args.task})")
+        image = plots.plot_layer_entropy(
+            results, out / "entropy.png", title=f"Matrix entropy per layer (task: {args.task})"
+        )
     else:
         data = results
         columns = {}
@@ -118,8 +143,9 @@ def run(args: argparse.Namespace) -> int:
         for name, stats in results.items():
             for key in STATISTICS:
                 columns[f"{name} {key}" if len(results) > 1 else key] = stats[key]
-        image = plots.plot_value_statistics(results, out / "values.png",
-                                            title=f"Value residual statistics per layer (task: {args.task})")
+        image = plots.plot_value_statistics(
+            results, out / "values.png", title=f"Value residual statistics per layer (task: {args.task})"
+        )
     (out / f"{args.kind}.json").write_text(json.dumps(data, indent=1))
     _write_table(columns, out / f"{args.kind}.csv", show=not args.json and args.kind == "entropy")
     if args.json:
@@ -151,7 +177,8 @@ def values_report(results: dict) -> str:
     ...          "first_token_attention": [0.1, 0.8], "first_token_value_norm": [3.0, 2.0],
     ...          "value_norm_rest": [1.0, 1.0], "first_token_hidden_norm": [50.0, 900.0],
     ...          "hidden_norm_rest": [5.0, 6.0], "num_sequences": 4,
-    ...          "lambdas": {"model.layers.1.self_attn.lambda_first": [0.25], "model.layers.1.self_attn.lambda_own": [1.0]}}
+    ...          "lambdas": {"model.layers.1.self_attn.lambda_first": [0.25],
+    ...                      "model.layers.1.self_attn.lambda_own": [1.0]}}
     >>> print(values_report({"tiny": stats}))  # doctest: +NORMALIZE_WHITESPACE
     tiny (4 sequences)
     layer     cos V0     attn H  sink attn  |v| first   |v| rest  |h| first   |h| rest
@@ -176,7 +203,9 @@ def values_report(results: dict) -> str:
         for param, values in (stats.get("lambdas") or {}).items():
             match = re.search(r"(?:layers|h)\.(\d+)\.", param)
             values = list(values)
-            text = f"{values[0]:.4g}" if len(values) == 1 else f"{sum(values) / len(values):.4g} (mean of {len(values)})"
+            text = (
+                f"{values[0]:.4g}" if len(values) == 1 else f"{sum(values) / len(values):.4g} (mean of {len(values)})"
+            )
             by_layer.setdefault(match.group(1) if match else "-", {})[param.rsplit(".", 1)[-1]] = text
         if by_layer:
             kinds = list(dict.fromkeys(kind for row in by_layer.values() for kind in row))
@@ -222,8 +251,12 @@ def _run_heads(args, out, device) -> int:
             probe = _heads_probe(args, model, tokenizer)
             callback = HeadEmergenceCallback(
                 {"input_ids": probe["input_ids"], "attention_mask": probe["attention_mask"]},
-                probe["important"], query_mask=probe["query_mask"], steps=[step for step, _ in checkpoints],
-                layers=_ints(args.layers), heads=_ints(args.heads))
+                probe["important"],
+                query_mask=probe["query_mask"],
+                steps=[step for step, _ in checkpoints],
+                layers=_ints(args.layers),
+                heads=_ints(args.heads),
+            )
         callback.record(model, step)
         del model
     callback.save(out / "heads.json")
@@ -234,8 +267,9 @@ def _run_heads(args, out, device) -> int:
             for layer, row in enumerate(scores):
                 for head, score in enumerate(row):
                     writer.writerow([step, layer, head, f"{score:.6f}"])
-    image = plot_head_emergence(callback, out / "heads.png",
-                                title=f"Attention mass on the positions that matter (task: {args.task})")
+    image = plot_head_emergence(
+        callback, out / "heads.png", title=f"Attention mass on the positions that matter (task: {args.task})"
+    )
     final = callback.scores[-1]
     print(f"attention mass on the positions that matter, step {callback.steps[-1]} (rows: layers, cols: heads)")
     print("layer " + " ".join(f"{'H' + str(h):>6}" for h in range(final.shape[1])))
@@ -246,13 +280,14 @@ def _run_heads(args, out, device) -> int:
 
 
 def _heads_probe(args, model, tokenizer):
-    import torch
 
     if args.task == "retrieval":
         return _retrieval_inputs(args, model, tokenizer)
     if args.task in ("text", "random"):
-        raise ValueError("analyze heads needs a task that says which positions matter: use --task retrieval or an "
-                         "hf_growth.tasks name (answer positions attend to the question)")
+        raise ValueError(
+            "analyze heads needs a task that says which positions matter: use --task retrieval or an "
+            "hf_growth.tasks name (answer positions attend to the question)"
+        )
     questions, answers = _task_strings(args.task, args.num_examples, args.seed)
     if tokenizer is None:
         raise ValueError(f"--task {args.task} needs a tokenizer in the model directory")
@@ -292,17 +327,16 @@ def _retrieval_inputs(args, model, tokenizer):
     num_nodes = 26 if tokenizer is not None else min(26, model.config.vocab_size - 1 - args.hops)
     if num_nodes < 2 * args.num_pairs + 1:
         raise ValueError(f"the vocabulary ({model.config.vocab_size}) is too small for {args.num_pairs} pairs")
-    data = synthetic_retrieval(args.num_examples, num_pairs=args.num_pairs, num_nodes=num_nodes, hops=args.hops,
-                               seed=args.seed)
+    data = synthetic_retrieval(
+        args.num_examples, num_pairs=args.num_pairs, num_nodes=num_nodes, hops=args.hops, seed=args.seed
+    )
     ids = data["input_ids"][:, :-1]  # the target is what the model should predict: not part of the probe
     important, queries = data["important"][:, :-1], data["query_mask"][:, :-1]
     if tokenizer is None:
-        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "important": important,
-                "query_mask": queries}
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "important": important, "query_mask": queries}
     spelling = _spelling(tokenizer, num_nodes, args.hops)
     if spelling is None:  # the tokenizer cannot tell the symbols apart: use the raw ids
-        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "important": important,
-                "query_mask": queries}
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "important": important, "query_mask": queries}
     rows, imps, qms = [], [], []
     for row, imp, qm in zip(ids.tolist(), important.tolist(), queries.tolist()):
         tokens, tok_imp, tok_q = [], [], []
@@ -341,20 +375,25 @@ def _inputs(args, model, tokenizer):
         data = _retrieval_inputs(args, model, tokenizer)
         return {"input_ids": data["input_ids"], "attention_mask": data["attention_mask"]}
     if tokenizer is None:
-        raise ValueError(f"--task {args.task} needs a tokenizer in the model directory; use --task random or "
-                         "--task retrieval for a model without one")
+        raise ValueError(
+            f"--task {args.task} needs a tokenizer in the model directory; use --task random or "
+            "--task retrieval for a model without one"
+        )
     if args.task == "text":
         texts = [SAMPLE_TEXTS[i % len(SAMPLE_TEXTS)] for i in range(args.num_examples)]
     else:
-        questions, answers = _task_strings(args.task, args.num_examples, args.seed,
-                                           parse_key_values(args.task_options, "--task-options"))
+        questions, answers = _task_strings(
+            args.task, args.num_examples, args.seed, parse_key_values(args.task_options, "--task-options")
+        )
         pauses = args.pauses if args.pauses is not None else getattr(model.config, "num_pause_tokens", 0) or 0
         if pauses > 0:  # the layout the model was trained on: question, pause block, answer, EOS
             from hf_growth.training.pause import encode_examples, pause_tokens_of
 
             encoded = encode_examples(tokenizer, questions, answers, pause_tokens_of(tokenizer, pauses))
-            return {"input_ids": encoded["input_ids"][:, : args.max_length],
-                    "attention_mask": encoded["attention_mask"][:, : args.max_length]}
+            return {
+                "input_ids": encoded["input_ids"][:, : args.max_length],
+                "attention_mask": encoded["attention_mask"][:, : args.max_length],
+            }
         texts = [f"{q} {a}" for q, a in zip(questions, answers)]
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
@@ -372,8 +411,9 @@ def _task_strings(name, n, seed, options=None):
     if name not in getattr(tasks, "TASKS", {}):
         raise ValueError(f"unknown task {name!r}: {TASKS_HELP} ({', '.join(sorted(getattr(tasks, 'TASKS', {})))})")
     try:
-        splits = tasks.build(name, as_datasets=False, seed=seed, train_size=n, validation_size=n, test_size=n,
-                             **(options or {}))
+        splits = tasks.build(
+            name, as_datasets=False, seed=seed, train_size=n, validation_size=n, test_size=n, **(options or {})
+        )
     except TypeError as error:  # an option the task does not take
         raise ValueError(f"--task-options for {name!r}: {error}") from error
     test = splits["test"]
@@ -382,7 +422,7 @@ def _task_strings(name, n, seed, options=None):
 
 def _split(inputs, batch_size):
     n = inputs["input_ids"].shape[0]
-    return [{key: value[i:i + batch_size] for key, value in inputs.items()} for i in range(0, n, batch_size)]
+    return [{key: value[i : i + batch_size] for key, value in inputs.items()} for i in range(0, n, batch_size)]
 
 
 def _load(spec, device):
@@ -433,6 +473,7 @@ def _write_table(columns, path, show: bool = True) -> None:
     widths = [max(12, len(n)) for n in names]
     print("layer  " + "  ".join(n.rjust(w) for n, w in zip(names, widths)))
     for layer in range(rows):
-        cells = [f"{columns[n][layer]:.4f}".rjust(w) if layer < len(columns[n]) else " " * w
-                 for n, w in zip(names, widths)]
+        cells = [
+            f"{columns[n][layer]:.4f}".rjust(w) if layer < len(columns[n]) else " " * w for n, w in zip(names, widths)
+        ]
         print(f"{layer:>5}  " + "  ".join(cells))

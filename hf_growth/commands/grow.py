@@ -19,29 +19,50 @@ import argparse
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser("grow", help="grow a model by a plan (function-preserving)", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("src", help="model directory (config.json + safetensors), .gguf file, 'smollm2' or a Hub "
-                                    "repository id (org/name: only the files growth needs are fetched)")
+    parser = subparsers.add_parser(
+        "grow",
+        help="grow a model by a plan (function-preserving)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "src",
+        help="model directory (config.json + safetensors), .gguf file, 'smollm2' or a Hub "
+        "repository id (org/name: only the files growth needs are fetched)",
+    )
     parser.add_argument("plan", help="growth plan: a YAML file with a list of one-key steps")
     parser.add_argument("out", help="output directory")
     parser.add_argument("--seed", type=int, default=0, help="seed of the free (random) new weights")
     parser.add_argument("--revision", default=None, help="a Hub id's branch, tag or commit (default: main)")
-    parser.add_argument("--max-shard-size", default="5GB",
-                        help="largest output shard, e.g. 500MB, 2GiB or bytes (default: %(default)s)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace OUT if it exists and is a model checkpoint or an earlier output (only once "
-                             "growth succeeded)")
+    parser.add_argument(
+        "--max-shard-size", default="5GB", help="largest output shard, e.g. 500MB, 2GiB or bytes (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace OUT if it exists and is a model checkpoint or an earlier output (only once growth succeeded)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar and no table (for scripts)")
-    parser.add_argument("--in-memory", action="store_true",
-                        help="load the whole model and grow it in memory (default only for .gguf sources)")
-    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                        help="in memory: load (and save) in this dtype (default: the checkpoint's; GGUF: float32)")
+    parser.add_argument(
+        "--in-memory",
+        action="store_true",
+        help="load the whole model and grow it in memory (default only for .gguf sources)",
+    )
+    parser.add_argument(
+        "--dtype",
+        default=None,
+        choices=["float32", "bfloat16", "float16"],
+        help="in memory: load (and save) in this dtype (default: the checkpoint's; GGUF: float32)",
+    )
     verify = parser.add_mutually_exclusive_group()
-    verify.add_argument("--verify", action="store_true", default=None,
-                        help="after growing, load both models, measure max |Δlogits| and greedy text and write the "
-                             "figure into the model card (default for the in-memory path); exit 1 if a plan meant "
-                             "to preserve the function does not (tolerance 1e-4); on bad input nothing is left")
+    verify.add_argument(
+        "--verify",
+        action="store_true",
+        default=None,
+        help="after growing, load both models, measure max |Δlogits| and greedy text and write the "
+        "figure into the model card (default for the in-memory path); exit 1 if a plan meant "
+        "to preserve the function does not (tolerance 1e-4); on bad input nothing is left",
+    )
     verify.add_argument("--no-verify", dest="verify", action="store_false", help="skip the measurement")
     return parser
 
@@ -55,8 +76,12 @@ def load_source(src: str, dtype: str | None, revision: str | None = None):
     return load_model(src, dtype=dtype, revision=revision)
 
 
-def shape_table(before: dict[str, tuple[int, ...]], after: dict[str, tuple[int, ...]],
-                num_before: int | None = None, num_after: int | None = None) -> str:
+def shape_table(
+    before: dict[str, tuple[int, ...]],
+    after: dict[str, tuple[int, ...]],
+    num_before: int | None = None,
+    num_after: int | None = None,
+) -> str:
     """A before/after table: parameter count, then every tensor whose shape changed (layer tensors folded
     into one ``layers.*`` row per role, new tensors shown with ``-`` before)."""
     import re
@@ -71,8 +96,14 @@ def shape_table(before: dict[str, tuple[int, ...]], after: dict[str, tuple[int, 
         return total
 
     layer = re.compile(r"\.(layers|h|blocks)\.\d+\.")
-    rows = [("parameters", f"{num_before if num_before is not None else count(before):,}",
-             f"{num_after if num_after is not None else count(after):,}")]
+    rows = [
+        (
+            "parameters",
+            f"{num_before if num_before is not None else count(before):,}",
+            f"{num_after if num_after is not None else count(after):,}",
+        )
+    ]
+
     def layers(shapes: dict[str, tuple[int, ...]]) -> int:
         return len({m.group(0) for m in map(layer.search, shapes) if m})
 
@@ -107,16 +138,20 @@ def _report_verification(result: dict, out, history: list | None) -> int:
     from hf_growth.growth.verify import DEFAULT_TOLERANCE, changes_function_by_design, verification_passed
 
     random_ids = "" if result.get("tokenizer", True) else "; no tokenizer: greedy text on seeded random token ids"
-    print(f"max |Δlogits| = {result['max_logit_diff']:.3g} (greedy text "
-          f"{'matches' if result['greedy_match'] else 'DIFFERS'}{random_ids}; "
-          f"written into {Path(out) / 'README.md'})")
+    print(
+        f"max |Δlogits| = {result['max_logit_diff']:.3g} (greedy text "
+        f"{'matches' if result['greedy_match'] else 'DIFFERS'}{random_ids}; "
+        f"written into {Path(out) / 'README.md'})"
+    )
     if verification_passed(result, DEFAULT_TOLERANCE):
         return 0
     if changes_function_by_design(history):
         print("note: the plan has a `stack` or approximate step, which changes the function by design")
         return 0
-    print(f"verify: MISMATCH: max |Δlogits| {result['max_logit_diff']:.3g} (tolerance {DEFAULT_TOLERANCE:g}), "
-          f"greedy text {'matches' if result['greedy_match'] else 'differs'}; the output is kept in {out}")
+    print(
+        f"verify: MISMATCH: max |Δlogits| {result['max_logit_diff']:.3g} (tolerance {DEFAULT_TOLERANCE:g}), "
+        f"greedy text {'matches' if result['greedy_match'] else 'differs'}; the output is kept in {out}"
+    )
     return 1
 
 
@@ -130,9 +165,18 @@ def _streaming(args: argparse.Namespace, plan) -> int:
     if args.dtype:
         raise ValueError("--dtype needs --in-memory: streaming growth keeps the checkpoint's dtype")
     results: list[dict] = []
-    out = grow_checkpoint(args.src, plan, args.out, seed=args.seed, max_shard_size=args.max_shard_size,
-                          overwrite=args.overwrite, quiet=args.quiet, verify=bool(args.verify),
-                          on_verified=results.append, base_model=getattr(args, "base_model", None))
+    out = grow_checkpoint(
+        args.src,
+        plan,
+        args.out,
+        seed=args.seed,
+        max_shard_size=args.max_shard_size,
+        overwrite=args.overwrite,
+        quiet=args.quiet,
+        verify=bool(args.verify),
+        on_verified=results.append,
+        base_model=getattr(args, "base_model", None),
+    )
     if not args.quiet:
         src, grown = SafetensorsSource(args.src), SafetensorsSource(out)
         print(shape_table({n: src.shape(n) for n in src}, {n: grown.shape(n) for n in grown}))
@@ -158,9 +202,14 @@ def _in_memory(args: argparse.Namespace, plan) -> int:
     model, tokenizer = load_source(args.src, args.dtype, getattr(args, "revision", None))
     grown = grow_model(model, plan, seed=args.seed)
     if not args.quiet:
-        print(shape_table({n: tuple(p.shape) for n, p in model.named_parameters()},
-                          {n: tuple(p.shape) for n, p in grown.named_parameters()},
-                          model.num_parameters(), grown.num_parameters()))
+        print(
+            shape_table(
+                {n: tuple(p.shape) for n, p in model.named_parameters()},
+                {n: tuple(p.shape) for n, p in grown.named_parameters()},
+                model.num_parameters(),
+                grown.num_parameters(),
+            )
+        )
     verification = None
     status = 0
     if args.verify is None or args.verify:
@@ -168,11 +217,20 @@ def _in_memory(args: argparse.Namespace, plan) -> int:
         verification = {"max_logit_diff": diff, "measured_by": "hf-growth grow --verify"}
         print(f"max |Δlogits| = {diff:.3g}")
         if args.verify and diff > DEFAULT_TOLERANCE and not changes_function_by_design(grown.config.growth_history):
-            print(f"verify: MISMATCH: max |Δlogits| {diff:.3g} (tolerance {DEFAULT_TOLERANCE:g}); the output is "
-                  f"kept in {out}")
+            print(
+                f"verify: MISMATCH: max |Δlogits| {diff:.3g} (tolerance {DEFAULT_TOLERANCE:g}); the output is "
+                f"kept in {out}"
+            )
             status = 1
-    save_grown(grown, out, source=model, max_shard_size=args.max_shard_size, overwrite=args.overwrite,
-               verification=verification, tokenizer=tokenizer)
+    save_grown(
+        grown,
+        out,
+        source=model,
+        max_shard_size=args.max_shard_size,
+        overwrite=args.overwrite,
+        verification=verification,
+        tokenizer=tokenizer,
+    )
     if not args.quiet:
         print(f"saved to {out}")
     return status
@@ -182,7 +240,6 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from hf_growth.growth.plan import GrowthPlan
-
     from hf_growth.growth.sources import resolve_source
 
     plan = GrowthPlan.parse(Path(args.plan))

@@ -14,10 +14,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("path", help="the saved grown model directory")
     parser.add_argument("repo_id", help="the Hub repository, e.g. you/grown-smollm2")
     visibility = parser.add_mutually_exclusive_group()
-    visibility.add_argument("--private", dest="private", action="store_const", const=True, default=None,
-                            help="create the repository as private (an existing repository keeps its visibility)")
-    visibility.add_argument("--public", dest="private", action="store_const", const=False,
-                            help="create the repository as public (default: your account's default, usually public)")
+    visibility.add_argument(
+        "--private",
+        dest="private",
+        action="store_const",
+        const=True,
+        default=None,
+        help="create the repository as private (an existing repository keeps its visibility)",
+    )
+    visibility.add_argument(
+        "--public",
+        dest="private",
+        action="store_const",
+        const=False,
+        help="create the repository as public (default: your account's default, usually public)",
+    )
     parser.add_argument("--token", default=None, help="Hub token (default: the one `hf auth login` stored)")
     parser.add_argument("--revision", default=None, help="branch to push to (created if missing)")
     parser.add_argument("--commit-message", default=None)
@@ -43,22 +54,38 @@ def run(args: argparse.Namespace) -> int:
         if "README.md" not in files:
             print("  README.md  (model card, written before upload)")
         print(f"{len(files)} files, {total:,} bytes")
-        print(f"if {args.repo_id} is new, it will be {_visibility(args.private)}; an existing repository keeps its "
-              "visibility")
+        print(
+            f"if {args.repo_id} is new, it will be {_visibility(args.private)}; an existing repository keeps its "
+            "visibility"
+        )
         return 0
-    result = push_grown(root, args.repo_id, private=args.private, token=args.token, revision=args.revision,
-                        commit_message=args.commit_message)
+    result = push_grown(
+        root,
+        args.repo_id,
+        private=args.private,
+        token=args.token,
+        revision=args.revision,
+        commit_message=args.commit_message,
+    )
     print(result.visibility())
-    if not result.created and args.private is not None and result.private is not None \
-            and result.private != args.private:
-        print(f"note: {'--private' if args.private else '--public'} does not change an existing repository; "
-              f"change it in the repository's settings on the Hub")
+    if (
+        not result.created
+        and args.private is not None
+        and result.private is not None
+        and result.private != args.private
+    ):
+        print(
+            f"note: {'--private' if args.private else '--public'} does not change an existing repository; "
+            f"change it in the repository's settings on the Hub"
+        )
     print(f"pushed {root} to {args.repo_id}: {result.commit_url}")
     return 0
 
 
 def _visibility(private: bool | None) -> str:
     if private is None:
-        return "created with your account's default visibility (public unless your organisation says otherwise; " \
-               "pass --private or --public)"
+        return (
+            "created with your account's default visibility (public unless your organisation says otherwise; "
+            "pass --private or --public)"
+        )
     return "private (--private)" if private else "public (--public)"

@@ -27,13 +27,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     parser.add_argument("src", help="the source model directory")
     parser.add_argument("out", help="the grown model directory")
-    parser.add_argument("--prompt", default=DEFAULT_PROMPT,
-                        help="prompt for the greedy-text check (default: %(default)r)")
+    parser.add_argument(
+        "--prompt", default=DEFAULT_PROMPT, help="prompt for the greedy-text check (default: %(default)r)"
+    )
     parser.add_argument("--max-new-tokens", type=int, default=16)
-    parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
-                        help="largest accepted max |Δlogits| (default: %(default)g)")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "float64"],
-                        help="dtype both models are compared in (default: %(default)s)")
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=DEFAULT_TOLERANCE,
+        help="largest accepted max |Δlogits| (default: %(default)g)",
+    )
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16", "float16", "float64"],
+        help="dtype both models are compared in (default: %(default)s)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random comparison batch")
     parser.add_argument("--update-card", action="store_true", help="write the result into OUT/README.md")
     return parser

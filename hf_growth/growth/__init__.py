@@ -21,17 +21,34 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 @overload
-def grow_model(model: torch.nn.Module, plan: Any, *, seed: int = 0, output_dir: str | os.PathLike | None = None,
-               **kwargs: Any) -> torch.nn.Module: ...
+def grow_model(
+    model: torch.nn.Module, plan: Any, *, seed: int = 0, output_dir: str | os.PathLike | None = None, **kwargs: Any
+) -> torch.nn.Module: ...
 
 
 @overload
-def grow_model(model: str | os.PathLike, plan: Any, *, seed: int = 0, output_dir: str | os.PathLike,
-               revision: str | None = None, token: str | bool | None = None, **kwargs: Any) -> Path: ...
+def grow_model(
+    model: str | os.PathLike,
+    plan: Any,
+    *,
+    seed: int = 0,
+    output_dir: str | os.PathLike,
+    revision: str | None = None,
+    token: str | bool | None = None,
+    **kwargs: Any,
+) -> Path: ...
 
 
-def grow_model(model: Any, plan: Any, *, seed: int = 0, output_dir: str | os.PathLike | None = None,
-               revision: str | None = None, token: str | bool | None = None, **kwargs: Any) -> Any:
+def grow_model(
+    model: Any,
+    plan: Any,
+    *,
+    seed: int = 0,
+    output_dir: str | os.PathLike | None = None,
+    revision: str | None = None,
+    token: str | bool | None = None,
+    **kwargs: Any,
+) -> Any:
     """Grow a model by a plan (:class:`GrowthPlan`, list of one-key steps, or YAML file).
 
     A model in, a model out: returns a new model; the source is untouched; with ``output_dir`` it is also saved

@@ -121,7 +121,8 @@ class GrowthEngine:
 
     ``run(source)`` yields ``(name, tensor)`` for every output tensor (the tied ``lm_head`` is left out:
     the model ties it). ``source_adapter`` is the source architecture's adapter, ``adapter`` the output's (they
-    differ after a step that changes the architecture). ``new_config`` is the grown config with ``growth_history``; ``output_shapes()``
+    differ after a step that changes the architecture). ``new_config`` is the grown config with
+    ``growth_history``; ``output_shapes()``
     and ``new_slices()`` need no tensors; ``copy_of(name)`` names the source tensor an output is a
     bit-identical copy of (the streaming writer copies those bytes).
     """
@@ -159,14 +160,20 @@ class GrowthEngine:
             raise ValueError(f"plan step {len(self.stages) - 1} ({self.stages[-1].step.kind}): {error}") from None
         self.history_records = []
         for stage in self.stages:
-            record = {"step": stage.step.params(), "seed": self.seed, "run": run_id,
-                      "before": stage.before.as_dict(), "after": stage.after.as_dict(),
-                      "exact": stage.step.exact(stage)}
+            record = {
+                "step": stage.step.params(),
+                "seed": self.seed,
+                "run": run_id,
+                "before": stage.before.as_dict(),
+                "after": stage.after.as_dict(),
+                "exact": stage.step.exact(stage),
+            }
             record.update({k: v for k, v in stage.record.items() if not k.startswith("zero_pad")})
             self.history_records.append(record)
         self.new_config_dict = dict(cfg)
-        self.new_config_dict["growth_history"] = list(self.source_config_dict.get("growth_history") or []) + \
-            self.history_records
+        self.new_config_dict["growth_history"] = (
+            list(self.source_config_dict.get("growth_history") or []) + self.history_records
+        )
         self._meta_specs: dict[str, Any] | None = None
         for record, (before_n, after_n) in zip(self.history_records, self.param_counts()):
             record["num_params_before"], record["num_params_after"] = before_n, after_n
@@ -209,6 +216,7 @@ class GrowthEngine:
     def param_counts(self) -> list[tuple[int, int]]:
         """``(parameters before, parameters after)`` of each step, from shapes alone (on the meta device;
         nothing is read; a tied ``lm_head`` is counted once, as ``num_parameters()`` counts it)."""
+
         def count(view: View) -> int:
             return sum(math.prod(view.shape(name)) for name in view.keys())
 

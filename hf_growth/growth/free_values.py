@@ -65,8 +65,11 @@ def run_blocks(fn: Callable[[int], None], blocks: range, alongside: Callable[[],
 
         if _POOL is not None and _POOL[0] == os.getpid():
             _POOL[2].shutdown(wait=False)  # FREE_THREADS changed
-        _POOL = (os.getpid(), FREE_THREADS,
-                 ThreadPoolExecutor(max_workers=FREE_THREADS - 1, thread_name_prefix="hf-growth-free"))
+        _POOL = (
+            os.getpid(),
+            FREE_THREADS,
+            ThreadPoolExecutor(max_workers=FREE_THREADS - 1, thread_name_prefix="hf-growth-free"),
+        )
     todo, lock = iter(blocks), threading.Lock()
 
     def work() -> None:
@@ -117,9 +120,15 @@ class RoleContext:
     def step(self) -> Any:
         return self.stage.step
 
-    def free(self, shape: tuple[int, ...], tag: str = "", std: float | None = None,
-             dtype: torch.dtype | None = None, out: torch.Tensor | None = None,
-             alongside: Callable[[], None] | None = None) -> torch.Tensor:
+    def free(
+        self,
+        shape: tuple[int, ...],
+        tag: str = "",
+        std: float | None = None,
+        dtype: torch.dtype | None = None,
+        out: torch.Tensor | None = None,
+        alongside: Callable[[], None] | None = None,
+    ) -> torch.Tensor:
         """Seeded normal(0, std) values (std: the config's ``initializer_range``), drawn in float32 and
         returned in ``dtype`` (default: the tensor's). Rows ``row_offset .. row_offset + shape[0]`` of the
         tensor's free field of that tag: drawn block by block (:data:`FREE_BLOCK_ELEMENTS`), the blocks on
@@ -156,7 +165,7 @@ class RoleContext:
             generator = torch.Generator().manual_seed(seed_for(self.seed, self.stage.index, self.name, f"{tag}#{b}"))
             values = torch.empty((min((b + 1) * block, total) - b * block, row))
             values.normal_(0.0, std, generator=generator)
-            flat[a - first: z - first] = values[a - b * block: z - b * block]
+            flat[a - first : z - first] = values[a - b * block : z - b * block]
 
         run_blocks(draw, range(first // block, -(-stop // block)), alongside)
         return out.to(self.device)

@@ -49,7 +49,7 @@ _LAYER = re.compile(r"\.(\d+)\.")
 def _normalise(name: str) -> str:
     for prefix in ("base_model.model.",):
         if name.startswith(prefix):
-            name = name[len(prefix):]
+            name = name[len(prefix) :]
     return name.replace(".base_layer.", ".")
 
 

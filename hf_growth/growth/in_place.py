@@ -99,9 +99,14 @@ def _rewrap_ddp(ddp: nn.Module) -> None:
 
     accepted = inspect.signature(type(ddp).__init__).parameters
     kwargs: dict[str, Any] = dict(
-        device_ids=ddp.device_ids, output_device=ddp.output_device, dim=ddp.dim, process_group=ddp.process_group,
-        bucket_cap_mb=ddp.bucket_bytes_cap / float(1024 * 1024), find_unused_parameters=ddp.find_unused_parameters,
-        gradient_as_bucket_view=ddp.gradient_as_bucket_view, static_graph=bool(getattr(ddp, "static_graph", False)),
+        device_ids=ddp.device_ids,
+        output_device=ddp.output_device,
+        dim=ddp.dim,
+        process_group=ddp.process_group,
+        bucket_cap_mb=ddp.bucket_bytes_cap / float(1024 * 1024),
+        find_unused_parameters=ddp.find_unused_parameters,
+        gradient_as_bucket_view=ddp.gradient_as_bucket_view,
+        static_graph=bool(getattr(ddp, "static_graph", False)),
         mixed_precision=getattr(ddp, "mixed_precision", None),
     )
     if "forward_sync_buffers" in accepted and hasattr(ddp, "forward_sync_buffers"):
@@ -228,8 +233,15 @@ def _carry_tensor(old: torch.Tensor, new_shape: tuple[int, ...], spec: Any) -> t
 
 
 # ------------------------------------------------------------------------------------------ growth
-def grow_in_place(model: nn.Module, plan: Any, *, optimizer: Any = None, seed: int = 0,
-                  copied_state: str = "copy", record: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def grow_in_place(
+    model: nn.Module,
+    plan: Any,
+    *,
+    optimizer: Any = None,
+    seed: int = 0,
+    copied_state: str = "copy",
+    record: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """Grow ``model`` by ``plan`` in place (same object) and re-key ``optimizer``'s state.
 
     ``copied_state``: ``"copy"`` (copied blocks get a copy of their source's optimizer state) or ``"fresh"``.
@@ -288,15 +300,23 @@ def grow_in_place(model: nn.Module, plan: Any, *, optimizer: Any = None, seed: i
 
     counts = {"carried": 0, "copied": 0, "fresh": 0}
     if optimizer is not None:
-        _rekey_optimizer(_unwrap_optimizer(optimizer), target, old_params, origins, new_slices, copied_state, counts,
-                         engine)
+        _rekey_optimizer(
+            _unwrap_optimizer(optimizer), target, old_params, origins, new_slices, copied_state, counts, engine
+        )
     params_after = sum(p.numel() for p in target.parameters())
     return {"params_before": params_before, "params_after": params_after, "hooks_moved": hooks_moved, **counts}
 
 
-def _rekey_optimizer(opt: torch.optim.Optimizer, model: nn.Module, old_params: dict[str, nn.Parameter],
-                     origins: dict[str, tuple[str | None, str]], new_slices: Mapping[str, Any],
-                     copied_state: str, counts: dict[str, int], engine: Any = None) -> None:
+def _rekey_optimizer(
+    opt: torch.optim.Optimizer,
+    model: nn.Module,
+    old_params: dict[str, nn.Parameter],
+    origins: dict[str, tuple[str | None, str]],
+    new_slices: Mapping[str, Any],
+    copied_state: str,
+    counts: dict[str, int],
+    engine: Any = None,
+) -> None:
     old_ids = {id(p): n for n, p in old_params.items()}
     group_of: dict[str, int] = {}  # old param name -> group index
     for g, group in enumerate(opt.param_groups):
@@ -354,8 +374,9 @@ def _rekey_optimizer(opt: torch.optim.Optimizer, model: nn.Module, old_params: d
     opt.state = new_state
 
 
-def _expert_state(opt: torch.optim.Optimizer, engine: Any, name: str, param: nn.Parameter,
-                  old_params: dict[str, nn.Parameter]) -> dict[str, Any] | None:
+def _expert_state(
+    opt: torch.optim.Optimizer, engine: Any, name: str, param: nn.Parameter, old_params: dict[str, nn.Parameter]
+) -> dict[str, Any] | None:
     """The optimizer state of a new expert tensor whose experts are copies (upcycling: the dense MLP's; more
     experts: the old experts'): every copied part gets its source's moments, the rest zeros. None when no part is
     a copy or a source has no state."""
@@ -376,17 +397,18 @@ def _expert_state(opt: torch.optim.Optimizer, engine: Any, name: str, param: nn.
             if isinstance(value, torch.Tensor) and value.dim() > 0:
                 if src_expert is not None:
                     src_rows = value.shape[1] // parts
-                    value = value[src_expert, src_part * src_rows:(src_part + 1) * src_rows]
+                    value = value[src_expert, src_part * src_rows : (src_part + 1) * src_rows]
                 if key not in out:
                     out[key] = torch.zeros(param.shape, dtype=value.dtype, device=value.device)
-                out[key][expert, part * rows:(part + 1) * rows] = value
+                out[key][expert, part * rows : (part + 1) * rows] = value
             elif key not in out:
                 out[key] = value.clone() if isinstance(value, torch.Tensor) else copy.deepcopy(value)
     return out
 
 
-def resize_parameter(param: nn.Parameter, shape: Sequence[int], new_slices: Mapping[Any, Any] | None = None, *,
-                     optimizer: Any = None) -> None:
+def resize_parameter(
+    param: nn.Parameter, shape: Sequence[int], new_slices: Mapping[Any, Any] | None = None, *, optimizer: Any = None
+) -> None:
     """Resize ``param`` in place to ``shape`` for a grown model: the same ``Parameter`` object (optimizer param
     groups keep it), its old entries at the positions ``new_slices`` does not mark as new, zeros at the new ones,
     and ``optimizer``'s state for it (Adam's moments) moved the same way; its gradient is dropped.

@@ -35,10 +35,16 @@ def build_model(like: torch.nn.Module, config: Any, tensors: dict[str, torch.Ten
     with init_empty_weights(include_buffers=False):
         model = cls(config)
     missing, unexpected = model.load_state_dict(tensors, strict=False, assign=True)
-    tied = set(getattr(model, "all_tied_weights_keys", {}) or {}) if getattr(config, "tie_word_embeddings", False) else set()
+    tied = (
+        set(getattr(model, "all_tied_weights_keys", {}) or {})
+        if getattr(config, "tie_word_embeddings", False)
+        else set()
+    )
     missing = [k for k in missing if k not in tied]
     if missing or unexpected:
-        raise RuntimeError(f"grown tensors do not match {cls.__name__}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise RuntimeError(
+            f"grown tensors do not match {cls.__name__}: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
     if getattr(config, "tie_word_embeddings", False):
         model.tie_weights()
     device = next(iter(tensors.values())).device
@@ -63,8 +69,9 @@ def grow_in_memory(model: torch.nn.Module, plan: Any, *, seed: int = 0, verify: 
         tensors[name] = tensor.detach()
     config = engine.final_config(next(iter(tensors.values())).dtype)
     grown = build_model(model, config, tensors)
-    approximate = any(r.get("step", {}) and next(iter(r["step"].values())).get("approximate")
-                      for r in engine.history_records)
+    approximate = any(
+        r.get("step", {}) and next(iter(r["step"].values())).get("approximate") for r in engine.history_records
+    )
     if verify or (verify is None and approximate):
         from .verify import max_logit_diff
 
@@ -75,9 +82,17 @@ def grow_in_memory(model: torch.nn.Module, plan: Any, *, seed: int = 0, verify: 
     return grown
 
 
-def save_grown(grown: torch.nn.Module, output_dir: Any, *, source: torch.nn.Module | None = None,
-               base_model: str | None = None, max_shard_size: int | str = "5GB", overwrite: bool = False,
-               verification: dict | None = None, tokenizer: Any = None) -> Any:
+def save_grown(
+    grown: torch.nn.Module,
+    output_dir: Any,
+    *,
+    source: torch.nn.Module | None = None,
+    base_model: str | None = None,
+    max_shard_size: int | str = "5GB",
+    overwrite: bool = False,
+    verification: dict | None = None,
+    tokenizer: Any = None,
+) -> Any:
     """Save a grown model with ``save_pretrained`` *and* its model card (``README.md``), atomically: into a
     temporary directory next to ``output_dir``, renamed at the end, removed on any failure or interrupt
     (:func:`~hf_growth.growth.io.atomic_output_dir`). An existing output is replaced only with ``overwrite=True``
@@ -92,14 +107,18 @@ def save_grown(grown: torch.nn.Module, output_dir: Any, *, source: torch.nn.Modu
     if base_model is None:
         src_config = getattr(source, "config", None)
         base_model = guess_base_model(getattr(src_config, "_name_or_path", None), src_config)
-    diff = (grown.config.growth_history or [{}])[-1].get("max_logit_diff") \
-        if getattr(grown.config, "growth_history", None) else None
+    diff = (
+        (grown.config.growth_history or [{}])[-1].get("max_logit_diff")
+        if getattr(grown.config, "growth_history", None)
+        else None
+    )
     if verification is None and diff is not None:
         verification = {"max_logit_diff": diff}
     with atomic_output_dir(output_dir, overwrite=overwrite) as tmp:
         grown.save_pretrained(tmp, max_shard_size=max_shard_size)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        write_model_card(tmp, grown.config, base_model=base_model, num_params=grown.num_parameters(),
-                         verification=verification)
+        write_model_card(
+            tmp, grown.config, base_model=base_model, num_params=grown.num_parameters(), verification=verification
+        )
     return Path(output_dir).expanduser().resolve()

@@ -71,8 +71,9 @@ def leading(n_old: int) -> torch.Tensor:
     return torch.arange(n_old)
 
 
-def per_head_placement(head_positions: torch.Tensor, new_head_size: int,
-                       within: torch.Tensor | None = None, head_size: int | None = None) -> torch.Tensor:
+def per_head_placement(
+    head_positions: torch.Tensor, new_head_size: int, within: torch.Tensor | None = None, head_size: int | None = None
+) -> torch.Tensor:
     """Flatten a head placement (old head -> new head) and an in-head placement into row indices."""
     if within is None:
         within = torch.arange(head_size)
@@ -133,8 +134,9 @@ def rope_placement(head_dim: int, new_head_dim: int, *, exact: bool = True) -> t
     return torch.cat([first, first + new_half])
 
 
-def rms_gain_rescale(gain: torch.Tensor, hidden: int, new_hidden: int, *, offset: float = 0.0,
-                     scale: float | None = None) -> torch.Tensor:
+def rms_gain_rescale(
+    gain: torch.Tensor, hidden: int, new_hidden: int, *, offset: float = 0.0, scale: float | None = None
+) -> torch.Tensor:
     """RMSNorm gain for zero-padded hidden growth: old gains x sqrt(h/h'), new entries their mean.
 
     Exact together with ``eps' = eps * h/h'`` (:func:`rms_eps_rescale`). ``offset``: the norm multiplies by
@@ -175,8 +177,9 @@ def zero_sum_noise(shape: Sequence[int], copies: int, noise: torch.Tensor) -> to
     return padded[1:] - padded[:-1]
 
 
-def clone_linear(weight: torch.Tensor, out_copies: int, in_copies: int,
-                 noise: torch.Tensor | None = None) -> torch.Tensor:
+def clone_linear(
+    weight: torch.Tensor, out_copies: int, in_copies: int, noise: torch.Tensor | None = None
+) -> torch.Tensor:
     """HyperCloning of a linear map ``(out, in)`` whose input is repeated ``in_copies`` times and whose
     output must be repeated ``out_copies`` times: ``W`` tiled, divided by ``in_copies``, plus noise that sums
     to zero over the input copies (shape ``(out_copies, in_copies - 1, out, in)`` or None).

@@ -56,7 +56,7 @@ def parse_step(item: Any, index: int) -> GrowthStep:
         raise ValueError(
             f"plan step {index}: each step must be a one-key mapping like {{mlp_width: 2048}}, got {item!r}"
         )
-    (kind, value), = item.items()
+    ((kind, value),) = item.items()
     cls = STEP_TYPES.get(kind)
     if cls is None:
         raise ValueError(f"plan step {index}: unknown step {kind!r}; known steps: {', '.join(STEP_TYPES)}")
@@ -93,7 +93,7 @@ class GrowthPlan(BaseModel):
         return out
 
     @classmethod
-    def parse(cls, plan: "GrowthPlan | list | dict | str | Path") -> "GrowthPlan":
+    def parse(cls, plan: GrowthPlan | list | dict | str | Path) -> GrowthPlan:
         """Accept a GrowthPlan, a list of one-key steps, ``{"steps": [...]}``, a YAML file path or YAML text."""
         if isinstance(plan, GrowthPlan):
             return plan
@@ -110,7 +110,7 @@ class GrowthPlan(BaseModel):
         return [step.params() for step in self.steps]
 
 
-def _load_yaml(plan: "str | Path") -> Any:
+def _load_yaml(plan: str | Path) -> Any:
     import yaml
 
     text: str

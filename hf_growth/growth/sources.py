@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from .io import SafetensorsSource, atomic_output_dir, check_output_dir
 
 if TYPE_CHECKING:  # pragma: no cover
-    import torch
+    pass
 
 #: embedded model names -> what they are (loaded by :func:`load_model`: hf_growth._embedded)
 EMBEDDED_MODELS: dict[str, str] = {
@@ -86,8 +86,9 @@ def _error(source: Any, why: str) -> ModelSourceError:
     return ModelSourceError(f"model source {str(source)!r}: {why}")
 
 
-def resolve_source(source: Any, *, hub: bool = True, revision: str | None = None,
-                   token: str | bool | None = None) -> ModelSource:
+def resolve_source(
+    source: Any, *, hub: bool = True, revision: str | None = None, token: str | bool | None = None
+) -> ModelSource:
     """Say what ``source`` is, without loading weights. A local path wins over an embedded name or a Hub id of
     the same spelling. A Hub id is fetched with ``huggingface_hub.snapshot_download`` (only
     :data:`HUB_ALLOW_PATTERNS`, at ``revision`` with ``token`` as ``snapshot_download`` takes them; from the cache
@@ -112,11 +113,17 @@ def resolve_source(source: Any, *, hub: bool = True, revision: str | None = None
     if text.lower() in EMBEDDED_MODELS:
         return ModelSource("embedded", text.lower())
     if not _HUB_ID.fullmatch(text):
-        raise _error(source, "no such local directory or .gguf file, and not an embedded model "
-                             f"({', '.join(EMBEDDED_MODELS)}) or a Hub repository id (org/name)")
+        raise _error(
+            source,
+            "no such local directory or .gguf file, and not an embedded model "
+            f"({', '.join(EMBEDDED_MODELS)}) or a Hub repository id (org/name)",
+        )
     if not hub:
-        raise _error(source, "not a local directory or .gguf file, not an embedded model "
-                             f"({', '.join(EMBEDDED_MODELS)}), and Hub ids are off here")
+        raise _error(
+            source,
+            "not a local directory or .gguf file, not an embedded model "
+            f"({', '.join(EMBEDDED_MODELS)}), and Hub ids are off here",
+        )
     return ModelSource("hub", text, path=_snapshot(text, revision, token))
 
 
@@ -133,13 +140,17 @@ def _snapshot(repo_id: str, revision: str | None, token: str | bool | None = Non
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
     tried = f"no local directory {repo_id!r}, not an embedded model ({', '.join(EMBEDDED_MODELS)}), and the Hub"
     try:
-        folder = snapshot_download(repo_id, revision=revision, token=token, allow_patterns=list(HUB_ALLOW_PATTERNS),
-                                   local_files_only=offline)
+        folder = snapshot_download(
+            repo_id, revision=revision, token=token, allow_patterns=list(HUB_ALLOW_PATTERNS), local_files_only=offline
+        )
     except LocalEntryNotFoundError:
         raise _error(repo_id, f"{tried} repository is not in the local cache (HF_HUB_OFFLINE=1)") from None
     except GatedRepoError:  # (a RepositoryNotFoundError)
-        raise _error(repo_id, f"{tried} repository is gated: accept its terms on its Hub page and log in "
-                              "(`hf auth login`) or pass a token") from None
+        raise _error(
+            repo_id,
+            f"{tried} repository is gated: accept its terms on its Hub page and log in "
+            "(`hf auth login`) or pass a token",
+        ) from None
     except RepositoryNotFoundError:
         raise _error(repo_id, f"{tried} has no such repository (or it needs a token: `hf auth login`)") from None
     except (HfHubHTTPError, OSError) as error:
@@ -151,9 +162,12 @@ def _snapshot(repo_id: str, revision: str | None, token: str | bool | None = Non
     if not any(folder.glob("*.safetensors")):
         pickles = sorted(p.name for p in folder.glob("*.bin"))
         only = f" (only pickle weights: {', '.join(pickles)})" if pickles else ""
-        raise _error(repo_id, f"the Hub repository has no safetensors weights{only} and hf-growth never unpickles; "
-                              "use a repository or revision with safetensors (the Hub's conversion pull requests, "
-                              "refs/pr/N) or convert it once where you trust the file")
+        raise _error(
+            repo_id,
+            f"the Hub repository has no safetensors weights{only} and hf-growth never unpickles; "
+            "use a repository or revision with safetensors (the Hub's conversion pull requests, "
+            "refs/pr/N) or convert it once where you trust the file",
+        )
     return folder
 
 
@@ -206,8 +220,9 @@ def _load_tokenizer(directory: Path) -> Any:
     return tokenizer if len(tokenizer) >= 2 else None
 
 
-def load_model(source: Any, *, dtype: Any = None, device: Any = None, revision: str | None = None,
-               token: str | bool | None = None) -> tuple[Any, Any]:
+def load_model(
+    source: Any, *, dtype: Any = None, device: Any = None, revision: str | None = None, token: str | bool | None = None
+) -> tuple[Any, Any]:
     """Load a model source (see :func:`resolve_source`) as ``(causal LM in eval mode, tokenizer or None)``.
 
     ``dtype``: a directory loads in its own dtype by default (``"auto"``), a GGUF file or the embedded model in
@@ -222,8 +237,10 @@ def load_model(source: Any, *, dtype: Any = None, device: Any = None, revision: 
         if dtype not in (None, "auto"):
             current = next(model.parameters()).dtype
             if _torch_dtype(dtype) != current:
-                raise ValueError(f"dtype={dtype!r} applies to loaded sources; this model is {current} "
-                                 "(convert it yourself with model.to(dtype))")
+                raise ValueError(
+                    f"dtype={dtype!r} applies to loaded sources; this model is {current} "
+                    "(convert it yourself with model.to(dtype))"
+                )
         return model, None
     import hf_growth  # noqa: F401  (registers the ResFormer Auto classes)
 
@@ -241,8 +258,8 @@ def load_model(source: Any, *, dtype: Any = None, device: Any = None, revision: 
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         try:
             model = AutoModelForCausalLM.from_pretrained(
-                str(resolved.path), dtype=_torch_dtype(dtype) or "auto", use_safetensors=True,
-                trust_remote_code=False)
+                str(resolved.path), dtype=_torch_dtype(dtype) or "auto", use_safetensors=True, trust_remote_code=False
+            )
         except (OSError, KeyError) as error:
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise _error(source, f"transformers cannot load it ({first})") from None
@@ -253,8 +270,15 @@ def load_model(source: Any, *, dtype: Any = None, device: Any = None, revision: 
     return model, tokenizer
 
 
-def export_model(source: Any, output_dir: str | os.PathLike, *, dtype: Any = None, tokenizer: Any = None,
-                 overwrite: bool = False, max_shard_size: int | str = "5GB") -> Path:
+def export_model(
+    source: Any,
+    output_dir: str | os.PathLike,
+    *,
+    dtype: Any = None,
+    tokenizer: Any = None,
+    overwrite: bool = False,
+    max_shard_size: int | str = "5GB",
+) -> Path:
     """Save any model source as a checkpoint directory: safetensors weights, ``config.json``, the generation
     config, the tokenizer (the source's, or ``tokenizer=``) and, for a grown or converted model, its model card.
     Atomic: written next to ``output_dir`` and renamed at the end; an existing output is replaced only with
@@ -265,8 +289,9 @@ def export_model(source: Any, output_dir: str | os.PathLike, *, dtype: Any = Non
     """
     resolved = resolve_source(source)
     out = check_output_dir(output_dir, resolved.path, overwrite=overwrite)
-    model, loaded_tokenizer = load_model(source if resolved.kind == "model" else resolved.path or resolved.name,
-                                         dtype=dtype)
+    model, loaded_tokenizer = load_model(
+        source if resolved.kind == "model" else resolved.path or resolved.name, dtype=dtype
+    )
     tokenizer = tokenizer if tokenizer is not None else loaded_tokenizer
     with atomic_output_dir(out, overwrite=overwrite) as tmp:
         model.save_pretrained(tmp, max_shard_size=max_shard_size)
@@ -275,11 +300,21 @@ def export_model(source: Any, output_dir: str | os.PathLike, *, dtype: Any = Non
         if getattr(model.config, "growth_history", None):
             from hf_growth.hub import guess_base_model, write_model_card
 
-            write_model_card(tmp, model.config, num_params=model.num_parameters(),
-                             base_model=guess_base_model(resolved.name if resolved.kind == "hub" else None,
-                                                         model.config))
+            write_model_card(
+                tmp,
+                model.config,
+                num_params=model.num_parameters(),
+                base_model=guess_base_model(resolved.name if resolved.kind == "hub" else None, model.config),
+            )
     return out
 
 
-__all__ = ["EMBEDDED_MODELS", "ModelSource", "ModelSourceError", "export_model", "load_gguf", "load_model",
-           "resolve_source"]
+__all__ = [
+    "EMBEDDED_MODELS",
+    "ModelSource",
+    "ModelSourceError",
+    "export_model",
+    "load_gguf",
+    "load_model",
+    "resolve_source",
+]

@@ -21,8 +21,9 @@ def midas_block_index(num_blocks: int, where: str = "middle") -> int:
     return -(-num_blocks // 2) - 1
 
 
-def stack_layer_sources(layers: int, to: int, block_size: int, where: str = "middle"
-                        ) -> tuple[list[tuple[int, str]], list[dict]]:
+def stack_layer_sources(
+    layers: int, to: int, block_size: int, where: str = "middle"
+) -> tuple[list[tuple[int, str]], list[dict]]:
     """For a stack of ``layers`` grown to ``to``: per new layer ``(old layer, "keep" | "copy")`` and the list
     of copies made (``block``: old-stack-relative [start, stop) of the copied layers at the time of the copy,
     ``inserted_at``: position of the copy). ValueError when the sizes do not fit the blocks."""

@@ -140,8 +140,9 @@ def plan_output(engine: Any, source: SafetensorsSource) -> list[PlannedTensor]:
     return out
 
 
-def _plan_parts(name: str, saved: list[tuple[str, int | None, int | None]], meta_view: Any, real_view: Any,
-                source: Any) -> list[PlannedTensor]:
+def _plan_parts(
+    name: str, saved: list[tuple[str, int | None, int | None]], meta_view: Any, real_view: Any, source: Any
+) -> list[PlannedTensor]:
     """The per-expert (or renamed) tensors ``name`` is saved as: copies of source bytes where the engine says the
     part is a copy (an upcycled expert is the dense MLP's tensor), else computed from ``name``."""
     shape, dtype = meta_view.shape(name), None
@@ -269,17 +270,29 @@ def grow_checkpoint(
 
     with atomic_output_dir(out, overwrite=overwrite) as tmp:
         with _intra_op_threads(planned):
-            _write_tensors(engine, source, planned, tmp, max_shard_size=max_shard_size, quiet=quiet, total=total,
-                           description=f"growing into {out.name}", src_dir=src_dir, new_config=new_config,
-                           src_config=config, base_model=base_model)
+            _write_tensors(
+                engine,
+                source,
+                planned,
+                tmp,
+                max_shard_size=max_shard_size,
+                quiet=quiet,
+                total=total,
+                description=f"growing into {out.name}",
+                src_dir=src_dir,
+                new_config=new_config,
+                src_config=config,
+                base_model=base_model,
+            )
         if verify:  # before the rename: an output that cannot be verified (bad input) is not left behind
             from .verify import verify_checkpoints
 
             try:
                 result = verify_checkpoints(src_dir, tmp, **(verify_options or {}))
             except ValueError as error:  # name the output, not its temporary directory
-                raise CheckpointError(f"{str(error).replace(str(tmp), str(out))} (verification could not run; "
-                                      "nothing was written)") from error
+                raise CheckpointError(
+                    f"{str(error).replace(str(tmp), str(out))} (verification could not run; nothing was written)"
+                ) from error
             result["measured_by"] = "hf-growth grow --verify"
             _write_card(tmp, new_config, src_dir, config, base_model, sum(_numel(p.shape) for p in planned), result)
             if on_verified is not None:
@@ -289,13 +302,34 @@ def grow_checkpoint(
     return out
 
 
-def _write_tensors(engine: Any, source: SafetensorsSource, planned: list[PlannedTensor], tmp: Path, *,
-                   max_shard_size: int | str, quiet: bool, total: int, description: str, src_dir: Path,
-                   new_config: dict[str, Any], src_config: dict[str, Any], base_model: str | None) -> None:
+def _write_tensors(
+    engine: Any,
+    source: SafetensorsSource,
+    planned: list[PlannedTensor],
+    tmp: Path,
+    *,
+    max_shard_size: int | str,
+    quiet: bool,
+    total: int,
+    description: str,
+    src_dir: Path,
+    new_config: dict[str, Any],
+    src_config: dict[str, Any],
+    base_model: str | None,
+) -> None:
     view = engine.view(source)
-    with ShardWriter(tmp, max_shard_size=max_shard_size, quiet=quiet, total_bytes=total, description=description,
-                     planned=[(p.name, p.dtype, p.shape, info.start if info is not None else None)
-                              for p in planned for info in [p.source_info(source)]]) as writer:
+    with ShardWriter(
+        tmp,
+        max_shard_size=max_shard_size,
+        quiet=quiet,
+        total_bytes=total,
+        description=description,
+        planned=[
+            (p.name, p.dtype, p.shape, info.start if info is not None else None)
+            for p in planned
+            for info in [p.source_info(source)]
+        ],
+    ) as writer:
         fused: tuple[str, Any] | None = None  # the engine output whose per-expert parts are being written
         for p in planned:
             info = p.source_info(source)
@@ -309,20 +343,27 @@ def _write_tensors(engine: Any, source: SafetensorsSource, planned: list[Planned
                 tensor = fused[1] if expert is None else fused[1][expert]
                 if expert is not None and parts > 1:
                     rows = tensor.shape[0] // parts
-                    tensor = tensor[k * rows:(k + 1) * rows]
+                    tensor = tensor[k * rows : (k + 1) * rows]
                 writer.add_tensor(p.name, tensor.contiguous())
                 del tensor
             elif p.nbytes > CHUNK_BYTES and len(p.shape) > 1 and view.row_local(p.name):
                 # a large embedding / lm_head: computed and written a block of rows at a time
                 rows = max(1, CHUNK_BYTES // max(1, p.nbytes // p.shape[0]))
-                writer.add_tensor_chunks(p.name, p.shape, p.dtype, (
-                    view.get_rows(p.name, a, min(a + rows, p.shape[0]), p.shape[0])
-                    for a in range(0, p.shape[0], rows)))
+                writer.add_tensor_chunks(
+                    p.name,
+                    p.shape,
+                    p.dtype,
+                    (
+                        view.get_rows(p.name, a, min(a + rows, p.shape[0]), p.shape[0])
+                        for a in range(0, p.shape[0], rows)
+                    ),
+                )
             else:
                 tensor = view.get(p.name)
                 if tuple(tensor.shape) != p.shape or dtype_name(tensor.dtype) != p.dtype:  # pragma: no cover
-                    raise RuntimeError(f"engine produced {p.name} as {tuple(tensor.shape)} {tensor.dtype}, "
-                                       f"planned {p.shape} {p.dtype}")
+                    raise RuntimeError(
+                        f"engine produced {p.name} as {tuple(tensor.shape)} {tensor.dtype}, planned {p.shape} {p.dtype}"
+                    )
                 writer.add_tensor(p.name, tensor)
                 del tensor
         # while the writer thread still writes (all of it, for a copy-only plan), the small files
@@ -332,9 +373,11 @@ def _write_tensors(engine: Any, source: SafetensorsSource, planned: list[Planned
 
 
 def _print_verification(result: dict[str, Any]) -> None:
-    print(f"verify: max |Δlogits| {result['max_logit_diff']:.3g}, greedy text "
-          f"{'matches' if result['greedy_match'] else 'DIFFERS'}"
-          + ("" if result.get("tokenizer", True) else " (no tokenizer: on seeded random token ids)"))
+    print(
+        f"verify: max |Δlogits| {result['max_logit_diff']:.3g}, greedy text "
+        f"{'matches' if result['greedy_match'] else 'DIFFERS'}"
+        + ("" if result.get("tokenizer", True) else " (no tokenizer: on seeded random token ids)")
+    )
 
 
 @contextlib.contextmanager
@@ -368,8 +411,15 @@ def _as_config(config: Any) -> Any:
     return SimpleNamespace(**config) if isinstance(config, dict) else config
 
 
-def _write_card(directory: Path, config: Any, src_dir: Path, src_config: Any, base_model: str | None,
-                num_params: int | None, verification: dict | None = None) -> None:
+def _write_card(
+    directory: Path,
+    config: Any,
+    src_dir: Path,
+    src_config: Any,
+    base_model: str | None,
+    num_params: int | None,
+    verification: dict | None = None,
+) -> None:
     from hf_growth.hub import guess_base_model, model_card_text
 
     text = model_card_text(  # the text ModelCard.save writes, without importing the Hub client
@@ -382,9 +432,15 @@ def _write_card(directory: Path, config: Any, src_dir: Path, src_config: Any, ba
         f.write(text)
 
 
-def verify_and_update_card(src_dir: str | os.PathLike, out_dir: str | os.PathLike, *, base_model: str | None = None,
-                           quiet: bool = False, measured_by: str = "hf-growth grow --verify",
-                           **kwargs: Any) -> dict[str, Any]:
+def verify_and_update_card(
+    src_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    base_model: str | None = None,
+    quiet: bool = False,
+    measured_by: str = "hf-growth grow --verify",
+    **kwargs: Any,
+) -> dict[str, Any]:
     """Compare ``src_dir`` with the grown ``out_dir`` (:func:`~hf_growth.growth.verify.verify_checkpoints`) and
     write the figures into ``out_dir``'s model card, credited to ``measured_by``."""
     from .verify import verify_checkpoints

@@ -75,10 +75,14 @@ PROBES: dict[str, list[tuple[str, Callable[[Sizes], dict[str, Any]]]]] = {
         ("x2, top, one block of every layer", lambda s: {"to": 2 * s.layers, "where": "top", "block_size": s.layers}),
     ],
     "experts": [  # dense: upcycling to 8 experts; a mixture of experts: more experts
-        ("dense: 8, top 2; MoE: experts and top_k x2",
-         lambda s: {"to": 2 * s.experts, "top_k": 2 * s.top_k} if s.experts else {"to": 8, "top_k": 2}),
-        ("dense: 4, top 4; MoE: experts x1.5", lambda s: {"to": s.experts + s.experts // 2} if s.experts
-         else {"to": 4, "top_k": 4}),
+        (
+            "dense: 8, top 2; MoE: experts and top_k x2",
+            lambda s: {"to": 2 * s.experts, "top_k": 2 * s.top_k} if s.experts else {"to": 8, "top_k": 2},
+        ),
+        (
+            "dense: 4, top 4; MoE: experts x1.5",
+            lambda s: {"to": s.experts + s.experts // 2} if s.experts else {"to": 4, "top_k": 4},
+        ),
     ],
 }
 

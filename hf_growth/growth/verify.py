@@ -121,10 +121,14 @@ def load_tokenizer(*paths: str | os.PathLike) -> Any:
 def _greedy(model: torch.nn.Module, input_ids: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
     eos = model.config.eos_token_id
     with torch.no_grad():
-        out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-                             max_new_tokens=max_new_tokens, do_sample=False,
-                             pad_token_id=eos if isinstance(eos, int) else 0)
-    return out[0, input_ids.shape[1]:]
+        out = model.generate(
+            input_ids=input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=eos if isinstance(eos, int) else 0,
+        )
+    return out[0, input_ids.shape[1] :]
 
 
 def verify_checkpoints(
@@ -162,8 +166,9 @@ def verify_checkpoints(
     vocab_a = model_a.get_output_embeddings().weight.shape[0]
     vocab_b = model_b.get_output_embeddings().weight.shape[0]
     if vocab_a != vocab_b:
-        raise CheckpointError(f"{src} and {out} cannot be compared: their vocabularies differ ({vocab_a} vs "
-                              f"{vocab_b} output rows)")
+        raise CheckpointError(
+            f"{src} and {out} cannot be compared: their vocabularies differ ({vocab_a} vs {vocab_b} output rows)"
+        )
     diff = max_logit_diff(model_a, model_b, seed=seed)
     tokenizer = load_tokenizer(src, out)
     if tokenizer is not None:

@@ -92,7 +92,7 @@ def _per_expert(fn, role: str, t: torch.Tensor, c: RoleContext):
     outs, placement = [], None
     for e in range(t.shape[0]):
         if role == "experts_in.w":
-            parts = [(f"[{e}].gate", t[e, : t.shape[1] // 2]), (f"[{e}].up", t[e, t.shape[1] // 2:])]
+            parts = [(f"[{e}].gate", t[e, : t.shape[1] // 2]), (f"[{e}].up", t[e, t.shape[1] // 2 :])]
             sub_role = "mlp_in.w"
         else:
             parts, sub_role = [(f"[{e}]", t[e])], "mlp_out.w"
@@ -103,8 +103,10 @@ def _per_expert(fn, role: str, t: torch.Tensor, c: RoleContext):
             raise RuntimeError(f"a step changed some experts of {c.name} but not others")  # pragma: no cover
         grown = [r[0] for r in results]
         if placement is None:
-            rows = [r[1][0] if r[1] is not None and r[1][0] is not None else ops.leading(p.shape[0])
-                    for r, (_, p) in zip(results, parts)]
+            rows = [
+                r[1][0] if r[1] is not None and r[1][0] is not None else ops.leading(p.shape[0])
+                for r, (_, p) in zip(results, parts)
+            ]
             offsets = [0] + [g.shape[0] for g in grown[:-1]]
             cols = next((r[1][1] for r in results if r[1] is not None and r[1][1] is not None), None)
             placement = [None, torch.cat([r + o for r, o in zip(rows, offsets)]), cols]
@@ -222,8 +224,16 @@ class WidthView(View):
 
     def _transform(self, name: str, t: torch.Tensor, row_offset: int = 0, total_rows: int | None = None):
         info = self.stage.adapter.role(name)
-        c = RoleContext(self.stage, name, self.seed, t.device if not self.meta else self.device, self.meta, t.dtype,
-                 row_offset, total_rows)
+        c = RoleContext(
+            self.stage,
+            name,
+            self.seed,
+            t.device if not self.meta else self.device,
+            self.meta,
+            t.dtype,
+            row_offset,
+            total_rows,
+        )
         canon = t.T if info.transposed else t  # computed in its own dtype: the transforms up-cast where they scale
         if info.role in ("qkv.w", "qkv.b"):
             result = _fused_qkv(self.fn, info.role, canon, c)
@@ -299,8 +309,7 @@ class LayerView(View):
     """A depth step: the layer stack rebuilt from ``stage.layers`` (per new layer: the old layer it comes from and
     ``keep`` | ``copy`` | ``new_copy`` | ``new_random``); tensors outside the layers pass through."""
 
-    def __init__(self, prev: View, stage: Stage, seed: int, device: Any, dtype: Callable[[], torch.dtype],
-                 meta: bool):
+    def __init__(self, prev: View, stage: Stage, seed: int, device: Any, dtype: Callable[[], torch.dtype], meta: bool):
         self.prev, self.stage, self.seed, self.device, self.meta = prev, stage, seed, device, meta
         self._dtype_of, self._dtype = dtype, None  # the dtype of new layers: looked up when one is made
         self.adapter = stage.adapter
@@ -424,8 +433,7 @@ class ExpertsView(View):
     (every expert a copy of the MLP); more experts copy the experts and their router rows. Every other tensor
     passes through under its name (the dense and the MoE architecture share them)."""
 
-    def __init__(self, prev: View, stage: Stage, seed: int, device: Any, dtype: Callable[[], torch.dtype],
-                 meta: bool):
+    def __init__(self, prev: View, stage: Stage, seed: int, device: Any, dtype: Callable[[], torch.dtype], meta: bool):
         self.prev, self.stage, self.seed, self.device, self.meta = prev, stage, seed, device, meta
         self._dtype_of, self._dtype = dtype, None
         self.source, self.target = stage.adapter, stage.adapter_after
@@ -445,15 +453,21 @@ class ExpertsView(View):
             role = self.target.role(n).role
             if role not in ("router.w", "experts_in.w", "experts_out.w"):
                 if n not in available:
-                    raise ValueError(f"{self.target.name} tensor {n!r} has no counterpart in the {self.source.name} "
-                                     "model")  # pragma: no cover - adapters share these names
+                    raise ValueError(
+                        f"{self.target.name} tensor {n!r} has no counterpart in the {self.source.name} model"
+                    )  # pragma: no cover - adapters share these names
                 self._parts[n] = None
             elif not self.upcycle:
                 self._parts[n] = [n]
             else:
                 layer = mlp.get(self.target.layer_of(n), {})
-                self._parts[n] = [] if role == "router.w" else \
-                    [layer["gate"], layer["up"]] if role == "experts_in.w" else [layer["down"]]
+                self._parts[n] = (
+                    []
+                    if role == "router.w"
+                    else [layer["gate"], layer["up"]]
+                    if role == "experts_in.w"
+                    else [layer["down"]]
+                )
 
     def keys(self) -> list[str]:
         return list(self._names)
@@ -475,8 +489,14 @@ class ExpertsView(View):
             return self.prev._get(name)
         tensors = [self.prev.get(p) for p in parts]
         info = self.target.role(name)
-        c = RoleContext(self.stage, name, self.seed, self.device if not tensors else
-                        ("meta" if self.meta else tensors[0].device), self.meta, self._dtype_for(tensors))
+        c = RoleContext(
+            self.stage,
+            name,
+            self.seed,
+            self.device if not tensors else ("meta" if self.meta else tensors[0].device),
+            self.meta,
+            self._dtype_for(tensors),
+        )
         out, placement = self.stage.step.expert_tensor(info.role, tensors, c)
         if placement is None:
             return out, "all"

@@ -11,7 +11,6 @@ Self-contained on purpose: this file imports only transformers / huggingface_hub
 ([1, 2], (0.5, 0.5))
 """
 
-
 from huggingface_hub.dataclasses import strict
 from transformers.configuration_utils import PreTrainedConfig
 from transformers.modeling_rope_utils import RopeParameters
@@ -48,7 +47,8 @@ class ResFormerConfig(PreTrainedConfig):
         num_attention_heads (`int`, defaults to 32): query heads.
         num_key_value_heads (`int`, *optional*): key/value heads (GQA); defaults to `num_attention_heads`.
         head_dim (`int`, *optional*): per-head size; defaults to `hidden_size // num_attention_heads`.
-        qk_head_dim (`int`, *optional*): per-head query/key size (RoPE acts on it; must be even); defaults to `head_dim`.
+        qk_head_dim (`int`, *optional*): per-head query/key size (RoPE acts on it; must be even); defaults to
+            `head_dim`.
         v_head_dim (`int`, *optional*): per-head value/output size; defaults to `head_dim`.
         hidden_act (`str`, defaults to "silu"): MLP activation.
         max_position_embeddings (`int`, defaults to 2048): maximum sequence length (RoPE scaling reference).

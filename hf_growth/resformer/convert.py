@@ -66,7 +66,9 @@ def resformer_config_from_llama(llama_config: Any, value_residual: str = "learna
     """
     from .configuration_resformer import ResFormerConfig
 
-    kwargs: dict[str, Any] = {name: getattr(llama_config, name) for name in _CARRIED_FIELDS if hasattr(llama_config, name)}
+    kwargs: dict[str, Any] = {
+        name: getattr(llama_config, name) for name in _CARRIED_FIELDS if hasattr(llama_config, name)
+    }
     head_dim = getattr(llama_config, "head_dim", None) or llama_config.hidden_size // llama_config.num_attention_heads
     kwargs.update(head_dim=head_dim, qk_head_dim=head_dim, v_head_dim=head_dim, value_residual=value_residual)
     if value_residual != "none":
@@ -85,7 +87,8 @@ def convert_llama_to_resformer(
     """Return a new ``ResFormerForCausalLM`` with the same function, weights (copied) and dtype as ``model``.
 
     ``model`` must be a ``LlamaForCausalLM`` (or subclass); it is not modified. ``value_residual`` must be
-    ``"learnable"`` (default) or ``"learnable_plus"`` (lambdas start at lambda_first = 0, lambda_own = 1), or ``"none"``;
+    ``"learnable"`` (default) or ``"learnable_plus"`` (lambdas start at lambda_first = 0, lambda_own = 1), or
+    ``"none"``;
     the fixed-lambda variants and SVFormer change the function and raise ``ValueError``.
 
     >>> from transformers import LlamaConfig, LlamaForCausalLM
@@ -107,9 +110,9 @@ def convert_llama_to_resformer(
             f"(or, for svformer, it drops the value projections). Use 'learnable' or 'learnable_plus', whose "
             f"lambdas start at (0, 1)."
         )
-    from .modeling_resformer import ResFormerForCausalLM
-
     from transformers.initialization import no_init_weights
+
+    from .modeling_resformer import ResFormerForCausalLM
 
     config = resformer_config_from_llama(model.config, value_residual=value_residual, **config_overrides)
     config._attn_implementation = getattr(model.config, "_attn_implementation", None)
@@ -145,14 +148,16 @@ def conversion_history(llama: torch.nn.Module, resformer: torch.nn.Module, value
     run = 1 + max((r.get("run", -1) for r in history if isinstance(r, dict)), default=-1)
     old = {name for name, _ in llama.named_parameters()}
     new = [name for name, _ in resformer.named_parameters() if name not in old]
-    history.append({
-        "step": {"convert_to_resformer": {"value_residual": value_residual}},
-        "run": run,
-        "before": {"model_type": getattr(llama.config, "model_type", "llama"), "value_residual": "none"},
-        "after": {"model_type": "resformer", "value_residual": value_residual},
-        "exact": True,
-        "num_params_before": llama.num_parameters(),
-        "num_params_after": resformer.num_parameters(),
-        "new_slices": {name: "all" for name in new},
-    })
+    history.append(
+        {
+            "step": {"convert_to_resformer": {"value_residual": value_residual}},
+            "run": run,
+            "before": {"model_type": getattr(llama.config, "model_type", "llama"), "value_residual": "none"},
+            "after": {"model_type": "resformer", "value_residual": value_residual},
+            "exact": True,
+            "num_params_before": llama.num_parameters(),
+            "num_params_after": resformer.num_parameters(),
+            "new_slices": {name: "all" for name in new},
+        }
+    )
     return history

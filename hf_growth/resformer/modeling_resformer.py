@@ -220,7 +220,10 @@ class ValueResidualProjection(torch.autograd.Function):
         mixed.view(-1, w.shape[0]).addmm_(x, _scale(w, own).t())
         # V_0 only for lambda_first's gradient: fixed weights keep nothing of V_0 alive
         ctx.save_for_backward(
-            x, w, b, v0 if ctx.needs_input_grad[4] else None,
+            x,
+            w,
+            b,
+            v0 if ctx.needs_input_grad[4] else None,
             *(t if isinstance(t, torch.Tensor) else None for t in (first, own)),
         )
         ctx.lambdas = tuple(None if isinstance(t, torch.Tensor) else t for t in (first, own))

@@ -52,7 +52,8 @@ TASKS: dict[str, tuple[Any, Any]] = {
 def build(name: str, as_datasets: bool = True, **kwargs: Any):
     """Build task ``name`` with ``kwargs``: a ``DatasetDict``, or plain lists with ``as_datasets=False``.
 
-    >>> build("lis", as_datasets=False, length=5, train_size=4, validation_size=2, test_size=2)["test"]["answer"][:1]  # doctest: +SKIP
+    >>> build("lis", as_datasets=False, length=5, train_size=4, validation_size=2,
+    ...       test_size=2)["test"]["answer"][:1]  # doctest: +SKIP
     ['3']
     """
     if name not in TASKS:

@@ -140,4 +140,6 @@ def arithmetic(
     >>> ds = arithmetic(num_operators=4, train_size=100)  # doctest: +SKIP
     """
     splits = arithmetic_splits(num_operators, modulus, seed, train_size, validation_size, test_size)
-    return to_dataset_dict(splits, {"task": "arithmetic", "num_operators": num_operators, "modulus": modulus, "seed": seed})
+    return to_dataset_dict(
+        splits, {"task": "arithmetic", "num_operators": num_operators, "modulus": modulus, "seed": seed}
+    )

@@ -90,4 +90,6 @@ def multiplication(
     {'question': '...', 'answer': '...'}
     """
     splits = multiplication_splits(digits, digits_a, digits_b, seed, train_size, validation_size, test_size)
-    return to_dataset_dict(splits, {"task": "multiplication", "digits_a": digits_a or digits, "digits_b": digits_b or digits, "seed": seed})
+    return to_dataset_dict(
+        splits, {"task": "multiplication", "digits_a": digits_a or digits, "digits_b": digits_b or digits, "seed": seed}
+    )

@@ -98,8 +98,10 @@ def retrieval_splits(
         rows = np.arange(n)
         x0, xd = nodes[rows, start], nodes[rows, start + d]
         end = f" {SEPARATOR}" if pair_separator else ""
-        qs = [" ".join(f"{x} {y}{end}" for x, y in zip(sources, targets)) + f" {QUERY} {k} {s}"
-              for sources, targets, s, k in zip(a.tolist(), b.tolist(), x0.tolist(), d.tolist())]
+        qs = [
+            " ".join(f"{x} {y}{end}" for x, y in zip(sources, targets)) + f" {QUERY} {k} {s}"
+            for sources, targets, s, k in zip(a.tolist(), b.tolist(), x0.tolist(), d.tolist())
+        ]
         return qs, [str(v) for v in xd.tolist()]
 
     sizes = {"train": train_size, "validation": validation_size, "test": test_size}
@@ -121,8 +123,16 @@ def retrieval(
 
     >>> ds = retrieval(num_pairs=8, hops=3, num_nodes=32, train_size=1000)  # doctest: +SKIP
     """
-    splits = retrieval_splits(num_pairs, hops, num_nodes, curriculum, seed, train_size, validation_size, test_size,
-                              pair_separator)
-    info = {"task": "retrieval", "num_pairs": num_pairs, "hops": hops, "num_nodes": num_nodes,
-            "curriculum": curriculum, "seed": seed, "pair_separator": pair_separator}
+    splits = retrieval_splits(
+        num_pairs, hops, num_nodes, curriculum, seed, train_size, validation_size, test_size, pair_separator
+    )
+    info = {
+        "task": "retrieval",
+        "num_pairs": num_pairs,
+        "hops": hops,
+        "num_nodes": num_nodes,
+        "curriculum": curriculum,
+        "seed": seed,
+        "pair_separator": pair_separator,
+    }
     return to_dataset_dict(splits, info)

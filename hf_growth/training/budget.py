@@ -41,16 +41,24 @@ class TimeBudgetCallback(TrainerCallback):
     run saves a checkpoint at the step where it stops (``resume_from_checkpoint`` continues the same schedule).
     """
 
-    def __init__(self, seconds: float, warmup: int = 10, measure: int = 40, recheck_seconds: float = 10.0,
-                 anneal: bool = True):
+    def __init__(
+        self, seconds: float, warmup: int = 10, measure: int = 40, recheck_seconds: float = 10.0, anneal: bool = True
+    ):
         if not seconds > 0 or warmup < 1 or measure < 1 or not recheck_seconds > 0:
-            raise ValueError(f"TimeBudgetCallback needs seconds > 0, warmup >= 1, measure >= 1, recheck_seconds > 0; "
-                             f"got {seconds}, {warmup}, {measure}, {recheck_seconds}")
+            raise ValueError(
+                f"TimeBudgetCallback needs seconds > 0, warmup >= 1, measure >= 1, recheck_seconds > 0; "
+                f"got {seconds}, {warmup}, {measure}, {recheck_seconds}"
+            )
         self.seconds, self.warmup, self.measure = float(seconds), int(warmup), int(measure)
         self.recheck_seconds, self.anneal = float(recheck_seconds), bool(anneal)
-        self.budget_record: dict[str, Any] = {"seconds": self.seconds, "end_step": None, "steps_per_s": None,
-                                              "measurements": 0, "schedule_retargeted": None,
-                                              "anneal": self.anneal}
+        self.budget_record: dict[str, Any] = {
+            "seconds": self.seconds,
+            "end_step": None,
+            "steps_per_s": None,
+            "measurements": 0,
+            "schedule_retargeted": None,
+            "anneal": self.anneal,
+        }
         self._start = 0.0
         self._first_step = 0
         self._mark: tuple[float, int] | None = None  # (time, step) where the current measuring window began
@@ -88,9 +96,12 @@ class TimeBudgetCallback(TrainerCallback):
             cadence = max(self.measure, int(rate * self.recheck_seconds))
             end, cadence = _agree_on_minimum(end, cadence)
             self._mark, self._next_check = (now, step), step + cadence
-            self.budget_record.update(end_step=end, steps_per_s=rate,
-                                      measurements=self.budget_record["measurements"] + 1,
-                                      schedule_retargeted=self.anneal and retarget_schedule(lr_scheduler, end))
+            self.budget_record.update(
+                end_step=end,
+                steps_per_s=rate,
+                measurements=self.budget_record["measurements"] + 1,
+                schedule_retargeted=self.anneal and retarget_schedule(lr_scheduler, end),
+            )
         if end is not None and step >= end:
             control.should_training_stop = True
             control.should_save = not self.anneal and step < state.max_steps  # resumable where it stopped
@@ -119,8 +130,11 @@ def retarget_schedule(lr_scheduler: Any, num_training_steps: int) -> bool:
     """Move the end of a transformers schedule (its lambdas' ``num_training_steps``) to ``num_training_steps``;
     ``False`` when the schedule has no end to move (constant, or not built by ``get_scheduler``)."""
     scheduler = getattr(lr_scheduler, "scheduler", lr_scheduler)  # accelerate's AcceleratedScheduler wraps it
-    lambdas = [f for f in getattr(scheduler, "lr_lambdas", None) or []
-               if isinstance(f, functools.partial) and "num_training_steps" in f.keywords]
+    lambdas = [
+        f
+        for f in getattr(scheduler, "lr_lambdas", None) or []
+        if isinstance(f, functools.partial) and "num_training_steps" in f.keywords
+    ]
     for f in lambdas:
         f.keywords["num_training_steps"] = num_training_steps
     return bool(lambdas)

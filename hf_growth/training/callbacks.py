@@ -92,7 +92,7 @@ def _runs(history: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     return runs
 
 
-def grow_to_checkpoint(model: nn.Module, checkpoint: "str | os.PathLike") -> int:
+def grow_to_checkpoint(model: nn.Module, checkpoint: str | os.PathLike) -> int:
     """Grow ``model`` in place to the size of ``checkpoint`` by replaying the growth runs its ``config.json``
     ``growth_history`` has and ``model`` lacks (weights are then loaded from the checkpoint). Returns the number
     of runs replayed.
@@ -109,7 +109,7 @@ def grow_to_checkpoint(model: nn.Module, checkpoint: "str | os.PathLike") -> int
     if [r.get("step") for r in saved[: len(current)]] != [r.get("step") for r in current] or len(saved) < len(current):
         raise ValueError(f"the model's growth_history is not a prefix of {path}'s: cannot grow it to the checkpoint")
     replayed = 0
-    for run in _runs(saved[len(current):]):
+    for run in _runs(saved[len(current) :]):
         extra = {k: v for k, v in run[0].items() if k in _RECORD_KEYS}
         grow_in_place(target, [rec["step"] for rec in run], seed=int(run[0].get("seed", 0)), record=extra or None)
         replayed += 1
@@ -119,7 +119,7 @@ def grow_to_checkpoint(model: nn.Module, checkpoint: "str | os.PathLike") -> int
 class _Bindable(TrainerCallback):
     trainer: Any = None
 
-    def bind(self, trainer: Any) -> "_Bindable":
+    def bind(self, trainer: Any) -> _Bindable:
         """Attach to ``trainer``: adds the callback if missing, and grows the model to a checkpoint's size before
         ``trainer.train(resume_from_checkpoint=...)`` loads its weights. Returns ``self``."""
         self.trainer = trainer
@@ -142,8 +142,12 @@ class _Bindable(TrainerCallback):
         unwrap_growable(self.trainer.model_wrapped if self.trainer is not None else model)
 
     def _grow(self, plan: Any, kwargs: dict[str, Any], seed: int, record: dict[str, Any] | None) -> dict[str, Any]:
-        if self.trainer is None and torch.distributed.is_available() and torch.distributed.is_initialized() \
-                and torch.distributed.get_world_size() > 1:
+        if (
+            self.trainer is None
+            and torch.distributed.is_available()
+            and torch.distributed.is_initialized()
+            and torch.distributed.get_world_size() > 1
+        ):
             raise RuntimeError(
                 f"{type(self).__name__} in a distributed run needs callback.bind(trainer): the callback must reach "
                 "the Trainer's DDP wrapper to rebuild it around the grown model (it only sees the bare model)"
@@ -151,8 +155,7 @@ class _Bindable(TrainerCallback):
         # model_wrapped: the outermost wrapper (DDP), rebuilt in place around the grown model
         model = kwargs.get("model") if self.trainer is None else self.trainer.model_wrapped
         optimizer = kwargs.get("optimizer") if self.trainer is None else self.trainer.optimizer
-        info = grow_in_place(model, plan, optimizer=optimizer, seed=seed, copied_state=self.copied_state,
-                             record=record)
+        info = grow_in_place(model, plan, optimizer=optimizer, seed=seed, copied_state=self.copied_state, record=record)
         follow = getattr(self.trainer, "follow_model_growth", None)  # SeqVCRTrainer: its projection head
         if follow is not None:
             follow()
@@ -175,9 +178,17 @@ class MidasStackingCallback(_Bindable):
     >>> trainer.train()                                                        # doctest: +SKIP
     """
 
-    def __init__(self, stages: int = 4, block_size: int = 1, alpha: float = 1.0, where: str = "middle",
-                 layers_per_stage: int | None = None, num_layers: int | None = None, copied_state: str = "copy",
-                 seed: int = 0) -> None:
+    def __init__(
+        self,
+        stages: int = 4,
+        block_size: int = 1,
+        alpha: float = 1.0,
+        where: str = "middle",
+        layers_per_stage: int | None = None,
+        num_layers: int | None = None,
+        copied_state: str = "copy",
+        seed: int = 0,
+    ) -> None:
         if stages < 1:
             raise ValueError(f"stages must be >= 1, got {stages}")
         if where not in ("middle", "top"):
@@ -231,8 +242,14 @@ class MidasStackingCallback(_Bindable):
         plan = [{"stack": {"to": depth, "block_size": self.block_size, "where": self.where}}]
         info = self._grow(plan, {"model": model, **kwargs}, self.seed + stage, {"midas_stage": stage})
         self.events.append({"step": state.global_step, "stage": stage, "layers": depth, **info})
-        logger.info("MIDAS: step %d, stage %d, %d layers, %d -> %d parameters", state.global_step, stage, depth,
-                    info["params_before"], info["params_after"])
+        logger.info(
+            "MIDAS: step %d, stage %d, %d layers, %d -> %d parameters",
+            state.global_step,
+            stage,
+            depth,
+            info["params_before"],
+            info["params_after"],
+        )
 
 
 class GrowthCallback(_Bindable):
@@ -246,8 +263,14 @@ class GrowthCallback(_Bindable):
     [20, 40]
     """
 
-    def __init__(self, plan_at_step: Mapping[int, Any], *, seed: int = 0, copied_state: str = "copy",
-                 check_batch: Mapping[str, torch.Tensor] | None = None) -> None:
+    def __init__(
+        self,
+        plan_at_step: Mapping[int, Any],
+        *,
+        seed: int = 0,
+        copied_state: str = "copy",
+        check_batch: Mapping[str, torch.Tensor] | None = None,
+    ) -> None:
         if copied_state not in ("copy", "fresh"):
             raise ValueError(f"copied_state must be 'copy' or 'fresh', got {copied_state!r}")
         self.plan_at_step = {int(k): v for k, v in plan_at_step.items()}
@@ -276,8 +299,9 @@ class GrowthCallback(_Bindable):
         if self._applied(target.config, step):  # resumed from a checkpoint saved after this growth
             return
         before = self._loss(target, self.check_batch) if self.check_batch is not None else None
-        info = self._grow(self.plan_at_step[step], {"model": model, **kwargs}, self.seed + step,
-                          {"growth_callback_step": step})
+        info = self._grow(
+            self.plan_at_step[step], {"model": model, **kwargs}, self.seed + step, {"growth_callback_step": step}
+        )
         after = self._loss(target, self.check_batch) if self.check_batch is not None else None
         self.events.append({"step": step, "loss_before": before, "loss_after": after, **info})
         logger.info("growth at step %d: %d -> %d parameters", step, info["params_before"], info["params_after"])

@@ -76,7 +76,9 @@ def collate_tensors(batch: Any) -> dict[str, torch.Tensor]:
     return {k: torch.stack([torch.as_tensor(row[k]) for row in batch]) for k in first}
 
 
-def encode_split(tokenizer, split: Mapping[str, Sequence[str]], pause=None, padding_side: str = "right") -> TensorDataset:
+def encode_split(
+    tokenizer, split: Mapping[str, Sequence[str]], pause=None, padding_side: str = "right"
+) -> TensorDataset:
     """Tokenise a split (``{"question": [...], "answer": [...]}`` or a ``datasets.Dataset``) into a
     :class:`TensorDataset` with ``input_ids``, ``attention_mask`` and ``labels``."""
     from .pause import encode_examples
@@ -125,5 +127,5 @@ class LabelledLogitsCollator:
         if labels is None or start <= 0:
             return out
         out["logits_to_keep"] = labels.shape[1] - start
-        out["shift_labels"] = torch.nn.functional.pad(labels[:, start + 1:], (0, 1), value=self.ignore_index)
+        out["shift_labels"] = torch.nn.functional.pad(labels[:, start + 1 :], (0, 1), value=self.ignore_index)
         return out

@@ -64,8 +64,9 @@ class SeqVCRConfig(TrainingArguments):
         if self.seq_vcr_projection_dim == 0:  # the command line's way to say "no head"
             self.seq_vcr_projection_dim = None
         if self.seq_vcr_projection_dim is not None and int(self.seq_vcr_projection_dim) < 1:
-            raise ValueError(f"seq_vcr_projection_dim must be >= 1, or 0 / None for no head, "
-                             f"got {self.seq_vcr_projection_dim}")
+            raise ValueError(
+                f"seq_vcr_projection_dim must be >= 1, or 0 / None for no head, got {self.seq_vcr_projection_dim}"
+            )
         if self.num_pause_tokens < 0:
             raise ValueError(f"num_pause_tokens must be >= 0, got {self.num_pause_tokens}")
 
@@ -78,9 +79,7 @@ def _parse_layers(layers: Any) -> str | list[int]:
         try:
             return [int(part) for part in text.replace("[", "").replace("]", "").split(",") if part.strip()]
         except ValueError:
-            raise ValueError(
-                f"seq_vcr_layers must be 'last', 'embeddings' or block indices, got {layers!r}"
-            ) from None
+            raise ValueError(f"seq_vcr_layers must be 'last', 'embeddings' or block indices, got {layers!r}") from None
     if isinstance(layers, int):
         return [layers]
     return [int(i) for i in layers]

@@ -106,7 +106,9 @@ def _default_group(optimizer: torch.optim.Optimizer, weight_decay: float) -> dic
     for group in optimizer.param_groups:
         if not _same(group.get("weight_decay", defaults.get("weight_decay")), weight_decay):
             continue
-        if all(_same(group.get(key), value) for key, value in defaults.items() if key not in ("params", "weight_decay")):
+        if all(
+            _same(group.get(key), value) for key, value in defaults.items() if key not in ("params", "weight_decay")
+        ):
             return group
     return None
 
@@ -258,7 +260,7 @@ class SeqVCRTrainer(Trainer):
         history = self._growth_history()
         if len(history) == self._vcr_growth_seen:
             return False
-        new, self._vcr_growth_seen = history[self._vcr_growth_seen:], len(history)
+        new, self._vcr_growth_seen = history[self._vcr_growth_seen :], len(history)
         if not self._vcr_enabled:
             return True
         if self._hooks:  # (none after remove_seq_vcr_hooks)
@@ -272,8 +274,9 @@ class SeqVCRTrainer(Trainer):
         indices = []
         for spec, handle in zip(self._vcr_specs, self._hooks):
             held = handle.hooks_dict_ref()  # grow_in_place moved the hook with its block
-            current = next((i for i, block in enumerate(blocks) if held is not None and block._forward_hooks is held),
-                           None)
+            current = next(
+                (i for i, block in enumerate(blocks) if held is not None and block._forward_hooks is held), None
+            )
             indices.append(_block_index(spec, len(blocks), current))
         names = [_capture_name(spec, index) for spec, index in zip(self._vcr_specs, indices)]
         heads = dict(self.seq_vcr_projection.items())
@@ -299,8 +302,12 @@ class SeqVCRTrainer(Trainer):
             columns = (slices.get(embed_name) or {}).get("1")
             for head in linears:
                 if width and width != head.in_features:
-                    resize_parameter(head.weight, (head.out_features, width), {1: columns} if columns else None,
-                                     optimizer=self.optimizer)
+                    resize_parameter(
+                        head.weight,
+                        (head.out_features, width),
+                        {1: columns} if columns else None,
+                        optimizer=self.optimizer,
+                    )
                     head.in_features = width
         width = _hidden_size(self.model)
         for head in linears:  # records without sizes: the new columns after the old ones
@@ -345,12 +352,16 @@ class SeqVCRTrainer(Trainer):
         if self._vcr_enabled and len(self._growth_history()) != self._vcr_growth_seen:
             self.follow_model_growth()  # grown since the last step (the callbacks usually did this already)
         if not (self._vcr_enabled and model.training and self._hooks):
-            return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+            return super().compute_loss(
+                model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+            )
         mask = inputs.get("attention_mask")
         self._captured.clear()
         self._capturing = True
         try:
-            loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+            loss, outputs = super().compute_loss(
+                model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
+            )
         finally:
             self._capturing = False
         missing = [n for n in self._vcr_names if n not in self._captured]
@@ -365,12 +376,15 @@ class SeqVCRTrainer(Trainer):
             self._vcr_fn = self._project_and_measure
             if compile_vcr:
                 self._vcr_fn = torch.compile(
-                    self._project_and_measure, backend=self.args.torch_compile_backend or "inductor",
+                    self._project_and_measure,
+                    backend=self.args.torch_compile_backend or "inductor",
                     mode=self.args.torch_compile_mode,
                 )
         with self.accelerator.autocast():  # the model's own mixed precision (accelerate applies it to its forward)
             parts = self._vcr_fn(hiddens, mask)  # [variance, covariance], one differentiable float32 (2,) tensor
-        micro = max(1, int(getattr(self, "current_gradient_accumulation_steps", None) or self.args.gradient_accumulation_steps))
+        micro = max(
+            1, int(getattr(self, "current_gradient_accumulation_steps", None) or self.args.gradient_accumulation_steps)
+        )
         scaled = self._ce_is_scaled_for_ga(num_items_in_batch)
         aux = parts.sum()  # variance + covariance
         if scaled and micro > 1:

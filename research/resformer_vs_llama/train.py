@@ -63,7 +63,7 @@ def validation_loss(model: torch.nn.Module, val: torch.Tensor, batch: int, devic
     model.eval()
     total, count = 0.0, 0
     for start in range(0, len(val), batch):
-        rows = val[start:start + batch].to(device, torch.long)
+        rows = val[start : start + batch].to(device, torch.long)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             loss = _loss(model, rows)
         total += float(loss) * len(rows)
@@ -79,8 +79,13 @@ def _loss(model: torch.nn.Module, rows: torch.Tensor) -> torch.Tensor:
 
 def step_seconds(train: torch.Tensor, vocab: int, args: Any, device: torch.device, steps: int = 8) -> float:
     """Seconds per training step of the baseline (``value_residual="none"``), after two warm-up steps."""
-    config = ResFormerConfig(vocab_size=vocab, max_position_embeddings=args.seq_len, value_residual="none",
-                             tie_word_embeddings=False, **args.shape)
+    config = ResFormerConfig(
+        vocab_size=vocab,
+        max_position_embeddings=args.seq_len,
+        value_residual="none",
+        tie_word_embeddings=False,
+        **args.shape,
+    )
     model = ResFormerForCausalLM(config).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, fused=device.type == "cuda")
     rows = train[: args.batch].to(device, torch.long)
@@ -98,19 +103,29 @@ def step_seconds(train: torch.Tensor, vocab: int, args: Any, device: torch.devic
     return (time.perf_counter() - start) / steps
 
 
-def train_one(variant: str, seed: int, train: torch.Tensor, val: torch.Tensor, vocab: int, args: Any,
-              device: torch.device) -> dict[str, Any]:
+def train_one(
+    variant: str, seed: int, train: torch.Tensor, val: torch.Tensor, vocab: int, args: Any, device: torch.device
+) -> dict[str, Any]:
     torch.manual_seed(seed)
-    config = ResFormerConfig(vocab_size=vocab, max_position_embeddings=args.seq_len, value_residual=variant,
-                             tie_word_embeddings=False, rope_theta=10000.0, **args.shape)
+    config = ResFormerConfig(
+        vocab_size=vocab,
+        max_position_embeddings=args.seq_len,
+        value_residual=variant,
+        tie_word_embeddings=False,
+        rope_theta=10000.0,
+        **args.shape,
+    )
     config._attn_implementation = "sdpa"
     model = ResFormerForCausalLM(config).to(device)
     params = sum(p.numel() for p in model.parameters())
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=args.lr, betas=(0.9, 0.95), fused=device.type == "cuda")
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=args.lr,
+        betas=(0.9, 0.95),
+        fused=device.type == "cuda",
+    )
     steps = len(train) // args.batch
     warmup = max(1, int(args.warmup * steps))
     curve, tokens = [], 0
@@ -120,12 +135,14 @@ def train_one(variant: str, seed: int, train: torch.Tensor, val: torch.Tensor, v
     for step in range(steps):
         if step % args.eval_every == 0:
             curve.append({"step": step, "tokens": tokens, "val_loss": validation_loss(model, val, args.batch, device)})
-            print(f"  {variant:>9} s{seed} step {step:5d} tokens {tokens / 1e6:7.1f}M val {curve[-1]['val_loss']:.4f}",
-                  flush=True)
+            print(
+                f"  {variant:>9} s{seed} step {step:5d} tokens {tokens / 1e6:7.1f}M val {curve[-1]['val_loss']:.4f}",
+                flush=True,
+            )
         t0 = time.perf_counter()
         for group in optimizer.param_groups:
             group["lr"] = cosine_lr(step, steps, args.lr, warmup)
-        rows = train[order[step * args.batch:(step + 1) * args.batch]].to(device, torch.long, non_blocking=True)
+        rows = train[order[step * args.batch : (step + 1) * args.batch]].to(device, torch.long, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             loss = _loss(model, rows)
         loss.backward()
@@ -139,13 +156,22 @@ def train_one(variant: str, seed: int, train: torch.Tensor, val: torch.Tensor, v
     final = validation_loss(model, val, args.batch, device)
     curve.append({"step": steps, "tokens": tokens, "val_loss": final})
     print(f"  {variant:>9} s{seed} final val {final:.4f} ({time.perf_counter() - start:.0f} s)", flush=True)
-    probe = [val[i:i + args.batch, :-1].to(device, torch.long) for i in range(0, min(len(val), 4 * args.batch),
-                                                                              args.batch)]
+    probe = [
+        val[i : i + args.batch, :-1].to(device, torch.long) for i in range(0, min(len(val), 4 * args.batch), args.batch)
+    ]
     model.float()
     stats = value_statistics(model, [{"input_ids": p} for p in probe])
-    return {"variant": variant, "seed": seed, "parameters": params, "steps": steps, "tokens": tokens,
-            "final_val_loss": final, "curve": curve, "train_tokens_per_s": tokens / max(train_time, 1e-9),
-            "value_statistics": stats}
+    return {
+        "variant": variant,
+        "seed": seed,
+        "parameters": params,
+        "steps": steps,
+        "tokens": tokens,
+        "final_val_loss": final,
+        "curve": curve,
+        "train_tokens_per_s": tokens / max(train_time, 1e-9),
+        "value_statistics": stats,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -161,9 +187,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vocab-size", type=int, default=16384)
     p.add_argument("--val-sequences", type=int, default=256)
     p.add_argument("--eval-every", type=int, default=50)
-    p.add_argument("--time-budget-s", type=float, default=None,
-                   help="fit every run into this many seconds in all: the same step count for each, from the "
-                        "baseline's measured step time (fewer tokens than --tokens if need be)")
+    p.add_argument(
+        "--time-budget-s",
+        type=float,
+        default=None,
+        help="fit every run into this many seconds in all: the same step count for each, from the "
+        "baseline's measured step time (fewer tokens than --tokens if need be)",
+    )
     p.add_argument("--cpu-smoke", action="store_true", help="tiny shapes and data on the CPU")
     p.add_argument("--out-dir", default=str(Path(__file__).resolve().parent / "results"))
     args = p.parse_args(argv)
@@ -180,32 +210,54 @@ def main(argv: list[str] | None = None) -> int:
     encode, tok_desc, vocab, eos = corpus_lib.load_tokenizer("bpe", corpus["texts"]["train"], args.vocab_size)
     train = corpus_lib.to_sequences(encode, corpus["texts"]["train"], eos, args.seq_len, int(args.tokens * 1.02))
     train = train[: int(args.tokens) // args.seq_len]  # to_sequences stops at a chunk boundary past max_tokens
-    val = corpus_lib.to_sequences(encode, corpus["texts"]["validation"], eos, args.seq_len,
-                                  args.val_sequences * (args.seq_len + 1))[: args.val_sequences]
-    print(f"data: {len(train)} train / {len(val)} validation sequences of {args.seq_len + 1} tokens, {tok_desc} "
-          f"({time.perf_counter() - t0:.0f} s)", flush=True)
+    val = corpus_lib.to_sequences(
+        encode, corpus["texts"]["validation"], eos, args.seq_len, args.val_sequences * (args.seq_len + 1)
+    )[: args.val_sequences]
+    print(
+        f"data: {len(train)} train / {len(val)} validation sequences of {args.seq_len + 1} tokens, {tok_desc} "
+        f"({time.perf_counter() - t0:.0f} s)",
+        flush=True,
+    )
     seeds, variants = [int(s) for s in args.seeds.split(",")], args.variants.split(",")
     if args.time_budget_s:  # the same steps for every run, as many as the budget allows at the baseline's speed
         step_s = step_seconds(train, vocab, args, device)
         steps = int(args.time_budget_s / (len(seeds) * len(variants)) / (step_s * 1.2))
         train = train[: max(1, min(len(train) // args.batch, steps)) * args.batch]
-        print(f"budget {args.time_budget_s:.0f} s: {step_s * 1e3:.0f} ms a step -> {len(train) // args.batch} steps "
-              f"({len(train) * args.seq_len / 1e6:.1f}M tokens) per run", flush=True)
+        print(
+            f"budget {args.time_budget_s:.0f} s: {step_s * 1e3:.0f} ms a step -> {len(train) // args.batch} steps "
+            f"({len(train) * args.seq_len / 1e6:.1f}M tokens) per run",
+            flush=True,
+        )
     out_dir = Path(args.out_dir)
     for seed in seeds:
         runs = [train_one(v, seed, train, val, vocab, args, device) for v in variants]
-        record = {"benchmark": "resformer_vs_llama", "device": device_label(device), "versions": versions(),
-                  "command": command_line("research/resformer_vs_llama/train.py", argv), "shape": args.shape, "seq_len": args.seq_len, "batch": args.batch,
-                  "tokens_per_run": len(train) * args.seq_len, "lr": args.lr, "warmup": args.warmup, "weight_decay": args.weight_decay,
-                  "tokenizer": tok_desc, "vocab": vocab,
-                  "corpus": {"train_packages": len(corpus["packages"]["train"]),
-                             "validation_packages": len(corpus["packages"]["validation"])},
-                  "runs": runs}
+        record = {
+            "benchmark": "resformer_vs_llama",
+            "device": device_label(device),
+            "versions": versions(),
+            "command": command_line("research/resformer_vs_llama/train.py", argv),
+            "shape": args.shape,
+            "seq_len": args.seq_len,
+            "batch": args.batch,
+            "tokens_per_run": len(train) * args.seq_len,
+            "lr": args.lr,
+            "warmup": args.warmup,
+            "weight_decay": args.weight_decay,
+            "tokenizer": tok_desc,
+            "vocab": vocab,
+            "corpus": {
+                "train_packages": len(corpus["packages"]["train"]),
+                "validation_packages": len(corpus["packages"]["validation"]),
+            },
+            "runs": runs,
+        }
         suffix = "_smoke" if args.cpu_smoke else ""
         write_json(out_dir / f"resformer_vs_llama_s{seed}{suffix}.json", record)
         for run in runs:
-            print(f"{run['variant']:>9} seed {seed}: final validation loss {run['final_val_loss']:.4f}, "
-                  f"{run['train_tokens_per_s'] / 1e3:.0f}k tokens/s, {run['parameters'] / 1e6:.1f}M parameters")
+            print(
+                f"{run['variant']:>9} seed {seed}: final validation loss {run['final_val_loss']:.4f}, "
+                f"{run['train_tokens_per_s'] / 1e3:.0f}k tokens/s, {run['parameters'] / 1e6:.1f}M parameters"
+            )
     return 0
 
 

@@ -31,10 +31,10 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(ROOT), str(ROOT / "benchmarks")]
 
 import torch  # noqa: E402
-
 from _common import command_line, device_label, versions, write_json  # noqa: E402
 from retrieval_depth import shape_of  # noqa: E402
-from retrieval_ensemble import TaskData, ensemble_config, parse_args as sweep_args  # noqa: E402
+from retrieval_ensemble import TaskData, ensemble_config  # noqa: E402
+from retrieval_ensemble import parse_args as sweep_args
 
 
 def parse_args(argv):
@@ -59,8 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from hf_growth import tasks
     from llama_ensemble import LlamaEnsemble, MemberAdamW, clip_grad_norm_per_member, member_losses
+
+    from hf_growth import tasks
 
     device = torch.device(args.device)
     cuda = device.type == "cuda"
@@ -90,10 +91,17 @@ def main(argv: list[str] | None = None) -> int:
             torch.cuda.synchronize()
 
     variants = {  # name -> (forward, compiled clip + update, host waits per step)
-        "eager-sync": ("plain", False, True), "eager": ("plain", False, False),
-        "compiled": ("plain", True, False), "graphs": ("graphs", True, False)}
-    labels = {"eager-sync": "eager update, host waits", "eager": "eager update", "compiled": "compiled update",
-              "graphs": "compiled update + CUDA graphs"}
+        "eager-sync": ("plain", False, True),
+        "eager": ("plain", False, False),
+        "compiled": ("plain", True, False),
+        "graphs": ("graphs", True, False),
+    }
+    labels = {
+        "eager-sync": "eager update, host waits",
+        "eager": "eager update",
+        "compiled": "compiled update",
+        "graphs": "compiled update + CUDA graphs",
+    }
     rows = []
     for name in args.variants.split(","):
         which, compiled, waits = variants[name]
@@ -144,27 +152,48 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 torch.cuda.set_sync_debug_mode("default")
         per_step = statistics.median(times)
-        rows.append({"variant": labels[name], "key": name, "ms_per_step": round(1000 * per_step, 3),
-                     "steps_per_second": round(1 / per_step, 2),
-                     "member_steps_per_second": round(len(members) / per_step, 1),
-                     "all_ms_per_step": [round(1000 * t, 3) for t in times], "warmup_seconds": round(warm, 1),
-                     "sync_free": syncs_ok})
+        rows.append(
+            {
+                "variant": labels[name],
+                "key": name,
+                "ms_per_step": round(1000 * per_step, 3),
+                "steps_per_second": round(1 / per_step, 2),
+                "member_steps_per_second": round(len(members) / per_step, 1),
+                "all_ms_per_step": [round(1000 * t, 3) for t in times],
+                "warmup_seconds": round(warm, 1),
+                "sync_free": syncs_ok,
+            }
+        )
         print(f"{labels[name]}: {1000 * per_step:.2f} ms/step (warm-up {warm:.1f} s)", flush=True)
     base = rows[0]["ms_per_step"] if rows else None
-    print(f"\nD = {hops}, {len(members)} members (depths {args.depths}, seeds {args.seeds}), batch {args.batch_size} "
-          f"per member, {shape['tokens']} tokens, width {args.width}\n")
+    print(
+        f"\nD = {hops}, {len(members)} members (depths {args.depths}, seeds {args.seeds}), batch {args.batch_size} "
+        f"per member, {shape['tokens']} tokens, width {args.width}\n"
+    )
     print("| variant | ms / step | steps/s | member-steps/s | vs first row |\n|---|---|---|---|---|")
     for row in rows:
         row["speedup_vs_first"] = round(base / row["ms_per_step"], 2)
-        print(f"| {row['variant']} | {row['ms_per_step']:.2f} | {row['steps_per_second']:.1f} | "
-              f"{row['member_steps_per_second']:.0f} | {row['speedup_vs_first']:.2f}x |")
+        print(
+            f"| {row['variant']} | {row['ms_per_step']:.2f} | {row['steps_per_second']:.1f} | "
+            f"{row['member_steps_per_second']:.0f} | {row['speedup_vs_first']:.2f}x |"
+        )
     result = {
-        "benchmark": "ensemble_step", "rows": rows, "hops": hops, "members": len(members), "depths": args.depths,
-        "seeds": args.seeds, "batch_size": args.batch_size, "tokens": shape["tokens"], "width": args.width,
-        "heads": args.heads, "bf16": bool(args.bf16), "compile_forward": bool(args.compile),
+        "benchmark": "ensemble_step",
+        "rows": rows,
+        "hops": hops,
+        "members": len(members),
+        "depths": args.depths,
+        "seeds": args.seeds,
+        "batch_size": args.batch_size,
+        "tokens": shape["tokens"],
+        "width": args.width,
+        "heads": args.heads,
+        "bf16": bool(args.bf16),
+        "compile_forward": bool(args.compile),
         "device": device_label("cuda" if cuda else "cpu"),
         "versions": versions(),
-        "command": command_line("research/retrieval_depth_vs_hops/ensemble_step.py", argv)}
+        "command": command_line("research/retrieval_depth_vs_hops/ensemble_step.py", argv),
+    }
     print()
     write_json(args.output, result, indent=2, announce=True)
     return 0

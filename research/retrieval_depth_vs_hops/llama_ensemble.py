@@ -83,7 +83,9 @@ class LlamaEnsemble(nn.Module):
     attention, default RoPE, tied or untied embeddings. Anything else raises ``ValueError`` (it would not be the same model).
     """
 
-    def __init__(self, config, num_members: int, depths: Sequence[int] | None = None, inv_freq: torch.Tensor | None = None) -> None:
+    def __init__(
+        self, config, num_members: int, depths: Sequence[int] | None = None, inv_freq: torch.Tensor | None = None
+    ) -> None:
         super().__init__()
         _check_supported(config)
         self.config = copy.deepcopy(config)
@@ -104,7 +106,8 @@ class LlamaEnsemble(nn.Module):
         self.embed = nn.Parameter(torch.empty(m, c.vocab_size, d))
         self.layers = nn.ModuleList(
             _Layer(m, d, self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim, c.intermediate_size)
-            for _ in range(c.num_hidden_layers))
+            for _ in range(c.num_hidden_layers)
+        )
         self.norm = nn.Parameter(torch.ones(m, d))
         self.lm_head = None if c.tie_word_embeddings else nn.Parameter(torch.empty(m, c.vocab_size, d))
 
@@ -192,8 +195,8 @@ class LlamaEnsemble(nn.Module):
             out |= {
                 p + "input_layernorm.weight": of(layer.input_norm)[sel],
                 p + "self_attn.q_proj.weight": qkv[:, :q],
-                p + "self_attn.k_proj.weight": qkv[:, q:q + kv],
-                p + "self_attn.v_proj.weight": qkv[:, q + kv:],
+                p + "self_attn.k_proj.weight": qkv[:, q : q + kv],
+                p + "self_attn.v_proj.weight": qkv[:, q + kv :],
                 p + "self_attn.o_proj.weight": of(layer.o)[sel],
                 p + "post_attention_layernorm.weight": of(layer.post_norm)[sel],
                 p + "mlp.gate_proj.weight": gate_up[:, :f],
@@ -218,8 +221,7 @@ class LlamaEnsemble(nn.Module):
         return replaced
 
     # --------------------------------------------------------------------------------------------- forward
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None,
-                output_attentions: bool = False):
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None, output_attentions: bool = False):
         """Logits ``(M, B, T, V)`` for ``input_ids`` ``(M, B, T)`` (causal, no padding).
 
         ``positions``: ``(P,)`` sequence positions whose logits to compute (default all; e.g. the one position that
@@ -244,8 +246,8 @@ class LlamaEnsemble(nn.Module):
             h = _rms_norm(x, layer.input_norm, c.rms_norm_eps)
             qkv = _linear(h, layer.qkv)
             q = qkv[..., :q_rows].reshape(m * b, t, nh, hd).transpose(1, 2)
-            k = qkv[..., q_rows:q_rows + kv_rows].reshape(m * b, t, nkv, hd).transpose(1, 2)
-            v = qkv[..., q_rows + kv_rows:].reshape(m * b, t, nkv, hd).transpose(1, 2)
+            k = qkv[..., q_rows : q_rows + kv_rows].reshape(m * b, t, nkv, hd).transpose(1, 2)
+            v = qkv[..., q_rows + kv_rows :].reshape(m * b, t, nkv, hd).transpose(1, 2)
             cs, sn = cos.to(q.dtype), sin.to(q.dtype)
             q, k = q * cs + _rotate_half(q) * sn, k * cs + _rotate_half(k) * sn
             if nkv != nh:
@@ -313,8 +315,9 @@ def member_losses(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int 
     """Mean cross-entropy per member, ``(M,)``, for ``logits`` ``(M, B, P, V)`` and ``labels`` ``(M, B, P)`` (already
     aligned: ``labels[..., p]`` is the target of ``logits[..., p, :]``). Computed in float32."""
     m = logits.shape[0]
-    flat = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                           ignore_index=ignore_index, reduction="none").reshape(m, -1)
+    flat = F.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=ignore_index, reduction="none"
+    ).reshape(m, -1)
     counts = (labels.reshape(m, -1) != ignore_index).sum(1).clamp_min(1)
     return flat.sum(1) / counts
 
@@ -347,8 +350,9 @@ def clip_grad_norm_per_member(parameters, max_norm: float, eps: float = 1e-6, co
     return clip(grads, float(max_norm), float(eps))
 
 
-def _member_adamw_(params, grads, exp_avgs, exp_avg_sqs, steps, factor, lr, beta1: float, beta2: float, eps: float,
-                   weight_decay: float) -> None:
+def _member_adamw_(
+    params, grads, exp_avgs, exp_avg_sqs, steps, factor, lr, beta1: float, beta2: float, eps: float, weight_decay: float
+) -> None:
     """One AdamW update of every parameter, member ``m`` (first axis) at learning rate ``lr * factor[m]``; ``lr`` a
     0-d tensor (a float would be baked into a compiled graph)."""
     active = (factor > 0).float()
@@ -360,7 +364,7 @@ def _member_adamw_(params, grads, exp_avgs, exp_avg_sqs, steps, factor, lr, beta
         exp_avg.lerp_(g, ((1 - beta1) * on).to(exp_avg.dtype))
         exp_avg_sq.mul_(1 - (1 - beta2) * on).add_(g * g * ((1 - beta2) * on))
         count = step.clamp_min(1).reshape(shape)
-        bias1, bias2 = 1 - beta1 ** count, 1 - beta2 ** count
+        bias1, bias2 = 1 - beta1**count, 1 - beta2**count
         member_lr = lr * factor.reshape(shape)
         p.mul_(1 - member_lr * weight_decay)
         denom = (exp_avg_sq / bias2).sqrt().add(eps)
@@ -374,8 +378,16 @@ class MemberAdamW(torch.optim.Optimizer):
     all parameters through ``torch.compile`` (a few fused kernels instead of ~15 per parameter; same arithmetic to
     float32 round-off)."""
 
-    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0, factor: torch.Tensor | None = None, compile: bool = False) -> None:
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        factor: torch.Tensor | None = None,
+        compile: bool = False,
+    ) -> None:
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
         first = self.param_groups[0]["params"][0]
         self.factor = torch.ones(first.shape[0], device=first.device) if factor is None else factor.to(first.device)
@@ -399,16 +411,29 @@ class MemberAdamW(torch.optim.Optimizer):
             states = [self.state[p] for p in params]
             self._lr.fill_(group["lr"])  # a kernel, not a host sync
             beta1, beta2 = group["betas"]
-            update(params, [p.grad for p in params], [s["exp_avg"] for s in states],
-                   [s["exp_avg_sq"] for s in states], [s["step"] for s in states], self.factor, self._lr,
-                   float(beta1), float(beta2), float(group["eps"]), float(group["weight_decay"]))
+            update(
+                params,
+                [p.grad for p in params],
+                [s["exp_avg"] for s in states],
+                [s["exp_avg_sq"] for s in states],
+                [s["step"] for s in states],
+                self.factor,
+                self._lr,
+                float(beta1),
+                float(beta2),
+                float(group["eps"]),
+                float(group["weight_decay"]),
+            )
         return loss
 
     @torch.no_grad()
     def snapshot(self) -> list[dict[str, torch.Tensor]]:
         """A copy of every parameter (all members) and of its AdamW state, for :meth:`restore_`."""
-        return [{"param": p.detach().clone(), **{k: v.clone() for k, v in self.state[p].items()}}
-                for group in self.param_groups for p in group["params"]]
+        return [
+            {"param": p.detach().clone(), **{k: v.clone() for k, v in self.state[p].items()}}
+            for group in self.param_groups
+            for p in group["params"]
+        ]
 
     @torch.no_grad()
     def restore_(self, snapshot: list[dict[str, torch.Tensor]], members: Sequence[int]) -> None:

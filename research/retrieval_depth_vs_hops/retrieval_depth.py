@@ -48,9 +48,10 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -75,20 +76,29 @@ def question_tokens(num_pairs: int, pair_separator: bool = False) -> int:
     return (3 if pair_separator else 2) * num_pairs + 3
 
 
-def task_shape(d: int, pairs_factor: int = 2, min_pairs: int = 8, min_nodes: int = 64,
-               pair_separator: bool = False) -> dict[str, int]:
+def task_shape(
+    d: int, pairs_factor: int = 2, min_pairs: int = 8, min_nodes: int = 64, pair_separator: bool = False
+) -> dict[str, int]:
     """``num_pairs``, ``num_nodes`` and question length for hop count ``d`` (the input-length rule)."""
     pairs = max(pairs_factor * d, min_pairs, d)
     needed = pairs + math.ceil(pairs / d)  # chains of d links laid out in a row, one extra node per chain
-    return {"num_pairs": pairs, "num_nodes": max(min_nodes, 2 * needed), "tokens": question_tokens(pairs, pair_separator)}
+    return {
+        "num_pairs": pairs,
+        "num_nodes": max(min_nodes, 2 * needed),
+        "tokens": question_tokens(pairs, pair_separator),
+    }
 
 
 def shape_of(d: int, args: argparse.Namespace) -> dict[str, int]:
     """:func:`task_shape` with a sweep's options."""
-    return task_shape(d, args.pairs_factor, args.min_pairs, args.min_nodes, bool(getattr(args, "pair_separator", False)))
+    return task_shape(
+        d, args.pairs_factor, args.min_pairs, args.min_nodes, bool(getattr(args, "pair_separator", False))
+    )
 
 
-def plan_next(done: dict[int, list[bool]], start: int, lo: int, hi: int, seeds: int, give_up_after: int = 0) -> list[int]:
+def plan_next(
+    done: dict[int, list[bool]], start: int, lo: int, hi: int, seeds: int, give_up_after: int = 0
+) -> list[int]:
     """Depths to run next for one (D, curriculum) search; ``[]`` when it is finished.
 
     ``done``: depth -> pass flags of its finished seeds (a depth counts once all ``seeds`` are in). The depths
@@ -148,10 +158,29 @@ def settings_of(args: argparse.Namespace) -> dict[str, Any]:
     extra = {"train_args": args.train_args} if args.train_args else {}
     if args.pair_separator:  # only when on: the tags of earlier runs stay valid
         extra["pair_separator"] = True
-    return extra | {k: getattr(args, k) for k in (
-        "width", "heads", "mlp", "batch_size", "lr", "warmup", "scheduler", "weight_decay", "max_steps",
-        "train_size", "validation_size", "test_size", "pairs_factor", "min_pairs", "min_nodes", "stop_at",
-        "eval_every", "bf16")}
+    return extra | {
+        k: getattr(args, k)
+        for k in (
+            "width",
+            "heads",
+            "mlp",
+            "batch_size",
+            "lr",
+            "warmup",
+            "scheduler",
+            "weight_decay",
+            "max_steps",
+            "train_size",
+            "validation_size",
+            "test_size",
+            "pairs_factor",
+            "min_pairs",
+            "min_nodes",
+            "stop_at",
+            "eval_every",
+            "bf16",
+        )
+    }
 
 
 def tag_of(settings: dict[str, Any]) -> str:
@@ -166,17 +195,59 @@ def device_name(args: argparse.Namespace) -> str:
 
 def command_for(spec: RunSpec, args: argparse.Namespace, out_dir: Path, max_steps: int | None = None) -> list[str]:
     shape = shape_of(spec.hops, args)
-    overrides = (f"num_hidden_layers={spec.layers},hidden_size={args.width},intermediate_size={args.mlp or 4 * args.width},"
-                 f"num_attention_heads={args.heads},num_key_value_heads={args.heads}")
-    cmd = [sys.executable, str(SCRIPT), "--task", "retrieval", "--hops", str(spec.hops),
-           "--num-pairs", str(shape["num_pairs"]), "--num-nodes", str(shape["num_nodes"]),
-           "--train-size", str(args.train_size), "--validation-size", str(args.validation_size),
-           "--test-size", str(args.test_size), "--model", "llama-mini", "--config-overrides", overrides,
-           "--pauses", "0", "--no-seq-vcr", "--max-steps", str(max_steps or args.max_steps),
-           "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--warmup-steps", str(args.warmup),
-           "--scheduler", args.scheduler, "--weight-decay", str(args.weight_decay), "--logging-steps", "500",
-           "--eval-batch-size", "1000", "--seed", str(spec.seed), "--threads", str(args.threads),
-           "--output-dir", str(out_dir), "--callback", "retrieval_probe:AccuracyMonitor"]
+    overrides = (
+        f"num_hidden_layers={spec.layers},hidden_size={args.width},intermediate_size={args.mlp or 4 * args.width},"
+        f"num_attention_heads={args.heads},num_key_value_heads={args.heads}"
+    )
+    cmd = [
+        sys.executable,
+        str(SCRIPT),
+        "--task",
+        "retrieval",
+        "--hops",
+        str(spec.hops),
+        "--num-pairs",
+        str(shape["num_pairs"]),
+        "--num-nodes",
+        str(shape["num_nodes"]),
+        "--train-size",
+        str(args.train_size),
+        "--validation-size",
+        str(args.validation_size),
+        "--test-size",
+        str(args.test_size),
+        "--model",
+        "llama-mini",
+        "--config-overrides",
+        overrides,
+        "--pauses",
+        "0",
+        "--no-seq-vcr",
+        "--max-steps",
+        str(max_steps or args.max_steps),
+        "--batch-size",
+        str(args.batch_size),
+        "--lr",
+        str(args.lr),
+        "--warmup-steps",
+        str(args.warmup),
+        "--scheduler",
+        args.scheduler,
+        "--weight-decay",
+        str(args.weight_decay),
+        "--logging-steps",
+        "500",
+        "--eval-batch-size",
+        "1000",
+        "--seed",
+        str(spec.seed),
+        "--threads",
+        str(args.threads),
+        "--output-dir",
+        str(out_dir),
+        "--callback",
+        "retrieval_probe:AccuracyMonitor",
+    ]
     if not spec.curriculum:
         cmd.append("--no-curriculum")
     if args.pair_separator:
@@ -226,13 +297,27 @@ def record_from_dir(spec: RunSpec, out: Path, target: float) -> dict[str, Any] |
     em = float(res["exact_match"])
     train_s = (res.get("seconds") or {}).get("train")
     return {
-        "key": spec.key, "hops": spec.hops, "curriculum": spec.curriculum, "layers": spec.layers, "seed": spec.seed,
-        "tag": spec.tag, "exact_match": em, "passed": em >= target, "num_test": res.get("num_test"),
-        "global_steps": res.get("global_steps"), "reached_step": mon.get("reached_step"),
-        "val_history": mon.get("history"), "eval_loss": res.get("eval_loss"), "train_loss": res.get("train_loss"),
-        "parameters": res.get("parameters"), "seconds": res.get("seconds"), "task_options": res.get("task_options"),
+        "key": spec.key,
+        "hops": spec.hops,
+        "curriculum": spec.curriculum,
+        "layers": spec.layers,
+        "seed": spec.seed,
+        "tag": spec.tag,
+        "exact_match": em,
+        "passed": em >= target,
+        "num_test": res.get("num_test"),
+        "global_steps": res.get("global_steps"),
+        "reached_step": mon.get("reached_step"),
+        "val_history": mon.get("history"),
+        "eval_loss": res.get("eval_loss"),
+        "train_loss": res.get("train_loss"),
+        "parameters": res.get("parameters"),
+        "seconds": res.get("seconds"),
+        "task_options": res.get("task_options"),
         "steps_per_second": round(res["global_steps"] / train_s, 2) if train_s and res.get("global_steps") else None,
-        "versions": res.get("versions"), "command": res.get("command"), "examples": (res.get("examples") or [])[:2],
+        "versions": res.get("versions"),
+        "command": res.get("command"),
+        "examples": (res.get("examples") or [])[:2],
     }
 
 
@@ -245,20 +330,34 @@ def subprocess_runner(args: argparse.Namespace, stop: threading.Event) -> Callab
         out = runs_dir / spec.key
         out.mkdir(parents=True, exist_ok=True)
         cmd = command_for(spec, args, out.relative_to(ROOT) if out.is_relative_to(ROOT) else out, max_steps)
-        env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), TOKENIZERS_PARALLELISM="false",
-                   HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1",
-                   PYTHONPATH=os.pathsep.join([str(HERE), str(ROOT / "benchmarks"), str(ROOT), os.environ.get("PYTHONPATH", "")]))
+        env = dict(
+            os.environ,
+            OMP_NUM_THREADS=str(args.threads),
+            TOKENIZERS_PARALLELISM="false",
+            HF_HUB_OFFLINE="1",
+            PYTHONUNBUFFERED="1",
+            PYTHONPATH=os.pathsep.join(
+                [str(HERE), str(ROOT / "benchmarks"), str(ROOT), os.environ.get("PYTHONPATH", "")]
+            ),
+        )
         env.pop("WORLD_SIZE", None)
         if spec.heads_probe:
             env["RETRIEVAL_MONITOR"] = json.dumps({"eval_every": args.eval_every, "stop_at": None})
-            env["RETRIEVAL_HEADS"] = json.dumps({"every": args.emergence_every, "probe_size": args.emergence_probe,
-                                                 "query": args.emergence_query, "threshold": args.emergence_threshold})
+            env["RETRIEVAL_HEADS"] = json.dumps(
+                {
+                    "every": args.emergence_every,
+                    "probe_size": args.emergence_probe,
+                    "query": args.emergence_query,
+                    "threshold": args.emergence_threshold,
+                }
+            )
         else:
             env["RETRIEVAL_MONITOR"] = json.dumps({"eval_every": args.eval_every, "stop_at": args.stop_at})
         start = time.perf_counter()
         with (out / "log.txt").open("w") as log:
-            proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
             timed_out = False
             while proc.poll() is None:
                 if stop.wait(0.5):
@@ -272,9 +371,18 @@ def subprocess_runner(args: argparse.Namespace, stop: threading.Event) -> Callab
         rec = record_from_dir(spec, out, args.target)
         if rec is None:  # a timed-out run counts as failed; a crash is not recorded (see sweep)
             tail = (out / "log.txt").read_text()[-2000:]
-            rec = {"key": spec.key, "hops": spec.hops, "curriculum": spec.curriculum, "layers": spec.layers,
-                   "seed": spec.seed, "tag": spec.tag, "exact_match": None, "passed": False,
-                   "error": "timed out" if timed_out else f"exit code {proc.returncode}", "log_tail": tail}
+            rec = {
+                "key": spec.key,
+                "hops": spec.hops,
+                "curriculum": spec.curriculum,
+                "layers": spec.layers,
+                "seed": spec.seed,
+                "tag": spec.tag,
+                "exact_match": None,
+                "passed": False,
+                "error": "timed out" if timed_out else f"exit code {proc.returncode}",
+                "log_tail": tail,
+            }
             if not timed_out:
                 print(f"[retrieval_depth] {spec.key} failed (exit {proc.returncode}):\n{tail}", flush=True)
         rec.update(wall_seconds=wall, device=device, timed_out=timed_out, threads=args.threads, jobs=args.jobs)
@@ -294,24 +402,38 @@ def _kill(proc: subprocess.Popen) -> None:
 
 def estimate_seconds(ledger: Ledger, spec: RunSpec) -> float | None:
     """Median wall time of finished runs like ``spec`` (same D and curriculum, else same D)."""
-    for same in (lambda r: r["hops"] == spec.hops and r["curriculum"] == spec.curriculum,
-                 lambda r: r["hops"] == spec.hops):
-        walls = [r["wall_seconds"] for r in ledger.records.values()
-                 if r.get("tag") == spec.tag and r.get("wall_seconds") and same(r)]
+    for same in (
+        lambda r: r["hops"] == spec.hops and r["curriculum"] == spec.curriculum,
+        lambda r: r["hops"] == spec.hops,
+    ):
+        walls = [
+            r["wall_seconds"]
+            for r in ledger.records.values()
+            if r.get("tag") == spec.tag and r.get("wall_seconds") and same(r)
+        ]
         if walls:
             return statistics.median(walls)
     return None
 
 
-def sweep(args: argparse.Namespace, runner: Callable[[RunSpec], dict | None], ledger: Ledger,
-          stop: threading.Event | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+def sweep(
+    args: argparse.Namespace,
+    runner: Callable[[RunSpec], dict | None],
+    ledger: Ledger,
+    stop: threading.Event | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Run the depth searches with ``args.jobs`` concurrent ``runner`` calls; returns counts."""
     stop = stop or threading.Event()
     tag = tag_of(settings_of(args))
     curricula = {"both": [True, False], "on": [True], "off": [False]}[args.curriculum]
     # long runs first; D = 1 has no easier instances, so its curriculum is a no-op: run it once (as "on")
-    searches = [(d, c) for d in sorted(args.hops, reverse=True) for c in curricula
-                if not (d == 1 and not c and True in curricula)]
+    searches = [
+        (d, c)
+        for d in sorted(args.hops, reverse=True)
+        for c in curricula
+        if not (d == 1 and not c and True in curricula)
+    ]
     begin = time.monotonic()
     deadline = begin + args.time_budget if args.time_budget else None
     running: dict[cf.Future, RunSpec] = {}
@@ -347,8 +469,9 @@ def sweep(args: argparse.Namespace, runner: Callable[[RunSpec], dict | None], le
             wanted = []
             for d, c in searches:
                 start = start_depth(d, args.min_layers, args.max_layers)
-                for layers in plan_next(flags(d, c), start, args.min_layers, args.max_layers, len(args.seeds),
-                                        args.give_up_after):
+                for layers in plan_next(
+                    flags(d, c), start, args.min_layers, args.max_layers, len(args.seeds), args.give_up_after
+                ):
                     for seed in args.seeds:
                         spec = RunSpec(d, c, layers, seed, tag)
                         if ledger.get(spec.key) is None and spec.key not in busy and spec.key not in errored:
@@ -384,8 +507,10 @@ def sweep(args: argparse.Namespace, runner: Callable[[RunSpec], dict | None], le
                 ledger.add(rec)
                 counts["finished"] += 1
                 em = rec["exact_match"]
-                log(f"[retrieval_depth] done  {spec.key}: exact match {em if em is None else round(em, 4)}"
-                    f" steps {rec.get('global_steps')} wall {rec.get('wall_seconds')} s")
+                log(
+                    f"[retrieval_depth] done  {spec.key}: exact match {em if em is None else round(em, 4)}"
+                    f" steps {rec.get('global_steps')} wall {rec.get('wall_seconds')} s"
+                )
             if deadline is not None and time.monotonic() >= deadline:
                 stop.set()  # kill what is still running: rerun next time
                 for fut in list(running):
@@ -393,8 +518,20 @@ def sweep(args: argparse.Namespace, runner: Callable[[RunSpec], dict | None], le
                     counts["killed"] += 1
                 running.clear()
                 break
-    pending = sum(len(plan_next(flags(d, c), start_depth(d, args.min_layers, args.max_layers), args.min_layers,
-                                args.max_layers, len(args.seeds), args.give_up_after)) > 0 for d, c in searches)
+    pending = sum(
+        len(
+            plan_next(
+                flags(d, c),
+                start_depth(d, args.min_layers, args.max_layers),
+                args.min_layers,
+                args.max_layers,
+                len(args.seeds),
+                args.give_up_after,
+            )
+        )
+        > 0
+        for d, c in searches
+    )
     counts["searches_unfinished"] = pending
     counts["not_launched_time"] = len(too_late - {k for k in too_late if ledger.get(k)})
     counts["seconds"] = round(time.monotonic() - begin, 1)
@@ -413,8 +550,13 @@ def fit_log(ds: list[float], depths: list[float]) -> dict[str, float] | None:
     pred = a + b * x
     ss = float(((y - y.mean()) ** 2).sum())
     r2 = 1 - float(((y - pred) ** 2).sum()) / ss if ss > 0 else 1.0
-    return {"a": round(float(a), 4), "b_per_doubling": round(float(b), 4), "r2": round(r2, 4),
-            "paper_b_per_doubling": round(math.log(2, 3), 4), "points": len(ds)}
+    return {
+        "a": round(float(a), 4),
+        "b_per_doubling": round(float(b), 4),
+        "r2": round(r2, 4),
+        "paper_b_per_doubling": round(math.log(2, 3), 4),
+        "points": len(ds),
+    }
 
 
 def summarize(records: list[dict[str, Any]], seeds: int | None = None) -> dict[str, Any]:
@@ -435,13 +577,32 @@ def summarize(records: list[dict[str, Any]], seeds: int | None = None) -> dict[s
     table = []
     for (d, cur), done in sorted(groups.items(), key=lambda kv: (kv[0][0], not kv[0][1])):
         shared = d == 1 and not cur and not any(r["hops"] == 1 and not r["curriculum"] for r in records)
-        opts = next((r.get("task_options") for r in records if (r["hops"], r["curriculum"]) == (d, cur or shared)
-                     and r.get("task_options")), None) or {}
-        row = {"hops": d, "curriculum": cur, "num_pairs": opts.get("num_pairs"),
-               "tokens": question_tokens(opts["num_pairs"], bool(opts.get("pair_separator"))) if opts.get("num_pairs") else None,
-               "paper_log3_2D": round(paper_depth(d), 3), **min_depths(done), "timed_out_runs": timeouts[(d, cur)],
-               "exact_match": {str(layers): [None if e is None else round(e, 4) for e in v]
-                               for layers, v in sorted(ems[(d, cur)].items())}}
+        opts = (
+            next(
+                (
+                    r.get("task_options")
+                    for r in records
+                    if (r["hops"], r["curriculum"]) == (d, cur or shared) and r.get("task_options")
+                ),
+                None,
+            )
+            or {}
+        )
+        row = {
+            "hops": d,
+            "curriculum": cur,
+            "num_pairs": opts.get("num_pairs"),
+            "tokens": question_tokens(opts["num_pairs"], bool(opts.get("pair_separator")))
+            if opts.get("num_pairs")
+            else None,
+            "paper_log3_2D": round(paper_depth(d), 3),
+            **min_depths(done),
+            "timed_out_runs": timeouts[(d, cur)],
+            "exact_match": {
+                str(layers): [None if e is None else round(e, 4) for e in v]
+                for layers, v in sorted(ems[(d, cur)].items())
+            },
+        }
         if seeds is not None:
             row["complete"] = all(len(v) >= seeds for v in done.values())
         row["runs_shared_with_curriculum"] = shared
@@ -449,9 +610,14 @@ def summarize(records: list[dict[str, Any]], seeds: int | None = None) -> dict[s
     fits = {}
     for cur in (True, False):
         for crit in ("all_seeds", "any_seed"):
-            pts = [(r["hops"], r[f"min_depth_{crit}"]) for r in table if r["curriculum"] == cur
-                   and r[f"min_depth_{crit}"] is not None]
-            fits[f"{'curriculum' if cur else 'no_curriculum'}_{crit}"] = fit_log([p[0] for p in pts], [p[1] for p in pts])
+            pts = [
+                (r["hops"], r[f"min_depth_{crit}"])
+                for r in table
+                if r["curriculum"] == cur and r[f"min_depth_{crit}"] is not None
+            ]
+            fits[f"{'curriculum' if cur else 'no_curriculum'}_{crit}"] = fit_log(
+                [p[0] for p in pts], [p[1] for p in pts]
+            )
     return {"table": table, "fits": fits}
 
 
@@ -467,8 +633,9 @@ def plot(summary: dict[str, Any], path: Path, max_layers: int, title: str) -> Pa
     fig, ax = plt.subplots(figsize=(7.2, 4.6))
     grid = np.geomspace(min(ds), max(ds), 200) if len(ds) > 1 else np.array([ds[0] * 0.8, ds[0] * 1.25])
     ax.plot(grid, [paper_depth(d) for d in grid], "k--", lw=1.2, label="paper: log$_3$(2D)")
-    ax.step(grid, [math.ceil(paper_depth(d) - 1e-9) for d in grid], "k:", lw=0.9, where="post",
-            label="ceil(log$_3$(2D))")
+    ax.step(
+        grid, [math.ceil(paper_depth(d) - 1e-9) for d in grid], "k:", lw=0.9, where="post", label="ceil(log$_3$(2D))"
+    )
     style = {True: ("tab:blue", "curriculum"), False: ("tab:red", "no curriculum")}
     for cur, (color, name) in style.items():
         rows = [r for r in table if r["curriculum"] == cur]
@@ -487,12 +654,26 @@ def plot(summary: dict[str, Any], path: Path, max_layers: int, title: str) -> Pa
             label = f"{name}: min depth, {'all seeds' if crit == 'all_seeds' else 'any seed'} >= target"
             ax.plot(xs, ys, marker, color=color, mfc=fill, ms=8 if crit == "all_seeds" else 6, ls="none", label=label)
             if crit == "all_seeds" and up:
-                ax.plot([u * (1 + offset) for u, _ in up], [top + 0.45 for _, top in up], "^", color=color, ms=8,
-                        ls="none", label=f"{name}: not reached up to the depth tried (marker above it)")
+                ax.plot(
+                    [u * (1 + offset) for u, _ in up],
+                    [top + 0.45 for _, top in up],
+                    "^",
+                    color=color,
+                    ms=8,
+                    ls="none",
+                    label=f"{name}: not reached up to the depth tried (marker above it)",
+                )
             fit = summary["fits"].get(f"{'curriculum' if cur else 'no_curriculum'}_{crit}")
             if fit and crit == "all_seeds":
-                ax.plot(grid, fit["a"] + fit["b_per_doubling"] * np.log2(grid), "-", color=color, lw=1,
-                        alpha=0.8, label=f"{name} fit: {fit['a']:.2f} + {fit['b_per_doubling']:.2f} log$_2$D")
+                ax.plot(
+                    grid,
+                    fit["a"] + fit["b_per_doubling"] * np.log2(grid),
+                    "-",
+                    color=color,
+                    lw=1,
+                    alpha=0.8,
+                    label=f"{name} fit: {fit['a']:.2f} + {fit['b_per_doubling']:.2f} log$_2$D",
+                )
     ax.set_xscale("log", base=2)
     ax.set_xticks(ds)
     ax.set_xticklabels([str(d) for d in ds])
@@ -509,15 +690,19 @@ def plot(summary: dict[str, Any], path: Path, max_layers: int, title: str) -> Pa
 
 
 def markdown_table(summary: dict[str, Any]) -> str:
-    lines = ["| D | tokens | log3(2D) | curriculum | min depth (all seeds) | min depth (any seed) | passes per depth |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| D | tokens | log3(2D) | curriculum | min depth (all seeds) | min depth (any seed) | passes per depth |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in summary["table"]:
         above = f"> {max(r['depths_tried'])}"
         depth_all = above if r["min_depth_all_seeds"] is None else r["min_depth_all_seeds"]
         depth_any = above if r["min_depth_any_seed"] is None else r["min_depth_any_seed"]
         passes = ", ".join(f"L{k}: {v}" for k, v in r["passes"].items())
-        lines.append(f"| {r['hops']} | {r.get('tokens')} | {r['paper_log3_2D']:.2f} | {'on' if r['curriculum'] else 'off'} "
-                     f"| {depth_all} | {depth_any} | {passes} |")
+        lines.append(
+            f"| {r['hops']} | {r.get('tokens')} | {r['paper_log3_2D']:.2f} | {'on' if r['curriculum'] else 'off'} "
+            f"| {depth_all} | {depth_any} | {passes} |"
+        )
     return "\n".join(lines)
 
 
@@ -527,34 +712,48 @@ def write_summary(args: argparse.Namespace, ledger: Ledger, argv: list[str], cou
     if not records and ledger.records:
         common = Counter(r.get("tag") for r in ledger.records.values() if not r.get("heads_probe")).most_common(1)
         if common:
-            print(f"[retrieval_depth] no runs with these settings (tag {tag}); summarising tag {common[0][0]}, "
-                  "the most common in the ledger")
+            print(
+                f"[retrieval_depth] no runs with these settings (tag {tag}); summarising tag {common[0][0]}, "
+                "the most common in the ledger"
+            )
             tag = common[0][0]
             records = [r for r in ledger.records.values() if r.get("tag") == tag and not r.get("heads_probe")]
     records.sort(key=lambda r: (r["hops"], not r["curriculum"], r["layers"], r["seed"]))
     summary = summarize(records, len(args.seeds))
     devices = sorted({r.get("device", "?") for r in records})
     label = args.label or ("CPU pilot" if devices and all(d.startswith("cpu") for d in devices) else "")
-    title = (f"{label + ': ' if label else ''}min depth for >= {args.target:.0%} test exact match "
-             f"(width {args.width}, {args.heads} heads, {len(args.seeds)} seed{'s' if len(args.seeds) > 1 else ''})")
+    title = (
+        f"{label + ': ' if label else ''}min depth for >= {args.target:.0%} test exact match "
+        f"(width {args.width}, {args.heads} heads, {len(args.seeds)} seed{'s' if len(args.seeds) > 1 else ''})"
+    )
     out = Path(args.out_dir)
     png = plot(summary, out / f"{args.name}.png", args.max_layers, title)
     data = {
-        "benchmark": "retrieval_depth (issue 12)", "label": label,
+        "benchmark": "retrieval_depth (issue 12)",
+        "label": label,
         "command": command_line("research/retrieval_depth_vs_hops/retrieval_depth.py", argv),
-        "devices": devices, "summarised_on": device_name(args), "versions": versions(),
+        "devices": devices,
+        "summarised_on": device_name(args),
+        "versions": versions(),
         "run_versions": sorted({json.dumps(r.get("versions"), sort_keys=True) for r in records}),
-        "settings": settings_of(args), "tag": tag, "target": args.target,
-        "rules": {"num_pairs": f"max({args.pairs_factor}*D, {args.min_pairs})",
-                  "num_nodes": f"max({args.min_nodes}, 2*(num_pairs + ceil(num_pairs/D)))",
-                  "question_tokens": "2*num_pairs + 3", "start_depth": "ceil(log3(2D))",
-                  "search": "down while the lowest depth tried has a passing seed; up while the highest has a "
-                            f"failing seed (give up after {args.give_up_after} depths with no passing seed)",
-                  "model": f"Llama, hidden {args.width}, {args.heads} heads, MLP {args.mlp or 4 * args.width}, RoPE",
-                  "shapes": {str(d): shape_of(d, args)
-                             for d in sorted({r["hops"] for r in records})}},
-        "table": summary["table"], "fits": summary["fits"], "markdown": markdown_table(summary),
-        "sweep_counts": counts, "plot": png.name,
+        "settings": settings_of(args),
+        "tag": tag,
+        "target": args.target,
+        "rules": {
+            "num_pairs": f"max({args.pairs_factor}*D, {args.min_pairs})",
+            "num_nodes": f"max({args.min_nodes}, 2*(num_pairs + ceil(num_pairs/D)))",
+            "question_tokens": "2*num_pairs + 3",
+            "start_depth": "ceil(log3(2D))",
+            "search": "down while the lowest depth tried has a passing seed; up while the highest has a "
+            f"failing seed (give up after {args.give_up_after} depths with no passing seed)",
+            "model": f"Llama, hidden {args.width}, {args.heads} heads, MLP {args.mlp or 4 * args.width}, RoPE",
+            "shapes": {str(d): shape_of(d, args) for d in sorted({r["hops"] for r in records})},
+        },
+        "table": summary["table"],
+        "fits": summary["fits"],
+        "markdown": markdown_table(summary),
+        "sweep_counts": counts,
+        "plot": png.name,
         "gpu_seconds_of_runs": round(sum(r.get("wall_seconds") or 0 for r in records), 1),
         "runs": records,
     }
@@ -577,28 +776,39 @@ def pick_emergence_config(text: str, ledger: Ledger, args: argparse.Namespace) -
         if rows:
             best = max(rows, key=lambda r: r["hops"])
             return best["hops"], best["min_depth_all_seeds"], cur
-    raise SystemExit("--emergence auto: no (D, curriculum) in the ledger passed with >= 2 layers; name one: "
-                     "--emergence D=8,layers=4,curriculum=on")
+    raise SystemExit(
+        "--emergence auto: no (D, curriculum) in the ledger passed with >= 2 layers; name one: "
+        "--emergence D=8,layers=4,curriculum=on"
+    )
 
 
-def emergence(args: argparse.Namespace, ledger: Ledger, argv: list[str],
-              runner: Callable[..., dict | None] | None = None) -> dict[str, Any]:
+def emergence(
+    args: argparse.Namespace, ledger: Ledger, argv: list[str], runner: Callable[..., dict | None] | None = None
+) -> dict[str, Any]:
     from hf_growth.analysis.plots import plot_head_emergence
 
     d, layers, cur = pick_emergence_config(args.emergence, ledger, args)
     tag = tag_of(settings_of(args))
     steps = args.emergence_steps
     if not steps:
-        reached = [r.get("reached_step") for r in ledger.records.values() if r.get("tag") == tag and
-                   (r["hops"], r["layers"], r["curriculum"]) == (d, layers, cur) and r.get("reached_step")]
+        reached = [
+            r.get("reached_step")
+            for r in ledger.records.values()
+            if r.get("tag") == tag
+            and (r["hops"], r["layers"], r["curriculum"]) == (d, layers, cur)
+            and r.get("reached_step")
+        ]
         steps = min(args.max_steps, int(1.5 * max(reached))) if reached else args.max_steps
     if not args.emergence_every:
         args.emergence_every = max(1, steps // 30)
     stop = threading.Event()
     runner = runner or subprocess_runner(args, stop)
     specs = [RunSpec(d, cur, layers, seed, tag, heads_probe=True) for seed in args.seeds]
-    print(f"[retrieval_depth] head emergence: D={d}, {layers} layers, curriculum {'on' if cur else 'off'}, "
-          f"{steps} steps, recorded every {args.emergence_every}, seeds {list(args.seeds)}", flush=True)
+    print(
+        f"[retrieval_depth] head emergence: D={d}, {layers} layers, curriculum {'on' if cur else 'off'}, "
+        f"{steps} steps, recorded every {args.emergence_every}, seeds {list(args.seeds)}",
+        flush=True,
+    )
     with cf.ThreadPoolExecutor(max_workers=args.jobs) as pool:
         recs = list(pool.map(lambda s: runner(s, steps), specs))
     out = Path(args.out_dir)
@@ -610,34 +820,64 @@ def emergence(args: argparse.Namespace, ledger: Ledger, argv: list[str],
             continue
         data = json.loads(heads_path.read_text())
         png = out / f"{args.name}.heads_s{spec.seed}.png"
-        plot_head_emergence(data, png, threshold=args.emergence_threshold,
-                            title=f"Retrieval D={d}, {layers} layers, seed {spec.seed}: test exact match "
-                                  f"{rec['exact_match']:.3f}")
+        plot_head_emergence(
+            data,
+            png,
+            threshold=args.emergence_threshold,
+            title=f"Retrieval D={d}, {layers} layers, seed {spec.seed}: test exact match {rec['exact_match']:.3f}",
+        )
         em = data["emergence"]
-        sentence = (f"seed {spec.seed}: heads reach {'half their rise' if em['threshold'] is None else em['threshold']}"
-                    f" in the order {em['sentence']}; layers in order {em['layer_order']}")
+        sentence = (
+            f"seed {spec.seed}: heads reach {'half their rise' if em['threshold'] is None else em['threshold']}"
+            f" in the order {em['sentence']}; layers in order {em['layer_order']}"
+        )
         print(sentence, flush=True)
-        seeds_out.append({"seed": spec.seed, "exact_match": rec["exact_match"], "steps": data["steps"],
-                          "scores": data["scores"], "emergence": em, "sentence": sentence, "plot": png.name,
-                          "map_question": data.get("map_question"), "val_history": rec.get("val_history"),
-                          "wall_seconds": rec.get("wall_seconds"), "device": rec.get("device")})
+        seeds_out.append(
+            {
+                "seed": spec.seed,
+                "exact_match": rec["exact_match"],
+                "steps": data["steps"],
+                "scores": data["scores"],
+                "emergence": em,
+                "sentence": sentence,
+                "plot": png.name,
+                "map_question": data.get("map_question"),
+                "val_history": rec.get("val_history"),
+                "wall_seconds": rec.get("wall_seconds"),
+                "device": rec.get("device"),
+            }
+        )
     orders = [tuple(s["emergence"]["layer_order"]) for s in seeds_out if "emergence" in s]
     same = len(set(orders)) == 1 if orders else None
     print(f"layer order {'the same' if same else 'not the same'} across seeds: {[list(o) for o in orders]}")
-    result = {"benchmark": "retrieval_depth head emergence (issue 12)", "label": args.label,
-              "command": command_line("research/retrieval_depth_vs_hops/retrieval_depth.py", argv),
-              "config": {"hops": d, "layers": layers, "curriculum": cur, "steps": steps,
-                         "every": args.emergence_every, "probe_size": args.emergence_probe,
-                         "query": args.emergence_query, "threshold": args.emergence_threshold,
-                         **shape_of(d, args)},
-              "settings": settings_of(args), "versions": versions(), "same_layer_order": same, "seeds": seeds_out}
+    result = {
+        "benchmark": "retrieval_depth head emergence (issue 12)",
+        "label": args.label,
+        "command": command_line("research/retrieval_depth_vs_hops/retrieval_depth.py", argv),
+        "config": {
+            "hops": d,
+            "layers": layers,
+            "curriculum": cur,
+            "steps": steps,
+            "every": args.emergence_every,
+            "probe_size": args.emergence_probe,
+            "query": args.emergence_query,
+            "threshold": args.emergence_threshold,
+            **shape_of(d, args),
+        },
+        "settings": settings_of(args),
+        "versions": versions(),
+        "same_layer_order": same,
+        "seeds": seeds_out,
+    }
     write_json(out / f"{args.name}.heads.json", result)
     print(f"wrote {out / (args.name + '.heads.json')} and {len(orders)} plots")
     return result
 
 
-def calibrate(args: argparse.Namespace, argv: list[str],
-              runner: Callable[..., dict | None] | None = None) -> dict[str, Any]:
+def calibrate(
+    args: argparse.Namespace, argv: list[str], runner: Callable[..., dict | None] | None = None
+) -> dict[str, Any]:
     """Steps per second of one run alone and of J concurrent runs (``--calibrate 1,6,12``) on this machine, for
     planning the sweep: each wave trains J copies (seeds 100..) of ``--calibrate-config`` for
     ``--calibrate-steps`` steps with no early stop. Writes ``<name>.calibration.json``."""
@@ -647,11 +887,15 @@ def calibrate(args: argparse.Namespace, argv: list[str],
     args.stop_at = None  # the runner passes it to the monitor: never stop early
     runner = runner or subprocess_runner(args, threading.Event())
     waves = []
-    result = {"benchmark": "retrieval_depth calibration (issue 12)", "device": device_name(args),
-              "versions": versions(), "command": command_line("research/retrieval_depth_vs_hops/retrieval_depth.py", argv),
-              "config": {"hops": d, "layers": layers, "steps": args.calibrate_steps,
-                         **shape_of(d, args)},
-              "settings": settings_of(args), "waves": waves}
+    result = {
+        "benchmark": "retrieval_depth calibration (issue 12)",
+        "device": device_name(args),
+        "versions": versions(),
+        "command": command_line("research/retrieval_depth_vs_hops/retrieval_depth.py", argv),
+        "config": {"hops": d, "layers": layers, "steps": args.calibrate_steps, **shape_of(d, args)},
+        "settings": settings_of(args),
+        "waves": waves,
+    }
     path = Path(args.out_dir) / f"{args.name}.calibration.json"
     for jobs in args.calibrate:
         specs = [RunSpec(d, True, layers, 100 + i, f"{tag}-j{jobs}") for i in range(jobs)]
@@ -661,11 +905,14 @@ def calibrate(args: argparse.Namespace, argv: list[str],
         wall = time.perf_counter() - start
         rates = [r["steps_per_second"] for r in recs if r and r.get("steps_per_second")]
         overhead = [r["wall_seconds"] - r["seconds"]["train"] for r in recs if r and r.get("seconds")]
-        wave = {"jobs": jobs, "wall_seconds": round(wall, 1),
-                "steps_per_second_per_run": round(statistics.mean(rates), 2) if rates else None,
-                "aggregate_steps_per_second": round(sum(rates), 1) if rates else None,
-                "overhead_seconds_per_run": round(statistics.mean(overhead), 1) if overhead else None,
-                "errors": [r.get("error") for r in recs if r and r.get("error")]}
+        wave = {
+            "jobs": jobs,
+            "wall_seconds": round(wall, 1),
+            "steps_per_second_per_run": round(statistics.mean(rates), 2) if rates else None,
+            "aggregate_steps_per_second": round(sum(rates), 1) if rates else None,
+            "overhead_seconds_per_run": round(statistics.mean(overhead), 1) if overhead else None,
+            "errors": [r.get("error") for r in recs if r and r.get("error")],
+        }
         waves.append(wave)
         print(f"[retrieval_depth] calibration D={d} L={layers}: {wave}", flush=True)
         write_json(path, result)  # after every wave: a command cut short keeps them
@@ -694,12 +941,19 @@ def add_task_and_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pairs-factor", type=int, default=2, help="num_pairs = max(pairs_factor * D, min_pairs)")
     p.add_argument("--min-pairs", type=int, default=8)
     p.add_argument("--min-nodes", type=int, default=64)
-    p.add_argument("--validation-size", type=int, default=2000,
-                   help="questions a run's stop (--stop-at) is judged on; with 500 the first lucky draw froze "
-                        "members at 0.982-0.989 test")
+    p.add_argument(
+        "--validation-size",
+        type=int,
+        default=2000,
+        help="questions a run's stop (--stop-at) is judged on; with 500 the first lucky draw froze "
+        "members at 0.982-0.989 test",
+    )
     p.add_argument("--test-size", type=int, default=1000)
-    p.add_argument("--pair-separator", action="store_true",
-                   help="'<sep>' after every pair of the questions (hf_growth.tasks.retrieval: disambiguates chains)")
+    p.add_argument(
+        "--pair-separator",
+        action="store_true",
+        help="'<sep>' after every pair of the questions (hf_growth.tasks.retrieval: disambiguates chains)",
+    )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -713,29 +967,50 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--scheduler", default="linear")
     p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--max-steps", default="10000",
-                   help="cap per run (runs stop early at --stop-at); 'auto': what fits in 80%% of --run-timeout at the "
-                        "per-run speed of the most concurrent wave that --calibration measured")
+    p.add_argument(
+        "--max-steps",
+        default="10000",
+        help="cap per run (runs stop early at --stop-at); 'auto': what fits in 80%% of --run-timeout at the "
+        "per-run speed of the most concurrent wave that --calibration measured",
+    )
     p.add_argument("--calibration", default="research/retrieval_depth_vs_hops/results/retrieval_depth.calibration.json")
     p.add_argument("--auto-max-steps", type=int, default=24000, help="upper end of --max-steps auto (the paper's 24k)")
-    p.add_argument("--auto-min-steps", type=int, default=6000,
-                   help="--max-steps auto refuses a cap below this: on the H100, D = 1 left the 1/num_pairs plateau "
-                        "only after 2.5-3.5k steps (one seed of three solved it, at 2.7k)")
+    p.add_argument(
+        "--auto-min-steps",
+        type=int,
+        default=6000,
+        help="--max-steps auto refuses a cap below this: on the H100, D = 1 left the 1/num_pairs plateau "
+        "only after 2.5-3.5k steps (one seed of three solved it, at 2.7k)",
+    )
     p.add_argument("--eval-every", type=int, default=100, help="validation exact match every N steps")
     p.add_argument("--stop-at", type=float, default=0.995, help="stop a run when validation exact match reaches it")
     p.add_argument("--target", type=float, default=0.99, help="a run passes at this test exact match")
-    p.add_argument("--give-up-after", type=int, default=3,
-                   help="stop going up after this many depths in a row where no seed passed (0 = never)")
+    p.add_argument(
+        "--give-up-after",
+        type=int,
+        default=3,
+        help="stop going up after this many depths in a row where no seed passed (0 = never)",
+    )
     p.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 2) - 2), help="concurrent runs")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads per run")
     p.add_argument("--device", choices=["auto", "cpu"], default="auto")
     p.add_argument("--bf16", action="store_true")
-    p.add_argument("--train-args", default="", help="more train_reasoning.py flags for every run, e.g. --train-args='--tf32'")
-    p.add_argument("--run-timeout", type=float, default=500,
-                   help="wall seconds per run; a slower run counts as failed (keep it under one command's length)")
+    p.add_argument(
+        "--train-args", default="", help="more train_reasoning.py flags for every run, e.g. --train-args='--tf32'"
+    )
+    p.add_argument(
+        "--run-timeout",
+        type=float,
+        default=500,
+        help="wall seconds per run; a slower run counts as failed (keep it under one command's length)",
+    )
     p.add_argument("--time-budget", type=float, default=0, help="end the sweep after this many seconds (0 = none)")
-    p.add_argument("--min-remaining", type=float, default=45,
-                   help="with --time-budget and no earlier run of the kind, launch only with this much time left")
+    p.add_argument(
+        "--min-remaining",
+        type=float,
+        default=45,
+        help="with --time-budget and no earlier run of the kind, launch only with this much time left",
+    )
     p.add_argument("--ledger", default="research/retrieval_depth_vs_hops/results/retrieval_depth.runs.jsonl")
     p.add_argument("--runs-dir", default="runs/retrieval_depth")
     p.add_argument("--out-dir", default="research/retrieval_depth_vs_hops/results")
@@ -782,7 +1057,8 @@ def resolve_max_steps(args: argparse.Namespace) -> int:
             f"{wave['steps_per_second_per_run']} steps/s each) makes only {steps} steps in 80% of --run-timeout "
             f"{args.run_timeout:g} s, below --auto-min-steps {args.auto_min_steps} (runs that short end on the "
             "plateau and prove nothing). Calibrate with fewer concurrent runs (--calibrate 1,4), a faster step "
-            "(--train-args='--torch-compile --data-on-device'), or raise --run-timeout; or give --max-steps N")
+            "(--train-args='--torch-compile --data-on-device'), or raise --run-timeout; or give --max-steps N"
+        )
     args.max_steps = min(args.auto_max_steps, steps)
     print(f"[retrieval_depth] --max-steps auto: {args.max_steps} (calibration {path}: {wave})", flush=True)
     return args.max_steps

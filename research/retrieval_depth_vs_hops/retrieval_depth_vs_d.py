@@ -31,18 +31,27 @@ from retrieval_depth import Ledger, markdown_table, plot, summarize, task_shape 
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_LEDGERS = [  # oldest first: D = 1, then D = 2, D = 4 and D = 8 runs
-    "retrieval_ensemble_h200.runs.jsonl", "retrieval_ensemble_sep_h200.runs.jsonl",
-    "retrieval_ensemble_staged_h200.runs.jsonl", "retrieval_ensemble_staged_h200_D2L4.runs.jsonl",
-    "retrieval_ensemble_staged_h200_D2_heads.runs.jsonl", "retrieval_ensemble_staged_h200_D4.runs.jsonl",
-    "retrieval_ensemble_staged_h200_D4_long.runs.jsonl", "retrieval_ensemble_staged_h200_D4_L45.runs.jsonl",
-    "retrieval_ensemble_staged_h200_D8.runs.jsonl", "retrieval_ensemble_staged_h200_D4_L6_try1.runs.jsonl",
-    "retrieval_ensemble_staged_h200_D4_L6_save.runs.jsonl", "retrieval_ensemble_staged_h200_D1_p8_source.runs.jsonl",
-    "retrieval_ensemble_staged_h200_D1_p16_from_p8.runs.jsonl", "retrieval_ensemble_staged_h200_D8_grown.runs.jsonl",
+    "retrieval_ensemble_h200.runs.jsonl",
+    "retrieval_ensemble_sep_h200.runs.jsonl",
+    "retrieval_ensemble_staged_h200.runs.jsonl",
+    "retrieval_ensemble_staged_h200_D2L4.runs.jsonl",
+    "retrieval_ensemble_staged_h200_D2_heads.runs.jsonl",
+    "retrieval_ensemble_staged_h200_D4.runs.jsonl",
+    "retrieval_ensemble_staged_h200_D4_long.runs.jsonl",
+    "retrieval_ensemble_staged_h200_D4_L45.runs.jsonl",
+    "retrieval_ensemble_staged_h200_D8.runs.jsonl",
+    "retrieval_ensemble_staged_h200_D4_L6_try1.runs.jsonl",
+    "retrieval_ensemble_staged_h200_D4_L6_save.runs.jsonl",
+    "retrieval_ensemble_staged_h200_D1_p8_source.runs.jsonl",
+    "retrieval_ensemble_staged_h200_D1_p16_from_p8.runs.jsonl",
+    "retrieval_ensemble_staged_h200_D8_grown.runs.jsonl",
     "retrieval_ensemble_staged_h200_D8_grown_rollback.runs.jsonl",
     "retrieval_ensemble_staged_h200_D8_grown_newest50.runs.jsonl",
-    "retrieval_ensemble_staged_h200_D8_grown_raisecheck.runs.jsonl", "retrieval_ensemble_staged_h200_D2_val2000.runs.jsonl",
+    "retrieval_ensemble_staged_h200_D8_grown_raisecheck.runs.jsonl",
+    "retrieval_ensemble_staged_h200_D2_val2000.runs.jsonl",
     "retrieval_ensemble_staged_h200_D1_p8_source_s14.runs.jsonl",
-    "retrieval_ensemble_staged_h200_D1_p16_from_p8_s14.runs.jsonl", "retrieval_ensemble_staged_h200_D8_grown_w256.runs.jsonl",
+    "retrieval_ensemble_staged_h200_D1_p16_from_p8_s14.runs.jsonl",
+    "retrieval_ensemble_staged_h200_D8_grown_w256.runs.jsonl",
 ]
 
 
@@ -58,8 +67,14 @@ def steps_of(record: dict[str, Any]) -> int:
 DEFAULT_MODEL = {"width": 128, "heads": 4, "mlp": 512}  # every record written before records carried "model"
 
 
-def in_setting(record: dict[str, Any], separator: bool = True, d1_any: bool = True, grown: bool = False,
-               width: int = DEFAULT_MODEL["width"], heads: int = DEFAULT_MODEL["heads"]) -> bool:
+def in_setting(
+    record: dict[str, Any],
+    separator: bool = True,
+    d1_any: bool = True,
+    grown: bool = False,
+    width: int = DEFAULT_MODEL["width"],
+    heads: int = DEFAULT_MODEL["heads"],
+) -> bool:
     """Whether a record belongs to the pooled setting (see the module docstring)."""
     opts = record.get("task_options") or {}
     if bool(record.get("init_from")) != grown:  # members started from a saved model are another arm
@@ -102,14 +117,24 @@ def pool(sources: list[tuple[str, list[dict[str, Any]]]], **setting) -> tuple[li
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--ledgers", default=",".join(DEFAULT_LEDGERS),
-                   help="comma-separated ledger files, oldest first (relative ones under --results)")
+    p.add_argument(
+        "--ledgers",
+        default=",".join(DEFAULT_LEDGERS),
+        help="comma-separated ledger files, oldest first (relative ones under --results)",
+    )
     p.add_argument("--results", default=str(RESULTS))
     p.add_argument("--no-separator", dest="separator", action="store_false", help="pool the runs without <sep>")
-    p.add_argument("--d1-any", action=argparse.BooleanOptionalAction, default=True,
-                   help="D = 1 runs count with or without <sep> (it changes the question's length only)")
-    p.add_argument("--grown", action="store_true",
-                   help="pool the grown arm (members started from saved models, --init-from) instead of from scratch")
+    p.add_argument(
+        "--d1-any",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="D = 1 runs count with or without <sep> (it changes the question's length only)",
+    )
+    p.add_argument(
+        "--grown",
+        action="store_true",
+        help="pool the grown arm (members started from saved models, --init-from) instead of from scratch",
+    )
     p.add_argument("--width", type=int, default=DEFAULT_MODEL["width"], help="pool the members of this width ...")
     p.add_argument("--heads", type=int, default=DEFAULT_MODEL["heads"], help="... and this many heads")
     p.add_argument("--seeds", type=int, default=3, help="seeds a configuration needs to be complete")
@@ -125,30 +150,48 @@ def main(argv: list[str] | None = None) -> int:
         if not path.is_file():
             raise SystemExit(f"no ledger at {path}")
         sources.append((path.name, list(Ledger(path).records.values())))
-    records, superseded = pool(sources, separator=args.separator, d1_any=args.d1_any, grown=args.grown,
-                               width=args.width, heads=args.heads)
+    records, superseded = pool(
+        sources, separator=args.separator, d1_any=args.d1_any, grown=args.grown, width=args.width, heads=args.heads
+    )
     if not records:
         raise SystemExit("no record of the ledgers matches the setting")
     result = summarize(records, args.seeds)
     out = Path(args.out_dir)
     max_layers = max(int(r["layers"]) for r in records)
-    title = (f"{args.label}: min depth for >= {args.target:.0%} test exact match, pooled ledgers "
-             f"(per configuration the run given the most steps, {args.seeds} seeds)")
+    title = (
+        f"{args.label}: min depth for >= {args.target:.0%} test exact match, pooled ledgers "
+        f"(per configuration the run given the most steps, {args.seeds} seeds)"
+    )
     png = plot(result, out / f"{args.name}.png", max_layers, title)
-    brief = ("hops", "curriculum", "layers", "seed", "exact_match", "passed", "timed_out", "source", "key",
-             "init_from")
+    brief = ("hops", "curriculum", "layers", "seed", "exact_match", "passed", "timed_out", "source", "key", "init_from")
     data = {
-        "benchmark": "retrieval minimum depth vs D, pooled ledgers (issue 12)", "label": args.label,
+        "benchmark": "retrieval minimum depth vs D, pooled ledgers (issue 12)",
+        "label": args.label,
         "command": command_line("research/retrieval_depth_vs_hops/retrieval_depth_vs_d.py", argv),
         "rule": "per (D, curriculum, layers, seed) the run given the most steps (schedule if finished or passed, steps "
-                "made if cut off before passing); a cut-off run counts as not passed",
-        "setting": {"pair_separator": args.separator, "d1_any": args.d1_any, "curriculum": "staged or none",
-                    "arm": "grown (--init-from)" if args.grown else "from scratch",
-                    "width": args.width, "heads": args.heads},
-        "sources": [name for name, _ in sources], "table": result["table"], "fits": result["fits"],
-        "markdown": markdown_table(result), "plot": png.name,
-        "runs": [{**{k: r.get(k) for k in brief}, "steps": steps_of(r), "devices": r.get("device"),
-                  "curriculum_stages": r.get("curriculum_stages")} for r in records],
+        "made if cut off before passing); a cut-off run counts as not passed",
+        "setting": {
+            "pair_separator": args.separator,
+            "d1_any": args.d1_any,
+            "curriculum": "staged or none",
+            "arm": "grown (--init-from)" if args.grown else "from scratch",
+            "width": args.width,
+            "heads": args.heads,
+        },
+        "sources": [name for name, _ in sources],
+        "table": result["table"],
+        "fits": result["fits"],
+        "markdown": markdown_table(result),
+        "plot": png.name,
+        "runs": [
+            {
+                **{k: r.get(k) for k in brief},
+                "steps": steps_of(r),
+                "devices": r.get("device"),
+                "curriculum_stages": r.get("curriculum_stages"),
+            }
+            for r in records
+        ],
         "superseded": [{**{k: r.get(k) for k in brief}, "steps": steps_of(r)} for r in superseded],
     }
     write_json(out / f"{args.name}.json", data)

@@ -68,10 +68,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(ROOT), str(ROOT / "benchmarks")]
 
 import torch  # noqa: E402
-
 from _common import command_line, device_label, versions, write_json  # noqa: E402
-from retrieval_depth import (  # noqa: E402
-    Ledger, _ints, add_task_and_model_args, markdown_table, plot, shape_of, summarize, tag_of)
+from retrieval_depth import Ledger, _ints, add_task_and_model_args, markdown_table, plot, shape_of, summarize, tag_of  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -86,53 +84,98 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-steps", type=int, default=10000)
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--stop-at", type=float, default=0.995, help="freeze a member at this validation exact match")
-    p.add_argument("--curriculum-kind", choices=["mixture", "staged"], default="mixture",
-                   help="curriculum members: D uniform in 1..D from the start (mixture), or in 1..k with k raised "
-                        "by one whenever the member's mean training loss over an eval window is below "
-                        "--advance-below (staged)")
+    p.add_argument(
+        "--curriculum-kind",
+        choices=["mixture", "staged"],
+        default="mixture",
+        help="curriculum members: D uniform in 1..D from the start (mixture), or in 1..k with k raised "
+        "by one whenever the member's mean training loss over an eval window is below "
+        "--advance-below (staged)",
+    )
     p.add_argument("--advance-below", type=float, default=0.1, help="staged curriculum: loss that raises k")
-    p.add_argument("--newest-share", type=float, default=0.0, metavar="P",
-                   help="staged curriculum: this fraction of each member's batch asks for its current largest D "
-                        "(the rest stay uniform in 1..k, as with 0)")
-    p.add_argument("--rollback-spikes", type=float, default=0.0, metavar="DELTA",
-                   help="a member whose mean training loss over an eval window exceeds its last accepted window's by more "
-                        "than DELTA (the first window after a stage raise: on its questions below the new stage) is "
-                        "put back to its weights, AdamW moments and stage at the start of the window before and its "
-                        "learning rate is multiplied by --rollback-lr-factor (0 = off)")
+    p.add_argument(
+        "--newest-share",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="staged curriculum: this fraction of each member's batch asks for its current largest D "
+        "(the rest stay uniform in 1..k, as with 0)",
+    )
+    p.add_argument(
+        "--rollback-spikes",
+        type=float,
+        default=0.0,
+        metavar="DELTA",
+        help="a member whose mean training loss over an eval window exceeds its last accepted window's by more "
+        "than DELTA (the first window after a stage raise: on its questions below the new stage) is "
+        "put back to its weights, AdamW moments and stage at the start of the window before and its "
+        "learning rate is multiplied by --rollback-lr-factor (0 = off)",
+    )
     p.add_argument("--rollback-lr-factor", type=float, default=0.5)
-    p.add_argument("--raise-delta", type=float, default=None, metavar="DELTA",
-                   help="--rollback-spikes' DELTA for the first window after a stage raise, whose loss below the new "
-                        "stage rises in a healthy raise too (CPU D = 2: by 0.4-0.7); default: --rollback-spikes'")
+    p.add_argument(
+        "--raise-delta",
+        type=float,
+        default=None,
+        metavar="DELTA",
+        help="--rollback-spikes' DELTA for the first window after a stage raise, whose loss below the new "
+        "stage rises in a healthy raise too (CPU D = 2: by 0.4-0.7); default: --rollback-spikes'",
+    )
     p.add_argument("--target", type=float, default=0.99, help="a member passes at this test exact match")
     p.add_argument("--heads-every", type=int, default=0, help="head scores every N steps (0 = eval-every; -1 = off)")
     p.add_argument("--heads-probe", type=int, default=64)
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None, help="default: on for CUDA")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="default: on for CUDA")
-    p.add_argument("--cuda-graphs", action="store_true",
-                   help="compile the forward + backward with mode='reduce-overhead' (CUDA graphs; needs --compile)")
+    p.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        help="compile the forward + backward with mode='reduce-overhead' (CUDA graphs; needs --compile)",
+    )
     p.add_argument("--cpu", action="store_true")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--time-budget", type=float, default=0, help="seconds for the whole call (0 = none)")
     p.add_argument("--ledger", default="research/retrieval_depth_vs_hops/results/retrieval_ensemble.runs.jsonl")
-    p.add_argument("--checkpoint-dir", default=None,
-                   help="spread one schedule of --max-steps over several calls: a D cut off by --time-budget saves "
-                        "its ensemble, optimizer and records here (safetensors + JSON) and the next call with the "
-                        "same settings resumes it; the schedule is not re-aimed")
-    p.add_argument("--steps-per-call", type=int, default=0,
-                   help="end each D after this many steps in this call, as --time-budget would (0 = no limit)")
-    p.add_argument("--save-passed", default=None, metavar="DIR",
-                   help="save each member that passes as a LlamaForCausalLM in DIR/D<D>-<cur|nocur>-L<layers>-s<seed>")
-    p.add_argument("--save-at-least", type=float, default=None, metavar="EM",
-                   help="with --save-passed: save every member whose test exact match is at least EM (default: "
-                        "--target), e.g. one on a plateau for a later call to start from (--init-from); members are "
-                        "tested, and so saved, at the end of every call, also one cut off by --time-budget")
-    p.add_argument("--init-from", default=None, metavar="PATH",
-                   help="start each member from a saved LlamaForCausalLM, PATH with {seed} (e.g. "
-                        "runs/passed/D4-cur-L6-s{seed}), grown to the deepest member's depth by new function-preserving "
-                        "top layers (hf_growth.grow_model); a member of depth L uses its first L layers")
-    p.add_argument("--init-from-other-input", action="store_true",
-                   help="let --init-from start from models trained on another input (pairs, nodes, <sep>), as a "
-                        "length curriculum does; refused by default")
+    p.add_argument(
+        "--checkpoint-dir",
+        default=None,
+        help="spread one schedule of --max-steps over several calls: a D cut off by --time-budget saves "
+        "its ensemble, optimizer and records here (safetensors + JSON) and the next call with the "
+        "same settings resumes it; the schedule is not re-aimed",
+    )
+    p.add_argument(
+        "--steps-per-call",
+        type=int,
+        default=0,
+        help="end each D after this many steps in this call, as --time-budget would (0 = no limit)",
+    )
+    p.add_argument(
+        "--save-passed",
+        default=None,
+        metavar="DIR",
+        help="save each member that passes as a LlamaForCausalLM in DIR/D<D>-<cur|nocur>-L<layers>-s<seed>",
+    )
+    p.add_argument(
+        "--save-at-least",
+        type=float,
+        default=None,
+        metavar="EM",
+        help="with --save-passed: save every member whose test exact match is at least EM (default: "
+        "--target), e.g. one on a plateau for a later call to start from (--init-from); members are "
+        "tested, and so saved, at the end of every call, also one cut off by --time-budget",
+    )
+    p.add_argument(
+        "--init-from",
+        default=None,
+        metavar="PATH",
+        help="start each member from a saved LlamaForCausalLM, PATH with {seed} (e.g. "
+        "runs/passed/D4-cur-L6-s{seed}), grown to the deepest member's depth by new function-preserving "
+        "top layers (hf_growth.grow_model); a member of depth L uses its first L layers",
+    )
+    p.add_argument(
+        "--init-from-other-input",
+        action="store_true",
+        help="let --init-from start from models trained on another input (pairs, nodes, <sep>), as a "
+        "length curriculum does; refused by default",
+    )
     p.add_argument("--out-dir", default="research/retrieval_depth_vs_hops/results")
     p.add_argument("--name", default="retrieval_ensemble")
     p.add_argument("--label", default="")
@@ -164,9 +207,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def settings_of(args: argparse.Namespace) -> dict[str, Any]:
     """What every member shares: its hash is the records' tag (changing one reruns everything)."""
-    keys = ("width", "heads", "mlp", "pairs_factor", "min_pairs", "min_nodes", "validation_size", "test_size",
-            "batch_size", "lr", "warmup", "weight_decay", "max_grad_norm", "max_steps", "eval_every", "stop_at",
-            "bf16")
+    keys = (
+        "width",
+        "heads",
+        "mlp",
+        "pairs_factor",
+        "min_pairs",
+        "min_nodes",
+        "validation_size",
+        "test_size",
+        "batch_size",
+        "lr",
+        "warmup",
+        "weight_decay",
+        "max_grad_norm",
+        "max_steps",
+        "eval_every",
+        "stop_at",
+        "bf16",
+    )
     extra = {"pair_separator": True} if args.pair_separator else {}  # only when on: earlier tags stay valid
     if args.curriculum_kind == "staged":
         extra.update(curriculum_kind="staged", advance_below=args.advance_below)
@@ -176,8 +235,11 @@ def settings_of(args: argparse.Namespace) -> dict[str, Any]:
         extra["init_from"] = args.init_from
     if args.rollback_spikes:
         # back to the start of the window before the spike's (older records went back one window: other tag)
-        extra.update(rollback_spikes=args.rollback_spikes, rollback_lr_factor=args.rollback_lr_factor,
-                     rollback_to="window_before")
+        extra.update(
+            rollback_spikes=args.rollback_spikes,
+            rollback_lr_factor=args.rollback_lr_factor,
+            rollback_to="window_before",
+        )
         if args.curriculum_kind == "staged":  # older records: the window after a raise was not compared
             extra["after_raise"] = "questions_below_the_stage"
             if args.raise_delta is not None:
@@ -192,15 +254,18 @@ def member_key(hops: int, curriculum: bool, layers: int, seed: int, tag: str) ->
 # ------------------------------------------------------------------------------------------------ data
 def number_ids(tokenizer, num_nodes: int, hops: int, device=None) -> torch.Tensor:
     """``sample_retrieval_ids``' ``token_ids``: at index ``k`` the id of the word ``str(k)``, for every node and D."""
-    return torch.tensor(tokenizer.convert_tokens_to_ids([str(k) for k in range(max(num_nodes, hops + 1))]),
-                        device=device)
+    return torch.tensor(
+        tokenizer.convert_tokens_to_ids([str(k) for k in range(max(num_nodes, hops + 1))]), device=device
+    )
 
 
 def split_ids(tokenizer, split, device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """A ``retrieval_splits`` split (``question`` texts, ``answer`` words) as ``(questions, answers)`` token ids."""
     q = [tokenizer.convert_tokens_to_ids(text.split()) for text in split["question"]]
-    return (torch.tensor(q, device=device),
-            torch.tensor(tokenizer.convert_tokens_to_ids(split["answer"]), device=device))
+    return (
+        torch.tensor(q, device=device),
+        torch.tensor(tokenizer.convert_tokens_to_ids(split["answer"]), device=device),
+    )
 
 
 class TaskData:
@@ -216,23 +281,42 @@ class TaskData:
         self.newest_share = args.newest_share
         self.splits: dict[str, dict[int, tuple[torch.Tensor, torch.Tensor]]] = {"validation": {}, "test": {}}
         for seed in seeds:
-            splits = retrieval_splits(shape["num_pairs"], hops, shape["num_nodes"], curriculum=False, seed=seed,
-                                      train_size=0, validation_size=args.validation_size, test_size=args.test_size,
-                                      pair_separator=args.pair_separator)
+            splits = retrieval_splits(
+                shape["num_pairs"],
+                hops,
+                shape["num_nodes"],
+                curriculum=False,
+                seed=seed,
+                train_size=0,
+                validation_size=args.validation_size,
+                test_size=args.test_size,
+                pair_separator=args.pair_separator,
+            )
             for name in self.splits:
                 self.splits[name][seed] = split_ids(tokenizer, splits[name], device)
 
-    def sample(self, curriculum: torch.Tensor, batch: int, generator,
-               max_hops: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample(
+        self, curriculum: torch.Tensor, batch: int, generator, max_hops: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(M, batch, T)`` questions and ``(M, batch)`` answers; member m's curriculum flag ``curriculum[m]``
         and, for a staged curriculum, its current largest D ``max_hops[m]`` (a CPU tensor)."""
         from retrieval_sampling import sample_retrieval_ids
 
         m = curriculum.shape[0]
         top = None if max_hops is None else max_hops.repeat_interleave(batch)
-        q, a = sample_retrieval_ids(m * batch, self.shape["num_pairs"], self.hops, self.shape["num_nodes"],
-                                    curriculum.repeat_interleave(batch), self.token_ids, self.query_id, generator,
-                                    self.separator_id, top, self.newest_share if top is not None else 0.0)
+        q, a = sample_retrieval_ids(
+            m * batch,
+            self.shape["num_pairs"],
+            self.hops,
+            self.shape["num_nodes"],
+            curriculum.repeat_interleave(batch),
+            self.token_ids,
+            self.query_id,
+            generator,
+            self.separator_id,
+            top,
+            self.newest_share if top is not None else 0.0,
+        )
         return q.view(m, batch, -1), a.view(m, batch)
 
 
@@ -245,8 +329,8 @@ def exact_match(ens, data: TaskData, split: str, seeds: list[int], autocast, chu
     hits = torch.zeros(len(seeds), device=q.device)
     for s in range(0, q.shape[1], chunk):
         with autocast():
-            logits = ens(q[:, s:s + chunk], positions=last)
-        hits += (logits[:, :, 0].argmax(-1) == a[:, s:s + chunk]).float().sum(1)
+            logits = ens(q[:, s : s + chunk], positions=last)
+        hits += (logits[:, :, 0].argmax(-1) == a[:, s : s + chunk]).float().sum(1)
     return hits / q.shape[1]
 
 
@@ -255,15 +339,31 @@ class HeadRecorder:
     """Per member: head scores ``(depth, heads)`` on its seed's probe batch at each recorded step (+ the maps of
     probe example 0), as ``retrieval_probe.RetrievalHeads`` scores them."""
 
-    def __init__(self, tokenizer, hops: int, shape: dict[str, int], seeds: list[int], size: int, device,
-                 pair_separator: bool = False) -> None:
+    def __init__(
+        self,
+        tokenizer,
+        hops: int,
+        shape: dict[str, int],
+        seeds: list[int],
+        size: int,
+        device,
+        pair_separator: bool = False,
+    ) -> None:
         from retrieval_probe import probe_batch
 
         self.probes, self.chain = {}, {}
         for seed in seeds:
-            opts = {"num_pairs": shape["num_pairs"], "hops": hops, "num_nodes": shape["num_nodes"],
-                    "curriculum": False, "seed": seed, "validation_size": 0, "test_size": 0, "pauses": 0,
-                    "pair_separator": pair_separator}
+            opts = {
+                "num_pairs": shape["num_pairs"],
+                "hops": hops,
+                "num_nodes": shape["num_nodes"],
+                "curriculum": False,
+                "seed": seed,
+                "validation_size": 0,
+                "test_size": 0,
+                "pauses": 0,
+                "pair_separator": pair_separator,
+            }
             probe, important, _, _ = probe_batch(opts, tokenizer, size)
             self.probes[seed] = probe["input_ids"].to(device)
             self.chain[seed] = important.to(device)
@@ -272,31 +372,37 @@ class HeadRecorder:
         self.maps: dict[int, list] = {}
 
     @torch.no_grad()
-    def record(self, ens, members: list[int], seeds: list[int], depths: list[int], step: int,
-               skip: set[int] = frozenset()) -> None:
+    def record(
+        self, ens, members: list[int], seeds: list[int], depths: list[int], step: int, skip: set[int] = frozenset()
+    ) -> None:
         from hf_growth.analysis.heads import head_scores
 
         ids = torch.stack([self.probes[s] for s in seeds])
-        _, attentions = ens(ids, positions=torch.tensor([ids.shape[-1] - 1], device=ids.device),
-                            output_attentions=True)
+        _, attentions = ens(ids, positions=torch.tensor([ids.shape[-1] - 1], device=ids.device), output_attentions=True)
         last = torch.zeros(ids.shape[1:], dtype=torch.bool, device=ids.device)
         last[:, -1] = True  # the position that predicts the answer attends to the chain's keys
         maps = torch.stack([a[:, 0].half() for a in attentions], dim=1).cpu()  # (M, L, H, T, T)
         for i, member in enumerate(members):
             if member in skip:
                 continue
-            scores = head_scores([a[i] for a in attentions[:depths[i]]], self.chain[seeds[i]], last)
+            scores = head_scores([a[i] for a in attentions[: depths[i]]], self.chain[seeds[i]], last)
             self.steps.setdefault(member, []).append(step)
             self.scores.setdefault(member, []).append(scores.float().numpy())
-            self.maps.setdefault(member, []).append(maps[i, :depths[i]].float().numpy())
+            self.maps.setdefault(member, []).append(maps[i, : depths[i]].float().numpy())
 
     def record_of(self, member: int) -> dict[str, Any]:
         import numpy as np
 
         scores = np.stack(self.scores[member])
         layers, heads = scores.shape[1:]
-        return {"steps": self.steps[member], "scores": scores, "maps": self.maps[member],
-                "map_layers": list(range(layers)), "map_heads": list(range(heads)), "map_example": 0}
+        return {
+            "steps": self.steps[member],
+            "scores": scores,
+            "maps": self.maps[member],
+            "map_layers": list(range(layers)),
+            "map_heads": list(range(heads)),
+            "map_example": 0,
+        }
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints
@@ -304,8 +410,15 @@ def checkpoint_path(args, hops: int, tag: str) -> Path | None:
     return Path(args.checkpoint_dir) / f"{args.name}.D{hops}.{tag}" if args.checkpoint_dir else None
 
 
-def save_checkpoint(path: Path, ens, opt, generator, keys: list[str], state: dict[str, Any],
-                    extra: dict[str, torch.Tensor] | None = None) -> None:
+def save_checkpoint(
+    path: Path,
+    ens,
+    opt,
+    generator,
+    keys: list[str],
+    state: dict[str, Any],
+    extra: dict[str, torch.Tensor] | None = None,
+) -> None:
     """Ensemble weights, optimizer moments and the sampler's generator in ``path.safetensors``, the loop's own
     state (``state``, per member key) in ``path.json``; both written to temporary names, then renamed."""
     from safetensors.torch import save_file
@@ -338,11 +451,14 @@ def load_checkpoint(path: Path, ens, opt, generator, keys: list[str]) -> dict[st
     if state["keys"] != keys:
         raise ValueError(f"{meta} was written for members {state['keys']}, not {keys}: delete it to start over")
     tensors = load_file(str(path) + ".safetensors")
-    ens.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    ens.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
     device = next(ens.parameters()).device
     for name, p in ens.named_parameters():
-        moments = {k: tensors[f"optim.{name}.{k}"].to(device) for k in ("step", "exp_avg", "exp_avg_sq")
-                   if f"optim.{name}.{k}" in tensors}
+        moments = {
+            k: tensors[f"optim.{name}.{k}"].to(device)
+            for k in ("step", "exp_avg", "exp_avg_sq")
+            if f"optim.{name}.{k}" in tensors
+        }
         if moments:
             opt.state[p] = moments
     opt.factor = tensors["optim.factor"].to(device)
@@ -373,8 +489,16 @@ class SpikeGuard:
     learning rate); without ``old_loss`` that window is not compared.
     """
 
-    def __init__(self, opt, members: int, delta: float, factor: float, step: int = 0,
-                 levels: list[int] | None = None, raise_delta: float | None = None) -> None:
+    def __init__(
+        self,
+        opt,
+        members: int,
+        delta: float,
+        factor: float,
+        step: int = 0,
+        levels: list[int] | None = None,
+        raise_delta: float | None = None,
+    ) -> None:
         self.opt, self.delta, self.factor = opt, delta, factor
         self.raise_delta = delta if raise_delta is None else raise_delta  # for the first window after a raise
         self.current = opt.snapshot()
@@ -441,22 +565,43 @@ class SpikeGuard:
 
     def state(self, slots: list[int], members: list[int]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         """For a checkpoint: the references of ``members`` (JSON) and both snapshots at ``slots`` (tensors)."""
-        tensors = {f"{name}.{n}.{k}": v
-                   for name, snapshot in (("snapshot", self.current), ("previous", self.previous))
-                   for n, entry in enumerate(self._select(snapshot, slots)) for k, v in entry.items()}
-        return {i: {"reference": self.reference[i], "earlier": self.earlier[i], "steps": self.steps[i],
-                    "level": self.level[i], "levels": self.levels[i], "fresh": self.fresh[i],
-                    "fresh_at": self.fresh_at[i]} for i in members}, tensors
+        tensors = {
+            f"{name}.{n}.{k}": v
+            for name, snapshot in (("snapshot", self.current), ("previous", self.previous))
+            for n, entry in enumerate(self._select(snapshot, slots))
+            for k, v in entry.items()
+        }
+        return {
+            i: {
+                "reference": self.reference[i],
+                "earlier": self.earlier[i],
+                "steps": self.steps[i],
+                "level": self.level[i],
+                "levels": self.levels[i],
+                "fresh": self.fresh[i],
+                "fresh_at": self.fresh_at[i],
+            }
+            for i in members
+        }, tensors
 
     def load(self, references: dict[int, dict[str, Any]], tensors: dict[str, torch.Tensor]) -> None:
         """Undo :meth:`state` (in a fresh call, with the members it saved)."""
         for i, r in references.items():
             self.reference[i], self.earlier[i], self.steps[i] = r["reference"], r["earlier"], r["steps"]
             self.level[i], self.levels[i], self.fresh[i], self.fresh_at[i] = (
-                r["level"], r["levels"], r["fresh"], r["fresh_at"])
+                r["level"],
+                r["levels"],
+                r["fresh"],
+                r["fresh_at"],
+            )
         template = self.current
-        self.current, self.previous = ([{k: tensors[f"{prefix}.{n}.{k}"].to(v.device) for k, v in entry.items()}
-                                        for n, entry in enumerate(template)] for prefix in ("snapshot", "previous"))
+        self.current, self.previous = (
+            [
+                {k: tensors[f"{prefix}.{n}.{k}"].to(v.device) for k, v in entry.items()}
+                for n, entry in enumerate(template)
+            ]
+            for prefix in ("snapshot", "previous")
+        )
 
 
 # ------------------------------------------------------------------------------------------------ one D
@@ -473,10 +618,17 @@ def ensemble_config(args, tokenizer, shape: dict[str, int], layers: int):
     from transformers import LlamaConfig
 
     return LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=args.width, intermediate_size=args.mlp or 4 * args.width,
-        num_hidden_layers=layers, num_attention_heads=args.heads, num_key_value_heads=args.heads,
+        vocab_size=len(tokenizer),
+        hidden_size=args.width,
+        intermediate_size=args.mlp or 4 * args.width,
+        num_hidden_layers=layers,
+        num_attention_heads=args.heads,
+        num_key_value_heads=args.heads,
         max_position_embeddings=max(64, 2 * (shape["tokens"] + 3)),
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id)
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.eos_token_id,
+    )
 
 
 TASK_FILE = "retrieval_task.json"  # beside a saved member: the input it was trained on
@@ -484,8 +636,12 @@ TASK_FIELDS = ("num_pairs", "num_nodes", "pair_separator")  # what a grown membe
 
 
 GROWN_SIZES = (  # (config field, grow_model step): a source smaller than the members grows to their shape, in this order
-    ("intermediate_size", "mlp_width"), ("num_attention_heads", "num_heads"), ("head_dim", "head_dim"),
-    ("hidden_size", "hidden_size"), ("num_hidden_layers", "num_layers"))
+    ("intermediate_size", "mlp_width"),
+    ("num_attention_heads", "num_heads"),
+    ("head_dim", "head_dim"),
+    ("hidden_size", "hidden_size"),
+    ("num_hidden_layers", "num_layers"),
+)
 
 
 def growth_plan(src, config, path: str = "the source") -> list[dict[str, Any]]:
@@ -493,17 +649,23 @@ def growth_plan(src, config, path: str = "the source") -> list[dict[str, Any]]:
     head size, width, then new top layers; each function-preserving); a source larger in any of them, or with
     another vocabulary or GQA, is refused."""
     if src.vocab_size != config.vocab_size:
-        raise ValueError(f"--init-from {path}: vocab_size is {src.vocab_size}, the sweep's members have "
-                         f"{config.vocab_size} (a source trained on another task's tokenizer)")
+        raise ValueError(
+            f"--init-from {path}: vocab_size is {src.vocab_size}, the sweep's members have "
+            f"{config.vocab_size} (a source trained on another task's tokenizer)"
+        )
     if src.num_key_value_heads != src.num_attention_heads:
-        raise ValueError(f"--init-from {path}: {src.num_key_value_heads} key/value heads for {src.num_attention_heads} "
-                         "query heads; the sweep's members are multi-head attention")
+        raise ValueError(
+            f"--init-from {path}: {src.num_key_value_heads} key/value heads for {src.num_attention_heads} "
+            "query heads; the sweep's members are multi-head attention"
+        )
     plan = []
     for field, step in GROWN_SIZES:
         have, want = getattr(src, field), getattr(config, field)
         if have > want:
-            raise ValueError(f"--init-from {path}: {field} is {have}, the sweep's members have {want}: growing "
-                             "never removes (pass --width/--heads/--mlp at least the source's)")
+            raise ValueError(
+                f"--init-from {path}: {field} is {have}, the sweep's members have {want}: growing "
+                "never removes (pass --width/--heads/--mlp at least the source's)"
+            )
         if have < want:
             plan.append({step: {"to": want, "where": "top"}} if step == "num_layers" else {step: want})
     return plan
@@ -515,17 +677,19 @@ def grown_ensemble(pattern: str, members: list[tuple[int, bool, int]], config, t
     top blocks that are identities at the start; each step function-preserving, so each member computes what its
     source model computes). ``task``: the sweep's input (``TASK_FIELDS``); a source saved with another one is
     refused (a model trained on 8 pairs guesses on 16)."""
+    from llama_ensemble import LlamaEnsemble
     from transformers import LlamaForCausalLM
 
     from hf_growth import grow_model
-    from llama_ensemble import LlamaEnsemble
 
     models = []
     for member_depth, _, seed in members:
         path = pattern.format(seed=seed)
         if not (Path(path) / "config.json").is_file():
-            raise FileNotFoundError(f"--init-from: no saved model for seed {seed} at {path} (only members that pass, or "
-                                    "reach --save-at-least, are saved; choose --seeds that have one)")
+            raise FileNotFoundError(
+                f"--init-from: no saved model for seed {seed} at {path} (only members that pass, or "
+                "reach --save-at-least, are saved; choose --seeds that have one)"
+            )
         trained = Path(path) / TASK_FILE
         if task is not None and trained.is_file():
             src_task = json.loads(trained.read_text())
@@ -535,12 +699,15 @@ def grown_ensemble(pattern: str, members: list[tuple[int, bool, int]], config, t
                         f"--init-from {path} was trained with {field} = {src_task.get(field)}, this sweep's questions "
                         f"have {task.get(field)}: a model answers only the input lengths it was trained on (a D = 4 "
                         "model of 8 pairs guesses on 16: retrieval_transfer.py); train the source on this "
-                        "input (--min-pairs / --min-nodes / --pair-separator), or pass --init-from-other-input")
+                        "input (--min-pairs / --min-nodes / --pair-separator), or pass --init-from-other-input"
+                    )
         source = LlamaForCausalLM.from_pretrained(path, dtype=torch.float32)
         src = source.config
         if member_depth < src.num_hidden_layers:
-            raise ValueError(f"--init-from {path} has {src.num_hidden_layers} layers: a member of depth {member_depth} "
-                             f"would drop some (use --depths >= {src.num_hidden_layers})")
+            raise ValueError(
+                f"--init-from {path} has {src.num_hidden_layers} layers: a member of depth {member_depth} "
+                f"would drop some (use --depths >= {src.num_hidden_layers})"
+            )
         plan = growth_plan(src, config, path)
         grown = grow_model(source, plan, seed=seed) if plan else source
         grown.config.max_position_embeddings = max(src.max_position_embeddings, config.max_position_embeddings)
@@ -559,8 +726,9 @@ def save_member(ens, slot: int, path: Path, task: dict[str, Any] | None = None) 
             (tmp / TASK_FILE).write_text(json.dumps(task, indent=1) + "\n")
 
 
-def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer, tag: str, deadline: float,
-               seconds: float = 0.0):
+def train_hops(
+    hops: int, members: list[tuple[int, bool, int]], args, tokenizer, tag: str, deadline: float, seconds: float = 0.0
+):
     """Train ``members`` = [(depth, curriculum, seed)] of hop count ``hops`` together; returns their records and
     head records. ``seconds`` (0 = no limit): the schedule is re-aimed at the last step that fits (measured after
     the first steps and every 500 steps; at most ``--max-steps``), as ``TimeBudgetCallback`` does for the script."""
@@ -572,14 +740,24 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
     shape = shape_of(hops, args)
     seeds_used = sorted({s for _, _, s in members})
     data = TaskData(tokenizer, hops, shape, seeds_used, args, device)
-    heads = (HeadRecorder(tokenizer, hops, shape, seeds_used, args.heads_probe, device, args.pair_separator)
-             if args.heads_every > 0 else None)
+    heads = (
+        HeadRecorder(tokenizer, hops, shape, seeds_used, args.heads_probe, device, args.pair_separator)
+        if args.heads_every > 0
+        else None
+    )
     config = ensemble_config(args, tokenizer, shape, max(d for d, _, _ in members))
-    task = {"hops": hops, "num_pairs": shape["num_pairs"], "num_nodes": shape["num_nodes"], "tokens": shape["tokens"],
-            "pair_separator": bool(args.pair_separator)}
-    ens = (grown_ensemble(args.init_from, members, config, None if args.init_from_other_input else task)
-           if args.init_from else
-           LlamaEnsemble.from_config(config, seeds=[s for _, _, s in members], depths=[d for d, _, _ in members]))
+    task = {
+        "hops": hops,
+        "num_pairs": shape["num_pairs"],
+        "num_nodes": shape["num_nodes"],
+        "tokens": shape["tokens"],
+        "pair_separator": bool(args.pair_separator),
+    }
+    ens = (
+        grown_ensemble(args.init_from, members, config, None if args.init_from_other_input else task)
+        if args.init_from
+        else LlamaEnsemble.from_config(config, seeds=[s for _, _, s in members], depths=[d for d, _, _ in members])
+    )
     ens = ens.to(device).train()
     opt = MemberAdamW(ens.parameters(), lr=args.lr, weight_decay=args.weight_decay, compile=args.compile)
     alive = list(range(len(members)))  # ensemble slot -> member index
@@ -592,8 +770,11 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
     level = torch.tensor(start, device=device) if staged else None
     stages: dict[int, list[tuple[int, int]]] = {i: [(0, start[i])] for i in range(len(members))} if staged else {}
     generator = torch.Generator(device).manual_seed(int(tag, 16) + hops)
-    autocast = (lambda: torch.autocast("cuda" if device.type == "cuda" else "cpu", dtype=torch.bfloat16)) \
-        if args.bf16 else nullcontext
+    autocast = (
+        (lambda: torch.autocast("cuda" if device.type == "cuda" else "cpu", dtype=torch.bfloat16))
+        if args.bf16
+        else nullcontext
+    )
     last = torch.tensor([shape["tokens"] - 1], device=device)
 
     def losses_of(ids, answers, newest=None):
@@ -604,13 +785,15 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
         if newest is None:
             return losses, None
         with torch.no_grad():
-            each = torch.nn.functional.cross_entropy(logits[:, :, 0].detach().float().flatten(0, 1),
-                                                     answers.flatten(), reduction="none").view_as(answers)
+            each = torch.nn.functional.cross_entropy(
+                logits[:, :, 0].detach().float().flatten(0, 1), answers.flatten(), reduction="none"
+            ).view_as(answers)
             old = (ids[:, :, -2] != newest[:, None]).float()  # the question's D is its second-to-last token
             return losses, (each * old).sum(1) / old.sum(1).clamp_min(1)
 
-    step_fn = (torch.compile(losses_of, mode="reduce-overhead" if args.cuda_graphs else None) if args.compile
-               else losses_of)
+    step_fn = (
+        torch.compile(losses_of, mode="reduce-overhead" if args.cuda_graphs else None) if args.compile else losses_of
+    )
     history: dict[int, list] = {i: [] for i in range(len(members))}
     reached: dict[int, int] = {}
     results: dict[int, dict[str, Any]] = {}
@@ -636,8 +819,12 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
             results[i] = {"exact_match": round(float(em[slot]), 4), "stop_step": step}
             if args.save_passed and results[i]["exact_match"] >= save_at_least:
                 depth, cur, seed = members[i]
-                save_member(ens, slot, Path(args.save_passed) / f"D{hops}-{'cur' if cur else 'nocur'}-L{depth}-s{seed}",
-                            {**task, "exact_match": results[i]["exact_match"], "step": step})
+                save_member(
+                    ens,
+                    slot,
+                    Path(args.save_passed) / f"D{hops}-{'cur' if cur else 'nocur'}-L{depth}-s{seed}",
+                    {**task, "exact_match": results[i]["exact_match"], "step": step},
+                )
 
     keys = [member_key(hops, cur, depth, seed, tag) for depth, cur, seed in members]
     ckpt = checkpoint_path(args, hops, tag)
@@ -668,14 +855,28 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
     elif heads is not None:
         heads.record(ens, alive, seeds_alive(), depths_alive(), 0)
     first_step = step
-    guard = (SpikeGuard(opt, len(members), args.rollback_spikes, args.rollback_lr_factor, step,
-                        level.tolist() if staged else None, args.raise_delta) if args.rollback_spikes else None)
+    guard = (
+        SpikeGuard(
+            opt,
+            len(members),
+            args.rollback_spikes,
+            args.rollback_lr_factor,
+            step,
+            level.tolist() if staged else None,
+            args.raise_delta,
+        )
+        if args.rollback_spikes
+        else None
+    )
     check_old = guard is not None and staged
     if guard is not None and saved is not None:
         guard.load({i: saved["members"][key]["guard"] for i, key in enumerate(keys)}, saved["tensors"])
     while step < horizon and alive:
-        if ((deadline and time.time() > deadline) or (args.steps_per_call and step - first_step >= args.steps_per_call)
-                or (ckpt and seconds and time.perf_counter() - begin > seconds)):  # with checkpoints: this D's share
+        if (
+            (deadline and time.time() > deadline)
+            or (args.steps_per_call and step - first_step >= args.steps_per_call)
+            or (ckpt and seconds and time.perf_counter() - begin > seconds)
+        ):  # with checkpoints: this D's share
             timed_out = True
             break
         if seconds and not ckpt and (step in (20, 60) or (step and step % 500 == 0)):
@@ -688,8 +889,9 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
             mark = (step, now)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args, horizon)
-        ids, answers = data.sample(curriculum[alive_idx], args.batch_size, generator,
-                                   None if level is None else level[alive_idx])
+        ids, answers = data.sample(
+            curriculum[alive_idx], args.batch_size, generator, None if level is None else level[alive_idx]
+        )
         with autocast():
             losses, old_losses = step_fn(ids, answers, data.token_ids[level[alive_idx]] if check_old else None)
         losses.sum().backward()
@@ -743,9 +945,12 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
                     back_to, (reference, compared, after_raise) = guard.steps[i][0], met[slot]
                     rollbacks[i].append((step, round(reference, 4), round(compared, 4), factors[slot], back_to))
                     what = "loss below the new stage" if after_raise else "loss"
-                    print(f"[D={hops}] step {step}: member {keys[i]} rolled back ({what} {reference:.3f} -> "
-                          f"{compared:.3f}) to its weights of step {back_to}, learning rate "
-                          f"x{factors[slot]:g}", flush=True)
+                    print(
+                        f"[D={hops}] step {step}: member {keys[i]} rolled back ({what} {reference:.3f} -> "
+                        f"{compared:.3f}) to its weights of step {back_to}, learning rate "
+                        f"x{factors[slot]:g}",
+                        flush=True,
+                    )
                     if staged and guard.level[i] != levels[i]:  # the stage goes back with the weights
                         levels[i] = guard.level[i]
                         level[i] = levels[i]
@@ -766,8 +971,10 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
                 guard.next_window(step, rolled, kept)
             if step % (10 * args.eval_every) == 0:
                 rate = (step - first_step) / (time.perf_counter() - begin)  # this call's steps
-                print(f"[D={hops}] step {step}: {len(alive)} of {len(members)} members training, {rate:.1f} steps/s",
-                      flush=True)
+                print(
+                    f"[D={hops}] step {step}: {len(alive)} of {len(members)} members training, {rate:.1f} steps/s",
+                    flush=True,
+                )
     alive_slots = [slot for slot, i in enumerate(alive) if i not in frozen]
     if alive_slots:
         resumable = ckpt is not None and timed_out  # the next call records on the regular steps only
@@ -783,11 +990,22 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
                 alive = [alive[slot] for slot in alive_slots]
                 alive_idx = torch.tensor(alive, device=device)
             levels = level.tolist() if staged else None
-            state = {"step": step, "members": {keys[i]: {
-                "history": history[i], "loss_sum": float(loss_sum[i]), "old_loss_sum": float(old_sum[i]),
-                **({"level": levels[i], "stages": stages[i]} if staged else {}),
-                **({"rollbacks": rollbacks[i], "raise_checks": raise_checks[i]} if args.rollback_spikes else {}),
-                **({"head_steps": heads.steps[i]} if heads is not None else {})} for i in alive}}
+            state = {
+                "step": step,
+                "members": {
+                    keys[i]: {
+                        "history": history[i],
+                        "loss_sum": float(loss_sum[i]),
+                        "old_loss_sum": float(old_sum[i]),
+                        **({"level": levels[i], "stages": stages[i]} if staged else {}),
+                        **(
+                            {"rollbacks": rollbacks[i], "raise_checks": raise_checks[i]} if args.rollback_spikes else {}
+                        ),
+                        **({"head_steps": heads.steps[i]} if heads is not None else {}),
+                    }
+                    for i in alive
+                },
+            }
             extra = {}
             if guard is not None:  # where a spike in the next windows goes back to, for those saved
                 references, extra = guard.state(alive_slots, alive)
@@ -812,29 +1030,54 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
     records = []
     for i, (depth, cur, seed) in enumerate(members):
         em = results[i]["exact_match"]
-        records.append({
-            "key": member_key(hops, cur, depth, seed, tag), "tag": tag, "trainer": "ensemble",
-            "hops": hops, "curriculum": cur, "layers": depth, "seed": seed,
-            "exact_match": em, "passed": em >= args.target, "num_test": args.test_size,
-            "reached_step": reached.get(i), "global_steps": results[i]["stop_step"],
-            "timed_out": timed_out and i not in reached,
-            "val_history": [(s, v) for s, v, _ in history[i]], "train_loss_history": [(s, l) for s, _, l in history[i]],
-            **({"curriculum_stages": stages[i]} if staged and cur else {}),
-            **({"rollbacks": rollbacks[i], "raise_checks": raise_checks[i]} if args.rollback_spikes else {}),
-            **({"init_from": args.init_from} if args.init_from else {}),  # the grown arm: never pooled with scratch
-            "model": {"width": config.hidden_size, "heads": config.num_attention_heads,
-                      "mlp": config.intermediate_size},  # pooled only with members of the same shape
-            "task_options": {"num_pairs": shape["num_pairs"], "hops": hops, "num_nodes": shape["num_nodes"],
-                             "curriculum": cur, **({"pair_separator": True} if args.pair_separator else {}),
-                             **({"curriculum_kind": "staged"} if staged and cur else {})},
-            "ensemble": {"members": len(members), "steps": step, "schedule_steps": horizon, "seconds_share":
-                         round(seconds, 1), "wall_seconds": round(wall, 1),
-                         "first_step": first_step,  # > 0 when resumed: the rates are this call's
-                         "steps_per_second": round((step - first_step) / wall, 2) if wall else None,
-                         "steady_steps_per_second_from_step_20": steady_rate,
-                         "member_steps_per_second": round(member_steps / wall, 1) if wall else None},
-            "device": device_name, "versions": versions(),
-        })
+        records.append(
+            {
+                "key": member_key(hops, cur, depth, seed, tag),
+                "tag": tag,
+                "trainer": "ensemble",
+                "hops": hops,
+                "curriculum": cur,
+                "layers": depth,
+                "seed": seed,
+                "exact_match": em,
+                "passed": em >= args.target,
+                "num_test": args.test_size,
+                "reached_step": reached.get(i),
+                "global_steps": results[i]["stop_step"],
+                "timed_out": timed_out and i not in reached,
+                "val_history": [(s, v) for s, v, _ in history[i]],
+                "train_loss_history": [(s, l) for s, _, l in history[i]],
+                **({"curriculum_stages": stages[i]} if staged and cur else {}),
+                **({"rollbacks": rollbacks[i], "raise_checks": raise_checks[i]} if args.rollback_spikes else {}),
+                **({"init_from": args.init_from} if args.init_from else {}),  # the grown arm: never pooled with scratch
+                "model": {
+                    "width": config.hidden_size,
+                    "heads": config.num_attention_heads,
+                    "mlp": config.intermediate_size,
+                },  # pooled only with members of the same shape
+                "task_options": {
+                    "num_pairs": shape["num_pairs"],
+                    "hops": hops,
+                    "num_nodes": shape["num_nodes"],
+                    "curriculum": cur,
+                    **({"pair_separator": True} if args.pair_separator else {}),
+                    **({"curriculum_kind": "staged"} if staged and cur else {}),
+                },
+                "ensemble": {
+                    "members": len(members),
+                    "steps": step,
+                    "schedule_steps": horizon,
+                    "seconds_share": round(seconds, 1),
+                    "wall_seconds": round(wall, 1),
+                    "first_step": first_step,  # > 0 when resumed: the rates are this call's
+                    "steps_per_second": round((step - first_step) / wall, 2) if wall else None,
+                    "steady_steps_per_second_from_step_20": steady_rate,
+                    "member_steps_per_second": round(member_steps / wall, 1) if wall else None,
+                },
+                "device": device_name,
+                "versions": versions(),
+            }
+        )
     return records, heads
 
 
@@ -842,8 +1085,9 @@ def train_hops(hops: int, members: list[tuple[int, bool, int]], args, tokenizer,
 RULE_NAMES = {"emergence": "half-rise", "settled": "settled"}  # heads-file key -> the rule's name in the log
 
 
-def write_heads(hops: int, records: list[dict], heads: HeadRecorder, members: list[tuple[int, bool, int]],
-                args, out: Path) -> list[str]:
+def write_heads(
+    hops: int, records: list[dict], heads: HeadRecorder, members: list[tuple[int, bool, int]], args, out: Path
+) -> list[str]:
     """Every member's head curves and emergence order as JSON; plots for the smallest all-seeds-passing depth."""
     from retrieval_probe import emergence_order
 
@@ -852,16 +1096,24 @@ def write_heads(hops: int, records: list[dict], heads: HeadRecorder, members: li
     data, lines = {}, []
     for i, (depth, cur, seed) in enumerate(members):
         rec = heads.record_of(i)
-        data[records[i]["key"]] = {"steps": rec["steps"], "scores": rec["scores"].round(4).tolist(),
-                                   "emergence": emergence_order(rec["scores"], rec["steps"]),
-                                   "settled": emergence_order(rec["scores"], rec["steps"], rule="settled"),
-                                   "passed": records[i]["passed"]}
+        data[records[i]["key"]] = {
+            "steps": rec["steps"],
+            "scores": rec["scores"].round(4).tolist(),
+            "emergence": emergence_order(rec["scores"], rec["steps"]),
+            "settled": emergence_order(rec["scores"], rec["steps"], rule="settled"),
+            "passed": records[i]["passed"],
+        }
     write_json(out / f"{args.name}.D{hops}.heads.json", data, indent=None)
     by_config: dict[tuple[int, bool], list[int]] = {}
     for i, (depth, cur, seed) in enumerate(members):
         by_config.setdefault((depth, cur), []).append(i)
-    passing = sorted(((d, not c) for (d, c), idx in by_config.items()
-                      if len(idx) == len(args.seeds) and all(records[i]["passed"] for i in idx)))
+    passing = sorted(
+        (
+            (d, not c)
+            for (d, c), idx in by_config.items()
+            if len(idx) == len(args.seeds) and all(records[i]["passed"] for i in idx)
+        )
+    )
     if not passing:  # then the smallest depth at which any seed passes, all its seeds plotted
         passing = sorted(((d, not c) for (d, c), idx in by_config.items() if any(records[i]["passed"] for i in idx)))
         lines.append(f"D={hops}: no configuration passed with all seeds; plots for the smallest with a passing seed")
@@ -873,35 +1125,55 @@ def write_heads(hops: int, records: list[dict], heads: HeadRecorder, members: li
         seed = members[i][2]
         for rule in orders:
             orders[rule].append(data[records[i]["key"]][rule]["layer_order"])
-        title = (f"Retrieval D={hops}, {depth} layers, curriculum {'on' if cur else 'off'}, seed {seed} "
-                 f"({'passed' if records[i]['passed'] else 'failed'}): attention of the last token on the chain")
+        title = (
+            f"Retrieval D={hops}, {depth} layers, curriculum {'on' if cur else 'off'}, seed {seed} "
+            f"({'passed' if records[i]['passed'] else 'failed'}): attention of the last token on the chain"
+        )
         plot_head_emergence(heads.record_of(i), out / f"{args.name}.D{hops}.heads_s{seed}.png", title=title)
         for rule in orders:
-            lines.append(f"D={hops} L{depth} {'cur' if cur else 'nocur'} seed {seed} ({RULE_NAMES[rule]}): "
-                         f"{data[records[i]['key']][rule]['sentence']}")
+            lines.append(
+                f"D={hops} L{depth} {'cur' if cur else 'nocur'} seed {seed} ({RULE_NAMES[rule]}): "
+                f"{data[records[i]['key']][rule]['sentence']}"
+            )
     for rule, found in orders.items():
-        lines.append(f"D={hops} L{depth} ({RULE_NAMES[rule]}): layer order per seed "
-                     f"{found}; same over seeds: {all(o == found[0] for o in found)}")
+        lines.append(
+            f"D={hops} L{depth} ({RULE_NAMES[rule]}): layer order per seed "
+            f"{found}; same over seeds: {all(o == found[0] for o in found)}"
+        )
     return lines
 
 
 def summary(args, ledger: Ledger, tag: str, argv: list[str], out: Path, timing: dict) -> dict[str, Any]:
-    records = sorted((r for r in ledger.records.values() if r.get("tag") == tag),
-                     key=lambda r: (r["hops"], not r["curriculum"], r["layers"], r["seed"]))
+    records = sorted(
+        (r for r in ledger.records.values() if r.get("tag") == tag),
+        key=lambda r: (r["hops"], not r["curriculum"], r["layers"], r["seed"]),
+    )
     result = summarize(records, len(args.seeds))
     devices = sorted({r.get("device", "?") for r in records})
-    title = (f"{args.label + ': ' if args.label else ''}min depth for >= {args.target:.0%} test exact match "
-             f"(width {args.width}, {args.heads} heads, {len(args.seeds)} seeds, <= {args.max_steps} steps x "
-             f"{args.batch_size})")
+    title = (
+        f"{args.label + ': ' if args.label else ''}min depth for >= {args.target:.0%} test exact match "
+        f"(width {args.width}, {args.heads} heads, {len(args.seeds)} seeds, <= {args.max_steps} steps x "
+        f"{args.batch_size})"
+    )
     png = plot(result, out / f"{args.name}.png", max(args.depths), title)
     data = {
-        "benchmark": "retrieval depth sweep, ensemble trainer (issue 12)", "label": args.label,
+        "benchmark": "retrieval depth sweep, ensemble trainer (issue 12)",
+        "label": args.label,
         "command": command_line("research/retrieval_depth_vs_hops/retrieval_ensemble.py", argv),
-        "devices": devices, "versions": versions(), "settings": settings_of(args), "tag": tag, "target": args.target,
-        "depths": args.depths, "seeds": args.seeds,
+        "devices": devices,
+        "versions": versions(),
+        "settings": settings_of(args),
+        "tag": tag,
+        "target": args.target,
+        "depths": args.depths,
+        "seeds": args.seeds,
         "shapes": {str(d): shape_of(d, args) for d in args.hops},
-        "table": result["table"], "fits": result["fits"], "markdown": markdown_table(result), "timing": timing,
-        "plot": png.name, "runs": records,
+        "table": result["table"],
+        "fits": result["fits"],
+        "markdown": markdown_table(result),
+        "timing": timing,
+        "plot": png.name,
+        "runs": records,
     }
     write_json(out / f"{args.name}.json", data)
     print(data["markdown"])
@@ -929,10 +1201,17 @@ def main(argv: list[str] | None = None) -> int:
     curricula = {"both": [True, False], "on": [True], "off": [False]}[args.curriculum]
     timing: dict[str, Any] = {}
     for hops in [] if args.summarize_only else args.hops:
-        members = [(depth, cur, seed) for cur in (curricula if hops > 1 else [True]) for depth in args.depths
-                   for seed in args.seeds]  # D = 1: the curriculum changes nothing, one search serves both
-        todo = [m for m in members if (ledger.get(member_key(hops, m[1], m[0], m[2], tag)) or {"timed_out": True})
-                .get("timed_out")]
+        members = [
+            (depth, cur, seed)
+            for cur in (curricula if hops > 1 else [True])
+            for depth in args.depths
+            for seed in args.seeds
+        ]  # D = 1: the curriculum changes nothing, one search serves both
+        todo = [
+            m
+            for m in members
+            if (ledger.get(member_key(hops, m[1], m[0], m[2], tag)) or {"timed_out": True}).get("timed_out")
+        ]
         if not todo:
             continue
         if deadline and time.time() > deadline - 30:
@@ -940,20 +1219,28 @@ def main(argv: list[str] | None = None) -> int:
             continue
         seconds = 0.0
         if deadline:  # this D's share of what is left: by tokens per step of the D's still to run
-            weights = {d: shape_of(d, args)["tokens"]
-                       * (len(curricula) if d > 1 else 1) for d in args.hops[args.hops.index(hops):]}
+            weights = {
+                d: shape_of(d, args)["tokens"] * (len(curricula) if d > 1 else 1)
+                for d in args.hops[args.hops.index(hops) :]
+            }
             seconds = (deadline - time.time() - 15) * weights[hops] / sum(weights.values())
-        print(f"[D={hops}] {len(todo)} members: depths {args.depths}, seeds {args.seeds}; "
-              f"{'%.0f s' % seconds if seconds else 'no time limit'}", flush=True)
+        print(
+            f"[D={hops}] {len(todo)} members: depths {args.depths}, seeds {args.seeds}; "
+            f"{'%.0f s' % seconds if seconds else 'no time limit'}",
+            flush=True,
+        )
         records, heads = train_hops(hops, todo, args, tokenizer, tag, deadline, seconds)
         for record in records:
             ledger.add(record)
         e = records[0]["ensemble"]
         timing[str(hops)] = e
-        print(f"[D={hops}] {e['steps']} steps in {e['wall_seconds']} s ({e['steps_per_second']} steps/s, "
-              f"{e['steady_steps_per_second_from_step_20']} after the call's first 20 steps, "
-              f"{e['member_steps_per_second']} member-steps/s); passed {sum(r['passed'] for r in records)} of "
-              f"{len(records)}", flush=True)
+        print(
+            f"[D={hops}] {e['steps']} steps in {e['wall_seconds']} s ({e['steps_per_second']} steps/s, "
+            f"{e['steady_steps_per_second_from_step_20']} after the call's first 20 steps, "
+            f"{e['member_steps_per_second']} member-steps/s); passed {sum(r['passed'] for r in records)} of "
+            f"{len(records)}",
+            flush=True,
+        )
         if heads is not None:
             for line in write_heads(hops, records, heads, todo, args, out):
                 print(line, flush=True)

@@ -103,18 +103,24 @@ def _settings(name: str, defaults: dict[str, Any]) -> dict[str, Any]:
     return {**defaults, **given}
 
 
-def _split(opts: dict[str, Any], split: str, size: int | None = None, seed: int | None = None,
-           curriculum: bool | None = None) -> dict[str, list[str]]:
+def _split(
+    opts: dict[str, Any], split: str, size: int | None = None, seed: int | None = None, curriculum: bool | None = None
+) -> dict[str, list[str]]:
     """One split of the run's task. Test and validation do not depend on the train size (drawn first, own
     generators), so ``train_size=0`` reproduces the run's validation split exactly. With ``size`` given, only
     ``split`` is drawn, ``size`` questions (a fresh sample for another ``seed``)."""
     sizes = {"train_size": 0, "validation_size": opts["validation_size"], "test_size": opts["test_size"]}
     if size is not None:
         sizes = {"train_size": 0, "validation_size": 0, "test_size": 0, f"{split}_size": size}
-    splits = retrieval_splits(opts["num_pairs"], opts["hops"], opts["num_nodes"],
-                              opts["curriculum"] if curriculum is None else curriculum,
-                              opts["seed"] if seed is None else seed, **sizes,
-                              pair_separator=bool(opts.get("pair_separator", False)))
+    splits = retrieval_splits(
+        opts["num_pairs"],
+        opts["hops"],
+        opts["num_nodes"],
+        opts["curriculum"] if curriculum is None else curriculum,
+        opts["seed"] if seed is None else seed,
+        **sizes,
+        pair_separator=bool(opts.get("pair_separator", False)),
+    )
     return splits[split]
 
 
@@ -156,9 +162,9 @@ class AccuracyMonitor(TrainerCallback):
         correct = 0
         try:
             for s in range(0, data["input_ids"].shape[0], int(self.settings["batch"])):
-                ids = data["input_ids"][s:s + int(self.settings["batch"])].to(device)
-                mask = data["attention_mask"][s:s + ids.shape[0]].to(device)
-                labels = data["labels"][s:s + ids.shape[0]].to(device)
+                ids = data["input_ids"][s : s + int(self.settings["batch"])].to(device)
+                mask = data["attention_mask"][s : s + ids.shape[0]].to(device)
+                labels = data["labels"][s : s + ids.shape[0]].to(device)
                 logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
                 pred, target = logits[:, :-1].argmax(-1), labels[:, 1:]
                 correct += int(((pred == target) | (target == -100)).all(1).sum())
@@ -185,10 +191,17 @@ class AccuracyMonitor(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
             return
-        write_json(Path(args.output_dir) / "monitor.json", {
-            "settings": self.settings, "val_size": int(self.data["input_ids"].shape[0]) if self.data else 0,
-            "history": self.history, "reached_step": self.reached_step, "stop_step": int(state.global_step),
-        }, indent=None)
+        write_json(
+            Path(args.output_dir) / "monitor.json",
+            {
+                "settings": self.settings,
+                "val_size": int(self.data["input_ids"].shape[0]) if self.data else 0,
+                "history": self.history,
+                "reached_step": self.reached_step,
+                "stop_step": int(state.global_step),
+            },
+            indent=None,
+        )
 
 
 # ----------------------------------------------------------------------------------------------- heads
@@ -236,8 +249,9 @@ def probe_batch(opts: dict[str, Any], tokenizer, size: int = 64, seed: int | Non
     return probe, important, query_mask, questions
 
 
-def settle_steps(scores: np.ndarray, steps: list[int], window: int = 5,
-                 min_change: float = 0.1) -> list[list[int | None]]:
+def settle_steps(
+    scores: np.ndarray, steps: list[int], window: int = 5, min_change: float = 0.1
+) -> list[list[int | None]]:
     """For ``scores`` ``(S, L, H)`` recorded at ``steps``: per layer and head, the first step from which the
     head's moving average (``window`` records, edges repeated) stays past the midpoint between its first score and
     its final one (the mean of the last ``window``), rising or falling; ``None`` for heads whose final score moved
@@ -254,7 +268,7 @@ def settle_steps(scores: np.ndarray, steps: list[int], window: int = 5,
     scores = np.asarray(scores, dtype=np.float64)
     window = max(1, min(int(window), scores.shape[0]))
     padded = np.pad(scores, ((window // 2, window - 1 - window // 2), (0, 0), (0, 0)), mode="edge")
-    smooth = np.stack([padded[i:i + scores.shape[0]] for i in range(window)]).mean(0)
+    smooth = np.stack([padded[i : i + scores.shape[0]] for i in range(window)]).mean(0)
     first, final = scores[0], scores[-window:].mean(0)
     out: list[list[int | None]] = []
     for layer in range(scores.shape[1]):
@@ -273,8 +287,9 @@ def settle_steps(scores: np.ndarray, steps: list[int], window: int = 5,
     return out
 
 
-def emergence_order(scores: np.ndarray, steps: list[int], threshold: float | None = None,
-                    rule: str = "reach") -> dict[str, Any]:
+def emergence_order(
+    scores: np.ndarray, steps: list[int], threshold: float | None = None, rule: str = "reach"
+) -> dict[str, Any]:
     """Heads in the order of their emergence step, and the first such step per layer. ``scores``: ``(S, L, H)``
     recorded at ``steps``. ``rule="reach"``: the first step whose score reaches ``threshold`` (``None``: half of
     the head's rise, :func:`first_reach`); ``rule="settled"``: the step from which the smoothed score stays past
@@ -287,11 +302,20 @@ def emergence_order(scores: np.ndarray, steps: list[int], threshold: float | Non
     else:
         raise ValueError(f"rule must be 'reach' or 'settled', got {rule!r}")
     first, final = scores[0], scores[-1]
-    heads = sorted(((step, layer, head) for layer, row in enumerate(reach) for head, step in enumerate(row)
-                    if step is not None), key=lambda t: (t[0], t[1], t[2]))
-    order = [{"layer": layer, "head": head, "step": step, "final_score": round(float(final[layer, head]), 4),
-              "change": round(float(final[layer, head] - first[layer, head]), 4)}
-             for step, layer, head in heads]
+    heads = sorted(
+        ((step, layer, head) for layer, row in enumerate(reach) for head, step in enumerate(row) if step is not None),
+        key=lambda t: (t[0], t[1], t[2]),
+    )
+    order = [
+        {
+            "layer": layer,
+            "head": head,
+            "step": step,
+            "final_score": round(float(final[layer, head]), 4),
+            "change": round(float(final[layer, head] - first[layer, head]), 4),
+        }
+        for step, layer, head in heads
+    ]
     per_layer = {}
     for item in order:
         per_layer.setdefault(item["layer"], item["step"])
@@ -302,16 +326,28 @@ def emergence_order(scores: np.ndarray, steps: list[int], threshold: float | Non
         return f"L{o['layer']}H{o['head']} (step {o['step']}{falls})"
 
     text = " -> ".join(label(o) for o in order) or "no head rose"
-    return {"rule": rule, "threshold": threshold, "heads": order,
-            "layer_first_step": {str(k): v for k, v in per_layer.items()}, "layer_order": layer_order, "sentence": text}
+    return {
+        "rule": rule,
+        "threshold": threshold,
+        "heads": order,
+        "layer_first_step": {str(k): v for k, v in per_layer.items()},
+        "layer_order": layer_order,
+        "sentence": text,
+    }
 
 
 class RetrievalHeads(HeadEmergenceCallback):
     """:class:`HeadEmergenceCallback` whose probe (retrieval questions at the run's hop count) is built at train
     start from the run's own task options and tokenizer. Writes ``OUTPUT_DIR/heads.json`` at train end."""
 
-    DEFAULTS = {"every": None, "probe_size": 64, "query": "last", "threshold": None, "probe_seed": None,
-                "include_maps": True}
+    DEFAULTS = {
+        "every": None,
+        "probe_size": 64,
+        "query": "last",
+        "threshold": None,
+        "probe_seed": None,
+        "include_maps": True,
+    }
 
     def __init__(self, argv: list[str] | None = None, **settings: Any) -> None:  # noqa: D107 - built lazily
         self.opts = run_options(argv)
@@ -324,8 +360,12 @@ class RetrievalHeads(HeadEmergenceCallback):
     def on_train_begin(self, args, state, control, model=None, processing_class=None, **kwargs):
         if not self._built:
             probe, important, query_mask, self.questions = probe_batch(
-                self.opts, processing_class, int(self.settings["probe_size"]), self.settings["probe_seed"],
-                self.settings["query"])
+                self.opts,
+                processing_class,
+                int(self.settings["probe_size"]),
+                self.settings["probe_seed"],
+                self.settings["query"],
+            )
             super().__init__(probe, important, query_mask=query_mask, every=int(self.settings["every"]))
             self._built = True
         return super().on_train_begin(args, state, control, model=model, **kwargs)

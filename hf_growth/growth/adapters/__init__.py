@@ -27,8 +27,7 @@ _REGISTRY: dict[str, str] = {
     "qwen3_moe": "hf_growth.growth.adapters.qwen3_moe:Qwen3MoeAdapter",
 }
 
-_WHY_NOT = {
-}
+_WHY_NOT = {}
 
 
 def register_adapter(model_type: str, target: str) -> None:

@@ -68,8 +68,9 @@ class Sizes:
         return replace(self, **changes)
 
     def as_dict(self) -> dict[str, Any]:
-        keys = ("hidden", "mlp", "heads", "kv_heads", "qk_dim", "v_dim", "layers") + \
-            (("experts", "top_k") if self.experts else ())
+        keys = ("hidden", "mlp", "heads", "kv_heads", "qk_dim", "v_dim", "layers") + (
+            ("experts", "top_k") if self.experts else ()
+        )
         return {k: getattr(self, k) for k in keys}
 
 
@@ -165,8 +166,12 @@ class Adapter:
         for fused, parts in self.per_expert_names.items():
             for k, part in enumerate(parts):
                 head, tail = part.split("{e}")
-                if suffix.startswith(head) and suffix.endswith(tail) and suffix[len(head):len(suffix) - len(tail)].isdigit():
-                    return prefix + fused, int(suffix[len(head):len(suffix) - len(tail)]), k
+                if (
+                    suffix.startswith(head)
+                    and suffix.endswith(tail)
+                    and suffix[len(head) : len(suffix) - len(tail)].isdigit()
+                ):
+                    return prefix + fused, int(suffix[len(head) : len(suffix) - len(tail)]), k
         return None
 
     def renormalises(self, cfg: dict[str, Any]) -> bool:
@@ -239,8 +244,9 @@ class Adapter:
         for key in self.layer_list_keys:
             value = cfg.get(key)
             if isinstance(value, list) and len(value) != sizes.layers:
-                raise ValueError(f"the grown config is not valid: {key} has {len(value)} entries for "
-                                 f"{sizes.layers} layers")
+                raise ValueError(
+                    f"the grown config is not valid: {key} has {len(value)} entries for {sizes.layers} layers"
+                )
 
     def _validate_with_config_class(self, cfg: dict[str, Any]) -> None:
         config_class = self.config_class()
@@ -282,8 +288,11 @@ class Adapter:
         return f"{self.layer_prefix}{layer}.{match.group(2)}"
 
     def layer_tensor_names(self, layer: int, cfg: dict[str, Any]) -> list[str]:
-        return [f"{self.layer_prefix}{layer}.{suffix}" for suffix, (_, _, flag) in self.layer_tensors.items()
-                if self.has(flag, cfg) and self.layer_has(layer, suffix, cfg)]
+        return [
+            f"{self.layer_prefix}{layer}.{suffix}"
+            for suffix, (_, _, flag) in self.layer_tensors.items()
+            if self.has(flag, cfg) and self.layer_has(layer, suffix, cfg)
+        ]
 
     def layer_has(self, layer: int, suffix: str, cfg: dict[str, Any]) -> bool:
         """Whether ``layer`` has the tensor ``suffix`` (ResFormer: layer-dependent tensors)."""
@@ -305,15 +314,33 @@ class Adapter:
         """Shape of a role in the canonical layout for sizes ``s``."""
         q, k, v = s.heads * s.qk_dim, s.kv_heads * s.qk_dim, s.kv_heads * s.v_dim
         shapes: dict[str, tuple[int, ...]] = {
-            "embed": (s.vocab, s.hidden), "lm_head": (s.vocab, s.hidden), "pos": (s.positions or 0, s.hidden),
-            "norm.w": (s.hidden,), "norm.b": (s.hidden,), "final_norm.w": (s.hidden,), "final_norm.b": (s.hidden,),
-            "q.w": (q, s.hidden), "k.w": (k, s.hidden), "v.w": (v, s.hidden), "o.w": (s.hidden, s.heads * s.v_dim),
-            "q.b": (q,), "k.b": (k,), "v.b": (v,), "o.b": (s.hidden,),
-            "qkv.w": (q + k + v, s.hidden), "qkv.b": (q + k + v,),
-            "mlp_in.w": (s.mlp, s.hidden), "mlp_in.b": (s.mlp,), "mlp_out.w": (s.hidden, s.mlp),
-            "mlp_out.b": (s.hidden,), "gate_up.w": (2 * s.mlp, s.hidden), "gate_up.b": (2 * s.mlp,),
-            "q_norm.w": (s.qk_dim,), "k_norm.w": (s.qk_dim,),
-            "router.w": (s.experts, s.hidden), "experts_in.w": (s.experts, 2 * s.mlp, s.hidden),
+            "embed": (s.vocab, s.hidden),
+            "lm_head": (s.vocab, s.hidden),
+            "pos": (s.positions or 0, s.hidden),
+            "norm.w": (s.hidden,),
+            "norm.b": (s.hidden,),
+            "final_norm.w": (s.hidden,),
+            "final_norm.b": (s.hidden,),
+            "q.w": (q, s.hidden),
+            "k.w": (k, s.hidden),
+            "v.w": (v, s.hidden),
+            "o.w": (s.hidden, s.heads * s.v_dim),
+            "q.b": (q,),
+            "k.b": (k,),
+            "v.b": (v,),
+            "o.b": (s.hidden,),
+            "qkv.w": (q + k + v, s.hidden),
+            "qkv.b": (q + k + v,),
+            "mlp_in.w": (s.mlp, s.hidden),
+            "mlp_in.b": (s.mlp,),
+            "mlp_out.w": (s.hidden, s.mlp),
+            "mlp_out.b": (s.hidden,),
+            "gate_up.w": (2 * s.mlp, s.hidden),
+            "gate_up.b": (2 * s.mlp,),
+            "q_norm.w": (s.qk_dim,),
+            "k_norm.w": (s.qk_dim,),
+            "router.w": (s.experts, s.hidden),
+            "experts_in.w": (s.experts, 2 * s.mlp, s.hidden),
             "experts_out.w": (s.experts, s.hidden, s.mlp),
         }
         if role not in shapes:
@@ -334,8 +361,9 @@ class Adapter:
         """Hook for roles the generic engine cannot create (ResFormer lambdas); None = use ``new_layer_init``."""
         return None
 
-    def remap_layer_config(self, cfg: dict[str, Any], sources: list[int], modes: list[str] | None = None
-                           ) -> dict[str, Any]:
+    def remap_layer_config(
+        self, cfg: dict[str, Any], sources: list[int], modes: list[str] | None = None
+    ) -> dict[str, Any]:
         """Rebuild per-layer config lists: new layer ``i`` takes the entry of old layer ``sources[i]`` (``modes``:
         keep | copy | new_copy | new_random per new layer)."""
         cfg = dict(cfg)

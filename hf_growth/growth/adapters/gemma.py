@@ -55,9 +55,19 @@ class Gemma2Adapter(LlamaAdapter):
     embed_scaled_by_sqrt_hidden = True
     attention_scale_follows_head_dim = False  # query_pre_attn_scalar
     #: Gemma2Config's defaults (transformers 5) of the keys read here
-    config_defaults = {"vocab_size": 256000, "hidden_size": 2304, "intermediate_size": 9216, "num_hidden_layers": 26,
-                       "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 256, "rms_norm_eps": 1e-6,
-                       "initializer_range": 0.02, "tie_word_embeddings": True, "query_pre_attn_scalar": 256}
+    config_defaults = {
+        "vocab_size": 256000,
+        "hidden_size": 2304,
+        "intermediate_size": 9216,
+        "num_hidden_layers": 26,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 4,
+        "head_dim": 256,
+        "rms_norm_eps": 1e-6,
+        "initializer_range": 0.02,
+        "tie_word_embeddings": True,
+        "query_pre_attn_scalar": 256,
+    }
     #: every ``sliding_window_pattern``-th layer is full attention when a config.json has no ``layer_types``
     sliding_window_pattern: ClassVar[int] = 2
 
@@ -72,13 +82,16 @@ class Gemma2Adapter(LlamaAdapter):
         cfg = super().complete_config(cfg)
         if not cfg.get("layer_types"):
             pattern = cfg.get("sliding_window_pattern") or self.sliding_window_pattern
-            cfg["layer_types"] = ["sliding_attention" if (i + 1) % pattern else "full_attention"
-                                  for i in range(cfg[self.keys["layers"]])]
+            cfg["layer_types"] = [
+                "sliding_attention" if (i + 1) % pattern else "full_attention" for i in range(cfg[self.keys["layers"]])
+            ]
         return cfg
 
     def _check_separate_qk_v(self, stage: Stage) -> None:
-        raise ValueError(f"{self.name} has one head_dim for q, k and v, so {stage.step.kind} cannot grow alone: "
-                         f"{self.head_dim_advice}")
+        raise ValueError(
+            f"{self.name} has one head_dim for q, k and v, so {stage.step.kind} cannot grow alone: "
+            f"{self.head_dim_advice}"
+        )
 
     #: what a qk_dim / value_dim refusal suggests instead
     head_dim_advice: ClassVar[str] = "use `head_dim` (both together, exact by an integer factor)"

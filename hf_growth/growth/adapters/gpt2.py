@@ -48,9 +48,17 @@ class GPT2Adapter(Adapter):
 
     config_class_name = "GPT2Config"
     #: GPT2Config's defaults (transformers 5) of the keys read here: a config.json may leave them out
-    config_defaults = {"vocab_size": 50257, "n_positions": 1024, "n_embd": 768, "n_layer": 12, "n_head": 12,
-                       "n_inner": None, "layer_norm_epsilon": 1e-5, "initializer_range": 0.02,
-                       "tie_word_embeddings": True}
+    config_defaults = {
+        "vocab_size": 50257,
+        "n_positions": 1024,
+        "n_embd": 768,
+        "n_layer": 12,
+        "n_head": 12,
+        "n_inner": None,
+        "layer_norm_epsilon": 1e-5,
+        "initializer_range": 0.02,
+        "tie_word_embeddings": True,
+    }
 
     def config_class(self):
         from transformers import GPT2Config
@@ -63,9 +71,18 @@ class GPT2Adapter(Adapter):
 
     def sizes(self, cfg: dict[str, Any]) -> Sizes:
         hidden, heads = cfg["n_embd"], cfg["n_head"]
-        return Sizes(hidden=hidden, mlp=cfg.get("n_inner") or 4 * hidden, heads=heads, kv_heads=heads,
-                     qk_dim=hidden // heads, v_dim=hidden // heads, layers=cfg["n_layer"], vocab=cfg["vocab_size"],
-                     tied=bool(cfg.get("tie_word_embeddings", True)), positions=cfg["n_positions"])
+        return Sizes(
+            hidden=hidden,
+            mlp=cfg.get("n_inner") or 4 * hidden,
+            heads=heads,
+            kv_heads=heads,
+            qk_dim=hidden // heads,
+            v_dim=hidden // heads,
+            layers=cfg["n_layer"],
+            vocab=cfg["vocab_size"],
+            tied=bool(cfg.get("tie_word_embeddings", True)),
+            positions=cfg["n_positions"],
+        )
 
     def write_sizes(self, cfg: dict[str, Any], before: Sizes, after: Sizes) -> dict[str, Any]:
         cfg = dict(cfg)
@@ -84,8 +101,10 @@ class GPT2Adapter(Adapter):
     def check_hidden_size(self, stage: Stage) -> None:
         step, before = stage.step, stage.before
         if step.approximate and step.to % before.hidden and step.to % before.heads:
-            raise ValueError(f"approximate hidden growth keeps {before.heads} heads, so {step.to} must be "
-                             f"divisible by {before.heads}")
+            raise ValueError(
+                f"approximate hidden growth keeps {before.heads} heads, so {step.to} must be "
+                f"divisible by {before.heads}"
+            )
 
     def check_num_layers(self, stage: Stage) -> None:
         if not stage.cfg_before.get("scale_attn_by_inverse_layer_idx"):

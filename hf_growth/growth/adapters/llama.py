@@ -45,13 +45,26 @@ class LlamaAdapter(Adapter):
         "model.embed_tokens.weight": ("embed", False, None),
         "model.norm.weight": ("final_norm.w", False, None),
     }
-    keys = {"hidden": "hidden_size", "mlp": "intermediate_size", "heads": "num_attention_heads",
-            "kv_heads": "num_key_value_heads", "layers": "num_hidden_layers", "vocab": "vocab_size"}
+    keys = {
+        "hidden": "hidden_size",
+        "mlp": "intermediate_size",
+        "heads": "num_attention_heads",
+        "kv_heads": "num_key_value_heads",
+        "layers": "num_hidden_layers",
+        "vocab": "vocab_size",
+    }
     eps_key = "rms_norm_eps"
     #: LlamaConfig's defaults (transformers 5) of the keys read here: a config.json may leave them out
-    config_defaults = {"vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
-                       "num_attention_heads": 32, "rms_norm_eps": 1e-6, "initializer_range": 0.02,
-                       "tie_word_embeddings": False}
+    config_defaults = {
+        "vocab_size": 32000,
+        "hidden_size": 4096,
+        "intermediate_size": 11008,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "rms_norm_eps": 1e-6,
+        "initializer_range": 0.02,
+        "tie_word_embeddings": False,
+    }
     #: whether the config class wants hidden_size % num_attention_heads == 0 (LlamaConfig.validate_architecture)
     hidden_divisible_by_heads = True
 
@@ -65,16 +78,26 @@ class LlamaAdapter(Adapter):
         self.check_sizes_and_layer_lists(cfg)
         hidden, heads = cfg[self.keys["hidden"]], cfg[self.keys["heads"]]
         if self.hidden_divisible_by_heads and hidden % heads:
-            raise ValueError(f"the grown config is not a valid {self.config_class_name}: The hidden size "
-                             f"({hidden}) is not a multiple of the number of attention heads ({heads}).")
+            raise ValueError(
+                f"the grown config is not a valid {self.config_class_name}: The hidden size "
+                f"({hidden}) is not a multiple of the number of attention heads ({heads})."
+            )
 
     def sizes(self, cfg: dict[str, Any]) -> Sizes:
         k = self.keys
         heads = cfg[k["heads"]]
         head_dim = cfg.get("head_dim") or cfg[k["hidden"]] // heads
-        return Sizes(hidden=cfg[k["hidden"]], mlp=cfg[k["mlp"]], heads=heads,
-                     kv_heads=cfg.get(k["kv_heads"]) or heads, qk_dim=head_dim, v_dim=head_dim,
-                     layers=cfg[k["layers"]], vocab=cfg[k["vocab"]], tied=bool(cfg.get("tie_word_embeddings")))
+        return Sizes(
+            hidden=cfg[k["hidden"]],
+            mlp=cfg[k["mlp"]],
+            heads=heads,
+            kv_heads=cfg.get(k["kv_heads"]) or heads,
+            qk_dim=head_dim,
+            v_dim=head_dim,
+            layers=cfg[k["layers"]],
+            vocab=cfg[k["vocab"]],
+            tied=bool(cfg.get("tie_word_embeddings")),
+        )
 
     def write_sizes(self, cfg: dict[str, Any], before: Sizes, after: Sizes) -> dict[str, Any]:
         k = self.keys
@@ -125,8 +148,10 @@ class LlamaAdapter(Adapter):
         if step.approximate:
             return
         if rope.get("partial_rotary_factor", 1.0) != 1.0:
-            raise ValueError("partial rotary embeddings are not supported for head-size growth; "
-                             "set `approximate: true` to do it anyway and measure the error")
+            raise ValueError(
+                "partial rotary embeddings are not supported for head-size growth; "
+                "set `approximate: true` to do it anyway and measure the error"
+            )
         if rope_type not in EXACT_ROPE_TYPES:
             raise ValueError(
                 f"RoPE type {rope_type!r} depends on the head size in a way an index placement cannot keep; "

@@ -34,9 +34,17 @@ class MistralAdapter(LlamaAdapter):
 
     config_class_name = "MistralConfig"
     #: MistralConfig's defaults (transformers 5) of the keys read here: a config.json may leave them out
-    config_defaults = {"vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
-                       "num_attention_heads": 32, "num_key_value_heads": 8, "rms_norm_eps": 1e-6,
-                       "initializer_range": 0.02, "tie_word_embeddings": False}
+    config_defaults = {
+        "vocab_size": 32000,
+        "hidden_size": 4096,
+        "intermediate_size": 14336,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "rms_norm_eps": 1e-6,
+        "initializer_range": 0.02,
+        "tie_word_embeddings": False,
+    }
     hidden_divisible_by_heads = False  # MistralConfig does not ask for it
 
     def _check_separate_qk_v(self, stage: Stage) -> None:

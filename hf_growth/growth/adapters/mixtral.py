@@ -45,12 +45,25 @@ class MixtralAdapter(LlamaAdapter):
         "post_attention_layernorm.weight": ("norm.w", False, None),
     }
     keys = {**LlamaAdapter.keys, "experts": "num_local_experts", "top_k": "num_experts_per_tok"}
-    config_defaults = {"vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
-                       "num_attention_heads": 32, "num_key_value_heads": 8, "rms_norm_eps": 1e-5,
-                       "initializer_range": 0.02, "tie_word_embeddings": False, "num_local_experts": 8,
-                       "num_experts_per_tok": 2}
-    moe_config_defaults = {"output_router_logits": False, "router_aux_loss_coef": 0.001, "router_jitter_noise": 0.0,
-                           "sliding_window": None}
+    config_defaults = {
+        "vocab_size": 32000,
+        "hidden_size": 4096,
+        "intermediate_size": 14336,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "rms_norm_eps": 1e-5,
+        "initializer_range": 0.02,
+        "tie_word_embeddings": False,
+        "num_local_experts": 8,
+        "num_experts_per_tok": 2,
+    }
+    moe_config_defaults = {
+        "output_router_logits": False,
+        "router_aux_loss_coef": 0.001,
+        "router_jitter_noise": 0.0,
+        "sliding_window": None,
+    }
     moe_settings = ("router_aux_loss_coef", "output_router_logits", "router_jitter_noise")
     #: LlamaConfig keys MixtralConfig does not have (Mixtral has no biases)
     dense_only_keys = ("attention_bias", "mlp_bias", "pretraining_tp")

@@ -39,9 +39,16 @@ class Phi3Adapter(LlamaAdapter):
 
     config_class_name = "Phi3Config"
     #: Phi3Config's defaults (transformers 5) of the keys read here: a config.json may leave them out
-    config_defaults = {"vocab_size": 32064, "hidden_size": 3072, "intermediate_size": 8192, "num_hidden_layers": 32,
-                       "num_attention_heads": 32, "rms_norm_eps": 1e-5, "initializer_range": 0.02,
-                       "tie_word_embeddings": False}
+    config_defaults = {
+        "vocab_size": 32064,
+        "hidden_size": 3072,
+        "intermediate_size": 8192,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "rms_norm_eps": 1e-5,
+        "initializer_range": 0.02,
+        "tie_word_embeddings": False,
+    }
     hidden_divisible_by_heads = False  # Phi3Config does not ask for it (with head_dim written explicitly)
 
     def config_class(self):
@@ -53,8 +60,9 @@ class Phi3Adapter(LlamaAdapter):
         """The support matrix's tiny config (Phi3Config's default pad / eos ids are outside a tiny vocabulary)."""
         from ..support import TINY_SIZES
 
-        return self.config_class()(**{self.keys[r]: v for r, v in TINY_SIZES.items()}, pad_token_id=None,
-                                   eos_token_id=None, bos_token_id=None)
+        return self.config_class()(
+            **{self.keys[r]: v for r, v in TINY_SIZES.items()}, pad_token_id=None, eos_token_id=None, bos_token_id=None
+        )
 
     def _check_separate_qk_v(self, stage: Stage) -> None:
         refuse_separate_head_sizes(self, stage)

@@ -21,9 +21,16 @@ class Qwen2Adapter(LlamaAdapter):
     }
 
     config_class_name = "Qwen2Config"
-    config_defaults = {"vocab_size": 151936, "hidden_size": 4096, "intermediate_size": 22016, "num_hidden_layers": 32,
-                       "num_attention_heads": 32, "rms_norm_eps": 1e-6, "initializer_range": 0.02,
-                       "tie_word_embeddings": False}
+    config_defaults = {
+        "vocab_size": 151936,
+        "hidden_size": 4096,
+        "intermediate_size": 22016,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "rms_norm_eps": 1e-6,
+        "initializer_range": 0.02,
+        "tie_word_embeddings": False,
+    }
     hidden_divisible_by_heads = False  # Qwen2Config does not ask for it
 
     def config_class(self):

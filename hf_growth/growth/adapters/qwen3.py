@@ -38,10 +38,20 @@ class Qwen3Adapter(LlamaAdapter):
 
     config_class_name = "Qwen3Config"
     #: Qwen3Config's defaults (transformers 5) of the keys read here: a config.json may leave them out
-    config_defaults = {"vocab_size": 151936, "hidden_size": 4096, "intermediate_size": 22016, "num_hidden_layers": 32,
-                       "num_attention_heads": 32, "num_key_value_heads": 32, "head_dim": 128, "rms_norm_eps": 1e-6,
-                       "initializer_range": 0.02, "tie_word_embeddings": False, "use_sliding_window": False,
-                       "max_window_layers": 28}
+    config_defaults = {
+        "vocab_size": 151936,
+        "hidden_size": 4096,
+        "intermediate_size": 22016,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 32,
+        "head_dim": 128,
+        "rms_norm_eps": 1e-6,
+        "initializer_range": 0.02,
+        "tie_word_embeddings": False,
+        "use_sliding_window": False,
+        "max_window_layers": 28,
+    }
     hidden_divisible_by_heads = False  # Qwen3Config does not ask for it
 
     def config_class(self):
@@ -52,11 +62,17 @@ class Qwen3Adapter(LlamaAdapter):
     def _check_separate_qk_v(self, stage: Stage) -> None:
         refuse_separate_head_sizes(self, stage)
 
-    def remap_layer_config(self, cfg: dict[str, Any], sources: list[int], modes: list[str] | None = None
-                           ) -> dict[str, Any]:
+    def remap_layer_config(
+        self, cfg: dict[str, Any], sources: list[int], modes: list[str] | None = None
+    ) -> dict[str, Any]:
         if not isinstance(cfg.get("layer_types"), list):  # Qwen3Config's rule, for the layers before the step
             window = cfg.get("sliding_window", 4096) if cfg.get("use_sliding_window") else None
             first = cfg.get("max_window_layers", 28)
-            cfg = {**cfg, "layer_types": ["sliding_attention" if window is not None and i >= first else
-                                          "full_attention" for i in range(self.sizes(cfg).layers)]}
+            cfg = {
+                **cfg,
+                "layer_types": [
+                    "sliding_attention" if window is not None and i >= first else "full_attention"
+                    for i in range(self.sizes(cfg).layers)
+                ],
+            }
         return super().remap_layer_config(cfg, sources, modes)

@@ -31,18 +31,39 @@ class Qwen3MoeAdapter(Qwen3Adapter):
         "mlp.experts.gate_up_proj": ("experts_in.w", False, None),
         "mlp.experts.down_proj": ("experts_out.w", False, None),
     }
-    keys = {**Qwen3Adapter.keys, "mlp": "moe_intermediate_size", "experts": "num_local_experts",
-            "top_k": "num_experts_per_tok"}
-    config_defaults = {"vocab_size": 151936, "hidden_size": 2048, "intermediate_size": 6144, "num_hidden_layers": 24,
-                       "num_attention_heads": 32, "num_key_value_heads": 4, "rms_norm_eps": 1e-6,
-                       "initializer_range": 0.02, "tie_word_embeddings": False, "use_sliding_window": False,
-                       "moe_intermediate_size": 768, "num_local_experts": 128, "num_experts_per_tok": 8,
-                       "norm_topk_prob": False, "decoder_sparse_step": 1, "mlp_only_layers": []}
+    keys = {
+        **Qwen3Adapter.keys,
+        "mlp": "moe_intermediate_size",
+        "experts": "num_local_experts",
+        "top_k": "num_experts_per_tok",
+    }
+    config_defaults = {
+        "vocab_size": 151936,
+        "hidden_size": 2048,
+        "intermediate_size": 6144,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 4,
+        "rms_norm_eps": 1e-6,
+        "initializer_range": 0.02,
+        "tie_word_embeddings": False,
+        "use_sliding_window": False,
+        "moe_intermediate_size": 768,
+        "num_local_experts": 128,
+        "num_experts_per_tok": 8,
+        "norm_topk_prob": False,
+        "decoder_sparse_step": 1,
+        "mlp_only_layers": [],
+    }
     layer_list_keys = ()
     moe_settings = ("router_aux_loss_coef", "output_router_logits", "norm_topk_prob")
     upcycle_defaults = {"norm_topk_prob": True}
-    moe_config_defaults = {"decoder_sparse_step": 1, "mlp_only_layers": [], "output_router_logits": False,
-                           "router_aux_loss_coef": 0.001}
+    moe_config_defaults = {
+        "decoder_sparse_step": 1,
+        "mlp_only_layers": [],
+        "output_router_logits": False,
+        "router_aux_loss_coef": 0.001,
+    }
     #: Qwen3Config keys Qwen3MoeConfig does not have (its layers all attend alike)
     dense_only_keys = ("layer_types", "max_window_layers")
     per_expert_names = {
@@ -70,22 +91,27 @@ class Qwen3MoeAdapter(Qwen3Adapter):
     def renormalises(self, cfg: dict[str, Any]) -> bool:
         return bool(cfg.get("norm_topk_prob"))
 
-    def remap_layer_config(self, cfg: dict[str, Any], sources: list[int], modes: list[str] | None = None
-                           ) -> dict[str, Any]:
+    def remap_layer_config(
+        self, cfg: dict[str, Any], sources: list[int], modes: list[str] | None = None
+    ) -> dict[str, Any]:
         return Adapter.remap_layer_config(self, cfg, sources, modes)  # no per-layer lists
 
     def check(self, stage: Stage) -> None:
         cfg = stage.cfg_before if stage.adapter is self else {}
         if cfg.get("mlp_only_layers") or cfg.get("decoder_sparse_step", 1) != 1:
-            raise ValueError("Qwen3-MoE models with dense layers (mlp_only_layers, decoder_sparse_step > 1) are not "
-                             "supported: every layer must be a mixture of experts")
+            raise ValueError(
+                "Qwen3-MoE models with dense layers (mlp_only_layers, decoder_sparse_step > 1) are not "
+                "supported: every layer must be a mixture of experts"
+            )
         super().check(stage)
 
     def check_upcycle(self, stage: Stage) -> None:
         if stage.cfg_before.get("use_sliding_window") and not stage.step.approximate:
-            raise ValueError("Qwen3-MoE gives every layer the same attention window, while this Qwen3 slides only "
-                             "from layer max_window_layers on: set `approximate: true` to do it anyway and measure "
-                             "the error")
+            raise ValueError(
+                "Qwen3-MoE gives every layer the same attention window, while this Qwen3 slides only "
+                "from layer max_window_layers on: set `approximate: true` to do it anyway and measure "
+                "the error"
+            )
 
     def from_dense_config(self, cfg: dict[str, Any], dense: Adapter) -> dict[str, Any]:
         cfg = super().from_dense_config(cfg, dense)

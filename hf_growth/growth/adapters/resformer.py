@@ -114,18 +114,24 @@ class ResFormerAdapter(LlamaAdapter):
 
     # ---------------------------------------------------------------- refusals, per step (Adapter.check)
     def check_stack(self, stage: Stage) -> None:
-        if stage.cfg_before.get("value_residual", "identity") != "none" and \
-                any(0 in copy["layers"] for copy in stage.record["copied_blocks"]):
-            raise ValueError("stacking would copy layer 0, the value source of the value residual; use a "
-                             "smaller block_size or where: middle")
+        if stage.cfg_before.get("value_residual", "identity") != "none" and any(
+            0 in copy["layers"] for copy in stage.record["copied_blocks"]
+        ):
+            raise ValueError(
+                "stacking would copy layer 0, the value source of the value residual; use a "
+                "smaller block_size or where: middle"
+            )
 
     def check_num_layers(self, stage: Stage) -> None:
         if stage.layers and stage.layers[0][1].startswith("new"):
-            raise ValueError("a new layer cannot go before layer 0: layer 0 is the source of the values every "
-                             "other layer mixes in; start `where` at 1")
+            raise ValueError(
+                "a new layer cannot go before layer 0: layer 0 is the source of the values every "
+                "other layer mixes in; start `where` at 1"
+            )
 
-    def remap_layer_config(self, cfg: dict[str, Any], sources: list[int], modes: list[str] | None = None
-                           ) -> dict[str, Any]:
+    def remap_layer_config(
+        self, cfg: dict[str, Any], sources: list[int], modes: list[str] | None = None
+    ) -> dict[str, Any]:
         cfg = super().remap_layer_config(cfg, sources)
         variant = cfg.get("value_residual", "identity")
         if variant == "none":
@@ -135,6 +141,9 @@ class ResFormerAdapter(LlamaAdapter):
         explicit = cfg.get("value_residual_layers") is not None or variant == "learnable_plus"
         if not explicit:
             return cfg  # every layer >= 1 mixes, the new ones too
-        cfg["value_residual_layers"] = [i for i, (j, mode) in enumerate(zip(sources, modes))
-                                        if not mode.startswith("new") and j in old_mixing and i > 0]
+        cfg["value_residual_layers"] = [
+            i
+            for i, (j, mode) in enumerate(zip(sources, modes))
+            if not mode.startswith("new") and j in old_mixing and i > 0
+        ]
         return cfg

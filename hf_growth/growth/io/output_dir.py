@@ -82,8 +82,7 @@ def why_not_replaceable(directory: str | os.PathLike) -> str | None:
         return None  # an earlier hf-growth output
     if not config.get("model_type"):
         return "its config.json has no model_type"
-    if not any(p.is_file() and (p.name.endswith(WEIGHT_SUFFIXES) or p.name.endswith(".index.json"))
-               for p in entries):
+    if not any(p.is_file() and (p.name.endswith(WEIGHT_SUFFIXES) or p.name.endswith(".index.json")) for p in entries):
         return f"it has a config.json but no weight files (it holds {_names(directory)})"
     return None
 
@@ -102,14 +101,18 @@ def why_not_replaceable_dataset(directory: str | os.PathLike) -> str | None:
         return "it is not a directory"
     if not any(directory.iterdir()):
         return None
-    if (directory / "dataset_dict.json").is_file() or \
-            ((directory / "state.json").is_file() and (directory / "dataset_info.json").is_file()):
+    if (directory / "dataset_dict.json").is_file() or (
+        (directory / "state.json").is_file() and (directory / "dataset_info.json").is_file()
+    ):
         return None
     return f"it holds {_names(directory)} and no dataset_dict.json"
 
 
-def check_replaceable(directory: str | os.PathLike, why_not: Callable[[Path], str | None] = why_not_replaceable,
-                      what: str = "a model checkpoint or an earlier hf-growth output") -> None:
+def check_replaceable(
+    directory: str | os.PathLike,
+    why_not: Callable[[Path], str | None] = why_not_replaceable,
+    what: str = "a model checkpoint or an earlier hf-growth output",
+) -> None:
     """Raise ``FileExistsError`` (one line, saying why) if ``overwrite=True`` must not replace ``directory``
     (``why_not``: :func:`why_not_replaceable` for checkpoints, :func:`why_not_replaceable_dataset` for datasets)."""
     reason = why_not(Path(directory))
@@ -120,8 +123,9 @@ def check_replaceable(directory: str | os.PathLike, why_not: Callable[[Path], st
         )
 
 
-def check_output_dir(output_dir: str | os.PathLike, source: str | os.PathLike | None = None, *,
-                     overwrite: bool = False) -> Path:
+def check_output_dir(
+    output_dir: str | os.PathLike, source: str | os.PathLike | None = None, *, overwrite: bool = False
+) -> Path:
     """Refuse an output that exists (unless ``overwrite`` and it is a checkpoint), is inside the source, or
     contains it. Returns the resolved path."""
     out = Path(output_dir).expanduser().resolve()
@@ -193,8 +197,13 @@ def _process_running(pid: int, start: str | None) -> bool:
 
 
 def _mark(directory: Path, output: Path) -> None:
-    owner = {"pid": os.getpid(), "host": socket.gethostname(), "start": _process_start(os.getpid()),
-             "output": str(output), "created": time.time()}
+    owner = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "start": _process_start(os.getpid()),
+        "output": str(output),
+        "created": time.time(),
+    }
     (directory / MARKER_NAME).write_text(json.dumps(owner) + "\n")
 
 
@@ -242,11 +251,15 @@ def clean_leftovers(output_dir: str | os.PathLike) -> list[str]:
             continue
         owner = _owner(path)
         if owner is None:
-            notes.append(f"{path} looks like the partial output of an interrupted run but is not marked as "
-                         "hf-growth's; left alone: remove it yourself if it is not needed")
+            notes.append(
+                f"{path} looks like the partial output of an interrupted run but is not marked as "
+                "hf-growth's; left alone: remove it yourself if it is not needed"
+            )
         elif owner.get("host") != host:
-            notes.append(f"{path} is a partial output of a run on host {owner.get('host')} (pid {owner['pid']}), "
-                         "which may still run; left alone: remove it yourself once that run is gone")
+            notes.append(
+                f"{path} is a partial output of a run on host {owner.get('host')} (pid {owner['pid']}), "
+                "which may still run; left alone: remove it yourself once that run is gone"
+            )
         elif _process_running(owner["pid"], owner.get("start")):
             continue  # a run that is writing there now
         else:
@@ -258,9 +271,13 @@ def clean_leftovers(output_dir: str | os.PathLike) -> list[str]:
 
 
 @contextlib.contextmanager
-def atomic_output_dir(output_dir: str | os.PathLike, *, overwrite: bool = False,
-                      replaceable: Callable[[Path], str | None] = why_not_replaceable,
-                      what: str = "a model checkpoint or an earlier hf-growth output") -> Iterator[Path]:
+def atomic_output_dir(
+    output_dir: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    replaceable: Callable[[Path], str | None] = why_not_replaceable,
+    what: str = "a model checkpoint or an earlier hf-growth output",
+) -> Iterator[Path]:
     """Yield a temporary directory next to ``output_dir``; rename it to ``output_dir`` on success.
 
     On any exception (including ``KeyboardInterrupt``, or what a signal handler raises) the temporary directory

@@ -138,8 +138,9 @@ def read_safetensors_header(path: str | os.PathLike) -> tuple[dict[str, TensorIn
         with open(path, "rb") as f:
             prefix = f.read(8)
             if len(prefix) < 8:
-                raise CheckpointError(f"{path}: not a safetensors file ({file_size} bytes, shorter than the 8-byte "
-                                      "header length)")
+                raise CheckpointError(
+                    f"{path}: not a safetensors file ({file_size} bytes, shorter than the 8-byte header length)"
+                )
             (header_len,) = struct.unpack("<Q", prefix)
             if header_len > MAX_HEADER_BYTES or 8 + header_len > file_size:
                 raise CheckpointError(
@@ -198,8 +199,10 @@ def conversion_command(directory: str | os.PathLike, destination: str | os.PathL
     source = Path(directory)
     if destination is None:
         destination = source.resolve().with_name(source.resolve().name + "-safetensors")
-    code = (f"from transformers import AutoModelForCausalLM as M; M.from_pretrained({json.dumps(str(source))}, "
-            f'dtype="auto").save_pretrained({json.dumps(str(destination))})')
+    code = (
+        f"from transformers import AutoModelForCausalLM as M; M.from_pretrained({json.dumps(str(source))}, "
+        f'dtype="auto").save_pretrained({json.dumps(str(destination))})'
+    )
     return f"python -c {shlex.quote(code)}"
 
 
@@ -300,8 +303,9 @@ class SafetensorsSource(Mapping[str, "torch.Tensor"]):
         pickles = [p for pattern in PICKLE_WEIGHT_PATTERNS for p in directory.glob(pattern)]
         if pickles:
             raise CheckpointError(_bin_only_message(directory, pickles))
-        raise CheckpointError(f"{directory}: no {SAFE_WEIGHTS_NAME}, {SAFE_WEIGHTS_INDEX_NAME} or other .safetensors "
-                              "file")
+        raise CheckpointError(
+            f"{directory}: no {SAFE_WEIGHTS_NAME}, {SAFE_WEIGHTS_INDEX_NAME} or other .safetensors file"
+        )
 
     def _check_dtypes(self, headers: dict[Path, dict[str, TensorInfo]]) -> None:
         per_file: dict[Path, set[str]] = {}
@@ -367,11 +371,13 @@ class SafetensorsSource(Mapping[str, "torch.Tensor"]):
         start, stop = max(0, min(start, rows)), max(0, min(stop, rows))
         stop = max(stop, start)
         row_bytes = info.nbytes // rows if rows else 0
-        return self._read_range(name, info, start * row_bytes, (stop - start) * row_bytes,
-                                (stop - start, *info.shape[1:]))
+        return self._read_range(
+            name, info, start * row_bytes, (stop - start) * row_bytes, (stop - start, *info.shape[1:])
+        )
 
-    def _read_range(self, name: str, info: TensorInfo, offset: int, nbytes: int,
-                    shape: tuple[int, ...]) -> torch.Tensor:
+    def _read_range(
+        self, name: str, info: TensorInfo, offset: int, nbytes: int, shape: tuple[int, ...]
+    ) -> torch.Tensor:
         import torch
 
         if nbytes == 0:
@@ -422,12 +428,15 @@ class ExpertLayoutSource:
             count = 1 + max(k for _, k in parts)
             missing = [(e, k) for e in range(experts) for k in range(count) if (e, k) not in parts]
             if missing:
-                raise CheckpointError(f"{source.index_file or source.path}: {name} has no tensor for expert "
-                                      f"{missing[0][0]} (part {missing[0][1]}): the per-expert tensors are incomplete")
+                raise CheckpointError(
+                    f"{source.index_file or source.path}: {name} has no tensor for expert "
+                    f"{missing[0][0]} (part {missing[0][1]}): the per-expert tensors are incomplete"
+                )
             shapes = {source.shape(s) for s in parts.values()}
             if len({sh[1:] for sh in shapes}) != 1 or len({source.info(s).dtype for s in parts.values()}) != 1:
-                raise CheckpointError(f"{source.index_file or source.path}: the per-expert tensors of {name} differ "
-                                      "in shape or dtype")
+                raise CheckpointError(
+                    f"{source.index_file or source.path}: the per-expert tensors of {name} differ in shape or dtype"
+                )
         self._names = names
 
     def keys(self) -> list[str]:
@@ -476,7 +485,7 @@ class ExpertLayoutSource:
         for e in range(experts):
             row = 0
             for k in range(count):
-                out[e, row:row + rows[k]] = self.source.read(self._parts[name][(e, k)])
+                out[e, row : row + rows[k]] = self.source.read(self._parts[name][(e, k)])
                 row += rows[k]
         return out
 

@@ -82,7 +82,7 @@ WRITE_CHUNK = 256 << 10
 def _write_chunked(f: BinaryIO, data: Any) -> None:
     view = memoryview(data).cast("B")
     for start in range(0, len(view), WRITE_CHUNK):
-        _write(f, view[start:start + WRITE_CHUNK])
+        _write(f, view[start : start + WRITE_CHUNK])
 
 
 def copy_byte_range(src: Path, start: int, length: int, dst: BinaryIO, progress: Any = None) -> None:
@@ -304,8 +304,9 @@ class ShardWriter:
         else:
             from tqdm.auto import tqdm
 
-            self.progress = tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024, desc=description,
-                                 leave=False)
+            self.progress = tqdm(
+                total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024, desc=description, leave=False
+            )
         # direct mode writes on a thread of its own (background=True): file operations run in order there
         self._background: _BackgroundWriter | None = None
         if self._direct is not None and background:
@@ -440,8 +441,7 @@ class ShardWriter:
         self._total += nbytes
         self.progress.update(nbytes)
 
-    def add_tensor_chunks(self, name: str, shape: tuple[int, ...], dtype: Any,
-                          chunks: Iterable[torch.Tensor]) -> None:
+    def add_tensor_chunks(self, name: str, shape: tuple[int, ...], dtype: Any, chunks: Iterable[torch.Tensor]) -> None:
         """Add a tensor of ``shape`` given as consecutive row chunks (dim 0), each written to disk at once, so
         only one chunk is in memory. The chunks must add up to ``shape`` exactly. ``dtype``: a torch dtype or a
         safetensors name."""
@@ -466,8 +466,9 @@ class ShardWriter:
         for chunk in chunks:
             chunk = chunk.detach().cpu()
             if chunk.dtype != dtype or tuple(chunk.shape[1:]) != tuple(shape[1:]):
-                raise RuntimeError(f"chunk of {name!r} is {tuple(chunk.shape)} {chunk.dtype}, expected rows of "
-                                   f"{tuple(shape)} {dtype}")
+                raise RuntimeError(
+                    f"chunk of {name!r} is {tuple(chunk.shape)} {chunk.dtype}, expected rows of {tuple(shape)} {dtype}"
+                )
             rows += chunk.shape[0]
             if chunk.numel():
                 data = chunk.contiguous().reshape(-1).view(torch.uint8).numpy()
@@ -533,8 +534,10 @@ class ShardWriter:
         if self.closed:
             return self.files
         if self._direct is not None and self._direct_pos != len(self._direct):
-            raise RuntimeError(f"ShardWriter: {len(self._direct) - self._direct_pos} planned tensors were not written, "
-                               f"e.g. {self._direct[self._direct_pos][1].name!r}")
+            raise RuntimeError(
+                f"ShardWriter: {len(self._direct) - self._direct_pos} planned tensors were not written, "
+                f"e.g. {self._direct[self._direct_pos][1].name!r}"
+            )
         if self._background is not None:
             background, self._background = self._background, None
             try:

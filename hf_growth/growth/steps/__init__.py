@@ -25,10 +25,34 @@ from .qk_dim import QkDimStep
 from .stack import StackStep
 from .value_dim import ValueDimStep
 
-for _step in (MlpWidthStep, NumHeadsStep, HeadDimStep, QkDimStep, ValueDimStep, HiddenSizeStep, NumLayersStep,
-              StackStep, ExpertsStep):
+for _step in (
+    MlpWidthStep,
+    NumHeadsStep,
+    HeadDimStep,
+    QkDimStep,
+    ValueDimStep,
+    HiddenSizeStep,
+    NumLayersStep,
+    StackStep,
+    ExpertsStep,
+):
     register_step(_step)
 del _step
 
-__all__ = ["STEP_TYPES", "DepthStep", "ExpertsStep", "GrowthStep", "HeadDimStep", "HiddenSizeStep", "MlpWidthStep", "NumHeadsStep",
-           "NumLayersStep", "QkDimStep", "StackStep", "Stage", "ValueDimStep", "register_step", "step_type"]
+__all__ = [
+    "STEP_TYPES",
+    "DepthStep",
+    "ExpertsStep",
+    "GrowthStep",
+    "HeadDimStep",
+    "HiddenSizeStep",
+    "MlpWidthStep",
+    "NumHeadsStep",
+    "NumLayersStep",
+    "QkDimStep",
+    "StackStep",
+    "Stage",
+    "ValueDimStep",
+    "register_step",
+    "step_type",
+]

@@ -116,8 +116,9 @@ class GrowthStep(BaseModel):
             raise ValueError(f"cannot shrink the {what} from {old} to {new}; growth steps only grow")
 
     # ---------------------------------------------------------------- tensors
-    def view(self, prev: View, stage: Stage, *, seed: int, device: Any, dtype: Callable[[], torch.dtype],
-             meta: bool) -> View:
+    def view(
+        self, prev: View, stage: Stage, *, seed: int, device: Any, dtype: Callable[[], torch.dtype], meta: bool
+    ) -> View:
         """The lazy view applying this step to ``prev`` (``dtype()``: the dtype of brand-new tensors)."""
         from ..views import WidthView
 
@@ -140,13 +141,15 @@ class DepthStep(GrowthStep):
     def rewrite_config(self, stage: Stage) -> dict[str, Any]:
         adapter, layers = stage.adapter, stage.layers or []
         cfg = adapter.write_sizes(stage.cfg_before, stage.before, stage.after)
-        cfg = adapter.remap_layer_config(cfg | {adapter.keys["layers"]: stage.before.layers},
-                                         [j for j, _ in layers], [m for _, m in layers])
+        cfg = adapter.remap_layer_config(
+            cfg | {adapter.keys["layers"]: stage.before.layers}, [j for j, _ in layers], [m for _, m in layers]
+        )
         cfg[adapter.keys["layers"]] = stage.after.layers
         return cfg
 
-    def view(self, prev: View, stage: Stage, *, seed: int, device: Any, dtype: Callable[[], torch.dtype],
-             meta: bool) -> View:
+    def view(
+        self, prev: View, stage: Stage, *, seed: int, device: Any, dtype: Callable[[], torch.dtype], meta: bool
+    ) -> View:
         from ..views import LayerView
 
         return LayerView(prev, stage, seed, device, dtype, meta)

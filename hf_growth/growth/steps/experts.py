@@ -114,7 +114,11 @@ class ExpertsStep(GrowthStep):
         stage.record["upcycled"] = dense
         if dense:
             target.check_upcycle(stage)
-        if not target.renormalises({**stage.cfg_before, **self.settings(stage)}) and top_k < self.to and not self.approximate:
+        if (
+            not target.renormalises({**stage.cfg_before, **self.settings(stage)})
+            and top_k < self.to
+            and not self.approximate
+        ):
             raise ValueError(
                 f"{target.name} with norm_topk_prob: false weighs the chosen experts by their softmax probabilities, "
                 f"which sum to less than one when top_k ({top_k}) < experts ({self.to}): the output shrinks; keep "
@@ -138,8 +142,9 @@ class ExpertsStep(GrowthStep):
         cfg = target.write_sizes(cfg, stage.before, stage.after)
         return {**cfg, **self.settings(stage)}
 
-    def view(self, prev: View, stage: Stage, *, seed: int, device: Any, dtype: Callable[[], torch.dtype],
-             meta: bool) -> View:
+    def view(
+        self, prev: View, stage: Stage, *, seed: int, device: Any, dtype: Callable[[], torch.dtype], meta: bool
+    ) -> View:
         from ..views import ExpertsView
 
         return ExpertsView(prev, stage, seed, device, dtype, meta)
@@ -167,7 +172,7 @@ class ExpertsStep(GrowthStep):
         if not c.meta:
             for j in range(0, a.experts, b.experts):  # copies of every expert (router rows too) in order
                 n = min(b.experts, a.experts - j)
-                out[j:j + n] = old[:n]
+                out[j : j + n] = old[:n]
         if role != "router.w":
             self._add_noise(out, b.experts, c)
         return out, [ops.leading(b.experts)] + [None] * (old.dim() - 1)

@@ -28,8 +28,9 @@ class HeadDimStep(GrowthStep):
         before = stage.before
         self.no_shrink(before.qk_dim, self.to, "head dim")
         if before.qk_dim != before.v_dim:
-            raise ValueError(f"q/k ({before.qk_dim}) and v ({before.v_dim}) head sizes differ: use qk_dim and "
-                             "value_dim")
+            raise ValueError(
+                f"q/k ({before.qk_dim}) and v ({before.v_dim}) head sizes differ: use qk_dim and value_dim"
+            )
         stage.after = before.with_(qk_dim=self.to, v_dim=self.to)
 
     def transform(self, role: str, t: torch.Tensor, c: RoleContext) -> tuple[torch.Tensor, Any] | None:

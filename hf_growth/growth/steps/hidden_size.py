@@ -99,8 +99,9 @@ def _hidden_zero_pad(role: str, t: torch.Tensor, c: RoleContext):
             # a tied unembedding is the embedding, scaled by sqrt(h/h') above: the last norm keeps its gains
             # (its output grows by sqrt(h'/h) in the old entries, which makes up for it)
             keep = role == "final_norm.w" and c.before.tied and adapter.embed_scaled_by_sqrt_hidden
-            return ops.rms_gain_rescale(t, h, new, offset=adapter.norm_weight_offset, scale=1.0 if keep else None), \
-                [lead]
+            return ops.rms_gain_rescale(t, h, new, offset=adapter.norm_weight_offset, scale=1.0 if keep else None), [
+                lead
+            ]
         return c.placed(t, (new,), [lead], 1.0), [lead]  # LayerNorm, approximate
     if role in _HIDDEN_VEC:
         return c.placed(t, (new,), [lead]), [lead]
@@ -119,8 +120,12 @@ def _hidden_clone(role: str, t: torch.Tensor, c: RoleContext):
     h, new = c.before.hidden, c.after.hidden
     m = new // h
     std = c.step.noise
-    noise = (lambda out_copies, in_copies, shape: None if in_copies < 2 or std == 0 else
-             c.free((out_copies, in_copies - 1, *shape), tag=f"noise{out_copies}", std=std, dtype=torch.float32))
+
+    def noise(out_copies: int, in_copies: int, shape: tuple[int, ...]) -> torch.Tensor | None:
+        if in_copies < 2 or std == 0:
+            return None
+        return c.free((out_copies, in_copies - 1, *shape), tag=f"noise{out_copies}", std=std, dtype=torch.float32)
+
     lead = ops.leading
     if role in ("embed", "pos"):
         return ops.repeat_along(t, m, dim=1), [None, lead(h)]

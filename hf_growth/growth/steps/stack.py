@@ -28,6 +28,7 @@ class StackStep(DepthStep):
 
     def resize(self, stage: Stage) -> None:
         self.no_shrink(stage.before.layers, self.to, "number of layers")
-        stage.layers, stage.record["copied_blocks"] = stack_layer_sources(stage.before.layers, self.to,
-                                                                          self.block_size, self.where)
+        stage.layers, stage.record["copied_blocks"] = stack_layer_sources(
+            stage.before.layers, self.to, self.block_size, self.where
+        )
         stage.after = stage.before.with_(layers=self.to)

@@ -6,16 +6,22 @@ import copy
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
-
 from llama_ensemble import LlamaEnsemble, MemberAdamW, clip_grad_norm_per_member, member_losses
+from transformers import LlamaConfig, LlamaForCausalLM
 
 ATOL = 2e-6
 
 
 def config(**overrides) -> LlamaConfig:
-    shape = dict(vocab_size=37, hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
-                 num_key_value_heads=2, max_position_embeddings=64)
+    shape = dict(
+        vocab_size=37,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
     return LlamaConfig(**{**shape, **overrides})
 
 
@@ -180,12 +186,15 @@ def test_select_keeps_members_and_their_optimizer_state():
     torch.testing.assert_close(b(ids[[2, 0]]), a(ids)[[2, 0]], atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("overrides, words", [
-    (dict(hidden_act="gelu"), "hidden_act"),
-    (dict(attention_bias=True), "biases"),
-    (dict(attention_dropout=0.1), "attention_dropout"),
-    (dict(rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}), "rope_type"),
-])
+@pytest.mark.parametrize(
+    "overrides, words",
+    [
+        (dict(hidden_act="gelu"), "hidden_act"),
+        (dict(attention_bias=True), "biases"),
+        (dict(attention_dropout=0.1), "attention_dropout"),
+        (dict(rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}), "rope_type"),
+    ],
+)
 def test_unsupported_configs_are_refused(overrides, words):
     with pytest.raises(ValueError, match=words):
         LlamaEnsemble(config(**overrides), 2)
@@ -211,8 +220,10 @@ def test_compiled_clip_and_update_match_eager():
     cfg = config(num_hidden_layers=2)
     a = LlamaEnsemble.from_config(cfg, seeds=[0, 1, 2], depths=[1, 2, 2])
     b = copy.deepcopy(a)
-    opts = {False: MemberAdamW(a.parameters(), lr=1e-2, weight_decay=0.1),
-            True: MemberAdamW(b.parameters(), lr=1e-2, weight_decay=0.1, compile=True)}
+    opts = {
+        False: MemberAdamW(a.parameters(), lr=1e-2, weight_decay=0.1),
+        True: MemberAdamW(b.parameters(), lr=1e-2, weight_decay=0.1, compile=True),
+    }
     for opt in opts.values():
         opt.factor[1] = 0.0
     frozen = {k: v[1].clone() for k, v in b.hf_state().items()}

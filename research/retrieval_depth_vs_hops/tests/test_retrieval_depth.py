@@ -16,8 +16,19 @@ probe = importlib.import_module("retrieval_probe")
 
 
 def _args(tmp_path, *extra):
-    return rd.parse_args(["--ledger", str(tmp_path / "ledger.jsonl"), "--runs-dir", str(tmp_path / "runs"),
-                          "--out-dir", str(tmp_path / "out"), "--device", "cpu", *extra])
+    return rd.parse_args(
+        [
+            "--ledger",
+            str(tmp_path / "ledger.jsonl"),
+            "--runs-dir",
+            str(tmp_path / "runs"),
+            "--out-dir",
+            str(tmp_path / "out"),
+            "--device",
+            "cpu",
+            *extra,
+        ]
+    )
 
 
 def _fake(need, calls, seed_extra=None):
@@ -29,9 +40,19 @@ def _fake(need, calls, seed_extra=None):
             calls.append((spec.hops, spec.curriculum, spec.layers, spec.seed))
         depth = need[(spec.hops, spec.curriculum)] + (seed_extra or {}).get(spec.seed, 0)
         ok = spec.layers >= depth
-        return {"key": spec.key, "hops": spec.hops, "curriculum": spec.curriculum, "layers": spec.layers,
-                "seed": spec.seed, "tag": spec.tag, "exact_match": 1.0 if ok else 0.1, "passed": ok,
-                "wall_seconds": 1.0, "device": "cpu (fake)", "task_options": {"num_pairs": 8}}
+        return {
+            "key": spec.key,
+            "hops": spec.hops,
+            "curriculum": spec.curriculum,
+            "layers": spec.layers,
+            "seed": spec.seed,
+            "tag": spec.tag,
+            "exact_match": 1.0 if ok else 0.1,
+            "passed": ok,
+            "wall_seconds": 1.0,
+            "device": "cpu (fake)",
+            "task_options": {"num_pairs": 8},
+        }
 
     return run
 
@@ -92,8 +113,19 @@ def test_resume_skips_finished_and_recovers_run_dirs(tmp_path):
     tag = rd.tag_of(rd.settings_of(args))
     ledger = rd.Ledger(args.ledger)
     # depth 2 (the start) finished in an earlier command, in the ledger
-    ledger.add({"key": rd.RunSpec(2, True, 2, 0, tag).key, "hops": 2, "curriculum": True, "layers": 2, "seed": 0,
-                "tag": tag, "exact_match": 1.0, "passed": True, "wall_seconds": 5.0})
+    ledger.add(
+        {
+            "key": rd.RunSpec(2, True, 2, 0, tag).key,
+            "hops": 2,
+            "curriculum": True,
+            "layers": 2,
+            "seed": 0,
+            "tag": tag,
+            "exact_match": 1.0,
+            "passed": True,
+            "wall_seconds": 5.0,
+        }
+    )
     # depth 1 finished but only its results.json made it (the command was killed before the ledger line)
     spec = rd.RunSpec(2, True, 1, 0, tag)
     run_dir = Path(args.runs_dir) / spec.key
@@ -106,8 +138,21 @@ def test_resume_skips_finished_and_recovers_run_dirs(tmp_path):
 
 
 def test_time_budget_kills_and_records_nothing(tmp_path):
-    args = _args(tmp_path, "--hops", "1", "--curriculum", "on", "--seeds", "0,1", "--jobs", "2",
-                 "--time-budget", "0.5", "--min-remaining", "0")
+    args = _args(
+        tmp_path,
+        "--hops",
+        "1",
+        "--curriculum",
+        "on",
+        "--seeds",
+        "0,1",
+        "--jobs",
+        "2",
+        "--time-budget",
+        "0.5",
+        "--min-remaining",
+        "0",
+    )
     stop = threading.Event()
 
     def slow(spec):
@@ -126,14 +171,25 @@ def test_summary_fit_and_plot(tmp_path):
     for i, d in enumerate((1, 2, 4, 8, 16)):
         for cur in (True, False):
             need = 1 + i if cur else 2 + 2 * i  # curriculum: 1 + log2 D exactly
-            for layers in ((need - 1, need) if need <= 8 else (7, 8)):
+            for layers in (need - 1, need) if need <= 8 else (7, 8):
                 if layers < 1:
                     continue
                 for seed in range(3):
-                    ledger.add({"key": rd.RunSpec(d, cur, layers, seed, tag).key, "hops": d, "curriculum": cur,
-                                "layers": layers, "seed": seed, "tag": tag, "passed": layers >= need,
-                                "exact_match": 1.0 if layers >= need else 0.2, "wall_seconds": 2.0,
-                                "device": "NVIDIA H100 (synthetic)", "task_options": {"num_pairs": max(2 * d, 8)}})
+                    ledger.add(
+                        {
+                            "key": rd.RunSpec(d, cur, layers, seed, tag).key,
+                            "hops": d,
+                            "curriculum": cur,
+                            "layers": layers,
+                            "seed": seed,
+                            "tag": tag,
+                            "passed": layers >= need,
+                            "exact_match": 1.0 if layers >= need else 0.2,
+                            "wall_seconds": 2.0,
+                            "device": "NVIDIA H100 (synthetic)",
+                            "task_options": {"num_pairs": max(2 * d, 8)},
+                        }
+                    )
     data = rd.write_summary(args, ledger, ["--summarize-only"], None)
     out = Path(args.out_dir)
     assert (out / "synthetic.png").stat().st_size > 10_000
@@ -152,8 +208,17 @@ def test_chain_positions_follow_the_links():
     from hf_growth.tasks.retrieval import retrieval_splits, solve
 
     for hops, pairs, cur, sep in ((1, 8, True, False), (3, 8, True, False), (4, 8, False, True), (16, 32, True, True)):
-        s = retrieval_splits(num_pairs=pairs, hops=hops, num_nodes=80, curriculum=cur, train_size=200,
-                             validation_size=5, test_size=5, seed=hops, pair_separator=sep)
+        s = retrieval_splits(
+            num_pairs=pairs,
+            hops=hops,
+            num_nodes=80,
+            curriculum=cur,
+            train_size=200,
+            validation_size=5,
+            test_size=5,
+            seed=hops,
+            pair_separator=sep,
+        )
         for q, a in zip(s["train"]["question"], s["train"]["answer"]):
             path, end = probe.chain_positions(q)
             tokens = q.split()
@@ -168,8 +233,9 @@ def test_probe_batch_masks_and_emergence_order():
     from hf_growth.tasks import build_tokenizer
 
     tok = build_tokenizer()
-    opts = probe.run_options(["--task", "retrieval", "--hops", "3", "--num-pairs", "8", "--num-nodes", "64",
-                              "--seed", "1", "--pauses", "0"])
+    opts = probe.run_options(
+        ["--task", "retrieval", "--hops", "3", "--num-pairs", "8", "--num-nodes", "64", "--seed", "1", "--pauses", "0"]
+    )
     ids, important, query_mask, questions = probe.probe_batch(opts, tok, size=5)
     assert ids["input_ids"].shape == (5, 19) and query_mask is None
     assert important.sum(1).tolist() == [6] * 5  # 3 links, 2 tokens each
@@ -177,8 +243,23 @@ def test_probe_batch_masks_and_emergence_order():
     _, imp3, qmask, _ = probe.probe_batch(opts, tok, size=5, query="chain")
     assert imp3.shape == (5, 19, 19) and qmask.sum(1).tolist() == [7] * 5
     assert (imp3[qmask].sum(-1) >= 4).all()  # every chain query sees the other links
-    sep_opts = probe.run_options(["--task", "retrieval", "--hops", "3", "--num-pairs", "8", "--num-nodes", "64",
-                                  "--seed", "1", "--pauses", "0", "--pair-separator"])
+    sep_opts = probe.run_options(
+        [
+            "--task",
+            "retrieval",
+            "--hops",
+            "3",
+            "--num-pairs",
+            "8",
+            "--num-nodes",
+            "64",
+            "--seed",
+            "1",
+            "--pauses",
+            "0",
+            "--pair-separator",
+        ]
+    )
     ids, important, _, questions = probe.probe_batch(sep_opts, tok, size=5)
     assert ids["input_ids"].shape == (5, 27) and important.sum(1).tolist() == [9] * 5  # + each link's <sep>
     for row, q in zip(important, questions):
@@ -201,11 +282,44 @@ def test_probe_batch_masks_and_emergence_order():
 @pytest.mark.slow
 def test_tiny_real_sweep_and_emergence(tmp_path):
     """One real 4-step run through scripts/train_reasoning.py, then the head-emergence mode (one seed)."""
-    common = ["--hops", "1", "--min-layers", "1", "--max-layers", "1", "--seeds", "0", "--curriculum", "on",
-              "--width", "32", "--heads", "2", "--batch-size", "16", "--train-size", "256", "--validation-size", "32",
-              "--test-size", "32", "--eval-every", "2", "--jobs", "1", "--device", "cpu",
-              "--ledger", str(tmp_path / "ledger.jsonl"), "--runs-dir", str(tmp_path / "runs"),
-              "--out-dir", str(tmp_path / "out"), "--name", "tiny"]
+    common = [
+        "--hops",
+        "1",
+        "--min-layers",
+        "1",
+        "--max-layers",
+        "1",
+        "--seeds",
+        "0",
+        "--curriculum",
+        "on",
+        "--width",
+        "32",
+        "--heads",
+        "2",
+        "--batch-size",
+        "16",
+        "--train-size",
+        "256",
+        "--validation-size",
+        "32",
+        "--test-size",
+        "32",
+        "--eval-every",
+        "2",
+        "--jobs",
+        "1",
+        "--device",
+        "cpu",
+        "--ledger",
+        str(tmp_path / "ledger.jsonl"),
+        "--runs-dir",
+        str(tmp_path / "runs"),
+        "--out-dir",
+        str(tmp_path / "out"),
+        "--name",
+        "tiny",
+    ]
     assert rd.main([*common, "--max-steps", "4"]) == 0
     record = json.loads((tmp_path / "ledger.jsonl").read_text().splitlines()[0])
     assert record["global_steps"] == 4 and record["num_test"] == 32 and not record.get("error")
@@ -213,8 +327,24 @@ def test_tiny_real_sweep_and_emergence(tmp_path):
     summary = json.loads((tmp_path / "out" / "tiny.json").read_text())
     assert summary["label"] == "CPU pilot" and summary["runs"][0]["key"] == record["key"]
 
-    assert rd.main([*common, "--max-steps", "4", "--emergence", "D=1,layers=1,curriculum=on",
-                    "--emergence-steps", "4", "--emergence-every", "2", "--emergence-probe", "8"]) == 0
+    assert (
+        rd.main(
+            [
+                *common,
+                "--max-steps",
+                "4",
+                "--emergence",
+                "D=1,layers=1,curriculum=on",
+                "--emergence-steps",
+                "4",
+                "--emergence-every",
+                "2",
+                "--emergence-probe",
+                "8",
+            ]
+        )
+        == 0
+    )
     heads = json.loads((tmp_path / "out" / "tiny.heads.json").read_text())
     seed = heads["seeds"][0]
     assert seed["steps"] == [0, 2, 4] and np.asarray(seed["scores"]).shape == (3, 1, 2)
@@ -224,9 +354,16 @@ def test_tiny_real_sweep_and_emergence(tmp_path):
 
 def test_auto_max_steps_from_calibration(tmp_path):
     cal = tmp_path / "cal.json"
-    cal.write_text(json.dumps({"waves": [
-        {"jobs": 1, "steps_per_second_per_run": 100.0, "overhead_seconds_per_run": 10.0},
-        {"jobs": 14, "steps_per_second_per_run": 20.0, "overhead_seconds_per_run": 30.0}]}))
+    cal.write_text(
+        json.dumps(
+            {
+                "waves": [
+                    {"jobs": 1, "steps_per_second_per_run": 100.0, "overhead_seconds_per_run": 10.0},
+                    {"jobs": 14, "steps_per_second_per_run": 20.0, "overhead_seconds_per_run": 30.0},
+                ]
+            }
+        )
+    )
     args = _args(tmp_path, "--max-steps", "auto", "--calibration", str(cal), "--jobs", "12", "--run-timeout", "500")
     assert rd.resolve_max_steps(args) == 7000 and args.max_steps == 7000  # (0.8 * 500 - 30) * 20 = 7400, per 500
     cal.write_text(json.dumps({"waves": [{"jobs": 1, "steps_per_second_per_run": 100.0}]}))
@@ -234,8 +371,9 @@ def test_auto_max_steps_from_calibration(tmp_path):
     assert rd.resolve_max_steps(fast) == 24000  # 40000 capped at the paper's 24k
     assert rd.resolve_max_steps(_args(tmp_path, "--max-steps", "3000")) == 3000
     # the H100 calibration of 2026-11-25 (14 runs at 6.6 steps/s, 33 s start-up) gave 2,000 steps: refused
-    cal.write_text(json.dumps({"waves": [{"jobs": 14, "steps_per_second_per_run": 6.6,
-                                          "overhead_seconds_per_run": 33.1}]}))
+    cal.write_text(
+        json.dumps({"waves": [{"jobs": 14, "steps_per_second_per_run": 6.6, "overhead_seconds_per_run": 33.1}]})
+    )
     with pytest.raises(SystemExit, match="below --auto-min-steps 6000"):
         rd.resolve_max_steps(_args(tmp_path, "--max-steps", "auto", "--calibration", str(cal)))
 
@@ -251,8 +389,9 @@ def test_calibration_keeps_finished_waves_when_cut_short(tmp_path):
             raise KeyboardInterrupt
         return {"steps_per_second": 36.75, "wall_seconds": 82.0, "seconds": {"train": 54.4}}
 
-    args = _args(tmp_path, "--calibrate", "1,4", "--calibrate-steps", "2000", "--name", "cal",
-                 "--out-dir", str(tmp_path / "out"))
+    args = _args(
+        tmp_path, "--calibrate", "1,4", "--calibrate-steps", "2000", "--name", "cal", "--out-dir", str(tmp_path / "out")
+    )
     (tmp_path / "out").mkdir()
     with pytest.raises(KeyboardInterrupt):
         rd.calibrate(args, ["--calibrate", "1,4"], runner=runner)
@@ -278,25 +417,96 @@ def test_pair_separator_option_reaches_the_runs_and_keeps_old_tags(tmp_path):
 @pytest.mark.slow
 def test_tiny_real_run_with_pair_separator(tmp_path):
     """The flag travels through scripts/train_reasoning.py: its results record it and the question length."""
-    assert rd.main(["--hops", "2", "--min-layers", "1", "--max-layers", "1", "--seeds", "0", "--curriculum", "on",
-                    "--width", "16", "--heads", "2", "--batch-size", "8", "--train-size", "64", "--validation-size",
-                    "16", "--test-size", "16", "--eval-every", "2", "--jobs", "1", "--device", "cpu",
-                    "--pair-separator", "--max-steps", "2", "--give-up-after", "1",
-                    "--ledger", str(tmp_path / "ledger.jsonl"), "--runs-dir", str(tmp_path / "runs"),
-                    "--out-dir", str(tmp_path / "out"), "--name", "tiny", "--min-layers", "1"]) == 0
+    assert (
+        rd.main(
+            [
+                "--hops",
+                "2",
+                "--min-layers",
+                "1",
+                "--max-layers",
+                "1",
+                "--seeds",
+                "0",
+                "--curriculum",
+                "on",
+                "--width",
+                "16",
+                "--heads",
+                "2",
+                "--batch-size",
+                "8",
+                "--train-size",
+                "64",
+                "--validation-size",
+                "16",
+                "--test-size",
+                "16",
+                "--eval-every",
+                "2",
+                "--jobs",
+                "1",
+                "--device",
+                "cpu",
+                "--pair-separator",
+                "--max-steps",
+                "2",
+                "--give-up-after",
+                "1",
+                "--ledger",
+                str(tmp_path / "ledger.jsonl"),
+                "--runs-dir",
+                str(tmp_path / "runs"),
+                "--out-dir",
+                str(tmp_path / "out"),
+                "--name",
+                "tiny",
+                "--min-layers",
+                "1",
+            ]
+        )
+        == 0
+    )
     record = json.loads((tmp_path / "ledger.jsonl").read_text().splitlines()[0])
     assert record["task_options"]["pair_separator"] is True and not record.get("error")
     assert json.loads((tmp_path / "out" / "tiny.json").read_text())["table"][0]["tokens"] == 3 * 8 + 3
 
 
-def _record(hops, layers, seed, passed, *, source_steps, schedule=None, timed_out=False, cur=True, staged=True,
-            sep=True, pairs=8, tag="t"):
-    opts = {"num_pairs": pairs, "hops": hops, "curriculum": cur, **({"pair_separator": True} if sep else {}),
-            **({"curriculum_kind": "staged"} if staged and cur else {})}
-    return {"key": f"D{hops}-{cur}-L{layers}-s{seed}-{tag}", "tag": tag, "hops": hops, "curriculum": cur,
-            "layers": layers, "seed": seed, "passed": passed, "exact_match": 0.995 if passed else 0.5,
-            "timed_out": timed_out, "task_options": opts,
-            "ensemble": {"steps": source_steps, "schedule_steps": schedule or source_steps}}
+def _record(
+    hops,
+    layers,
+    seed,
+    passed,
+    *,
+    source_steps,
+    schedule=None,
+    timed_out=False,
+    cur=True,
+    staged=True,
+    sep=True,
+    pairs=8,
+    tag="t",
+):
+    opts = {
+        "num_pairs": pairs,
+        "hops": hops,
+        "curriculum": cur,
+        **({"pair_separator": True} if sep else {}),
+        **({"curriculum_kind": "staged"} if staged and cur else {}),
+    }
+    return {
+        "key": f"D{hops}-{cur}-L{layers}-s{seed}-{tag}",
+        "tag": tag,
+        "hops": hops,
+        "curriculum": cur,
+        "layers": layers,
+        "seed": seed,
+        "passed": passed,
+        "exact_match": 0.995 if passed else 0.5,
+        "timed_out": timed_out,
+        "task_options": opts,
+        "ensemble": {"steps": source_steps, "schedule_steps": schedule or source_steps},
+    }
 
 
 def test_depth_vs_d_pools_the_run_given_most_steps(tmp_path):
@@ -313,7 +523,9 @@ def test_depth_vs_d_pools_the_run_given_most_steps(tmp_path):
     new += [_record(4, 6, s, True, source_steps=30_000, tag="new") for s in range(3)]
     old += [_record(4, 6, 1, True, source_steps=27_000, schedule=80_000, timed_out=True, tag="cut-pass")]
     new += [_record(4, 6, 1, False, source_steps=35_000, schedule=80_000, timed_out=True, tag="cut-fail")]
-    grown = [{**_record(4, 5, s, True, source_steps=40_000, tag="grown"), "init_from": "p/D2-s{seed}"} for s in range(3)]
+    grown = [
+        {**_record(4, 5, s, True, source_steps=40_000, tag="grown"), "init_from": "p/D2-s{seed}"} for s in range(3)
+    ]
     new += grown  # another arm: left out of the pool from scratch, the only ones with --grown
     wide = {"width": 256, "heads": 8, "mlp": 1024}  # another member shape: pooled only when asked for
     new += [{**_record(4, 6, s, False, source_steps=90_000, tag="wide"), "model": wide} for s in range(3)]
@@ -340,8 +552,12 @@ def test_depth_vs_d_pools_the_run_given_most_steps(tmp_path):
     assert [(r["hops"], r["layers"]) for r in vs.pool(ledgers, grown=True)[0]] == [(4, 5)] * 3
     assert [(r["tag"], r["seed"]) for r in vs.pool(ledgers, width=256, heads=8)[0]] == [("wide", s) for s in range(3)]
     assert vs.pool(ledgers, width=256)[0] == []  # 256 wide with 4 heads: no such members
-    assert vs.main(["--ledgers", "a.jsonl,b.jsonl", "--results", str(tmp_path), "--out-dir", str(tmp_path / "g"),
-                    "--grown"]) == 0
+    assert (
+        vs.main(
+            ["--ledgers", "a.jsonl,b.jsonl", "--results", str(tmp_path), "--out-dir", str(tmp_path / "g"), "--grown"]
+        )
+        == 0
+    )
     data = json.loads((tmp_path / "g" / "retrieval_depth_vs_D.json").read_text())
     assert [(r["hops"], r["min_depth_all_seeds"]) for r in data["table"]] == [(4, 5)]
     assert data["setting"]["arm"] == "grown (--init-from)" and data["runs"][0]["init_from"] == "p/D2-s{seed}"
@@ -351,27 +567,58 @@ def test_transfer_accuracy_per_pairs_and_d(tmp_path):
     """retrieval_transfer: a saved model's exact match per (pair count, D), grouped by each question's D, and the
     training shape with shifted position ids (a RoPE Llama answers the same: relative positions only)."""
     import torch
+    from retrieval_sampling import sample_retrieval_ids
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from hf_growth import tasks
     from hf_growth.tasks.retrieval import QUERY, SEPARATOR
-    from retrieval_sampling import sample_retrieval_ids
 
     tr = importlib.import_module("retrieval_transfer")
     tokenizer = tasks.build_tokenizer(max_number=256)
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
-                                         max_position_embeddings=64)).eval()
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
+        )
+    ).eval()
     model.save_pretrained(tmp_path / "m")
     ids = torch.tensor(tokenizer.convert_tokens_to_ids([str(k) for k in range(16)]))
-    q, a = sample_retrieval_ids(64, 4, 2, 16, True, ids, *tokenizer.convert_tokens_to_ids([QUERY]),
-                                separator_id=tokenizer.convert_tokens_to_ids(SEPARATOR))
+    q, a = sample_retrieval_ids(
+        64,
+        4,
+        2,
+        16,
+        True,
+        ids,
+        *tokenizer.convert_tokens_to_ids([QUERY]),
+        separator_id=tokenizer.convert_tokens_to_ids(SEPARATOR),
+    )
     a = model(q).logits[:, -1].argmax(-1)  # answers the model gives: accuracy 1 at any shift
     a[:16] = (a[:16] + 1) % 16  # and a quarter wrong
     assert tr.accuracy(model, q, a) == tr.accuracy(model, q, a, shift=9) == 0.75
-    argv = [str(tmp_path / "m"), "--trained-pairs", "3", "--pairs", "3,4", "--hops", "2", "--num-nodes", "16",
-            "--n", "100", "--out-dir", str(tmp_path), "--name", "t"]
+    argv = [
+        str(tmp_path / "m"),
+        "--trained-pairs",
+        "3",
+        "--pairs",
+        "3,4",
+        "--hops",
+        "2",
+        "--num-nodes",
+        "16",
+        "--n",
+        "100",
+        "--out-dir",
+        str(tmp_path),
+        "--name",
+        "t",
+    ]
     assert tr.main(argv) == 0
     data = json.loads((tmp_path / "t.json").read_text())
     rows = {r["pairs"]: r for r in data["rows"]}
@@ -392,11 +639,11 @@ def test_settle_steps_ignores_spikes_and_counts_falls():
 
     steps = list(range(0, 120, 10))
     curves = np.full((12, 1, 4), 0.4)
-    curves[1, 0, 0] = 0.9             # head 0: an early spike, then a real rise at step 50
+    curves[1, 0, 0] = 0.9  # head 0: an early spike, then a real rise at step 50
     curves[5:, 0, 0] = 0.8
-    curves[3:, 0, 1] = 0.0            # head 1: falls at step 30 (leaves the positions)
-    curves[6:, 0, 2] = 0.45           # head 2: moves by 0.05 < min_change
-    curves[2:7, 0, 3] = 0.9           # head 3: rises and falls back
+    curves[3:, 0, 1] = 0.0  # head 1: falls at step 30 (leaves the positions)
+    curves[6:, 0, 2] = 0.45  # head 2: moves by 0.05 < min_change
+    curves[2:7, 0, 3] = 0.9  # head 3: rises and falls back
     assert probe.settle_steps(curves, steps, window=1) == [[50, 30, None, None]]
     assert first_reach(curves, steps, None)[0][0] == 10  # the half-rise rule takes the spike
     # smoothing moves the step by less than the window, and the edges do not invent a change

@@ -13,9 +13,37 @@ import torch
 
 ens_sweep = importlib.import_module("retrieval_ensemble")
 
-TINY = ["--cpu", "--threads", "1", "--no-compile", "--no-bf16", "--hops", "1,2", "--depths", "1-2", "--seeds", "0,1",
-        "--width", "16", "--heads", "2", "--batch-size", "8", "--max-steps", "30", "--eval-every", "10",
-        "--validation-size", "16", "--test-size", "16", "--heads-probe", "4", "--warmup", "5"]
+TINY = [
+    "--cpu",
+    "--threads",
+    "1",
+    "--no-compile",
+    "--no-bf16",
+    "--hops",
+    "1,2",
+    "--depths",
+    "1-2",
+    "--seeds",
+    "0,1",
+    "--width",
+    "16",
+    "--heads",
+    "2",
+    "--batch-size",
+    "8",
+    "--max-steps",
+    "30",
+    "--eval-every",
+    "10",
+    "--validation-size",
+    "16",
+    "--test-size",
+    "16",
+    "--heads-probe",
+    "4",
+    "--warmup",
+    "5",
+]
 
 
 def _records(path: Path) -> list[dict]:
@@ -31,7 +59,10 @@ def test_tiny_sweep_files_freezing_and_resume(tmp_path, capsys):
     records = _records(ledger)
     assert len(records) == 4 + 8  # D = 1: one curriculum (a no-op there); D = 2: both; 2 depths x 2 seeds each
     assert all(r["reached_step"] == 10 and r["global_steps"] == 10 and r["passed"] for r in records)
-    assert {(r["hops"], r["curriculum"], r["layers"], r["seed"]) for r in records} >= {(2, False, 2, 1), (1, True, 1, 0)}
+    assert {(r["hops"], r["curriculum"], r["layers"], r["seed"]) for r in records} >= {
+        (2, False, 2, 1),
+        (1, True, 1, 0),
+    }
     summary = json.loads((out / "t.json").read_text())
     assert [row["min_depth_all_seeds"] for row in summary["table"]] == [1, 1, 1, 1]
     assert (out / "t.png").stat().st_size > 0
@@ -48,8 +79,27 @@ def test_tiny_sweep_files_freezing_and_resume(tmp_path, capsys):
 @pytest.mark.slow
 def test_members_that_never_reach_the_threshold_train_to_the_end(tmp_path):
     ledger = tmp_path / "runs.jsonl"
-    argv = [*TINY, "--hops", "2", "--depths", "2", "--seeds", "0", "--curriculum", "off", "--stop-at", "1.01",
-            "--heads-every", "-1", "--ledger", str(ledger), "--out-dir", str(tmp_path / "out"), "--name", "t"]
+    argv = [
+        *TINY,
+        "--hops",
+        "2",
+        "--depths",
+        "2",
+        "--seeds",
+        "0",
+        "--curriculum",
+        "off",
+        "--stop-at",
+        "1.01",
+        "--heads-every",
+        "-1",
+        "--ledger",
+        str(ledger),
+        "--out-dir",
+        str(tmp_path / "out"),
+        "--name",
+        "t",
+    ]
     assert ens_sweep.main(argv) == 0
     (record,) = _records(ledger)
     assert record["reached_step"] is None and record["global_steps"] == 30 and not record["timed_out"]
@@ -82,8 +132,26 @@ def test_keys_and_tag_follow_the_settings():
 @pytest.mark.slow
 def test_pair_separator_sweep(tmp_path):
     ledger, out = tmp_path / "runs.jsonl", tmp_path / "out"
-    argv = [*TINY, "--hops", "2", "--depths", "1", "--seeds", "0", "--curriculum", "on", "--max-steps", "10",
-            "--pair-separator", "--ledger", str(ledger), "--out-dir", str(out), "--name", "t"]
+    argv = [
+        *TINY,
+        "--hops",
+        "2",
+        "--depths",
+        "1",
+        "--seeds",
+        "0",
+        "--curriculum",
+        "on",
+        "--max-steps",
+        "10",
+        "--pair-separator",
+        "--ledger",
+        str(ledger),
+        "--out-dir",
+        str(out),
+        "--name",
+        "t",
+    ]
     assert ens_sweep.main(argv) == 0
     (record,) = _records(ledger)
     assert record["task_options"]["pair_separator"] is True
@@ -105,9 +173,29 @@ def test_staged_curriculum_raises_each_members_largest_hop(tmp_path, monkeypatch
 
     monkeypatch.setattr(ens_sweep.TaskData, "sample", spy)
     ledger = tmp_path / "runs.jsonl"
-    argv = [*TINY, "--hops", "4", "--depths", "1", "--seeds", "0", "--stop-at", "1.01", "--heads-every", "-1",
-            "--curriculum-kind", "staged", "--advance-below", "100", "--ledger", str(ledger),
-            "--out-dir", str(tmp_path / "out"), "--name", "t"]
+    argv = [
+        *TINY,
+        "--hops",
+        "4",
+        "--depths",
+        "1",
+        "--seeds",
+        "0",
+        "--stop-at",
+        "1.01",
+        "--heads-every",
+        "-1",
+        "--curriculum-kind",
+        "staged",
+        "--advance-below",
+        "100",
+        "--ledger",
+        str(ledger),
+        "--out-dir",
+        str(tmp_path / "out"),
+        "--name",
+        "t",
+    ]
     assert ens_sweep.main(argv) == 0
     records = {r["curriculum"]: r for r in _records(ledger)}
     assert records[True]["curriculum_stages"] == [[0, 1], [10, 2], [20, 3], [30, 4]]
@@ -134,10 +222,37 @@ def test_newest_share_asks_for_the_current_largest_hop_more_often(tmp_path, monk
     tags = set()
     for extra in ([], ["--newest-share", "0.5"]):
         ledger = tmp_path / f"runs{len(extra)}.jsonl"
-        assert ens_sweep.main([*TINY, "--hops", "4", "--depths", "1", "--seeds", "0", "--stop-at", "1.01",
-                               "--heads-every", "-1", "--curriculum-kind", "staged", "--advance-below", "100",
-                               "--batch-size", "64", "--ledger", str(ledger), "--out-dir", str(tmp_path / "out"),
-                               "--name", "t", *extra]) == 0
+        assert (
+            ens_sweep.main(
+                [
+                    *TINY,
+                    "--hops",
+                    "4",
+                    "--depths",
+                    "1",
+                    "--seeds",
+                    "0",
+                    "--stop-at",
+                    "1.01",
+                    "--heads-every",
+                    "-1",
+                    "--curriculum-kind",
+                    "staged",
+                    "--advance-below",
+                    "100",
+                    "--batch-size",
+                    "64",
+                    "--ledger",
+                    str(ledger),
+                    "--out-dir",
+                    str(tmp_path / "out"),
+                    "--name",
+                    "t",
+                    *extra,
+                ]
+            )
+            == 0
+        )
         tags |= {r["tag"] for r in _records(ledger)}
     plain, newest = (sum(shares[k]) / len(shares[k]) for k in (0.0, 0.5))
     assert len(shares[0.5]) == 640 and abs(plain - 1 / 3) < 0.06 and abs(newest - 2 / 3) < 0.06  # 3 sigma: 0.056
@@ -150,11 +265,36 @@ def test_newest_share_asks_for_the_current_largest_hop_more_often(tmp_path, monk
 def test_checkpoint_resume_equals_one_uninterrupted_call(tmp_path):
     """--checkpoint-dir + a call cut short (--steps-per-call): the next call resumes weights, moments, sampler,
     curriculum stage, curves and head records, and ends exactly where one uninterrupted call ends."""
+
     def sweep(name, *extra):
         ledger = tmp_path / f"{name}.jsonl"
-        argv = [*TINY, "--hops", "2", "--depths", "1,2", "--seeds", "0", "--curriculum", "on", "--stop-at", "1.01",
-                "--curriculum-kind", "staged", "--advance-below", "100", "--max-steps", "40", "--pair-separator",
-                "--ledger", str(ledger), "--out-dir", str(tmp_path / name), "--name", "t", *extra]
+        argv = [
+            *TINY,
+            "--hops",
+            "2",
+            "--depths",
+            "1,2",
+            "--seeds",
+            "0",
+            "--curriculum",
+            "on",
+            "--stop-at",
+            "1.01",
+            "--curriculum-kind",
+            "staged",
+            "--advance-below",
+            "100",
+            "--max-steps",
+            "40",
+            "--pair-separator",
+            "--ledger",
+            str(ledger),
+            "--out-dir",
+            str(tmp_path / name),
+            "--name",
+            "t",
+            *extra,
+        ]
         return argv, ledger
 
     argv, ledger = sweep("whole")
@@ -209,7 +349,9 @@ def test_emergence_plots_fall_back_to_the_smallest_depth_with_a_passing_seed(tmp
     assert any(line.startswith("D=2 L3 cur seed 1") for line in lines)
     records = [{**r, "passed": False} for r in records]
     (tmp_path / "t.D2.heads_s0.png").unlink()
-    assert ens_sweep.write_heads(2, records, Heads(), members, args, tmp_path) == ["D=2: no member passed; no emergence plot"]
+    assert ens_sweep.write_heads(2, records, Heads(), members, args, tmp_path) == [
+        "D=2: no member passed; no emergence plot"
+    ]
     assert not (tmp_path / "t.D2.heads_s0.png").exists()
 
 
@@ -217,9 +359,36 @@ def test_ensemble_step_benchmark_writes_its_table(tmp_path, capsys):
     """ensemble_step.py (the step's speed, ours vs the old loop) runs on the CPU and records each variant."""
     bench = importlib.import_module("ensemble_step")
     out = tmp_path / "step.json"
-    argv = ["--cpu", "--threads", "1", "--no-compile", "--no-bf16", "--hops", "2", "--depths", "1,2", "--seeds", "0",
-            "--width", "16", "--heads", "2", "--batch-size", "4", "--pair-separator", "--steps", "2", "--repeats", "2",
-            "--warmup", "1", "--variants", "eager-sync,eager,graphs", "--output", str(out)]
+    argv = [
+        "--cpu",
+        "--threads",
+        "1",
+        "--no-compile",
+        "--no-bf16",
+        "--hops",
+        "2",
+        "--depths",
+        "1,2",
+        "--seeds",
+        "0",
+        "--width",
+        "16",
+        "--heads",
+        "2",
+        "--batch-size",
+        "4",
+        "--pair-separator",
+        "--steps",
+        "2",
+        "--repeats",
+        "2",
+        "--warmup",
+        "1",
+        "--variants",
+        "eager-sync,eager,graphs",
+        "--output",
+        str(out),
+    ]
     assert bench.main(argv) == 0
     result = json.loads(out.read_text())
     assert [row["key"] for row in result["rows"]] == ["eager-sync", "eager"]  # graphs need CUDA: skipped, said so
@@ -234,8 +403,15 @@ def test_init_from_grows_saved_models_function_preserving(tmp_path):
     refused."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64)
+    config = LlamaConfig(
+        vocab_size=40,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
     sources = {}
     for seed in (0, 1):
         torch.manual_seed(seed)
@@ -263,7 +439,11 @@ def test_init_from_grows_saved_models_function_preserving(tmp_path):
     task = {"hops": 1, "num_pairs": 8, "num_nodes": 64, "tokens": 27, "pair_separator": True}
     for seed in (0, 1):
         (tmp_path / f"src-s{seed}" / ens_sweep.TASK_FILE).write_text(json.dumps(task))
-    assert ens_sweep.grown_ensemble(str(tmp_path / "src-s{seed}"), members, deep, {**task, "hops": 4}).depths == [2, 3, 4]
+    assert ens_sweep.grown_ensemble(str(tmp_path / "src-s{seed}"), members, deep, {**task, "hops": 4}).depths == [
+        2,
+        3,
+        4,
+    ]
     with pytest.raises(ValueError, match="trained with num_pairs = 8, this sweep's questions have 16"):
         ens_sweep.grown_ensemble(str(tmp_path / "src-s{seed}"), members, deep, {**task, "num_pairs": 16})
 
@@ -275,13 +455,27 @@ def test_init_from_grows_a_source_to_a_wider_member_function_preserving(tmp_path
     gets a gradient at once (the new top block's inputs only once its zero output projections have moved)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    small = LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64)
+    small = LlamaConfig(
+        vocab_size=40,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
     torch.manual_seed(0)
     source = LlamaForCausalLM(small).eval()
     source.save_pretrained(tmp_path / "src-s0")
-    wide = LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                       num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=64)
+    wide = LlamaConfig(
+        vocab_size=40,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=64,
+    )
     steps = [next(iter(step)) for step in ens_sweep.growth_plan(source.config, wide)]
     assert steps == ["mlp_width", "num_heads" if heads == 4 else "head_dim", "hidden_size", "num_layers"]
     ens = ens_sweep.grown_ensemble(str(tmp_path / "src-s{seed}"), [(3, True, 0)], wide)
@@ -298,8 +492,21 @@ def test_save_passed_fails_before_training_without_its_imports(tmp_path, monkeyp
     """A missing dependency of saving (e.g. pydantic on a bare GPU image) stops the call at once, not at the
     first member that passes (which lost a whole GPU call once)."""
     monkeypatch.setitem(sys.modules, "hf_growth.growth.io", None)
-    argv = [*TINY, "--hops", "1", "--depths", "1", "--seeds", "0", "--ledger", str(tmp_path / "a.jsonl"),
-            "--out-dir", str(tmp_path / "a"), "--save-passed", str(tmp_path / "passed")]
+    argv = [
+        *TINY,
+        "--hops",
+        "1",
+        "--depths",
+        "1",
+        "--seeds",
+        "0",
+        "--ledger",
+        str(tmp_path / "a.jsonl"),
+        "--out-dir",
+        str(tmp_path / "a"),
+        "--save-passed",
+        str(tmp_path / "passed"),
+    ]
     with pytest.raises(ImportError):
         ens_sweep.main(argv)
     assert not (tmp_path / "a.jsonl").exists()
@@ -312,16 +519,44 @@ def test_save_passed_then_init_from_them(tmp_path):
     from transformers import LlamaForCausalLM
 
     saved = tmp_path / "passed"
-    argv = [*TINY, "--hops", "1", "--depths", "1", "--seeds", "0,1", "--target", "0", "--ledger",
-            str(tmp_path / "a.jsonl"), "--out-dir", str(tmp_path / "a"), "--save-passed", str(saved)]
+    argv = [
+        *TINY,
+        "--hops",
+        "1",
+        "--depths",
+        "1",
+        "--seeds",
+        "0,1",
+        "--target",
+        "0",
+        "--ledger",
+        str(tmp_path / "a.jsonl"),
+        "--out-dir",
+        str(tmp_path / "a"),
+        "--save-passed",
+        str(saved),
+    ]
     assert ens_sweep.main(argv) == 0
     assert sorted(p.name for p in saved.iterdir()) == ["D1-cur-L1-s0", "D1-cur-L1-s1"]
     model = LlamaForCausalLM.from_pretrained(saved / "D1-cur-L1-s0")
     assert model.config.num_hidden_layers == 1 and model.config.hidden_size == 16
     trained = json.loads((saved / "D1-cur-L1-s0" / ens_sweep.TASK_FILE).read_text())
     assert trained["hops"] == 1 and trained["tokens"] == 2 * trained["num_pairs"] + 3  # no <sep> in TINY
-    argv = [*TINY, "--hops", "1", "--depths", "2,3", "--seeds", "0,1", "--ledger", str(tmp_path / "b.jsonl"),
-            "--out-dir", str(tmp_path / "b"), "--init-from", str(saved / "D1-cur-L1-s{seed}")]
+    argv = [
+        *TINY,
+        "--hops",
+        "1",
+        "--depths",
+        "2,3",
+        "--seeds",
+        "0,1",
+        "--ledger",
+        str(tmp_path / "b.jsonl"),
+        "--out-dir",
+        str(tmp_path / "b"),
+        "--init-from",
+        str(saved / "D1-cur-L1-s{seed}"),
+    ]
     assert ens_sweep.main(argv) == 0
     first, grown = _records(tmp_path / "a.jsonl"), _records(tmp_path / "b.jsonl")
     assert sorted((r["layers"], r["seed"]) for r in grown) == [(2, 0), (2, 1), (3, 0), (3, 1)]
@@ -329,8 +564,16 @@ def test_save_passed_then_init_from_them(tmp_path):
     assert all(r["init_from"] == str(saved / "D1-cur-L1-s{seed}") for r in grown)  # the pooled table tells the arms
     assert not any("init_from" in r for r in first)
     assert all(r["model"] == {"width": 16, "heads": 2, "mlp": 64} for r in first + grown)  # the pool's member shape
-    argv = [*argv[:-6], "--ledger", str(tmp_path / "c.jsonl"), "--out-dir", str(tmp_path / "c"), "--init-from",
-            str(saved / "D1-cur-L1-s{seed}"), "--pair-separator"]  # another input than the sources'
+    argv = [
+        *argv[:-6],
+        "--ledger",
+        str(tmp_path / "c.jsonl"),
+        "--out-dir",
+        str(tmp_path / "c"),
+        "--init-from",
+        str(saved / "D1-cur-L1-s{seed}"),
+        "--pair-separator",
+    ]  # another input than the sources'
     with pytest.raises(ValueError, match="pair_separator = False, this sweep's questions have True"):
         ens_sweep.main(argv)
     assert ens_sweep.main([*argv, "--init-from-other-input"]) == 0  # a length curriculum, asked for
@@ -409,7 +652,11 @@ def test_spike_guard_goes_back_to_the_window_before_the_spike():
     fresh.load({int(k): v for k, v in json.loads(json.dumps(references)).items()}, tensors)
     assert fresh.reference == guard.reference and fresh.earlier == guard.earlier and fresh.steps == guard.steps
     assert (fresh.level, fresh.levels, fresh.fresh, fresh.fresh_at) == (
-        guard.level, guard.levels, guard.fresh, guard.fresh_at)
+        guard.level,
+        guard.levels,
+        guard.fresh,
+        guard.fresh_at,
+    )
     for a, b in zip(fresh.previous + fresh.current, guard.previous + guard.current):
         assert all(torch.equal(a[k], b[k]) for k in a)
 
@@ -432,15 +679,46 @@ def test_a_raise_that_wrecks_the_questions_below_it_goes_back_with_its_stage(tmp
     def sweep(name, first_step=0, *extra):
         calls["n"] = 2 * first_step
         ledger = tmp_path / f"{name}.jsonl"
-        assert ens_sweep.main([*TINY, "--hops", "3", "--depths", "1", "--seeds", "0", "--curriculum", "on",
-                               "--curriculum-kind", "staged", "--advance-below", "100", "--stop-at", "1.01",
-                               "--heads-every", "-1", "--max-steps", "50", "--rollback-spikes", "2",
-                               "--ledger", str(ledger), "--out-dir", str(tmp_path / name), "--name", "t", *extra]) == 0
+        assert (
+            ens_sweep.main(
+                [
+                    *TINY,
+                    "--hops",
+                    "3",
+                    "--depths",
+                    "1",
+                    "--seeds",
+                    "0",
+                    "--curriculum",
+                    "on",
+                    "--curriculum-kind",
+                    "staged",
+                    "--advance-below",
+                    "100",
+                    "--stop-at",
+                    "1.01",
+                    "--heads-every",
+                    "-1",
+                    "--max-steps",
+                    "50",
+                    "--rollback-spikes",
+                    "2",
+                    "--ledger",
+                    str(ledger),
+                    "--out-dir",
+                    str(tmp_path / name),
+                    "--name",
+                    "t",
+                    *extra,
+                ]
+            )
+            == 0
+        )
         return _records(ledger)[-1]  # the last call's
 
     whole = sweep("whole")
     history = whole["train_loss_history"]
-    (step, reference, compared, factor, back_to), = whole["rollbacks"]
+    ((step, reference, compared, factor, back_to),) = whole["rollbacks"]
     assert (step, reference, factor, back_to) == (30, history[1][1], 0.5, 10) and compared > reference + 2
     assert whole["curriculum_stages"] == [[0, 1], [10, 2], [20, 3], [30, 2], [40, 3]]
     # every window after a raise (and after going back to one) is checked: 20, 40 and 50 kept, 30 not
@@ -463,12 +741,29 @@ def test_save_at_least_keeps_members_that_did_not_pass(tmp_path):
     """--save-at-least EM saves members below the target too (a plateau a later call can start from), with their
     test exact match and step beside them; without it only passing members are saved; it needs --save-passed."""
     argv = [*TINY, "--hops", "1", "--depths", "1", "--seeds", "0", "--max-steps", "10", "--save-passed"]
-    assert ens_sweep.main([*argv, str(tmp_path / "none"), "--ledger", str(tmp_path / "a.jsonl"), "--out-dir",
-                           str(tmp_path / "a")]) == 0
+    assert (
+        ens_sweep.main(
+            [*argv, str(tmp_path / "none"), "--ledger", str(tmp_path / "a.jsonl"), "--out-dir", str(tmp_path / "a")]
+        )
+        == 0
+    )
     record = _records(tmp_path / "a.jsonl")[0]
     assert not record["passed"] and not (tmp_path / "none").exists()
-    assert ens_sweep.main([*argv, str(tmp_path / "all"), "--save-at-least", "0", "--ledger", str(tmp_path / "b.jsonl"),
-                           "--out-dir", str(tmp_path / "b")]) == 0
+    assert (
+        ens_sweep.main(
+            [
+                *argv,
+                str(tmp_path / "all"),
+                "--save-at-least",
+                "0",
+                "--ledger",
+                str(tmp_path / "b.jsonl"),
+                "--out-dir",
+                str(tmp_path / "b"),
+            ]
+        )
+        == 0
+    )
     saved = json.loads((tmp_path / "all" / "D1-cur-L1-s0" / ens_sweep.TASK_FILE).read_text())
     assert saved["exact_match"] == _records(tmp_path / "b.jsonl")[0]["exact_match"] == record["exact_match"]
     assert saved["step"] == 10 and saved["num_pairs"] == record["task_options"]["num_pairs"]
@@ -499,10 +794,37 @@ def test_rollback_spikes_restores_the_member_and_lowers_its_learning_rate(tmp_pa
     def sweep(name, first_step=0, *extra):
         counter["step"] = first_step
         ledger = tmp_path / f"{name}.jsonl"
-        assert ens_sweep.main([*TINY, "--hops", "2", "--depths", "1", "--seeds", "0,1", "--curriculum", "off",
-                               "--stop-at", "1.01", "--heads-every", "-1", "--max-steps", "50", "--rollback-spikes",
-                               "5", "--ledger", str(ledger), "--out-dir", str(tmp_path / name), "--name", "t",
-                               *extra]) == 0
+        assert (
+            ens_sweep.main(
+                [
+                    *TINY,
+                    "--hops",
+                    "2",
+                    "--depths",
+                    "1",
+                    "--seeds",
+                    "0,1",
+                    "--curriculum",
+                    "off",
+                    "--stop-at",
+                    "1.01",
+                    "--heads-every",
+                    "-1",
+                    "--max-steps",
+                    "50",
+                    "--rollback-spikes",
+                    "5",
+                    "--ledger",
+                    str(ledger),
+                    "--out-dir",
+                    str(tmp_path / name),
+                    "--name",
+                    "t",
+                    *extra,
+                ]
+            )
+            == 0
+        )
         return {r["seed"]: r for r in _records(ledger)}
 
     whole = sweep("whole")
@@ -516,8 +838,18 @@ def test_rollback_spikes_restores_the_member_and_lowers_its_learning_rate(tmp_pa
     assert plain[0]["rollbacks"] == [] and plain[1]["train_loss_history"] == whole[1]["train_loss_history"]
     assert plain[0]["train_loss_history"][0] == whole[0]["train_loss_history"][0]
     assert plain[0]["train_loss_history"][3:] != whole[0]["train_loss_history"][3:]
-    staged = sweep("staged", 0, "--curriculum", "on", "--curriculum-kind", "staged", "--advance-below", "100",
-                   "--rollback-spikes", "2")  # the onset (+3) right after the stage raise at step 10: only its
+    staged = sweep(
+        "staged",
+        0,
+        "--curriculum",
+        "on",
+        "--curriculum-kind",
+        "staged",
+        "--advance-below",
+        "100",
+        "--rollback-spikes",
+        "2",
+    )  # the onset (+3) right after the stage raise at step 10: only its
     # questions below stage 2 are compared, and the onset is not in their loss
     assert [r[0] for r in staged[0]["rollbacks"]][:1] == [30] and staged[0]["rollbacks"][0][4] == 10
     real_match, evals = ens_sweep.exact_match, {"n": 0}
@@ -528,7 +860,9 @@ def test_rollback_spikes_restores_the_member_and_lowers_its_learning_rate(tmp_pa
         return torch.where(torch.tensor(seeds) == 1, 1.0, em) if split == "validation" and evals["n"] >= 2 else em
 
     monkeypatch.setattr(ens_sweep, "exact_match", seed_1_done_at_20)
-    dropped = sweep("dropped", 0, "--stop-at", "0.995")  # seed 1 leaves the ensemble at step 20: seed 0's snapshots follow it to slot 0
+    dropped = sweep(
+        "dropped", 0, "--stop-at", "0.995"
+    )  # seed 1 leaves the ensemble at step 20: seed 0's snapshots follow it to slot 0
     monkeypatch.setattr(ens_sweep, "exact_match", real_match)
     assert dropped[1]["reached_step"] == 20 and [r[0] for r in dropped[0]["rollbacks"]] == [30, 40]
     assert all(r[4] == 10 for r in dropped[0]["rollbacks"])
@@ -553,14 +887,37 @@ def test_eval_saved_answers_the_recorded_test_split_again_and_fresh_questions(tm
     without the seed suffix is refused."""
     eval_saved = importlib.import_module("retrieval_eval_saved")
     ledger = tmp_path / "a.jsonl"
-    assert ens_sweep.main([*TINY, "--hops", "2", "--depths", "1", "--seeds", "1", "--curriculum", "on",
-                           "--pair-separator", "--max-steps", "20", "--save-passed", str(tmp_path / "keep"), "--save-at-least", "0", "--ledger",
-                           str(ledger), "--out-dir", str(tmp_path / "a")]) == 0
+    assert (
+        ens_sweep.main(
+            [
+                *TINY,
+                "--hops",
+                "2",
+                "--depths",
+                "1",
+                "--seeds",
+                "1",
+                "--curriculum",
+                "on",
+                "--pair-separator",
+                "--max-steps",
+                "20",
+                "--save-passed",
+                str(tmp_path / "keep"),
+                "--save-at-least",
+                "0",
+                "--ledger",
+                str(ledger),
+                "--out-dir",
+                str(tmp_path / "a"),
+            ]
+        )
+        == 0
+    )
     record = _records(ledger)[0]
     member = tmp_path / "keep" / "D2-cur-L1-s1"
     out = tmp_path / "eval.json"
-    assert eval_saved.main([str(member), "--fresh", "300", "--test-size", "16",
-                            "--out", str(out)]) == 0
+    assert eval_saved.main([str(member), "--fresh", "300", "--test-size", "16", "--out", str(out)]) == 0
     (row,) = json.loads(out.read_text())["members"]
     assert row["seed"] == 1 and row["layers"] == 1 and row["task"]["pair_separator"] is True
     assert row["test"]["exact_match"] == record["exact_match"]
