@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
             "shape": args.shape,
             "seq_len": args.seq_len,
             "batch": args.batch,
-            "tokens_per_run": len(train) * args.seq_len,
+            "tokens_per_run": (len(train) // args.batch) * args.batch * args.seq_len,
             "lr": args.lr,
             "warmup": args.warmup,
             "weight_decay": args.weight_decay,
