@@ -217,13 +217,15 @@ def warm(directory: Path) -> None:
 # ----------------------------------------------------------------------------------- mergekit
 
 
-def mergekit_python(args: argparse.Namespace) -> Path:
+def mergekit_python(args: argparse.Namespace, requirement: str = "mergekit") -> Path:
+    """The python of a venv with mergekit (``requirement``): ``--mergekit-python``, or ``--mergekit-venv``, made and
+    installed on first use, sharing this venv's torch (unless ``--no-share-torch``)."""
     if args.mergekit_python:
         return Path(args.mergekit_python)
     venv = Path(args.mergekit_venv)
     python = venv / "bin" / "python"
     if not (venv / ".installed").exists():
-        print(f"creating {venv} and installing mergekit (pip install mergekit) ...", flush=True)
+        print(f"creating {venv} and installing {requirement} ...", flush=True)
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
         site = subprocess.run(
             [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
@@ -232,7 +234,8 @@ def mergekit_python(args: argparse.Namespace) -> Path:
             check=True,
         ).stdout.strip()
         ours = [p for p in sys.path if p.endswith("site-packages")]
-        if ours and not args.no_share_torch:  # reuse this venv's torch; the mergekit venv's own packages win
+        # reuse this venv's torch; the mergekit venv's own packages win
+        if ours and not getattr(args, "no_share_torch", False):
             Path(site, "zz_hf_growth_bench_shared.pth").write_text("\n".join(ours) + "\n")
         # pin torch to this venv's build: an unpinned torch requirement would resolve to a multi-GB CUDA wheel
         import torch
@@ -249,11 +252,11 @@ def mergekit_python(args: argparse.Namespace) -> Path:
                 "--disable-pip-version-check",
                 "-c",
                 str(constraints),
-                "mergekit",
+                requirement,
             ],
             check=True,
         )
-        (venv / ".installed").write_text("mergekit\n")
+        (venv / ".installed").write_text(requirement + "\n")
     return python
 
 

@@ -67,42 +67,7 @@ def mergekit_moe_cmd(python: Path, config: Path, out: Path, shard_bytes: int) ->
 
 def ensure_mergekit(args: argparse.Namespace) -> Path:
     """mergekit's python (installed as ``grow_streaming.py`` does, pinned to 0.1.5)."""
-    if args.mergekit_python:
-        return Path(args.mergekit_python)
-    venv = Path(args.mergekit_venv)
-    python = venv / "bin" / "python"
-    if not (venv / ".installed").exists():
-        print(f"creating {venv} and installing mergekit=={MERGEKIT_VERSION} ...", flush=True)
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        site = subprocess.run(
-            [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        ours = [p for p in sys.path if p.endswith("site-packages")]
-        if ours:  # reuse this venv's torch; the mergekit venv's own packages win
-            Path(site, "zz_hf_growth_bench_shared.pth").write_text("\n".join(ours) + "\n")
-        import torch
-
-        constraints = venv / "constraints.txt"
-        constraints.write_text(f"torch=={torch.__version__}\n")
-        subprocess.run(
-            [
-                str(python),
-                "-m",
-                "pip",
-                "install",
-                "-q",
-                "--disable-pip-version-check",
-                "-c",
-                str(constraints),
-                f"mergekit=={MERGEKIT_VERSION}",
-            ],
-            check=True,
-        )
-        (venv / ".installed").write_text(f"mergekit=={MERGEKIT_VERSION}\n")
-    return python
+    return gs.mergekit_python(args, f"mergekit=={MERGEKIT_VERSION}")
 
 
 def ensure_tokenizer(src: Path, vocab_size: int) -> None:

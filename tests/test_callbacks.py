@@ -53,11 +53,11 @@ def tiny(arch: str, layers: int = 3) -> torch.nn.Module:
 class Counting(torch.utils.data.Dataset):
     """Sequences t, t+s, t+2s, ... mod VOCAB: learnable in a few dozen steps."""
 
-    def __init__(self, n: int = 256):
+    def __init__(self, n: int = 256, seq: int = SEQ):
         g = torch.Generator().manual_seed(0)
         start = torch.randint(0, VOCAB, (n, 1), generator=g)
         stride = torch.randint(1, 4, (n, 1), generator=g)
-        self.ids = (start + stride * torch.arange(SEQ)) % VOCAB
+        self.ids = (start + stride * torch.arange(seq)) % VOCAB
 
     def __len__(self) -> int:
         return len(self.ids)

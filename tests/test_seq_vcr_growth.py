@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, TrainerCallback
+from test_callbacks import Counting as CallbackCounting
+from test_callbacks import tiny
+from transformers import TrainerCallback
 
 from hf_growth import GrowthCallback, MidasStackingCallback, SeqVCRConfig, SeqVCRTrainer
 from hf_growth.training.seq_vcr_trainer import find_decoder_layers
@@ -13,47 +15,11 @@ from hf_growth.training.seq_vcr_trainer import find_decoder_layers
 VOCAB, SEQ, PROJ = 48, 12, 16
 
 
-def tiny(arch: str, layers: int = 3) -> torch.nn.Module:
-    torch.manual_seed(0)
-    if arch == "llama":
-        return LlamaForCausalLM(
-            LlamaConfig(
-                vocab_size=VOCAB,
-                hidden_size=32,
-                intermediate_size=64,
-                num_hidden_layers=layers,
-                num_attention_heads=4,
-                num_key_value_heads=2,
-                max_position_embeddings=64,
-                tie_word_embeddings=False,
-            )
-        )
-    return GPT2LMHeadModel(
-        GPT2Config(
-            vocab_size=VOCAB,
-            n_embd=32,
-            n_layer=layers,
-            n_head=2,
-            n_positions=64,
-            resid_pdrop=0.0,
-            embd_pdrop=0.0,
-            attn_pdrop=0.0,
-        )
-    )
+class Counting(CallbackCounting):
+    """The growth-callback tests' counting sequences, shorter."""
 
-
-class Counting(torch.utils.data.Dataset):
     def __init__(self, n: int = 96):
-        g = torch.Generator().manual_seed(0)
-        start = torch.randint(0, VOCAB, (n, 1), generator=g)
-        stride = torch.randint(1, 4, (n, 1), generator=g)
-        self.ids = (start + stride * torch.arange(SEQ)) % VOCAB
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {"input_ids": self.ids[i], "labels": self.ids[i]}
+        super().__init__(n, seq=SEQ)
 
 
 def config(tmp_path, max_steps: int, **kw) -> SeqVCRConfig:
