@@ -14,6 +14,27 @@ from hf_growth.growth.verify import max_logit_diff
 #: float32 round-off bound of every exactness test on tiny random models
 TOL = 1e-5
 
+#: single width steps on the tests' tiny models (hidden 48, 4 query / 2 KV heads, MLP 64)
+WIDTH_STEPS = {
+    "mlp_width": [{"mlp_width": 96}],
+    "heads_regroup": [{"num_heads": 6}],
+    "heads_add_groups": [{"num_heads": {"to": 6, "num_key_value_heads": 3}}],
+    "heads_more_kv": [{"num_heads": {"to": 8, "num_key_value_heads": 4}}],
+    "hidden_size": [{"hidden_size": 72}],
+    "hidden_size_x2": [{"hidden_size": 96}],
+}
+#: head-size steps for head size 12: x2 and x3 (RoPE: integer factors)
+HEAD_DIM_STEPS = {"head_dim": [{"head_dim": 24}], "head_dim_x3": [{"head_dim": 36}]}
+
+
+def depth_steps(layers: int) -> dict[str, list[dict]]:
+    """Single depth steps on a ``layers``-layer model: interleaved, on top by copy, at positions 0 and 3."""
+    return {
+        "layers_interleave": [{"num_layers": 2 * layers}],
+        "layers_top_copy": [{"num_layers": {"to": layers + 1, "where": "top", "init": "copy"}}],
+        "layers_positions": [{"num_layers": {"to": layers + 2, "where": [0, 3]}}],
+    }
+
 
 def tiny_inputs() -> torch.Tensor:
     """Every token of a 64-token vocabulary once, in two rows of 32 (longer than the tests' sliding windows)."""

@@ -8,7 +8,7 @@ import warnings
 
 import pytest
 import torch
-from growth_testing import assert_exact, tiny_inputs
+from growth_testing import HEAD_DIM_STEPS, WIDTH_STEPS, assert_exact, depth_steps, tiny_inputs
 from growth_testing import train_steps as _train_steps
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
@@ -61,18 +61,7 @@ def tiny_llama(
     return model.to(dtype)
 
 
-SINGLE_STEPS = {
-    "mlp_width": [{"mlp_width": 96}],
-    "heads_regroup": [{"num_heads": 6}],
-    "heads_add_groups": [{"num_heads": {"to": 6, "num_key_value_heads": 3}}],
-    "heads_more_kv": [{"num_heads": {"to": 8, "num_key_value_heads": 4}}],
-    "head_dim": [{"head_dim": 24}],
-    "head_dim_x3": [{"head_dim": 36}],
-    "hidden_size": [{"hidden_size": 72}],
-    "layers_interleave": [{"num_layers": 4}],
-    "layers_top_copy": [{"num_layers": {"to": 3, "where": "top", "init": "copy"}}],
-    "layers_positions": [{"num_layers": {"to": 4, "where": [0, 3]}}],
-}
+SINGLE_STEPS = {**WIDTH_STEPS, **HEAD_DIM_STEPS, **depth_steps(2)}
 COMPOSITIONS = {
     "all_axes": [
         {"mlp_width": 96},

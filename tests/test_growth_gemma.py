@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from growth_testing import assert_exact
+from growth_testing import WIDTH_STEPS, assert_exact, depth_steps
 from growth_testing import train_steps as _train_steps
 from transformers import (
     AutoModelForCausalLM,
@@ -72,15 +72,9 @@ def tiny_gemma(version: str, *, tied: bool = True, tiny: bool = False, seed: int
 
 
 PLANS = {
-    "mlp_width": [{"mlp_width": 96}],
-    "heads_regroup": [{"num_heads": 6}],
-    "heads_add_groups": [{"num_heads": {"to": 6, "num_key_value_heads": 3}}],
-    "heads_more_kv": [{"num_heads": {"to": 8, "num_key_value_heads": 4}}],
-    "hidden_size": [{"hidden_size": 72}],
-    "hidden_size_x2": [{"hidden_size": 96}],
+    **WIDTH_STEPS,
     "layers_interleave": [{"num_layers": 6}],
-    "layers_top_copy": [{"num_layers": {"to": 5, "where": "top", "init": "copy"}}],
-    "layers_positions": [{"num_layers": {"to": 6, "where": [0, 3]}}],
+    **{k: v for k, v in depth_steps(4).items() if k != "layers_interleave"},
     "all_axes": [
         {"mlp_width": 96},
         {"num_heads": {"to": 6, "num_key_value_heads": 3}},

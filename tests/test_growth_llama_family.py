@@ -10,7 +10,7 @@ import math
 
 import pytest
 import torch
-from growth_testing import tiny_inputs
+from growth_testing import HEAD_DIM_STEPS, WIDTH_STEPS, depth_steps, tiny_inputs
 from growth_testing import train_steps as _train_steps
 from growth_testing import worst_logit_diff as worst_diff
 from transformers import AutoModelForCausalLM
@@ -96,17 +96,9 @@ def _report_worst():
 
 
 PLANS = {
-    "mlp_width": [{"mlp_width": 96}],
-    "heads_regroup": [{"num_heads": 6}],
-    "heads_add_groups": [{"num_heads": {"to": 6, "num_key_value_heads": 3}}],
-    "heads_more_kv": [{"num_heads": {"to": 8, "num_key_value_heads": 4}}],
-    "head_dim": [{"head_dim": 24}],
-    "head_dim_x3": [{"head_dim": 36}],
-    "hidden_size": [{"hidden_size": 72}],
-    "hidden_size_x2": [{"hidden_size": 96}],
-    "layers_interleave": [{"num_layers": 4}],
-    "layers_top_copy": [{"num_layers": {"to": 3, "where": "top", "init": "copy"}}],
-    "layers_positions": [{"num_layers": {"to": 4, "where": [0, 3]}}],
+    **WIDTH_STEPS,
+    **HEAD_DIM_STEPS,
+    **depth_steps(2),
     "all_axes": [
         {"mlp_width": 96},
         {"num_heads": {"to": 6, "num_key_value_heads": 3}},
