@@ -319,17 +319,6 @@ def test_config_json_without_layer_types_keeps_the_old_layers_types(tmp_path):
     assert_exact(src, loaded)
 
 
-@pytest.mark.parametrize("model_type", VERSIONS)
-def test_adapter_defaults_are_the_config_classes(model_type):
-    from hf_growth.growth.adapters import get_adapter
-
-    adapter = get_adapter(model_type)
-    defaults = adapter.config_class()().to_dict()
-    assert adapter.config_class_name == adapter.config_class().__name__
-    for key, value in adapter.config_defaults.items():
-        assert defaults[key] == value, key
-
-
 @pytest.mark.parametrize("version", VERSIONS)
 def test_new_weights_learn(version):
     plan = GEMMA2_PLANS["all_axes_head_dim"] if version == "gemma2" else PLANS["all_axes"]

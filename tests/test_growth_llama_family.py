@@ -16,7 +16,6 @@ from growth_testing import worst_logit_diff as worst_diff
 from transformers import AutoModelForCausalLM
 
 from hf_growth.growth import grow_model
-from hf_growth.growth.adapters import get_adapter
 from hf_growth.growth.freeze import freeze_original, new_parameter_masks
 from hf_growth.growth.io import SafetensorsSource
 from hf_growth.growth.verify import max_logit_diff
@@ -205,15 +204,6 @@ def test_streaming_is_bit_identical_to_in_memory(arch, plan, dtype, tmp_path):
     assert type(loaded) is type(src_model)
     if dtype == torch.float32 and plan != "all_axes":  # (stacking changes the function by design)
         assert_exact(arch, src_model, loaded)
-
-
-@pytest.mark.parametrize("arch", ARCHS)
-def test_adapter_defaults_are_the_config_classes(arch):
-    adapter = get_adapter(arch)
-    defaults = adapter.config_class()().to_dict()
-    assert adapter.config_class_name == adapter.config_class().__name__
-    for key, value in adapter.config_defaults.items():
-        assert defaults[key] == value, key
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -11,6 +11,7 @@ import json
 import pytest
 import torch
 
+from hf_growth.growth.adapters import supported_model_types
 from hf_growth.growth.io import CheckpointError, DiskFullError, SafetensorsSource
 from hf_growth.growth.io import output_dir as output_dir_module
 from hf_growth.growth.io import writer as cio
@@ -539,7 +540,7 @@ def test_dict_config_is_checked_like_the_config_class(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("model_type", ["llama", "qwen2", "gpt2", "resformer"])
+@pytest.mark.parametrize("model_type", supported_model_types())
 def test_adapter_defaults_are_the_config_classes(model_type):
     """The defaults an adapter fills into a config.json dict are those of the transformers config class."""
     from hf_growth.growth.adapters import get_adapter
