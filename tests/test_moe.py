@@ -675,41 +675,17 @@ def test_grow_in_place_upcycles_with_the_optimizer_state():
 
 
 def test_growth_callback_upcycles_mid_run_with_loss_continuity(tmp_path):
-    from transformers import Trainer, TrainingArguments
+    from test_callbacks import Counting, args
+    from transformers import Trainer
 
     from hf_growth.training.callbacks import GrowthCallback
-
-    class Counting(torch.utils.data.Dataset):
-        def __init__(self, n=128):
-            g = torch.Generator().manual_seed(0)
-            self.ids = (torch.randint(0, 64, (n, 1), generator=g) + torch.arange(16)) % 64
-
-        def __len__(self):
-            return len(self.ids)
-
-        def __getitem__(self, i):
-            return {"input_ids": self.ids[i], "labels": self.ids[i]}
 
     model = tiny_llama()
     batch = {"input_ids": Counting(8).ids, "labels": Counting(8).ids}
     callback = GrowthCallback(
         {3: [{"experts": {"to": 4, "top_k": 2}}], 6: [{"experts": {"to": 8, "top_k": 4}}]}, check_batch=batch
     )
-    args = TrainingArguments(
-        output_dir=str(tmp_path),
-        max_steps=9,
-        per_device_train_batch_size=8,
-        learning_rate=1e-2,
-        logging_steps=1,
-        save_strategy="no",
-        report_to=[],
-        use_cpu=True,
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-        seed=0,
-        lr_scheduler_type="constant",
-    )
-    trainer = Trainer(model=model, args=args, train_dataset=Counting())
+    trainer = Trainer(model=model, args=args(tmp_path, 9), train_dataset=Counting(128))
     callback.bind(trainer)
     trainer.train()
     assert [e["step"] for e in callback.events] == [3, 6]
